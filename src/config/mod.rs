@@ -1,0 +1,445 @@
+//! The run configuration: the original tool's `config.json`, extended.
+//!
+//! Loading is strict: unknown keys are errors reported with their full path, `${VAR}` in any
+//! string is replaced from the environment (a missing variable is an error naming it), and
+//! `//`/`/* */` comments and trailing commas are accepted.
+
+mod secret;
+
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use secret::Secret;
+
+use crate::error::{Error, Result};
+
+/// Format of the valid-rows output file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON array per file (the original tool's output). Default.
+    #[default]
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+    /// Apache Parquet, zstd-compressed. Invalid rows are then written as NDJSON.
+    Parquet,
+}
+
+impl OutputFormat {
+    /// File extension of the valid-rows file.
+    pub fn valid_extension(self) -> &'static str {
+        match self {
+            OutputFormat::Json => "json",
+            OutputFormat::Ndjson => "ndjson",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
+
+    /// File extension of the invalid-rows file (Parquet runs write NDJSON).
+    pub fn invalid_extension(self) -> &'static str {
+        match self {
+            OutputFormat::Json => "json",
+            OutputFormat::Ndjson | OutputFormat::Parquet => "ndjson",
+        }
+    }
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(OutputFormat::Json),
+            "ndjson" => Ok(OutputFormat::Ndjson),
+            "parquet" => Ok(OutputFormat::Parquet),
+            other => Err(format!(
+                "unknown output format `{other}`; valid formats are `json`, `ndjson`, `parquet`"
+            )),
+        }
+    }
+}
+
+/// Format of a file source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    /// Comma-separated values with a header line (RFC 4180).
+    Csv,
+    /// One JSON object per line.
+    Ndjson,
+    /// One JSON array of objects.
+    Json,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl InputFormat {
+    /// Infers the format from a file name, looking through `.gz`/`.zst` suffixes.
+    pub fn from_path(path: &Path) -> Option<InputFormat> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        let name = name
+            .strip_suffix(".gz")
+            .or_else(|| name.strip_suffix(".zst"))
+            .unwrap_or(&name);
+        let ext = name.rsplit_once('.')?.1;
+        match ext {
+            "csv" | "tsv" => Some(InputFormat::Csv),
+            "ndjson" | "jsonl" => Some(InputFormat::Ndjson),
+            "json" => Some(InputFormat::Json),
+            "parquet" | "pq" => Some(InputFormat::Parquet),
+            _ => None,
+        }
+    }
+}
+
+/// Parquet output settings.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParquetOptions {
+    /// Maximum rows per row group. Default 1,048,576. Smaller groups bound the writer's memory.
+    pub row_group_size: usize,
+    /// zstd compression level, 1–22. Default 3.
+    pub zstd_level: i32,
+}
+
+impl Default for ParquetOptions {
+    fn default() -> Self {
+        ParquetOptions {
+            row_group_size: 1024 * 1024,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// CSV reading options of a source.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsvOptions {
+    /// Field delimiter, one ASCII character. Default `,` (`\t` for `.tsv` files).
+    pub delimiter: Option<char>,
+    /// Whether the first line names the columns. Default true.
+    pub has_header: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            delimiter: None,
+            has_header: true,
+        }
+    }
+}
+
+/// One entry of `data_sources`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// File or glob pattern; relative paths are resolved against the config file's directory.
+    pub path: Option<String>,
+    /// `csv`, `ndjson`, `json` or `parquet`; inferred from the extension when absent.
+    pub format: Option<InputFormat>,
+    /// CSV reading options.
+    #[serde(default)]
+    pub csv: CsvOptions,
+    /// Credentials for the source (`username`, `password`, `token`, …). Never printed.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, Secret>,
+    /// A mapping document to use for this source instead of generating one.
+    pub mapping: Option<PathBuf>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for all outputs; created if missing. Relative to the config file.
+    pub output_directory: PathBuf,
+    /// Format of the valid-rows files: `json` (default), `ndjson` or `parquet`.
+    #[serde(default)]
+    pub output_format: OutputFormat,
+    /// Where mapping documents are read and written. Default `<output_directory>/mappings`.
+    pub mappings_dir: Option<PathBuf>,
+    /// Rows per Arrow record batch. Default 8192.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Parquet output settings.
+    #[serde(default)]
+    pub parquet: ParquetOptions,
+    /// The sources, in the order they are processed. Filled from the JSON object in order.
+    #[serde(skip)]
+    pub data_sources: Vec<(String, SourceConfig)>,
+    /// The target JSON Schema.
+    pub internal_schema: Value,
+    /// Directory of the config file; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_batch_size() -> usize {
+    8192
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(
+                path.display().to_string(),
+                format!("cannot read the file: {e}"),
+            )
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::from_str_with_env(&text, &base, &|k| std::env::var(k).ok())
+            .map_err(|e| match e {
+                Error::Config { path: p, message } => Error::config(
+                    format!("{}{}", path.display(), if p.is_empty() { String::new() } else { format!(" at `{p}`") }),
+                    message,
+                ),
+                other => other,
+            })
+    }
+
+    /// Parses config text; `env` resolves `${VAR}` references; `base_dir` anchors relative paths.
+    pub fn from_str_with_env(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let opts = jsonc_parser::ParseOptions {
+            allow_comments: true,
+            allow_loose_object_property_names: false,
+            allow_trailing_commas: true,
+        };
+        let mut value = jsonc_parser::parse_to_serde_value(text, &opts)
+            .map_err(|e| Error::config("", format!("not valid JSON: {e}")))?
+            .ok_or_else(|| Error::config("", "the file is empty"))?;
+        interpolate(&mut value, "", env)?;
+        let Value::Object(mut top) = value else {
+            return Err(Error::config("", "the top level must be a JSON object"));
+        };
+        let sources = top
+            .remove("data_sources")
+            .ok_or_else(|| Error::config("data_sources", "missing required key"))?;
+        if !top.contains_key("internal_schema") {
+            return Err(Error::config("internal_schema", "missing required key"));
+        }
+        let mut config: Config = deserialize_at("", Value::Object(top))?;
+        let Value::Object(sources) = sources else {
+            return Err(Error::config(
+                "data_sources",
+                "must be an object of source name → source settings",
+            ));
+        };
+        for (name, v) in sources {
+            let src: SourceConfig = deserialize_at(&format!("data_sources.{name}"), v)?;
+            if src.path.is_none() {
+                return Err(Error::config(
+                    format!("data_sources.{name}"),
+                    "a source needs `path` (a file or glob pattern)",
+                ));
+            }
+            config.data_sources.push((name, src));
+        }
+        if config.batch_size == 0 {
+            return Err(Error::config("batch_size", "must be at least 1"));
+        }
+        if config.parquet.row_group_size == 0 {
+            return Err(Error::config("parquet.row_group_size", "must be at least 1"));
+        }
+        if !(1..=22).contains(&config.parquet.zstd_level) {
+            return Err(Error::config("parquet.zstd_level", "must be between 1 and 22"));
+        }
+        config.base_dir = base_dir.to_path_buf();
+        Ok(config)
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, p: impl AsRef<Path>) -> PathBuf {
+        let p = p.as_ref();
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The output directory, resolved.
+    pub fn output_dir(&self) -> PathBuf {
+        self.resolve(&self.output_directory)
+    }
+
+    /// The mapping documents' directory, resolved.
+    pub fn mappings_dir(&self) -> PathBuf {
+        match &self.mappings_dir {
+            Some(d) => self.resolve(d),
+            None => self.output_dir().join("mappings"),
+        }
+    }
+
+    /// Looks up a source by name.
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.data_sources
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+
+    /// Names of all sources, in config order.
+    pub fn source_names(&self) -> Vec<String> {
+        self.data_sources.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// Deserializes `value`, reporting an error with its full key path under `prefix`.
+fn deserialize_at<T: serde::de::DeserializeOwned>(prefix: &str, value: Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{inner}"),
+        };
+        Error::config(path, e.into_inner().to_string())
+    })
+}
+
+/// Replaces `${VAR}` in every string of the tree; `$${` escapes a literal `${`.
+fn interpolate(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    match v {
+        Value::String(s) if s.contains('$') => *s = expand(s, path, env)?,
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(item, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                interpolate(item, &p, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            let end = tail.find('}').ok_or_else(|| {
+                Error::config(path, format!("unterminated `${{` in {s:?}"))
+            })?;
+            let name = &tail[..end];
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(Error::config(
+                    path,
+                    format!("`${{{name}}}` is not a valid environment variable reference"),
+                ));
+            }
+            let value = env(name).ok_or_else(|| {
+                Error::config(path, format!("environment variable `{name}` is not set"))
+            })?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let env = |k: &str| match k {
+            "TOKEN" => Some("s3cr3t".to_string()),
+            "DIR" => Some("out".to_string()),
+            _ => None,
+        };
+        Config::from_str_with_env(text, Path::new("/base"), &env)
+    }
+
+    const MINIMAL: &str = r#"{
+        // the original tool's example carries a comment
+        "output_directory": "${DIR}",
+        "data_sources": {
+            "b": {"path": "b.csv", "credentials": {"token": "${TOKEN}"}},
+            "a": {"path": "/abs/a.ndjson"},
+        },
+        /* block comment */
+        "internal_schema": {"type": "object", "properties": {}},
+    }"#;
+
+    #[test]
+    fn seed_format_with_comments_and_trailing_commas() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.output_dir(), PathBuf::from("/base/out"));
+        assert_eq!(c.source_names(), vec!["b", "a"], "config order is kept");
+        assert_eq!(c.output_format, OutputFormat::Json);
+        assert_eq!(c.source("b").unwrap().credentials["token"].expose(), "s3cr3t");
+        assert_eq!(c.mappings_dir(), PathBuf::from("/base/out/mappings"));
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn unknown_keys_report_their_path() {
+        let e = parse(r#"{"output_directory": "o", "internal_schema": {}, "data_sources": {"s1": {"path": "x.csv", "fromat": "csv"}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data_sources.s1"), "{e}");
+        assert!(e.contains("fromat"), "{e}");
+        let e = parse(r#"{"output_directory": "o", "internal_schema": {}, "data_sources": {}, "output_fromat": "json"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output_fromat"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let e = parse(r#"{"output_directory": "${NOPE_X}", "internal_schema": {}, "data_sources": {}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NOPE_X") && e.contains("output_directory"), "{e}");
+    }
+
+    #[test]
+    fn escaped_dollar_is_literal() {
+        assert_eq!(expand("a$${b}$c", "", &|_| None).unwrap(), "a${b}$c");
+    }
+
+    #[test]
+    fn bad_output_format_lists_choices() {
+        let e = parse(r#"{"output_directory": "o", "output_format": "xml", "internal_schema": {}, "data_sources": {}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("output_format") && e.contains("parquet"), "{e}");
+    }
+
+    #[test]
+    fn format_inferred_through_compression_suffix() {
+        assert_eq!(InputFormat::from_path(Path::new("a/b.CSV.gz")), Some(InputFormat::Csv));
+        assert_eq!(InputFormat::from_path(Path::new("b.jsonl.zst")), Some(InputFormat::Ndjson));
+        assert_eq!(InputFormat::from_path(Path::new("b.parquet")), Some(InputFormat::Parquet));
+        assert_eq!(InputFormat::from_path(Path::new("b.txt")), None);
+    }
+}

@@ -1,0 +1,437 @@
+//! Every function conform adds to DataFusion, in one registry.
+//!
+//! Mapping expressions and validation rules are plain DataFusion expressions; what SQL lacks is
+//! provided here as scalar UDFs with *try* semantics: a value that does not convert becomes null
+//! (the validator then reports it as a `type`/`format` error on that row), never a batch error.
+//! The functions carry no hidden state: everything they need is in their arguments (formats and
+//! schemas are literals), so a plan that uses them can be serialised and run elsewhere.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::datatypes::{DataType, TimeUnit};
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use datafusion::common::{DataFusionError, ScalarValue, exec_err};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::prelude::SessionContext;
+use rayon::prelude::*;
+
+type DfResult<T> = datafusion::error::Result<T>;
+
+/// All conform functions, ready to register.
+pub fn all() -> Vec<ScalarUDF> {
+    vec![
+        udf(Kind::TryToDate),
+        udf(Kind::TryToTimestamp),
+        udf(Kind::ParseNumber),
+        udf(Kind::ParseBool),
+        udf(Kind::AnyPresent),
+        udf(Kind::IsFormat),
+        udf(Kind::JsonSchemaErrors),
+    ]
+}
+
+/// Registers every conform function on a session.
+pub fn register_all(ctx: &SessionContext) {
+    for f in all() {
+        ctx.register_udf(f);
+    }
+}
+
+/// Names and signatures of the conform functions, for documentation and prompts.
+pub const SIGNATURES: &[(&str, &str)] = &[
+    ("try_to_date", "try_to_date(text, format, ...) -> date: the first chrono format that parses; null if none"),
+    ("try_to_timestamp", "try_to_timestamp(text, format, ...) -> timestamp(µs, UTC): as try_to_date; no format = RFC 3339 / ISO 8601"),
+    ("parse_number", "parse_number(text) -> double: strips currency signs, spaces and thousands separators ('$1,234.50', '1.234,50 €', '(12)'); null if not a number"),
+    ("parse_bool", "parse_bool(text) -> boolean: true/t/yes/y/1/on and false/f/no/n/0/off, any case; null otherwise"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    TryToDate,
+    TryToTimestamp,
+    ParseNumber,
+    ParseBool,
+    AnyPresent,
+    IsFormat,
+    JsonSchemaErrors,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConformUdf {
+    kind: Kind,
+    signature: Signature,
+}
+
+fn udf(kind: Kind) -> ScalarUDF {
+    let signature = match kind {
+        Kind::ParseNumber | Kind::ParseBool => Signature::any(1, Volatility::Immutable),
+        Kind::IsFormat | Kind::JsonSchemaErrors => Signature::any(2, Volatility::Immutable),
+        Kind::TryToDate | Kind::TryToTimestamp | Kind::AnyPresent => {
+            Signature::variadic_any(Volatility::Immutable)
+        }
+    };
+    ScalarUDF::new_from_impl(ConformUdf { kind, signature })
+}
+
+impl ScalarUDFImpl for ConformUdf {
+    fn name(&self) -> &str {
+        match self.kind {
+            Kind::TryToDate => "try_to_date",
+            Kind::TryToTimestamp => "try_to_timestamp",
+            Kind::ParseNumber => "parse_number",
+            Kind::ParseBool => "parse_bool",
+            Kind::AnyPresent => "any_present",
+            Kind::IsFormat => "is_format",
+            Kind::JsonSchemaErrors => "json_schema_errors",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(match self.kind {
+            Kind::TryToDate => DataType::Date32,
+            Kind::TryToTimestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Kind::ParseNumber => DataType::Float64,
+            Kind::ParseBool | Kind::AnyPresent | Kind::IsFormat => DataType::Boolean,
+            Kind::JsonSchemaErrors => DataType::Utf8,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        let name = self.name().to_string();
+        let out: ArrayRef = match self.kind {
+            Kind::TryToDate | Kind::TryToTimestamp => {
+                let Some((value, formats)) = args.args.split_first() else {
+                    return exec_err!("{name} needs a value and optional format strings");
+                };
+                let formats = literal_strings(&name, formats)?;
+                let text = as_text(value, n)?;
+                if self.kind == Kind::TryToDate {
+                    let mut b = Date32Builder::with_capacity(n);
+                    for v in text.iter() {
+                        b.append_option(v.and_then(|v| parse_date(v.trim(), &formats)).map(days_since_epoch));
+                    }
+                    Arc::new(b.finish())
+                } else {
+                    let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+                    for v in text.iter() {
+                        b.append_option(v.and_then(|v| parse_timestamp_micros(v.trim(), &formats)));
+                    }
+                    Arc::new(b.finish())
+                }
+            }
+            Kind::ParseNumber => {
+                let value = &args.args[0];
+                if value.data_type().is_numeric() {
+                    value.to_array(n).and_then(|a| Ok(arrow::compute::cast(&a, &DataType::Float64)?))?
+                } else {
+                    let text = as_text(value, n)?;
+                    let mut b = Float64Builder::with_capacity(n);
+                    text.iter().for_each(|v| b.append_option(v.and_then(parse_number_str)));
+                    Arc::new(b.finish())
+                }
+            }
+            Kind::ParseBool => {
+                let value = &args.args[0];
+                if value.data_type() == DataType::Boolean {
+                    value.to_array(n)?
+                } else {
+                    let text = as_text(value, n)?;
+                    let mut b = BooleanBuilder::with_capacity(n);
+                    text.iter().for_each(|v| b.append_option(v.and_then(parse_bool_str)));
+                    Arc::new(b.finish())
+                }
+            }
+            Kind::AnyPresent => {
+                let mut present = vec![false; n];
+                for a in &args.args {
+                    let a = a.to_array(n)?;
+                    match a.data_type() {
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                            let t = as_text(&ColumnarValue::Array(a), n)?;
+                            for (p, v) in present.iter_mut().zip(t.iter()) {
+                                *p |= v.is_some_and(|v| !v.trim().is_empty());
+                            }
+                        }
+                        _ => {
+                            for (i, p) in present.iter_mut().enumerate() {
+                                *p |= a.is_valid(i);
+                            }
+                        }
+                    }
+                }
+                Arc::new(BooleanArray::from(present))
+            }
+            Kind::IsFormat => {
+                let format = literal_strings(&name, &args.args[1..])?.pop().unwrap_or_default();
+                let text = as_text(&args.args[0], n)?;
+                let out: BooleanArray = text
+                    .iter()
+                    .map(|v| v.map(|v| crate::validate::format::check(&format, v)))
+                    .collect();
+                Arc::new(out)
+            }
+            Kind::JsonSchemaErrors => {
+                let schema_text = literal_strings(&name, &args.args[1..])?.pop().unwrap_or_default();
+                json_schema_errors(&args.args[0].to_array(n)?, &schema_text)?
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// Reads the constant string arguments (formats, schema text) of a call.
+fn literal_strings(name: &str, args: &[ColumnarValue]) -> DfResult<Vec<String>> {
+    args.iter()
+        .map(|a| match a {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s)))
+            | ColumnarValue::Scalar(ScalarValue::LargeUtf8(Some(s)))
+            | ColumnarValue::Scalar(ScalarValue::Utf8View(Some(s))) => Ok(s.clone()),
+            _ => exec_err!("{name}: format arguments must be string literals"),
+        })
+        .collect()
+}
+
+/// Any argument as a Utf8 array of `n` rows.
+fn as_text(value: &ColumnarValue, n: usize) -> DfResult<StringArray> {
+    let arr = value.to_array(n)?;
+    let arr = if arr.data_type() == &DataType::Utf8 {
+        arr
+    } else {
+        arrow::compute::cast(&arr, &DataType::Utf8)?
+    };
+    Ok(arr
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| DataFusionError::Internal("cast to Utf8 gave another type".into()))?
+        .clone())
+}
+
+fn days_since_epoch(d: NaiveDate) -> i32 {
+    (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date")).num_days() as i32
+}
+
+fn has_time(fmt: &str) -> bool {
+    ["%H", "%M", "%S", "%T", "%R", "%I", "%p", "%z", "%:z", "%s"].iter().any(|t| fmt.contains(t))
+}
+
+/// Parses a date with the first format that fits; formats with time fields keep the date part.
+pub fn parse_date(v: &str, formats: &[String]) -> Option<NaiveDate> {
+    if formats.is_empty() {
+        return NaiveDate::parse_from_str(v, "%Y-%m-%d").ok();
+    }
+    formats.iter().find_map(|f| {
+        if has_time(f) {
+            if f.contains("%z") {
+                DateTime::parse_from_str(v, f).ok().map(|d| d.date_naive())
+            } else {
+                NaiveDateTime::parse_from_str(v, f).ok().map(|d| d.date())
+            }
+        } else {
+            NaiveDate::parse_from_str(v, f).ok()
+        }
+    })
+}
+
+/// Parses a timestamp (UTC microseconds) with the first format that fits.
+pub fn parse_timestamp_micros(v: &str, formats: &[String]) -> Option<i64> {
+    let defaults = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
+    if formats.is_empty() {
+        if let Ok(d) = DateTime::parse_from_rfc3339(v) {
+            return Some(d.timestamp_micros());
+        }
+        return defaults
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
+            .map(|d| d.and_utc().timestamp_micros());
+    }
+    formats.iter().find_map(|f| {
+        if f.contains("%z") {
+            DateTime::parse_from_str(v, f).ok().map(|d| d.timestamp_micros())
+        } else if has_time(f) {
+            NaiveDateTime::parse_from_str(v, f).ok().map(|d| d.and_utc().timestamp_micros())
+        } else {
+            NaiveDate::parse_from_str(v, f)
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc().timestamp_micros())
+        }
+    })
+}
+
+const CURRENCY: &[char] = &['$', '€', '£', '¥', '₹', '₽', '₩', '¢', '₺', '₪', '₫', '฿'];
+
+/// Parses a number written for people: currency signs and codes, spaces, thousands separators,
+/// a decimal comma, accounting parentheses for negatives. `None` if it is not a number.
+pub fn parse_number_str(v: &str) -> Option<f64> {
+    let mut s = v.trim();
+    let mut negative = false;
+    if let Some(inner) = s.strip_prefix('(').and_then(|x| x.strip_suffix(')')) {
+        negative = true;
+        s = inner.trim();
+    }
+    // Currency codes such as "USD 12" or "12 EUR".
+    let upper3 = |t: &str| t.len() == 3 && t.bytes().all(|b| b.is_ascii_uppercase());
+    if let Some((a, b)) = s.split_once(' ') {
+        if upper3(a) {
+            s = b.trim();
+        } else if upper3(b.trim()) && !b.trim().contains(' ') {
+            s = a.trim();
+        }
+    }
+    let mut cleaned = String::with_capacity(s.len());
+    for c in s.chars() {
+        if CURRENCY.contains(&c) || c == ' ' || c == '\u{a0}' || c == '\'' || c == '_' {
+            continue;
+        }
+        cleaned.push(c);
+    }
+    let mut t = cleaned.as_str();
+    if let Some(rest) = t.strip_prefix('-') {
+        negative = !negative;
+        t = rest;
+    } else if let Some(rest) = t.strip_prefix('+') {
+        t = rest;
+    }
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b',') {
+        return None;
+    }
+    let (dots, commas) = (t.matches('.').count(), t.matches(',').count());
+    let normal: String = match (dots, commas) {
+        (_, 0) if dots <= 1 => t.to_string(),
+        (0, _) => {
+            // Only commas: thousands separators if every group after the first has 3 digits.
+            let groups: Vec<&str> = t.split(',').collect();
+            if groups[1..].iter().all(|g| g.len() == 3) && !groups[0].is_empty() && groups[0].len() <= 3 && commas >= 1 {
+                if commas == 1 && groups[0] == "0" {
+                    t.replace(',', ".") // "0,500" is a decimal comma
+                } else {
+                    t.replace(',', "")
+                }
+            } else if commas == 1 {
+                t.replace(',', ".")
+            } else {
+                return None;
+            }
+        }
+        _ => {
+            // Both: the last one is the decimal separator.
+            let last_dot = t.rfind('.').unwrap_or(0);
+            let last_comma = t.rfind(',').unwrap_or(0);
+            if last_dot > last_comma {
+                if dots > 1 { return None; }
+                t.replace(',', "")
+            } else {
+                if commas > 1 { return None; }
+                t.replace('.', "").replace(',', ".")
+            }
+        }
+    };
+    if normal.starts_with('.') && normal.len() == 1 {
+        return None;
+    }
+    let x: f64 = normal.parse().ok()?;
+    Some(if negative { -x } else { x })
+}
+
+/// Parses a boolean word; `None` for anything else.
+pub fn parse_bool_str(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "1" | "on" => Some(true),
+        "false" | "f" | "no" | "n" | "0" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Per-row JSON Schema validation for keywords the vectorized rules do not cover. Returns, per
+/// row, null when the value is valid (or null) and the joined error messages otherwise.
+fn json_schema_errors(values: &ArrayRef, schema_text: &str) -> DfResult<ArrayRef> {
+    let schema: serde_json::Value = serde_json::from_str(schema_text)
+        .map_err(|e| DataFusionError::Execution(format!("json_schema_errors: bad schema: {e}")))?;
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|e| DataFusionError::Execution(format!("json_schema_errors: {e}")))?;
+    let json = column_to_json(values)?;
+    let errors: Vec<Option<String>> = json
+        .par_iter()
+        .map(|v| {
+            if v.is_null() {
+                return None;
+            }
+            let msgs: Vec<String> = validator.iter_errors(v).map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+            }).collect();
+            (!msgs.is_empty()).then(|| msgs.join("; "))
+        })
+        .collect();
+    let mut b = StringBuilder::with_capacity(errors.len(), 0);
+    errors.iter().for_each(|e| b.append_option(e.as_deref()));
+    Ok(Arc::new(b.finish()))
+}
+
+/// Converts one column to JSON values, one per row (null for null rows).
+pub fn column_to_json(values: &ArrayRef) -> DfResult<Vec<serde_json::Value>> {
+    let field = arrow::datatypes::Field::new("v", values.data_type().clone(), true);
+    let batch = arrow::array::RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![field])),
+        vec![Arc::clone(values)],
+    )?;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(&batch)?;
+        w.finish()?;
+    }
+    buf.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut obj: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(l).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+            Ok(obj.remove("v").unwrap_or(serde_json::Value::Null))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_for_people() {
+        assert_eq!(parse_number_str("$1,234.50"), Some(1234.5));
+        assert_eq!(parse_number_str("1.234,50 €"), Some(1234.5));
+        assert_eq!(parse_number_str("12,5"), Some(12.5));
+        assert_eq!(parse_number_str("(12)"), Some(-12.0));
+        assert_eq!(parse_number_str("USD 7"), Some(7.0));
+        assert_eq!(parse_number_str("-3"), Some(-3.0));
+        assert_eq!(parse_number_str("1,234,567"), Some(1234567.0));
+        assert_eq!(parse_number_str("N/A"), None);
+        assert_eq!(parse_number_str("12 lbs"), None);
+        assert_eq!(parse_number_str(""), None);
+        assert_eq!(parse_number_str("."), None);
+    }
+
+    #[test]
+    fn booleans() {
+        assert_eq!(parse_bool_str(" Yes"), Some(true));
+        assert_eq!(parse_bool_str("0"), Some(false));
+        assert_eq!(parse_bool_str("maybe"), None);
+    }
+
+    #[test]
+    fn dates_try_formats_in_order() {
+        let f = vec!["%Y-%m-%dT%H:%M:%S".to_string(), "%d/%m/%Y %H:%M".to_string()];
+        assert_eq!(parse_date("2023-04-05T13:45:12", &f), NaiveDate::from_ymd_opt(2023, 4, 5));
+        assert_eq!(parse_date("05/04/2023 13:45", &f), NaiveDate::from_ymd_opt(2023, 4, 5));
+        assert_eq!(parse_date("2023-02-30T10:00:00", &f), None);
+        assert_eq!(parse_date("31/13/2023 10:00", &f), None);
+        assert_eq!(parse_date("2023-04-05", &[]), NaiveDate::from_ymd_opt(2023, 4, 5));
+        assert_eq!(parse_timestamp_micros("1970-01-01T00:00:01Z", &[]), Some(1_000_000));
+        assert_eq!(parse_timestamp_micros("1970-01-01 00:00:02", &[]), Some(2_000_000));
+    }
+}

@@ -1,0 +1,43 @@
+//! conform reads records from differently shaped sources and conforms them to one internal
+//! JSON Schema.
+//!
+//! Every source is read as a stream of Arrow record batches ([`source`]); a [`mapping`] — one SQL
+//! expression per target field, proposed by a mapper and reviewable as a JSON document — is
+//! compiled once into DataFusion expressions with try-semantics; the JSON Schema is compiled once
+//! into vectorized checks ([`validate`]); [`plan`] puts scan, mapping and checks into one
+//! DataFusion plan; each output batch is split into valid rows (columnar, written as JSON,
+//! NDJSON or Parquet by [`sink`]) and invalid rows with their reasons. For every source,
+//! rows read = valid + invalid: bad data is data, never a crash.
+//!
+//! ```no_run
+//! # async fn demo() -> conform::Result<()> {
+//! use conform::{Config, MapperChoice, Pipeline};
+//!
+//! let config = Config::load(std::path::Path::new("config.json"))?;
+//! let pipeline = Pipeline::try_new(config)?;
+//! let prepared = pipeline.prepare("source1", MapperChoice::Auto).await?;
+//! let mut batches = pipeline.execute(&prepared).await?;
+//! while let Some(split) = batches.next().await {
+//!     let (valid, invalid) = split?;
+//!     println!("{} valid rows, {} invalid rows", valid.num_rows(), invalid.len());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod functions;
+pub mod mapping;
+pub mod pipeline;
+pub mod plan;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod summary;
+pub mod validate;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use pipeline::{MapperChoice, Pipeline, PreparedSource, SourceReport, SplitStream};
+pub use schema::TargetSchema;

@@ -1,0 +1,255 @@
+//! From a mapping document to checked, typed DataFusion expressions.
+//!
+//! Each field's SQL is parsed with DataFusion's expression parser against the source's columns,
+//! checked (known columns, allow-listed functions, no aggregates or subqueries), type-coerced,
+//! and made total: every `CAST` becomes `TRY_CAST`, division by zero yields null, and the result
+//! is converted to the target's Arrow type with try-semantics. A value that does not convert is
+//! null, and the validator reports it on that row; nothing here can fail a batch.
+
+use arrow::datatypes::{DataType, Schema};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::expr::{Cast, TryCast};
+use datafusion::logical_expr::{BinaryExpr, ExprSchemable, Operator};
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion::prelude::{Expr, SessionContext, ident, lit};
+
+use super::{MappingDocument, names::similarity};
+use crate::error::{Error, Result};
+use crate::schema::TargetSchema;
+
+/// Functions a mapping expression may call: pure, deterministic, and row-level.
+pub const ALLOWED_FUNCTIONS: &[&str] = &[
+    // conform's own try-variants and cleaning functions
+    "try_to_date", "try_to_timestamp", "parse_number", "parse_bool",
+    // strings
+    "lower", "upper", "trim", "btrim", "ltrim", "rtrim", "concat", "concat_ws", "substr", "substring",
+    "left", "right", "lpad", "rpad", "replace", "regexp_replace", "regexp_like", "split_part", "initcap",
+    "length", "char_length", "character_length", "octet_length", "reverse", "repeat", "strpos",
+    "starts_with", "ends_with", "translate", "ascii", "chr", "contains", "to_hex",
+    // null handling
+    "nullif", "coalesce", "nvl", "nvl2", "ifnull",
+    // numbers
+    "abs", "round", "floor", "ceil", "trunc", "power", "pow", "sqrt", "ln", "log", "log10", "log2", "exp",
+    "signum", "greatest", "least",
+    // dates
+    "date_part", "date_trunc", "to_char", "make_date", "from_unixtime",
+    // nested values
+    "get_field", "named_struct", "struct", "make_array", "array_element",
+];
+
+/// One compiled target field.
+#[derive(Debug, Clone)]
+pub struct CompiledField {
+    /// Target field name.
+    pub name: String,
+    /// The expression, converted to the target type and aliased to the field name.
+    pub expr: Expr,
+    /// Source columns it reads.
+    pub sources: Vec<String>,
+    /// The expression as written in the document (None = unmapped).
+    pub text: Option<String>,
+}
+
+/// All target fields of a source, in target order.
+#[derive(Debug, Clone)]
+pub struct CompiledMapping {
+    /// Fields in target schema order.
+    pub fields: Vec<CompiledField>,
+}
+
+/// A session with conform's functions and case-sensitive identifiers (`Cust_Email` means the
+/// column `Cust_Email`, as users and models write it).
+pub fn session() -> SessionContext {
+    let config = datafusion::prelude::SessionConfig::new()
+        .with_target_partitions(1)
+        .set_bool("datafusion.sql_parser.enable_ident_normalization", false);
+    let ctx = SessionContext::new_with_config(config);
+    crate::functions::register_all(&ctx);
+    ctx
+}
+
+/// Compiles every field of `doc`; the first bad field stops compilation with a message naming it.
+pub fn compile(
+    ctx: &SessionContext,
+    doc: &MappingDocument,
+    source: &Schema,
+    target: &TargetSchema,
+) -> Result<CompiledMapping> {
+    for name in doc.fields.keys() {
+        if target.field(name).is_none() {
+            return Err(Error::mapping(
+                &doc.source,
+                format!(
+                    "the document maps `{name}`, which is not a target field. Valid fields are {}",
+                    list(&target.field_names())
+                ),
+            ));
+        }
+    }
+    let fields = target
+        .fields
+        .iter()
+        .map(|t| {
+            let text = doc.fields.get(&t.name).and_then(|m| m.expr.clone());
+            compile_field(ctx, source, &t.name, &t.kind.data_type(), text.as_deref())
+                .map_err(|message| Error::mapping(&doc.source, format!("field `{}`: {message}", t.name)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CompiledMapping { fields })
+}
+
+fn list(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Compiles one field's expression; the error is a message for a person (or a model) to act on.
+pub fn compile_field(
+    ctx: &SessionContext,
+    source: &Schema,
+    name: &str,
+    target_type: &DataType,
+    text: Option<&str>,
+) -> std::result::Result<CompiledField, String> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        let null = ScalarValue::try_from(target_type).map_err(|e| e.to_string())?;
+        return Ok(CompiledField {
+            name: name.to_string(),
+            expr: lit(null).alias(name),
+            sources: vec![],
+            text: None,
+        });
+    };
+    let df_schema = DFSchema::try_from(source.clone()).map_err(|e| e.to_string())?;
+    let parsed = ctx
+        .parse_sql_expr(text, &df_schema)
+        .map_err(|e| format!("cannot parse `{text}`: {}", strip_df(&e.to_string())))?;
+    let mut sources: Vec<String> = Vec::new();
+    let mut problem: Option<String> = None;
+    parsed
+        .apply(|e| {
+            match e {
+                Expr::Column(c) => {
+                    if source.field_with_name(&c.name).is_err() {
+                        problem = Some(unknown_column(&c.name, source));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    if !sources.contains(&c.name) {
+                        sources.push(c.name.clone());
+                    }
+                }
+                Expr::ScalarFunction(f) => {
+                    let fname = f.func.name();
+                    if !ALLOWED_FUNCTIONS.contains(&fname) {
+                        let hint = match fname {
+                            "to_date" => " (use try_to_date, which gives null instead of failing)",
+                            "to_timestamp" | "to_timestamp_seconds" | "to_timestamp_millis" | "to_timestamp_micros" => {
+                                " (use try_to_timestamp, which gives null instead of failing)"
+                            }
+                            _ => "",
+                        };
+                        problem = Some(format!("function `{fname}` is not allowed in a mapping{hint}"));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Expr::AggregateFunction(_) | Expr::WindowFunction(_) => {
+                    problem = Some("aggregate and window functions are not allowed: a mapping computes each row from that row".into());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::SetComparison(_) => {
+                    problem = Some("subqueries are not allowed in a mapping".into());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Expr::Placeholder(_) | Expr::OuterReferenceColumn(..) => {
+                    problem = Some("placeholders are not allowed in a mapping".into());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| e.to_string())?;
+    if let Some(p) = problem {
+        return Err(p);
+    }
+    let guarded = guard_division(parsed).map_err(|e| e.to_string())?;
+    let coerced = guarded
+        .rewrite(&mut TypeCoercionRewriter::new(&df_schema))
+        .map_err(|e| format!("type error in `{text}`: {}", strip_df(&e.to_string())))?
+        .data;
+    let total = try_casts(coerced).map_err(|e| e.to_string())?;
+    let actual = total
+        .get_type(&df_schema)
+        .map_err(|e| format!("type error in `{text}`: {}", strip_df(&e.to_string())))?;
+    let expr = if &actual == target_type {
+        total
+    } else if actual == DataType::Null {
+        Expr::TryCast(TryCast::new(Box::new(total), target_type.clone()))
+    } else if arrow::compute::can_cast_types(&actual, target_type) {
+        Expr::TryCast(TryCast::new(Box::new(total), target_type.clone()))
+    } else {
+        return Err(format!("`{text}` gives {actual}, which cannot be converted to {target_type}"));
+    };
+    // Plan it now so that anything DataFusion would reject fails here, before data flows.
+    ctx.state()
+        .create_physical_expr(expr.clone(), &df_schema)
+        .map_err(|e| format!("cannot plan `{text}`: {}", strip_df(&e.to_string())))?;
+    Ok(CompiledField {
+        name: name.to_string(),
+        expr: expr.alias(name),
+        sources,
+        text: Some(text.to_string()),
+    })
+}
+
+/// `a / b` and `a % b` → `a / nullif(b, 0)`: integer division by zero is null, not an error.
+fn guard_division(expr: Expr) -> datafusion::error::Result<Expr> {
+    expr.transform_up(|e| {
+        Ok(match e {
+            Expr::BinaryExpr(BinaryExpr { left, op: op @ (Operator::Divide | Operator::Modulo), right }) => {
+                let guarded = datafusion::functions::expr_fn::nullif(*right, lit(0));
+                Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(left, op, Box::new(guarded))))
+            }
+            other => Transformed::no(other),
+        })
+    })
+    .map(|t| t.data)
+}
+
+/// Every CAST, written or inserted by type coercion, becomes TRY_CAST.
+fn try_casts(expr: Expr) -> datafusion::error::Result<Expr> {
+    expr.transform_up(|e| {
+        Ok(match e {
+            Expr::Cast(Cast { expr, field }) => Transformed::yes(Expr::TryCast(TryCast { expr, field })),
+            other => Transformed::no(other),
+        })
+    })
+    .map(|t| t.data)
+}
+
+fn unknown_column(name: &str, source: &Schema) -> String {
+    let cols: Vec<&str> = source.fields().iter().map(|f| f.name().as_str()).collect();
+    let best = cols
+        .iter()
+        .map(|c| (similarity(name, c), *c))
+        .filter(|(s, _)| *s >= 0.5)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let hint = best.map(|(_, c)| format!(" Did you mean `{c}`?")).unwrap_or_default();
+    format!("No column named `{name}`.{hint} Valid columns are {}.", list(&cols))
+}
+
+/// DataFusion prefixes messages with its error kind; users need only the message.
+fn strip_df(msg: &str) -> String {
+    let msg = msg.trim();
+    for p in ["Error during planning: ", "Schema error: ", "Execution error: ", "SQL error: ", "Optimizer rule"] {
+        if let Some(rest) = msg.strip_prefix(p) {
+            return rest.to_string();
+        }
+    }
+    msg.to_string()
+}
+
+/// References a source column by exact name (no SQL identifier parsing).
+pub fn column(name: &str) -> Expr {
+    ident(name)
+}

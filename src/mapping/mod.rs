@@ -1,0 +1,146 @@
+//! Mappings: one SQL expression per target field, reviewable as a JSON document.
+//!
+//! A [`Mapper`] proposes a [`MappingDocument`] from the target schema, the source's schema and a
+//! sample; [`compile`] checks it against the source (columns, allowed functions, types) and turns
+//! it into DataFusion expressions, once, before any data flows.
+
+pub mod compile;
+pub mod explain;
+pub mod heuristic;
+pub mod names;
+
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::future::BoxFuture;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::schema::TargetSchema;
+use crate::source::ColumnProfile;
+
+pub use compile::{CompiledField, CompiledMapping, compile};
+
+/// Which mapper produced a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapperKind {
+    /// The offline heuristic matcher.
+    Heuristic,
+    /// A language model.
+    Llm,
+    /// Written or edited by a person and pinned as a file.
+    File,
+}
+
+impl MapperKind {
+    /// Lower-case name as written in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapperKind::Heuristic => "heuristic",
+            MapperKind::Llm => "llm",
+            MapperKind::File => "file",
+        }
+    }
+}
+
+/// The mapping of one target field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMapping {
+    /// DataFusion SQL expression over the source's columns; null leaves the field unmapped.
+    pub expr: Option<String>,
+    /// Source columns the expression reads (computed by the compiler).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// How sure the mapper is, 0..1.
+    #[serde(default)]
+    pub confidence: f64,
+    /// Why this expression.
+    #[serde(default)]
+    pub rationale: String,
+}
+
+/// A source's mapping document, as stored under `mappings/<source>.mapping.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingDocument {
+    /// Source name.
+    pub source: String,
+    /// Hash of the source's column names and types the mapping was made for.
+    pub source_fingerprint: String,
+    /// Who made it.
+    pub mapper: MapperKind,
+    /// Target field → mapping, in target schema order.
+    pub fields: IndexMap<String, FieldMapping>,
+}
+
+impl MappingDocument {
+    /// Reads a document from a file.
+    pub fn load(path: &Path) -> Result<MappingDocument> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::config(path.display().to_string(), format!("not a valid mapping document: {e}"))
+        })
+    }
+
+    /// Writes the document atomically (pretty JSON, for review and diffs).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        crate::sink::atomic_write(path, text.as_bytes())
+    }
+
+    /// Target fields left unmapped.
+    pub fn unmapped(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(_, m)| m.expr.is_none())
+            .map(|(k, _)| k.as_str())
+            .collect()
+    }
+}
+
+/// Stable hash of a source's column names and types.
+pub fn fingerprint(schema: &arrow::datatypes::Schema) -> String {
+    let mut h = Sha256::new();
+    for f in schema.fields() {
+        if crate::source::PROVENANCE.contains(&f.name().as_str()) {
+            continue;
+        }
+        h.update(f.name().as_bytes());
+        h.update(b":");
+        h.update(f.data_type().to_string().as_bytes());
+        h.update(b"\n");
+    }
+    let digest = h.finalize();
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Everything a mapper may look at.
+#[derive(Debug, Clone)]
+pub struct MappingRequest<'a> {
+    /// Source name.
+    pub source: &'a str,
+    /// The target.
+    pub target: &'a TargetSchema,
+    /// The source's columns (without provenance).
+    pub source_schema: SchemaRef,
+    /// The first rows.
+    pub sample: &'a RecordBatch,
+    /// Per-column evidence from the sample.
+    pub profiles: &'a [ColumnProfile],
+}
+
+/// Proposes a mapping. Implementations: [`heuristic::HeuristicMapper`]; pinned files are loaded
+/// by the pipeline. The future is boxed so mappers can be chosen at run time (`dyn Mapper`) and
+/// can await network calls.
+pub trait Mapper: Send + Sync {
+    /// Which kind of mapper this is.
+    fn kind(&self) -> MapperKind;
+    /// Produces a document with one entry per target field.
+    fn map<'a>(&'a self, request: &'a MappingRequest<'a>) -> BoxFuture<'a, Result<MappingDocument>>;
+}

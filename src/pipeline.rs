@@ -1,0 +1,499 @@
+//! Wires one source through to its outputs: open → sample → map → compile → plan → execute →
+//! split → write. Reading, evaluation and writing run on different threads connected by bounded
+//! channels, so memory is bounded by a few batches whatever the input size. Nothing here prints:
+//! progress goes to a callback and the result is a [`SourceReport`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::datasource::{empty::EmptyTable, provider_as_source};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::config::{Config, OutputFormat};
+use crate::error::{Error, Result};
+use crate::mapping::heuristic::HeuristicMapper;
+use crate::mapping::{CompiledMapping, Mapper, MapperKind, MappingDocument, MappingRequest, compile, fingerprint};
+use crate::plan::Layout;
+use crate::schema::TargetSchema;
+use crate::sink::{InvalidSink, ValidSink};
+use crate::source::{FileSource, profile::profile};
+use crate::validate::report::InvalidRow;
+use crate::validate::{Validator, split};
+
+/// Rows sampled for mapping.
+pub const SAMPLE_ROWS: usize = 1000;
+
+/// How to get a source's mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MapperChoice {
+    /// A pinned mapping whose fingerprint matches, else the heuristic mapper.
+    #[default]
+    Auto,
+    /// Always generate with the heuristic mapper.
+    Heuristic,
+    /// Only a pinned mapping document; it is an error if there is none.
+    File,
+}
+
+/// A source ready to run: its mapping chosen, compiled and validated against the target.
+#[derive(Debug, Clone)]
+pub struct PreparedSource {
+    /// The source.
+    pub source: FileSource,
+    /// The mapping document used.
+    pub document: MappingDocument,
+    /// Where the document came from (a pinned file) or was written to.
+    pub document_path: PathBuf,
+    /// Whether it was loaded from a pinned file rather than generated.
+    pub pinned: bool,
+    /// The compiled expressions.
+    pub mapping: CompiledMapping,
+    /// The compiled validation rules.
+    pub validator: Validator,
+}
+
+/// The conform engine for one configuration.
+pub struct Pipeline {
+    config: Arc<Config>,
+    target: Arc<TargetSchema>,
+    ctx: SessionContext,
+}
+
+impl Pipeline {
+    /// Checks the target schema; fails before any data is read if it is unusable.
+    pub fn try_new(config: Config) -> Result<Pipeline> {
+        let target = TargetSchema::try_new(&config.internal_schema)?;
+        Ok(Pipeline {
+            config: Arc::new(config),
+            target: Arc::new(target),
+            ctx: crate::mapping::compile::session(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The compiled target schema.
+    pub fn target(&self) -> &TargetSchema {
+        &self.target
+    }
+
+    /// The DataFusion session, with conform's functions registered.
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Opens a configured source (resolves files, reads the schema).
+    pub fn open(&self, name: &str) -> Result<FileSource> {
+        let cfg = self.config.source(name).ok_or_else(|| {
+            Error::config(
+                "--source",
+                format!(
+                    "no source named `{name}`. Valid sources are {}",
+                    self.config.source_names().iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        if !cfg.credentials.is_empty() {
+            tracing::warn!(source = name, "A file source does not use credentials; they are ignored.");
+        }
+        FileSource::try_new(name, cfg, &self.config.base_dir, self.config.batch_size)
+    }
+
+    /// Path of a source's mapping document in the mappings directory.
+    pub fn mapping_path(&self, name: &str) -> PathBuf {
+        match self.config.source(name).and_then(|s| s.mapping.as_ref()) {
+            Some(p) => self.config.resolve(p),
+            None => self.config.mappings_dir().join(format!("{name}.mapping.json")),
+        }
+    }
+
+    /// Opens, samples and maps a source, then compiles the mapping and the validator.
+    pub async fn prepare(&self, name: &str, choice: MapperChoice) -> Result<PreparedSource> {
+        let source = self.open(name)?;
+        let path = self.mapping_path(name);
+        let fp = fingerprint(&source.data_schema());
+        let explicit = self.config.source(name).and_then(|s| s.mapping.as_ref()).is_some();
+        let pinned = match choice {
+            MapperChoice::Heuristic => None,
+            MapperChoice::File | MapperChoice::Auto if path.exists() => {
+                let doc = MappingDocument::load(&path)?;
+                if doc.source_fingerprint == fp || choice == MapperChoice::File || explicit {
+                    if doc.source_fingerprint != fp {
+                        tracing::warn!(source = name, document = %path.display(), "The pinned mapping was made for different source columns; using it as configured.");
+                    }
+                    Some(doc)
+                } else {
+                    tracing::warn!(source = name, document = %path.display(), "The source's columns changed since the mapping was made; generating a new one.");
+                    None
+                }
+            }
+            MapperChoice::File => {
+                return Err(Error::mapping(name, format!("`--mapper file` needs a mapping document at {}", path.display())));
+            }
+            MapperChoice::Auto => None,
+        };
+        let (document, was_pinned) = match pinned {
+            Some(doc) => (doc, true),
+            None => {
+                let sample = source.sample(SAMPLE_ROWS)?;
+                let profiles = profile(&sample);
+                let request = MappingRequest {
+                    source: name,
+                    target: &self.target,
+                    source_schema: source.data_schema(),
+                    sample: &sample,
+                    profiles: &profiles,
+                };
+                let doc = HeuristicMapper.map(&request).await?;
+                tracing::info!(source = name, mapper = doc.mapper.as_str(), unmapped = ?doc.unmapped(), "Generated a mapping.");
+                (doc, false)
+            }
+        };
+        let mapping = compile(&self.ctx, &document, &source.data_schema(), &self.target)?;
+        // The document records the columns each expression reads, as the compiler found them.
+        let mut document = document;
+        for f in &mapping.fields {
+            if let Some(m) = document.fields.get_mut(&f.name) {
+                m.sources = f.sources.clone();
+            }
+        }
+        let validator = Validator::new(&self.target, &mapping);
+        Ok(PreparedSource {
+            source,
+            document,
+            document_path: path,
+            pinned: was_pinned,
+            mapping,
+            validator,
+        })
+    }
+
+    /// The source's logical plan over a table with no rows (for `explain`).
+    pub fn plan_without_data(&self, p: &PreparedSource) -> Result<(LogicalPlan, Layout)> {
+        let table = Arc::new(EmptyTable::new(p.source.schema()));
+        let scan = LogicalPlanBuilder::scan(p.source.name(), provider_as_source(table), None)?;
+        crate::plan::build(scan, &p.source.data_schema(), &p.mapping, &p.validator)
+    }
+
+    /// Executes the source's plan over its data: a stream of (valid batch, invalid rows).
+    pub async fn execute(&self, p: &PreparedSource) -> Result<SplitStream> {
+        let input = p.source.stream(4)?;
+        let table = StreamingTable::try_new(p.source.schema(), vec![Arc::new(OnceStream::new(input))])?;
+        let scan = LogicalPlanBuilder::scan(p.source.name(), provider_as_source(Arc::new(table)), None)?;
+        let (plan, layout) = crate::plan::build(scan, &p.source.data_schema(), &p.mapping, &p.validator)?;
+        let stream = DataFrame::new(self.ctx.state(), plan).execute_stream().await?;
+        Ok(SplitStream {
+            inner: stream,
+            layout,
+            checks: Arc::new(p.validator.checks.clone()),
+            valid_schema: self.target.valid_arrow_schema(),
+        })
+    }
+
+    /// Runs one source end to end, writing its outputs. Never panics on bad data; errors fail
+    /// this source only and are reported in the returned report.
+    pub async fn run_source(&self, name: &str, choice: MapperChoice, progress: Option<&(dyn Fn(u64) + Sync)>) -> SourceReport {
+        let started = Instant::now();
+        let mut report = SourceReport::new(name);
+        report.console.push("*".repeat(40));
+        report.console.push(format!("Starting to process for {name}"));
+        report.console.push(format!("Loading raw data for {name}"));
+        let result = self.run_inner(name, choice, progress, &mut report).await;
+        if let Err(e) = result {
+            report.console.push(format!("Failed to process {name}: {e}"));
+            report.status = "failed".into();
+            report.error = Some(e.to_string());
+        }
+        report.timings.total_s = started.elapsed().as_secs_f64();
+        report
+    }
+
+    async fn run_inner(&self, name: &str, choice: MapperChoice, progress: Option<&(dyn Fn(u64) + Sync)>, report: &mut SourceReport) -> Result<()> {
+        let t0 = Instant::now();
+        let prepared = self.prepare(name, choice).await?;
+        if !prepared.pinned {
+            prepared.document.save(&prepared.document_path)?;
+        }
+        report.mapping = Some(MappingInfo {
+            mapper: if prepared.pinned { MapperKind::File } else { prepared.document.mapper },
+            document: prepared.document_path.display().to_string(),
+            fingerprint: prepared.document.source_fingerprint.clone(),
+            unmapped: prepared.document.unmapped().iter().map(|s| s.to_string()).collect(),
+        });
+        report.timings.mapping_s = t0.elapsed().as_secs_f64();
+        report.console.push(format!("Generated Mapping for {name}"));
+        report.console.push(format!("Transforming data from {name}"));
+        let t1 = Instant::now();
+        let format = self.config.output_format;
+        let out_dir = self.config.output_dir();
+        let valid_name = format!("{name}_valid_data.{}", format.valid_extension());
+        let invalid_name = format!("{name}_invalid_data.{}", format.invalid_extension());
+        let mut stream = self.execute(&prepared).await?;
+        let valid_schema = self.target.valid_arrow_schema();
+        // Splitting and writing run on a blocking thread, overlapping with evaluation.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(4);
+        let writer = {
+            let valid_path = out_dir.join(&valid_name);
+            let invalid_path = out_dir.join(&invalid_name);
+            let parquet = self.config.parquet.clone();
+            tokio::task::spawn_blocking(move || -> Result<Written> {
+                let mut valid = ValidSink::create(&valid_path, format, &valid_schema, &parquet)?;
+                let mut invalid: Option<InvalidSink> = None;
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Message::Batch(v, bad) => {
+                            valid.write(&v)?;
+                            if !bad.is_empty() {
+                                if invalid.is_none() {
+                                    invalid = Some(InvalidSink::create(&invalid_path, format == OutputFormat::Json)?);
+                                }
+                                invalid.as_mut().expect("created above").write(&bad)?;
+                            }
+                        }
+                        Message::Done => {
+                            let v = valid.finish()?;
+                            let i = invalid.map(InvalidSink::finish).transpose()?;
+                            return Ok(Written { valid: v, invalid: i });
+                        }
+                    }
+                }
+                // The sender went away without `Done`: the run failed; the sinks are dropped
+                // and their temporary files removed.
+                Err(Error::Interrupted)
+            })
+        };
+        let mut rows_read = 0u64;
+        let mut send_failed = false;
+        while let Some(item) = stream.next().await {
+            let (v, bad) = match item {
+                Ok(x) => x,
+                Err(e) => {
+                    drop(tx);
+                    let _ = writer.await;
+                    return Err(e);
+                }
+            };
+            rows_read += (v.num_rows() + bad.len()) as u64;
+            report.valid += v.num_rows() as u64;
+            report.invalid += bad.len() as u64;
+            for row in &bad {
+                for e in &row.errors {
+                    let field = e.field.clone().unwrap_or_else(|| "(record)".into());
+                    *report.errors.entry(field).or_default().entry(e.rule.clone()).or_default() += 1;
+                }
+            }
+            if let Some(p) = progress {
+                p(rows_read);
+            }
+            if tx.send(Message::Batch(v, bad)).await.is_err() {
+                send_failed = true;
+                break;
+            }
+        }
+        if !send_failed {
+            let _ = tx.send(Message::Done).await;
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::source(name, format!("writer thread failed: {e}")))??;
+        report.rows_read = rows_read;
+        report.timings.transform_s = t1.elapsed().as_secs_f64();
+        let shown = |file: &str| self.config.output_directory.join(file).display().to_string();
+        report.console.push(format!("Successfully validated {} items from {name}", report.valid));
+        if report.invalid > 0 {
+            report.console.push(format!("{} validation errors occurred for {name}.", report.invalid));
+        }
+        report.console.push(format!("Data saved to {}", shown(&valid_name)));
+        report.outputs.valid = Some(written.valid.display().to_string());
+        if let Some(i) = written.invalid {
+            report.console.push(format!("Data saved to {}", shown(&invalid_name)));
+            report.outputs.invalid = Some(i.display().to_string());
+        }
+        Ok(())
+    }
+}
+
+enum Message {
+    Batch(RecordBatch, Vec<InvalidRow>),
+    Done,
+}
+
+struct Written {
+    valid: PathBuf,
+    invalid: Option<PathBuf>,
+}
+
+/// A stream of split batches: valid rows (target schema) and invalid rows with errors.
+pub struct SplitStream {
+    inner: SendableRecordBatchStream,
+    layout: Layout,
+    checks: Arc<Vec<crate::validate::Check>>,
+    valid_schema: SchemaRef,
+}
+
+impl SplitStream {
+    /// The next split batch, or None at the end.
+    pub async fn next(&mut self) -> Option<Result<(RecordBatch, Vec<InvalidRow>)>> {
+        let batch = match self.inner.next().await? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(unwrap_source_error(e))),
+        };
+        Some(split(&batch, &self.layout, &self.checks, &self.valid_schema))
+    }
+
+    /// Schema of the valid batches.
+    pub fn valid_schema(&self) -> SchemaRef {
+        Arc::clone(&self.valid_schema)
+    }
+}
+
+/// A reader error travels through DataFusion wrapped; give the user the original message.
+fn unwrap_source_error(e: datafusion::error::DataFusionError) -> Error {
+    match e {
+        datafusion::error::DataFusionError::External(inner) => match inner.downcast::<Error>() {
+            Ok(err) => *err,
+            Err(other) => Error::DataFusion(datafusion::error::DataFusionError::External(other)),
+        },
+        other => Error::DataFusion(other),
+    }
+}
+
+/// A partition that hands out one pre-built stream (the source reader) once.
+struct OnceStream {
+    schema: SchemaRef,
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl std::fmt::Debug for OnceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnceStream").field("schema", &self.schema).finish()
+    }
+}
+
+impl OnceStream {
+    fn new(stream: SendableRecordBatchStream) -> Self {
+        OnceStream {
+            schema: stream.schema(),
+            stream: Mutex::new(Some(stream)),
+        }
+    }
+}
+
+impl PartitionStream for OnceStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        match self.stream.lock().expect("not poisoned").take() {
+            Some(s) => s,
+            None => {
+                let err = datafusion::error::DataFusionError::Execution("a source stream can be read only once".into());
+                Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                    Arc::clone(&self.schema),
+                    futures::stream::once(async move { Err(err) }),
+                ))
+            }
+        }
+    }
+}
+
+/// Where a source's mapping came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct MappingInfo {
+    /// `heuristic`, `llm` or `file` (pinned).
+    pub mapper: MapperKind,
+    /// The mapping document's path.
+    pub document: String,
+    /// The source fingerprint it was made for.
+    pub fingerprint: String,
+    /// Target fields without an expression.
+    pub unmapped: Vec<String>,
+}
+
+/// Wall-clock phases of a source, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Opening, sampling, mapping and compiling.
+    pub mapping_s: f64,
+    /// Reading, transforming, validating and writing.
+    pub transform_s: f64,
+    /// Everything.
+    pub total_s: f64,
+}
+
+/// Output files of a source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outputs {
+    /// The valid-rows file.
+    pub valid: Option<String>,
+    /// The invalid-rows file (absent when every row was valid).
+    pub invalid: Option<String>,
+}
+
+/// What happened to one source; also its entry in `run_summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    /// Source name.
+    pub name: String,
+    /// `ok` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Rows read (= valid + invalid).
+    pub rows_read: u64,
+    /// Valid rows written.
+    pub valid: u64,
+    /// Invalid rows written.
+    pub invalid: u64,
+    /// Error counts: field (or `(record)` for malformed records) → rule → count.
+    pub errors: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Phases.
+    pub timings: Timings,
+    /// The mapping used.
+    pub mapping: Option<MappingInfo>,
+    /// Files written.
+    pub outputs: Outputs,
+    /// The console block, line by line (printed by the CLI).
+    #[serde(skip)]
+    pub console: Vec<String>,
+}
+
+impl SourceReport {
+    fn new(name: &str) -> Self {
+        SourceReport {
+            name: name.to_string(),
+            status: "ok".into(),
+            error: None,
+            rows_read: 0,
+            valid: 0,
+            invalid: 0,
+            errors: BTreeMap::new(),
+            timings: Timings::default(),
+            mapping: None,
+            outputs: Outputs::default(),
+            console: Vec::new(),
+        }
+    }
+
+    /// Whether the source ran to the end.
+    pub fn ok(&self) -> bool {
+        self.status == "ok"
+    }
+}

@@ -1,0 +1,48 @@
+//! Finding and opening input files.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Expands a path or glob pattern (relative to `base`) into the sorted list of files.
+pub(crate) fn resolve(name: &str, pattern: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    let full = if Path::new(pattern).is_absolute() {
+        PathBuf::from(pattern)
+    } else {
+        base.join(pattern)
+    };
+    let text = full.to_string_lossy().to_string();
+    if !text.contains(['*', '?', '[']) {
+        return match std::fs::metadata(&full) {
+            Ok(m) if m.is_file() => Ok(vec![full]),
+            Ok(_) => Err(Error::source(name, format!("{} is not a file", full.display()))),
+            Err(e) => Err(Error::source(name, format!("cannot open {}: {e}", full.display()))),
+        };
+    }
+    let mut files: Vec<PathBuf> = glob::glob(&text)
+        .map_err(|e| Error::source(name, format!("bad glob pattern {text:?}: {e}")))?
+        .filter_map(|p| p.ok())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::source(name, format!("no file matches {text:?}")));
+    }
+    Ok(files)
+}
+
+/// Opens a file for buffered reading, decompressing `.gz` and `.zst` transparently.
+pub fn open_decompressed(path: &Path) -> Result<Box<dyn std::io::BufRead + Send>> {
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let inner: Box<dyn Read + Send> = if name.ends_with(".gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, file)))
+    } else if name.ends_with(".zst") {
+        Box::new(zstd::Decoder::new(file).map_err(|e| Error::io("opening", path, e))?)
+    } else {
+        Box::new(file)
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 20, inner)))
+}

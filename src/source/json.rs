@@ -1,0 +1,427 @@
+//! NDJSON (one object per line) and JSON (one array of objects), decoded with arrow-json.
+//!
+//! Records are split out of the byte stream first (lines, or top-level array elements found by a
+//! small scanner that tracks strings and nesting), then decoded a batch at a time. Scalars are
+//! read as text. If a batch fails to decode, its records are decoded one by one and each record
+//! that still fails (broken JSON, not an object, an unexpected key, a nested value of the wrong
+//! shape) becomes a malformed row carrying its raw text.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow_json_reader::{Decoder, ReaderBuilder};
+use serde_json::Value;
+
+use super::{FileSource, assemble, open_decompressed};
+use crate::config::InputFormat;
+use crate::error::{Error, Result};
+
+use arrow::json::reader as arrow_json_reader;
+
+/// Records sampled per file to infer the schema.
+const INFER_RECORDS: usize = 1000;
+
+/// Splits a byte stream into JSON records: `(record number, bytes)`.
+pub(crate) struct Records {
+    reader: Box<dyn BufRead + Send>,
+    array: bool,
+    /// Number of the next record (1-based line for NDJSON, element index for an array).
+    next: u64,
+    state: ArrayState,
+}
+
+#[derive(PartialEq)]
+enum ArrayState {
+    Start,
+    Inside,
+    Done,
+}
+
+impl Records {
+    pub(crate) fn open(path: &Path, format: InputFormat) -> Result<Records> {
+        Ok(Records {
+            reader: open_decompressed(path)?,
+            array: format == InputFormat::Json,
+            next: 1,
+            state: ArrayState::Start,
+        })
+    }
+
+    /// The next record, or None at the end. Errors are I/O errors only.
+    pub(crate) fn next_record(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
+        buf.clear();
+        if self.array {
+            return self.next_element(buf);
+        }
+        loop {
+            let n = self.reader.read_until(b'\n', buf)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let row = self.next;
+            self.next += 1;
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                buf.clear();
+                continue; // A blank line is not a record.
+            }
+            while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                buf.pop();
+            }
+            return Ok(Some(row));
+        }
+    }
+
+    fn read_byte(&mut self) -> std::io::Result<Option<u8>> {
+        let b = match self.reader.fill_buf()?.first() {
+            Some(b) => *b,
+            None => return Ok(None),
+        };
+        self.reader.consume(1);
+        Ok(Some(b))
+    }
+
+    fn skip_ws(&mut self) -> std::io::Result<Option<u8>> {
+        loop {
+            let peek = self.reader.fill_buf()?.first().copied();
+            match peek {
+                Some(b) if b.is_ascii_whitespace() => self.reader.consume(1),
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn next_element(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
+        if self.state == ArrayState::Done {
+            return Ok(None);
+        }
+        if self.state == ArrayState::Start {
+            match self.skip_ws()? {
+                None => {
+                    self.state = ArrayState::Done;
+                    return Ok(None);
+                }
+                Some(b'[') => {
+                    self.reader.consume(1);
+                    self.state = ArrayState::Inside;
+                    if self.skip_ws()? == Some(b']') {
+                        self.reader.consume(1);
+                        self.state = ArrayState::Done;
+                        return Ok(None);
+                    }
+                }
+                Some(_) => {
+                    // Not an array: the whole remaining text is one malformed record.
+                    self.reader.read_to_end(buf)?;
+                    self.state = ArrayState::Done;
+                    return Ok(Some(self.take_number()));
+                }
+            }
+        }
+        self.skip_ws()?;
+        let (mut depth, mut in_string, mut escaped) = (0i64, false, false);
+        loop {
+            let Some(b) = self.read_byte()? else {
+                self.state = ArrayState::Done;
+                return Ok(if buf.is_empty() { None } else { Some(self.take_number()) });
+            };
+            if in_string {
+                buf.push(b);
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth > 0 => depth -= 1,
+                b']' => {
+                    self.state = ArrayState::Done;
+                    trim_end(buf);
+                    return Ok(if buf.is_empty() { None } else { Some(self.take_number()) });
+                }
+                b',' if depth == 0 => {
+                    trim_end(buf);
+                    return Ok(Some(self.take_number()));
+                }
+                _ => {}
+            }
+            buf.push(b);
+        }
+    }
+
+    fn take_number(&mut self) -> u64 {
+        let n = self.next;
+        self.next += 1;
+        n
+    }
+}
+
+fn trim_end(buf: &mut Vec<u8>) {
+    while buf.last().is_some_and(u8::is_ascii_whitespace) {
+        buf.pop();
+    }
+}
+
+/// Infers the columns from the first records of each file, in first-seen key order. Keys whose
+/// sampled values are all scalars become text columns; objects and arrays keep their shape.
+pub(crate) fn infer_schema(name: &str, files: &[PathBuf], format: InputFormat) -> Result<SchemaRef> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let mut buf = Vec::new();
+    for f in files {
+        let mut recs = Records::open(f, format)?;
+        let mut seen = 0;
+        while seen < INFER_RECORDS {
+            let Some(_) = recs
+                .next_record(&mut buf)
+                .map_err(|e| Error::io("reading", f, e))?
+            else {
+                break;
+            };
+            seen += 1;
+            let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&buf) else {
+                continue; // Malformed records are reported when the data is read.
+            };
+            for (k, v) in map {
+                if !values.contains_key(&k) {
+                    order.push(k.clone());
+                }
+                values.entry(k).or_default().push(v);
+            }
+        }
+    }
+    if order.is_empty() {
+        return Err(Error::source(
+            name,
+            format!("{} holds no JSON object to infer columns from", files[0].display()),
+        ));
+    }
+    let fields: Vec<Field> = order
+        .into_iter()
+        .map(|k| {
+            let vals = &values[&k];
+            let nested = vals.iter().any(|v| v.is_object() || v.is_array());
+            let dt = if !nested {
+                DataType::Utf8
+            } else {
+                let objs = vals.iter().filter(|v| !v.is_null()).map(|v| {
+                    let mut m = serde_json::Map::new();
+                    m.insert(k.clone(), v.clone());
+                    Ok::<Value, arrow::error::ArrowError>(Value::Object(m))
+                });
+                match arrow_json_reader::infer_json_schema_from_iterator(objs) {
+                    Ok(s) if vals.iter().all(|v| v.is_null() || v.is_object() || v.is_array()) => {
+                        texts_for_scalars(s.field(0).data_type())
+                    }
+                    _ => DataType::Utf8,
+                }
+            };
+            Field::new(k, dt, true)
+        })
+        .collect();
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Inside nested types, scalars are read as text too, for the same robustness as top level.
+fn texts_for_scalars(dt: &DataType) -> DataType {
+    match dt {
+        DataType::Struct(fields) => DataType::Struct(
+            fields
+                .iter()
+                .map(|f| Field::new(f.name(), texts_for_scalars(f.data_type()), true))
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        DataType::List(item) => DataType::List(Arc::new(Field::new(
+            item.name(),
+            texts_for_scalars(item.data_type()),
+            true,
+        ))),
+        _ => DataType::Utf8,
+    }
+}
+
+/// Iterator over the batches of an NDJSON/JSON source.
+pub(crate) struct JsonBatches {
+    source: FileSource,
+    schema: SchemaRef,
+    data_schema: SchemaRef,
+    next_file: usize,
+    current: Option<(Records, String)>,
+}
+
+impl JsonBatches {
+    pub(crate) fn new(source: FileSource, schema: SchemaRef) -> Result<Self> {
+        let data_schema = source.data_schema();
+        Ok(JsonBatches {
+            source,
+            schema,
+            data_schema,
+            next_file: 0,
+            current: None,
+        })
+    }
+
+    fn decoder(&self, batch_size: usize) -> Result<Decoder> {
+        Ok(ReaderBuilder::new(Arc::clone(&self.data_schema))
+            .with_batch_size(batch_size.max(1))
+            .with_coerce_primitive(true)
+            .with_strict_mode(true)
+            .build_decoder()?)
+    }
+
+}
+
+impl JsonBatches {
+    #[allow(clippy::type_complexity)]
+    fn decode_one_by_one(
+        &self,
+        text: &[u8],
+        spans: &[std::ops::Range<usize>],
+    ) -> Result<(Vec<ArrayRef>, Vec<Option<String>>, Vec<Option<String>>)> {
+        let mut pieces = Vec::with_capacity(spans.len());
+        let mut errors = Vec::with_capacity(spans.len());
+        let mut raw = Vec::with_capacity(spans.len());
+        let null_row = RecordBatch::try_new(
+            Arc::clone(&self.data_schema),
+            self.data_schema
+                .fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), 1))
+                .collect(),
+        )?;
+        for span in spans {
+            let bytes = &text[span.clone()];
+            let mut d = self.decoder(1)?;
+            let decoded = match d.decode(bytes).and_then(|_| d.flush()) {
+                Ok(Some(b)) if b.num_rows() == 1 => Ok(b),
+                Ok(_) => Err("not a JSON object".to_string()),
+                Err(e) => Err(describe(bytes, e)),
+            };
+            match decoded {
+                Ok(b) => {
+                    pieces.push(b);
+                    errors.push(None);
+                    raw.push(None);
+                }
+                Err(msg) => {
+                    pieces.push(null_row.clone());
+                    errors.push(Some(msg));
+                    raw.push(Some(String::from_utf8_lossy(bytes).into_owned()));
+                }
+            }
+        }
+        let all = arrow::compute::concat_batches(&self.data_schema, &pieces)?;
+        Ok((all.columns().to_vec(), errors, raw))
+    }
+}
+
+impl super::ReadBatch for JsonBatches {
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if self.current.is_none() {
+                let Some(path) = self.source.files().get(self.next_file).cloned() else {
+                    return Ok(None);
+                };
+                self.next_file += 1;
+                let recs = Records::open(&path, self.source.format())?;
+                self.current = Some((recs, path.display().to_string()));
+            }
+            let batch_size = self.source.batch_size();
+            let (recs, display) = self.current.as_mut().expect("opened above");
+            let display = display.clone();
+            let mut text = Vec::with_capacity(batch_size * 128);
+            let mut spans = Vec::with_capacity(batch_size);
+            let mut rows = Vec::with_capacity(batch_size);
+            let mut buf = Vec::new();
+            while rows.len() < batch_size {
+                let Some(row) = recs
+                    .next_record(&mut buf)
+                    .map_err(|e| Error::source(self.source.name(), format!("{display}: {e}")))?
+                else {
+                    break;
+                };
+                let start = text.len();
+                text.extend_from_slice(&buf);
+                spans.push(start..text.len());
+                text.push(b'\n');
+                rows.push(row);
+            }
+            if rows.is_empty() {
+                self.current = None;
+                continue;
+            }
+            let n = rows.len();
+            let fast = {
+                let mut d = self.decoder(n)?;
+                d.decode(&text)
+                    .and_then(|_| d.flush())
+                    .ok()
+                    .flatten()
+                    .filter(|b| b.num_rows() == n)
+            };
+            let (columns, errors, raw) = match fast {
+                Some(b) => (b.columns().to_vec(), vec![None; n], vec![None; n]),
+                None => self.decode_one_by_one(&text, &spans)?,
+            };
+            return assemble(&self.schema, columns, &display, rows, errors, raw).map(Some);
+        }
+    }
+}
+
+/// A short reason for a record that does not decode, preferring serde_json's syntax message.
+fn describe(bytes: &[u8], e: arrow::error::ArrowError) -> String {
+    match serde_json::from_slice::<Value>(bytes) {
+        Err(se) => format!("malformed JSON: {se}"),
+        Ok(Value::Object(_)) => format!("record does not fit the source's columns: {e}"),
+        Ok(_) => "not a JSON object".to_string(),
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(text: &str, format: InputFormat) -> Vec<(u64, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        std::fs::write(&p, text).unwrap();
+        let mut r = Records::open(&p, format).unwrap();
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while let Some(n) = r.next_record(&mut buf).unwrap() {
+            out.push((n, String::from_utf8(buf.clone()).unwrap()));
+        }
+        out
+    }
+
+    #[test]
+    fn array_elements_are_split_at_top_level_commas() {
+        let got = records(r#" [ {"a": "x,]}", "b": [1, 2]} , {"a": "\"q\""}, 5 ] "#, InputFormat::Json);
+        assert_eq!(
+            got,
+            vec![
+                (1, r#"{"a": "x,]}", "b": [1, 2]}"#.to_string()),
+                (2, r#"{"a": "\"q\""}"#.to_string()),
+                (3, "5".to_string())
+            ]
+        );
+        assert!(records("[]", InputFormat::Json).is_empty());
+        assert_eq!(records(r#"[{"a": 1}, {"a": "#, InputFormat::Json).len(), 2);
+    }
+
+    #[test]
+    fn ndjson_lines_keep_line_numbers_and_skip_blanks() {
+        let got = records("{\"a\":1}\n\n{\"a\":2}\r\n", InputFormat::Ndjson);
+        assert_eq!(got, vec![(1, "{\"a\":1}".to_string()), (3, "{\"a\":2}".to_string())]);
+    }
+}

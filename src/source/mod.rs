@@ -1,0 +1,239 @@
+//! Sources: every input is read as a stream of Arrow record batches.
+//!
+//! A batch holds the source's columns as read plus provenance columns: [`FILE_COL`] (the file),
+//! [`ROW_COL`] (1-based record number in that file: the CSV record after the header, the NDJSON
+//! line, the JSON array element), [`ERROR_COL`] (why the record is malformed, null when it is
+//! not) and [`RAW_COL`] (the raw text of a record that could not be parsed at all). Malformed
+//! records are rows like any other, so `rows read = valid + invalid` always holds.
+//!
+//! CSV columns are text as written (an empty field is null); JSON scalars are read as text
+//! (numbers and booleans as their JSON text), so a value of an unexpected type is never a
+//! decoding error: the mapping decides how to convert it. Parquet columns keep their types.
+
+mod csv;
+mod files;
+mod json;
+mod parquet;
+pub mod profile;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+use crate::config::{InputFormat, SourceConfig};
+use crate::error::{Error, Result};
+
+pub use files::open_decompressed;
+pub use profile::{ColumnProfile, ValueShape};
+
+/// Provenance column: the file a row came from.
+pub const FILE_COL: &str = "__file";
+/// Provenance column: 1-based record number within its file.
+pub const ROW_COL: &str = "__row";
+/// Why a record is malformed; null for well-formed records.
+pub const ERROR_COL: &str = "__error";
+/// Raw text of a record that could not be parsed into columns.
+pub const RAW_COL: &str = "__raw";
+
+/// Names reserved for provenance.
+pub const PROVENANCE: [&str; 4] = [FILE_COL, ROW_COL, ERROR_COL, RAW_COL];
+
+/// A file source: one or more files of one format.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    name: String,
+    files: Vec<PathBuf>,
+    format: InputFormat,
+    config: SourceConfig,
+    /// The source's own columns (without provenance).
+    data_schema: SchemaRef,
+    batch_size: usize,
+}
+
+impl FileSource {
+    /// Resolves the files (glob), picks the format and reads the schema (header, inference
+    /// from the first records, or Parquet metadata). `base` anchors relative paths.
+    pub fn try_new(
+        name: &str,
+        config: &SourceConfig,
+        base: &std::path::Path,
+        batch_size: usize,
+    ) -> Result<FileSource> {
+        let pattern = config
+            .path
+            .as_deref()
+            .ok_or_else(|| Error::source(name, "no `path` configured"))?;
+        let files = files::resolve(name, pattern, base)?;
+        let format = match config.format {
+            Some(f) => f,
+            None => InputFormat::from_path(&files[0]).ok_or_else(|| {
+                Error::source(
+                    name,
+                    format!(
+                        "cannot tell the format of {} from its extension; set `format` to one of `csv`, `ndjson`, `json`, `parquet`",
+                        files[0].display()
+                    ),
+                )
+            })?,
+        };
+        let data_schema = match format {
+            InputFormat::Csv => csv::infer_schema(name, &files, &config.csv)?,
+            InputFormat::Ndjson | InputFormat::Json => json::infer_schema(name, &files, format)?,
+            InputFormat::Parquet => parquet::infer_schema(name, &files)?,
+        };
+        if let Some(bad) = data_schema
+            .fields()
+            .iter()
+            .find(|f| PROVENANCE.contains(&f.name().as_str()))
+        {
+            return Err(Error::source(
+                name,
+                format!("column name `{}` is reserved for provenance", bad.name()),
+            ));
+        }
+        Ok(FileSource {
+            name: name.to_string(),
+            files,
+            format,
+            config: config.clone(),
+            data_schema,
+            batch_size,
+        })
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The resolved input files.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The input format.
+    pub fn format(&self) -> InputFormat {
+        self.format
+    }
+
+    /// The source's own columns, without provenance.
+    pub fn data_schema(&self) -> SchemaRef {
+        Arc::clone(&self.data_schema)
+    }
+
+    /// The schema of the batches this source yields: its columns, then provenance.
+    pub fn schema(&self) -> SchemaRef {
+        with_provenance(&self.data_schema)
+    }
+
+    /// Opens a blocking iterator over all batches.
+    pub fn batches(&self) -> Result<BatchIter> {
+        let schema = self.schema();
+        let inner: Box<dyn ReadBatch> = match self.format {
+            InputFormat::Csv => Box::new(csv::CsvBatches::new(self.clone(), schema)),
+            InputFormat::Ndjson | InputFormat::Json => {
+                Box::new(json::JsonBatches::new(self.clone(), schema)?)
+            }
+            InputFormat::Parquet => Box::new(parquet::ParquetBatches::new(self.clone(), schema)),
+        };
+        Ok(BatchIter { inner, failed: false })
+    }
+
+    /// The first `n` rows (fewer if the source is shorter), read from the start.
+    pub fn sample(&self, n: usize) -> Result<RecordBatch> {
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        for b in self.batches()? {
+            let b = b?;
+            rows += b.num_rows();
+            batches.push(b);
+            if rows >= n {
+                break;
+            }
+        }
+        let all = arrow::compute::concat_batches(&self.schema(), &batches)?;
+        Ok(all.slice(0, n.min(all.num_rows())))
+    }
+
+    /// A stream of all batches; reading and parsing run on a blocking thread, `capacity` batches
+    /// ahead at most, so a slow consumer holds the reader back instead of buffering the input.
+    pub fn stream(&self, capacity: usize) -> Result<SendableRecordBatchStream> {
+        let iter = self.batches()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        tokio::task::spawn_blocking(move || {
+            for item in iter {
+                let item = item.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
+                if tx.blocking_send(item).is_err() {
+                    break; // The consumer is gone (cancelled or failed): stop reading.
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
+    }
+
+    pub(crate) fn config(&self) -> &SourceConfig {
+        &self.config
+    }
+
+    pub(crate) fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+}
+
+/// A blocking iterator over a source's batches.
+pub struct BatchIter {
+    inner: Box<dyn ReadBatch>,
+    /// After an error the reader's position is unknown: stop rather than guess.
+    failed: bool,
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<RecordBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let r = self.inner.read_batch().transpose();
+        self.failed = matches!(r, Some(Err(_)));
+        r
+    }
+}
+
+/// Appends the provenance columns to a data schema.
+pub fn with_provenance(data: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    fields.push(Field::new(FILE_COL, DataType::Utf8, false));
+    fields.push(Field::new(ROW_COL, DataType::UInt64, false));
+    fields.push(Field::new(ERROR_COL, DataType::Utf8, true));
+    fields.push(Field::new(RAW_COL, DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// Builds a batch from data columns plus provenance values.
+pub(crate) fn assemble(
+    schema: &SchemaRef,
+    mut columns: Vec<ArrayRef>,
+    file: &str,
+    rows: Vec<u64>,
+    errors: Vec<Option<String>>,
+    raw: Vec<Option<String>>,
+) -> Result<RecordBatch> {
+    let n = rows.len();
+    columns.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(file, n))));
+    columns.push(Arc::new(UInt64Array::from(rows)));
+    columns.push(Arc::new(StringArray::from(errors)));
+    columns.push(Arc::new(StringArray::from(raw)));
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// One reader of a source format: the next batch, `None` at the end.
+pub(crate) trait ReadBatch: Send {
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>>;
+}

@@ -1,0 +1,281 @@
+//! What a column's values look like, from a sample: the evidence mappers use to pick
+//! conversions (which date formats parse, whether numbers carry currency signs, …).
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::datatypes::DataType;
+use chrono::{NaiveDate, NaiveDateTime};
+
+/// Date formats tried on sample values, most common first.
+pub const DATE_FORMATS: &[&str] = &["%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%Y%m%d"];
+
+/// Date-time formats tried on sample values, most common first.
+pub const DATETIME_FORMATS: &[&str] = &[
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%d/%m/%Y %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M",
+    "%Y/%m/%d %H:%M:%S",
+    "%Y/%m/%d %H:%M",
+    "%d.%m.%Y %H:%M",
+];
+
+/// The dominant shape of a column's non-blank values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "shape")]
+pub enum ValueShape {
+    /// No non-blank value in the sample.
+    Empty,
+    /// Integer literals.
+    Integer,
+    /// Decimal numbers.
+    Number,
+    /// Numbers written with currency signs, thousands separators or units (`$1,234.50`).
+    FormattedNumber,
+    /// true/false, yes/no, y/n, 1/0.
+    Boolean,
+    /// Calendar dates; `formats` parse the sample's values, best first.
+    Date {
+        /// chrono formats, best first.
+        formats: Vec<String>,
+    },
+    /// Date-times; `formats` parse the sample's values, best first.
+    DateTime {
+        /// chrono formats, best first.
+        formats: Vec<String>,
+    },
+    /// Anything else.
+    Text,
+    /// Nested values (struct/list columns).
+    Nested,
+}
+
+/// A column's profile from a sample.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ColumnProfile {
+    /// Column name.
+    pub name: String,
+    /// Arrow type as read.
+    pub data_type: String,
+    /// Dominant shape of the values.
+    pub shape: ValueShape,
+    /// Share of null or blank values, 0..1.
+    pub null_share: f64,
+    /// Values have leading/trailing whitespace.
+    pub padded: bool,
+    /// Letters appear in more than one case across values (`Paid`, `PAID`).
+    pub mixed_case: bool,
+    /// Up to five distinct example values.
+    pub examples: Vec<String>,
+    /// Number of distinct non-blank values in the sample.
+    pub distinct: usize,
+}
+
+const BOOL_WORDS: &[&str] = &["true", "false", "yes", "no", "y", "n", "t", "f", "1", "0"];
+
+/// Profiles every data column of a sample (provenance columns excluded).
+pub fn profile(sample: &RecordBatch) -> Vec<ColumnProfile> {
+    sample
+        .schema()
+        .fields()
+        .iter()
+        .zip(sample.columns())
+        .filter(|(f, _)| !super::PROVENANCE.contains(&f.name().as_str()))
+        .map(|(f, col)| profile_column(f.name(), col.as_ref()))
+        .collect()
+}
+
+fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
+    let dt = col.data_type().clone();
+    let base = ColumnProfile {
+        name: name.to_string(),
+        data_type: dt.to_string(),
+        shape: ValueShape::Empty,
+        null_share: 0.0,
+        padded: false,
+        mixed_case: false,
+        examples: vec![],
+        distinct: 0,
+    };
+    if matches!(dt, DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) | DataType::Map(..)) {
+        let nulls = col.null_count();
+        return ColumnProfile {
+            shape: ValueShape::Nested,
+            null_share: ratio(nulls, col.len()),
+            ..base
+        };
+    }
+    let text = match arrow::compute::cast(col, &DataType::Utf8) {
+        Ok(t) => t,
+        Err(_) => return ColumnProfile { shape: ValueShape::Text, ..base },
+    };
+    let text = text.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+    let raw: Vec<&str> = text.iter().flatten().collect();
+    let values: Vec<&str> = raw.iter().map(|v| v.trim()).filter(|v| !v.is_empty()).collect();
+    let mut distinct: Vec<&str> = values.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let examples = distinct.iter().take(5).map(|s| s.to_string()).collect();
+    let padded = raw.iter().any(|v| v.trim() != *v && !v.trim().is_empty());
+    let has_upper = values.iter().any(|v| v.chars().any(char::is_uppercase));
+    let has_lower = values.iter().any(|v| v.chars().any(char::is_lowercase));
+    let shape = if dt.is_numeric() {
+        if dt.is_integer() { ValueShape::Integer } else { ValueShape::Number }
+    } else if dt == DataType::Boolean {
+        ValueShape::Boolean
+    } else if matches!(dt, DataType::Date32 | DataType::Date64) {
+        ValueShape::Date { formats: vec!["%Y-%m-%d".into()] }
+    } else if matches!(dt, DataType::Timestamp(..)) {
+        ValueShape::DateTime { formats: vec![] }
+    } else {
+        text_shape(&values)
+    };
+    ColumnProfile {
+        shape,
+        null_share: ratio(col.len() - values.len(), col.len()),
+        padded,
+        mixed_case: has_upper && has_lower,
+        examples,
+        distinct: distinct.len(),
+        ..base
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// Whether `s` is an integer literal.
+pub fn is_integer(s: &str) -> bool {
+    let d = s.strip_prefix(['+', '-']).unwrap_or(s);
+    !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `s` is a plain decimal literal (no exponent, no separators).
+pub fn is_decimal(s: &str) -> bool {
+    let d = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let (a, b) = d.split_once('.').unwrap_or((d, ""));
+    (!a.is_empty() || !b.is_empty())
+        && a.bytes().all(|c| c.is_ascii_digit())
+        && b.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// Formats (from `candidates`) that parse at least one value, ordered by how many they parse.
+fn matching_formats(values: &[&str], candidates: &[&str], date_only: bool) -> (Vec<String>, usize) {
+    let mut scored: Vec<(usize, usize, &str)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let n = values
+                .iter()
+                .filter(|v| {
+                    if date_only {
+                        NaiveDate::parse_from_str(v, f).is_ok()
+                    } else {
+                        NaiveDateTime::parse_from_str(v, f).is_ok()
+                    }
+                })
+                .count();
+            (n, i, *f)
+        })
+        .filter(|(n, _, _)| *n > 0)
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    // Day-first and month-first formats both parse 01/02/2023: keep only the better of a pair.
+    let mut kept: Vec<String> = Vec::new();
+    for (_, _, f) in &scored {
+        let twin = f.replace("%d/%m", "%m/%d");
+        let twin2 = f.replace("%m/%d", "%d/%m");
+        if kept.iter().any(|k| *k == twin || *k == twin2) {
+            continue;
+        }
+        kept.push(f.to_string());
+    }
+    let covered = values
+        .iter()
+        .filter(|v| {
+            kept.iter().any(|f| {
+                if date_only {
+                    NaiveDate::parse_from_str(v, f).is_ok()
+                } else {
+                    NaiveDateTime::parse_from_str(v, f).is_ok()
+                }
+            })
+        })
+        .count();
+    (kept, covered)
+}
+
+fn text_shape(values: &[&str]) -> ValueShape {
+    if values.is_empty() {
+        return ValueShape::Empty;
+    }
+    let n = values.len();
+    let most = |k: usize| k * 10 >= n * 8; // at least 80% of the values
+    let ints = values.iter().filter(|v| is_integer(v)).count();
+    let decs = values.iter().filter(|v| is_decimal(v)).count();
+    let bools = values
+        .iter()
+        .filter(|v| BOOL_WORDS.contains(&v.to_ascii_lowercase().as_str()))
+        .count();
+    let formatted = values
+        .iter()
+        .filter(|v| crate::functions::parse_number_str(v).is_some())
+        .count();
+    // Any integer among the boolean words is 0 or 1, so a mostly-boolean column is a flag.
+    if most(bools) {
+        return ValueShape::Boolean;
+    }
+    if most(ints) {
+        return ValueShape::Integer;
+    }
+    if most(decs) {
+        return ValueShape::Number;
+    }
+    if most(formatted) {
+        return ValueShape::FormattedNumber;
+    }
+    let (dt_formats, dt_cov) = matching_formats(values, DATETIME_FORMATS, false);
+    if most(dt_cov) {
+        return ValueShape::DateTime { formats: dt_formats };
+    }
+    let (d_formats, d_cov) = matching_formats(values, DATE_FORMATS, true);
+    if most(d_cov) {
+        return ValueShape::Date { formats: d_formats };
+    }
+    ValueShape::Text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        assert_eq!(text_shape(&["1", "2", "-3"]), ValueShape::Integer);
+        assert_eq!(text_shape(&["1.5", "2", "3.25"]), ValueShape::Number);
+        assert_eq!(text_shape(&["$1,200.00", "$3.50", "€4"]), ValueShape::FormattedNumber);
+        assert_eq!(text_shape(&["yes", "no", "Y", "n"]), ValueShape::Boolean);
+        assert_eq!(text_shape(&["0", "1", "1", "0"]), ValueShape::Boolean);
+        assert_eq!(text_shape(&["hello", "world"]), ValueShape::Text);
+        assert_eq!(
+            text_shape(&["2023-04-05T13:45:12", "05/04/2023 13:45", "2023-01-02T00:00:00"]),
+            ValueShape::DateTime {
+                formats: vec!["%Y-%m-%dT%H:%M:%S".into(), "%d/%m/%Y %H:%M".into()]
+            }
+        );
+        assert_eq!(
+            text_shape(&["31/01/2023", "01/02/2023"]),
+            ValueShape::Date { formats: vec!["%d/%m/%Y".into()] }
+        );
+        assert_eq!(
+            text_shape(&["01/31/2023", "02/01/2023"]),
+            ValueShape::Date { formats: vec!["%m/%d/%Y".into()] }
+        );
+    }
+}

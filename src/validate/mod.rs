@@ -1,0 +1,228 @@
+//! Validation compiled from the JSON Schema into boolean DataFusion expressions, one per rule
+//! and field ("masks"), evaluated per batch inside the source's plan. A row is valid when every
+//! mask is true; per-row error lists are built only for invalid rows ([`report`]).
+
+pub mod format;
+pub mod report;
+
+use datafusion::prelude::{Expr, lit};
+use serde_json::Value;
+
+use crate::mapping::CompiledMapping;
+use crate::schema::{FieldKind, TargetField, TargetSchema};
+
+pub use report::{InvalidRows, RowError, split};
+
+/// Prefix of the pass-through copies of source columns inside a plan (they may share names with
+/// target fields).
+pub const SRC_PREFIX: &str = "__src__";
+
+/// What a check tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    /// A required field is missing (its source is null or blank).
+    Required,
+    /// A non-blank source value did not convert to the target type.
+    Type,
+    /// Like `Type`, for dates and date-times (reported as `format`).
+    DateFormat,
+    /// `minimum`.
+    Minimum(f64),
+    /// `maximum`.
+    Maximum(f64),
+    /// `exclusiveMinimum`.
+    ExclusiveMinimum(f64),
+    /// `exclusiveMaximum`.
+    ExclusiveMaximum(f64),
+    /// `multipleOf`.
+    MultipleOf(f64),
+    /// `minLength`.
+    MinLength(u64),
+    /// `maxLength`.
+    MaxLength(u64),
+    /// `pattern`.
+    Pattern(String),
+    /// `enum`.
+    Enum(Vec<Value>),
+    /// `const`.
+    Const(Value),
+    /// `format`.
+    Format(String),
+    /// Keywords checked per row by the `jsonschema` crate.
+    Schema,
+}
+
+impl Rule {
+    /// The rule's name in error lists (the JSON Schema keyword, or `required`/`type`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::Required => "required",
+            Rule::Type => "type",
+            Rule::DateFormat | Rule::Format(_) => "format",
+            Rule::Minimum(_) => "minimum",
+            Rule::Maximum(_) => "maximum",
+            Rule::ExclusiveMinimum(_) => "exclusiveMinimum",
+            Rule::ExclusiveMaximum(_) => "exclusiveMaximum",
+            Rule::MultipleOf(_) => "multipleOf",
+            Rule::MinLength(_) => "minLength",
+            Rule::MaxLength(_) => "maxLength",
+            Rule::Pattern(_) => "pattern",
+            Rule::Enum(_) => "enum",
+            Rule::Const(_) => "const",
+            Rule::Schema => "schema",
+        }
+    }
+}
+
+/// One vectorized check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Target field.
+    pub field: String,
+    /// The rule.
+    pub rule: Rule,
+    /// True when the row passes; never null.
+    pub ok: Expr,
+    /// Extra per-row text for the message (the fallback validator's errors), if any.
+    pub detail: Option<Expr>,
+    /// The field's kind, for messages.
+    pub kind_name: &'static str,
+    /// The source columns the field reads, for `type` messages.
+    pub sources: Vec<String>,
+}
+
+/// The compiled validator of one source: checks in field order, then rule order.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    /// All checks.
+    pub checks: Vec<Check>,
+}
+
+fn num(x: f64, kind: &FieldKind) -> Expr {
+    if *kind == FieldKind::Integer && x.fract() == 0.0 && x.abs() < 9.0e15 {
+        lit(x as i64)
+    } else {
+        lit(x)
+    }
+}
+
+fn json_lit(v: &Value, kind: &FieldKind) -> Option<Expr> {
+    match (kind, v) {
+        (FieldKind::Integer, Value::Number(n)) => n.as_i64().map(lit),
+        (FieldKind::Number, Value::Number(n)) => n.as_f64().map(lit),
+        (FieldKind::String | FieldKind::Json, Value::String(s)) => Some(lit(s.clone())),
+        (FieldKind::Boolean, Value::Bool(b)) => Some(lit(*b)),
+        _ => None,
+    }
+}
+
+/// `cond` as a mask that passes null values (the rule does not apply to a missing value).
+fn unless_null(v: &Expr, cond: Expr) -> Expr {
+    v.clone().is_null().or(cond)
+}
+
+impl Validator {
+    /// Builds the checks for a target schema and a compiled mapping (for the fields' sources).
+    pub fn new(target: &TargetSchema, mapping: &CompiledMapping) -> Validator {
+        let mut checks = Vec::new();
+        for (t, m) in target.fields.iter().zip(&mapping.fields) {
+            field_checks(t, &m.sources, &mut checks);
+        }
+        Validator { checks }
+    }
+}
+
+fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
+    let v = crate::mapping::compile::column(&t.name);
+    let present = if sources.is_empty() {
+        lit(false)
+    } else {
+        call_udf(
+            "any_present",
+            sources.iter().map(|s| crate::mapping::compile::column(&format!("{SRC_PREFIX}{s}"))).collect(),
+        )
+    };
+    let mut push = |rule: Rule, ok: Expr, detail: Option<Expr>| {
+        out.push(Check {
+            field: t.name.clone(),
+            rule,
+            ok,
+            detail,
+            kind_name: t.kind.json_name(),
+            sources: sources.to_vec(),
+        })
+    };
+    if t.required {
+        push(Rule::Required, v.clone().is_not_null().or(present.clone()), None);
+    }
+    let conversion = if matches!(t.kind, FieldKind::Date | FieldKind::DateTime) { Rule::DateFormat } else { Rule::Type };
+    if !sources.is_empty() {
+        push(conversion, v.clone().is_not_null().or(present.clone().is_false()), None);
+    }
+    let c = &t.constraints;
+    let numeric = matches!(t.kind, FieldKind::Integer | FieldKind::Number);
+    let stringy = matches!(t.kind, FieldKind::String | FieldKind::Json);
+    if numeric {
+        if let Some(x) = c.minimum {
+            push(Rule::Minimum(x), unless_null(&v, v.clone().gt_eq(num(x, &t.kind))), None);
+        }
+        if let Some(x) = c.maximum {
+            push(Rule::Maximum(x), unless_null(&v, v.clone().lt_eq(num(x, &t.kind))), None);
+        }
+        if let Some(x) = c.exclusive_minimum {
+            push(Rule::ExclusiveMinimum(x), unless_null(&v, v.clone().gt(num(x, &t.kind))), None);
+        }
+        if let Some(x) = c.exclusive_maximum {
+            push(Rule::ExclusiveMaximum(x), unless_null(&v, v.clone().lt(num(x, &t.kind))), None);
+        }
+        if let Some(m) = c.multiple_of.filter(|m| *m > 0.0) {
+            let ok = if t.kind == FieldKind::Integer && m.fract() == 0.0 {
+                (v.clone() % lit(m as i64)).eq(lit(0i64))
+            } else {
+                // Within a relative tolerance: 0.3 is a multiple of 0.1 in decimal terms.
+                let q = v.clone() / lit(m);
+                let diff = datafusion::functions::expr_fn::abs(q.clone() - datafusion::functions::expr_fn::round(vec![q.clone()]));
+                diff.lt_eq(lit(1e-9) * datafusion::functions::expr_fn::greatest(vec![lit(1.0), datafusion::functions::expr_fn::abs(q)]))
+            };
+            push(Rule::MultipleOf(m), unless_null(&v, ok), None);
+        }
+    }
+    if stringy {
+        let len = || datafusion::functions::expr_fn::character_length(v.clone());
+        if let Some(n) = c.min_length {
+            push(Rule::MinLength(n), unless_null(&v, len().gt_eq(lit(n as i64))), None);
+        }
+        if let Some(n) = c.max_length {
+            push(Rule::MaxLength(n), unless_null(&v, len().lt_eq(lit(n as i64))), None);
+        }
+        if let Some(p) = &c.pattern {
+            let m = datafusion::functions::expr_fn::regexp_like(v.clone(), lit(p.clone()), None);
+            push(Rule::Pattern(p.clone()), unless_null(&v, m), None);
+        }
+    }
+    if let Some(values) = &c.enum_values {
+        let lits: Vec<Expr> = values.iter().filter_map(|x| json_lit(x, &t.kind)).collect();
+        let ok = if lits.is_empty() { lit(false) } else { v.clone().in_list(lits, false) };
+        push(Rule::Enum(values.clone()), unless_null(&v, ok), None);
+    }
+    if let Some(value) = &c.const_value {
+        let ok = json_lit(value, &t.kind).map(|l| v.clone().eq(l)).unwrap_or(lit(false));
+        push(Rule::Const(value.clone()), unless_null(&v, ok), None);
+    }
+    if let Some(f) = c.format.as_ref().filter(|f| stringy && format::is_known(f)) {
+        let call = call_udf("is_format", vec![v.clone(), lit(f.clone())]);
+        push(Rule::Format(f.clone()), unless_null(&v, call), None);
+    }
+    if t.needs_fallback {
+        let detail = call_udf("json_schema_errors", vec![v.clone(), lit(t.schema.to_string())]);
+        push(Rule::Schema, detail.clone().is_null(), Some(detail));
+    }
+}
+
+fn call_udf(name: &str, args: Vec<Expr>) -> Expr {
+    let f = crate::functions::all()
+        .into_iter()
+        .find(|f| f.name() == name)
+        .expect("conform function is registered");
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(std::sync::Arc::new(f), args))
+}
