@@ -25,6 +25,7 @@ pub fn all() -> Vec<ScalarUDF> {
         udf(Kind::TryToTimestamp),
         udf(Kind::ParseNumber),
         udf(Kind::ParseBool),
+        udf(Kind::Clean),
         udf(Kind::AnyPresent),
         udf(Kind::IsFormat),
         udf(Kind::JsonSchemaErrors),
@@ -43,6 +44,7 @@ pub const SIGNATURES: &[(&str, &str)] = &[
     ("try_to_date", "try_to_date(text, format, ...) -> date: the first chrono format that parses; null if none"),
     ("try_to_timestamp", "try_to_timestamp(text, format, ...) -> timestamp(µs, UTC): as try_to_date; no format = RFC 3339 / ISO 8601"),
     ("parse_number", "parse_number(text) -> double: strips currency signs, spaces and thousands separators ('$1,234.50', '1.234,50 €', '(12)'); null if not a number"),
+    ("clean", "clean(text) -> text: trims ASCII whitespace (space, tab, CR, LF); an empty result is null"),
     ("parse_bool", "parse_bool(text) -> boolean: true/t/yes/y/1/on and false/f/no/n/0/off, any case; null otherwise"),
 ];
 
@@ -52,6 +54,7 @@ enum Kind {
     TryToTimestamp,
     ParseNumber,
     ParseBool,
+    Clean,
     AnyPresent,
     IsFormat,
     JsonSchemaErrors,
@@ -65,7 +68,7 @@ struct ConformUdf {
 
 fn udf(kind: Kind) -> ScalarUDF {
     let signature = match kind {
-        Kind::ParseNumber | Kind::ParseBool => Signature::any(1, Volatility::Immutable),
+        Kind::ParseNumber | Kind::ParseBool | Kind::Clean => Signature::any(1, Volatility::Immutable),
         Kind::IsFormat | Kind::JsonSchemaErrors => Signature::any(2, Volatility::Immutable),
         Kind::TryToDate | Kind::TryToTimestamp | Kind::AnyPresent => {
             Signature::variadic_any(Volatility::Immutable)
@@ -81,6 +84,7 @@ impl ScalarUDFImpl for ConformUdf {
             Kind::TryToTimestamp => "try_to_timestamp",
             Kind::ParseNumber => "parse_number",
             Kind::ParseBool => "parse_bool",
+            Kind::Clean => "clean",
             Kind::AnyPresent => "any_present",
             Kind::IsFormat => "is_format",
             Kind::JsonSchemaErrors => "json_schema_errors",
@@ -97,7 +101,7 @@ impl ScalarUDFImpl for ConformUdf {
             Kind::TryToTimestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Kind::ParseNumber => DataType::Float64,
             Kind::ParseBool | Kind::AnyPresent | Kind::IsFormat => DataType::Boolean,
-            Kind::JsonSchemaErrors => DataType::Utf8,
+            Kind::JsonSchemaErrors | Kind::Clean => DataType::Utf8,
         })
     }
 
@@ -146,6 +150,14 @@ impl ScalarUDFImpl for ConformUdf {
                     text.iter().for_each(|v| b.append_option(v.and_then(parse_bool_str)));
                     Arc::new(b.finish())
                 }
+            }
+            Kind::Clean => {
+                let text = as_text(&args.args[0], n)?;
+                let out: StringArray = text
+                    .iter()
+                    .map(|v| v.map(|v| v.trim_matches([' ', '\t', '\r', '\n'])).filter(|v| !v.is_empty()))
+                    .collect();
+                Arc::new(out)
             }
             Kind::AnyPresent => {
                 let mut present = vec![false; n];

@@ -21,7 +21,7 @@ use crate::schema::TargetSchema;
 /// Functions a mapping expression may call: pure, deterministic, and row-level.
 pub const ALLOWED_FUNCTIONS: &[&str] = &[
     // conform's own try-variants and cleaning functions
-    "try_to_date", "try_to_timestamp", "parse_number", "parse_bool",
+    "try_to_date", "try_to_timestamp", "parse_number", "parse_bool", "clean",
     // strings
     "lower", "upper", "trim", "btrim", "ltrim", "rtrim", "concat", "concat_ws", "substr", "substring",
     "left", "right", "lpad", "rpad", "replace", "regexp_replace", "regexp_like", "split_part", "initcap",

@@ -132,7 +132,7 @@ fn full_name(t: &TargetField, profiles: &[ColumnProfile], used: &[bool]) -> Opti
     let (_, last) = find("last")?;
     Some(FieldMapping {
         expr: Some(format!(
-            "nullif(concat_ws(' ', nullif(trim({}), ''), nullif(trim({}), '')), '')",
+            "nullif(concat_ws(' ', clean({}), clean({})), '')",
             quote(&first.name),
             quote(&last.name)
         )),
@@ -161,7 +161,7 @@ fn unit_factor(target: &str, source: &str) -> Option<(f64, String)> {
 fn conversion(t: &TargetField, p: &ColumnProfile) -> (String, String) {
     let c = quote(&p.name);
     let is_text = p.data_type == "Utf8" || p.data_type == "Utf8View" || p.data_type == "LargeUtf8";
-    let clean = if is_text { format!("nullif(trim({c}), '')") } else { c.clone() };
+    let clean = if is_text { format!("clean({c})") } else { c.clone() };
     let formats = |fs: &[String]| fs.iter().map(|f| literal(f)).collect::<Vec<_>>().join(", ");
     match &t.kind {
         FieldKind::Integer | FieldKind::Number => {

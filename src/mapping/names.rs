@@ -15,7 +15,7 @@ const SYNONYMS: &[(&str, &[&str])] = &[
     ("amount", &["amount", "amt", "total", "sum", "price", "value", "cost"]),
     ("date", &["date", "dt", "day"]),
     ("timestamp", &["timestamp", "ts", "time", "datetime", "at", "when"]),
-    ("created", &["created", "creation", "create", "placed", "opened"]),
+    ("created", &["created", "creation", "create", "placed", "opened", "signup", "signed", "registered", "registration", "joined", "join", "enrolled"]),
     ("updated", &["updated", "modified", "changed", "update"]),
     ("address", &["address", "addr", "adr"]),
     ("phone", &["phone", "tel", "telephone", "mobile", "cell"]),
@@ -34,6 +34,16 @@ const SYNONYMS: &[(&str, &[&str])] = &[
     ("user", &["user", "usr", "account", "login"]),
     ("city", &["city", "town", "locality"]),
     ("currency", &["currency", "curr", "ccy"]),
+];
+
+/// Abbreviations that stand for several words.
+const EXPANSIONS: &[(&str, &[&str])] = &[
+    ("ltv", &["lifetime", "value"]),
+    ("clv", &["lifetime", "value"]),
+    ("dob", &["birth", "date"]),
+    ("ssn", &["social", "security", "number"]),
+    ("pw", &["password"]),
+    ("qty", &["quantity"]),
 ];
 
 /// Unit suffixes that say how a value is measured, not what it is.
@@ -110,7 +120,13 @@ pub fn tokens(name: &str) -> Vec<String> {
             i += 1;
         }
     }
-    let mut toks: Vec<String> = joined.iter().map(|w| canonical(w)).collect();
+    let mut toks: Vec<String> = joined
+        .iter()
+        .flat_map(|w| match EXPANSIONS.iter().find(|(a, _)| a == w) {
+            Some((_, parts)) => parts.iter().map(|p| canonical(p)).collect::<Vec<_>>(),
+            None => vec![canonical(w)],
+        })
+        .collect();
     if toks.len() > 1 {
         toks.retain(|t| !UNITS.contains(&t.as_str()));
     }
@@ -179,5 +195,7 @@ mod tests {
         assert!(similarity("status", "customer_email") < 0.1);
         assert!(similarity("order_ts", "order_date") >= 0.5);
         assert!(similarity("comment", "notes") > 0.99);
+        assert!(similarity("created", "signup_date") >= 0.5);
+        assert!(similarity("ltv", "lifetime_value") > 0.99);
     }
 }

@@ -1,0 +1,312 @@
+//! Command-line interface: clap definitions, console output, logging, exit codes.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use conform::config::OutputFormat;
+use conform::{Config, Error, MapperChoice, Pipeline};
+
+/// Conform records from many differently shaped sources to one internal JSON Schema.
+#[derive(Debug, Parser)]
+#[command(name = "conform", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options every command that reads a config shares.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The configuration file.
+    #[arg(long, short = 'c', default_value = "config.json")]
+    pub config: PathBuf,
+    /// Process only this source (repeatable). Default: all sources, in config order.
+    #[arg(long = "source", short = 's')]
+    pub sources: Vec<String>,
+    /// Where the mapping comes from: a pinned document if it matches, else the heuristic
+    /// mapper (`auto`); always the heuristic mapper; or only a pinned document (`file`).
+    #[arg(long, value_enum, default_value_t = MapperArg::Auto)]
+    pub mapper: MapperArg,
+}
+
+/// `--mapper` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MapperArg {
+    /// Pinned document if its fingerprint matches, else heuristic.
+    Auto,
+    /// The offline heuristic mapper.
+    Heuristic,
+    /// Only a pinned mapping document.
+    File,
+}
+
+impl From<MapperArg> for MapperChoice {
+    fn from(m: MapperArg) -> Self {
+        match m {
+            MapperArg::Auto => MapperChoice::Auto,
+            MapperArg::Heuristic => MapperChoice::Heuristic,
+            MapperArg::File => MapperChoice::File,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read, map, validate and write every source.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Output format of valid rows (overrides `output_format`).
+        #[arg(long, value_parser = parse_format)]
+        format: Option<OutputFormat>,
+        /// Output directory (overrides `output_directory`).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Show a progress bar on stderr: `auto` when stderr is a terminal.
+        #[arg(long, value_enum, default_value_t = Progress::Auto)]
+        progress: Progress,
+    },
+    /// Write each source's mapping document for review, without transforming data.
+    Map {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check the config, the schema, every source and its mapping; writes nothing.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print each source's compiled mapping and validation as SQL.
+    Explain {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the Arrow schema the internal JSON Schema becomes.
+    Schema {
+        /// The configuration file.
+        #[arg(long, short = 'c', default_value = "config.json")]
+        config: PathBuf,
+    },
+}
+
+/// `--progress` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Progress {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+fn parse_format(s: &str) -> Result<OutputFormat, String> {
+    s.parse()
+}
+
+/// Sets up tracing on stderr.
+pub fn init_logging(cli: &Cli) {
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("conform={level},warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Console output: the original tool's lines go to stdout; a closed pipe ends output quietly.
+struct Console {
+    out: std::io::Stdout,
+    closed: bool,
+}
+
+impl Console {
+    fn line(&mut self, s: &str) {
+        if self.closed {
+            return;
+        }
+        let mut lock = self.out.lock();
+        if writeln!(lock, "{s}").and_then(|_| lock.flush()).is_err() {
+            self.closed = true; // BrokenPipe: stop printing, keep working.
+        }
+    }
+}
+
+fn selected(pipeline: &Pipeline, wanted: &[String]) -> Result<Vec<String>, Error> {
+    let all = pipeline.config().source_names();
+    if wanted.is_empty() {
+        return Ok(all);
+    }
+    for w in wanted {
+        if !all.contains(w) {
+            return Err(Error::config(
+                "--source",
+                format!("no source named `{w}`. Valid sources are {}", all.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
+            ));
+        }
+    }
+    Ok(all.into_iter().filter(|n| wanted.contains(n)).collect())
+}
+
+/// Runs a command; returns the exit code.
+pub async fn execute(cli: Cli) -> Result<u8, Error> {
+    let mut console = Console { out: std::io::stdout(), closed: false };
+    match cli.command {
+        Command::Schema { config } => {
+            let config = Config::load(&config)?;
+            let target = conform::TargetSchema::try_new(&config.internal_schema)?;
+            for f in target.fields.iter() {
+                let field = f.arrow_field(false);
+                let null = if field.is_nullable() { "nullable" } else { "not null" };
+                console.line(&format!("{}: {} {null}", f.name, field.data_type()));
+            }
+            Ok(0)
+        }
+        Command::Run { common, format, output_dir, progress } => {
+            let mut config = Config::load(&common.config)?;
+            if let Some(f) = format {
+                config.output_format = f;
+            }
+            if let Some(d) = output_dir {
+                // A flag is relative to the working directory, not to the config file.
+                config.output_directory = std::env::current_dir().map(|c| c.join(&d)).unwrap_or(d);
+            }
+            let pipeline = Pipeline::try_new(config)?;
+            let names = selected(&pipeline, &common.sources)?;
+            let out_dir = pipeline.config().output_dir();
+            std::fs::create_dir_all(&out_dir).map_err(|e| Error::io("creating directory", &out_dir, e))?;
+            let show_bar = match progress {
+                Progress::Always => true,
+                Progress::Never => false,
+                Progress::Auto => std::io::stderr().is_terminal(),
+            };
+            let started = chrono::Utc::now();
+            let mut reports = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let bar = show_bar.then(|| {
+                    let b = indicatif::ProgressBar::new_spinner();
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template("{spinner} {prefix} {human_pos} rows ({per_sec}) {elapsed}")
+                            .expect("valid template"),
+                    );
+                    b.set_prefix(name.clone());
+                    b
+                });
+                let tick = |rows: u64| {
+                    if let Some(b) = &bar {
+                        b.set_position(rows);
+                    }
+                };
+                let report = pipeline.run_source(name, common.mapper.into(), Some(&tick)).await;
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                if i > 0 {
+                    console.line("");
+                }
+                for l in &report.console {
+                    console.line(l);
+                }
+                if let Some(e) = &report.error {
+                    eprintln!("conform: source `{name}` failed: {e}");
+                }
+                reports.push(report);
+            }
+            let summary = conform::summary::RunSummary::new(started, pipeline.config().output_format, &reports);
+            summary.write(&out_dir)?;
+            Ok(if reports.iter().all(|r| r.ok()) { 0 } else { 1 })
+        }
+        Command::Map { common } => per_source(Mode::Map, common, &mut console).await,
+        Command::Check { common } => per_source(Mode::Check, common, &mut console).await,
+        Command::Explain { common } => per_source(Mode::Explain, common, &mut console).await,
+    }
+}
+
+/// `map`, `check` and `explain`: prepare each source and report on it.
+async fn per_source(mode: Mode, common: Common, console: &mut Console) -> Result<u8, Error> {
+    {
+        {
+            let config = Config::load(&common.config)?;
+            let pipeline = Pipeline::try_new(config)?;
+            let names = selected(&pipeline, &common.sources)?;
+            let mut failed = false;
+            for (i, name) in names.iter().enumerate() {
+                match pipeline.prepare(name, common.mapper.into()).await {
+                    Ok(p) => match mode {
+                        Mode::Map => {
+                            if p.pinned {
+                                console.line(&format!("{name}: pinned mapping {} is current", p.document_path.display()));
+                            } else {
+                                p.document.save(&p.document_path)?;
+                                console.line(&format!("{name}: mapping written to {}", p.document_path.display()));
+                            }
+                            let unmapped = p.document.unmapped();
+                            if !unmapped.is_empty() {
+                                console.line(&format!("{name}: unmapped fields: {}", unmapped.join(", ")));
+                            }
+                        }
+                        Mode::Check => {
+                            let how = if p.pinned { "pinned mapping" } else { "generated mapping" };
+                            console.line(&format!(
+                                "{name}: ok ({} file(s), {} columns, {how}, {} checks)",
+                                p.source.files().len(),
+                                p.source.data_schema().fields().len(),
+                                p.validator.checks.len()
+                            ));
+                        }
+                        Mode::Explain => {
+                            if i > 0 {
+                                console.line("");
+                            }
+                            console.line(conform::mapping::explain::explain(&p).trim_end());
+                        }
+                    },
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("conform: source `{name}`: {e}");
+                    }
+                }
+            }
+            Ok(if failed { 1 } else { 0 })
+        }
+    }
+}
+
+enum Mode {
+    Map,
+    Check,
+    Explain,
+}
