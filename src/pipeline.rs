@@ -231,7 +231,7 @@ impl Pipeline {
         report.mapping = Some(MappingInfo {
             mapper: if prepared.pinned { MapperKind::File } else { prepared.document.mapper },
             document: prepared.document_path.display().to_string(),
-            fingerprint: prepared.document.source_fingerprint.clone(),
+            fingerprint: fingerprint(&prepared.source.data_schema()),
             unmapped: prepared.document.unmapped().iter().map(|s| s.to_string()).collect(),
         });
         report.timings.mapping_s = t0.elapsed().as_secs_f64();

@@ -107,7 +107,11 @@ impl MappingDocument {
 /// Stable hash of a source's column names and types.
 pub fn fingerprint(schema: &arrow::datatypes::Schema) -> String {
     let mut h = Sha256::new();
-    for f in schema.fields() {
+    // Sorted by name: expressions refer to columns by name, so order does not matter (and JSON
+    // sources list keys in first-seen order, which can differ between files).
+    let mut fields: Vec<_> = schema.fields().iter().collect();
+    fields.sort_by(|a, b| a.name().cmp(b.name()));
+    for f in fields {
         if crate::source::PROVENANCE.contains(&f.name().as_str()) {
             continue;
         }
