@@ -8,7 +8,7 @@
 
 use arrow::datatypes::{DataType, Schema};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::{DFSchema, ScalarValue, SchemaError};
 use datafusion::logical_expr::expr::{Cast, TryCast};
 use datafusion::logical_expr::{BinaryExpr, ExprSchemable, Operator};
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
@@ -121,9 +121,14 @@ pub fn compile_field(
         });
     };
     let df_schema = DFSchema::try_from(source.clone()).map_err(|e| e.to_string())?;
-    let parsed = ctx
-        .parse_sql_expr(text, &df_schema)
-        .map_err(|e| format!("cannot parse `{text}`: {}", strip_df(&e.to_string())))?;
+    let parsed = ctx.parse_sql_expr(text, &df_schema).map_err(|e| match e.find_root() {
+        // The parser resolves columns; answer with conform's wording and suggestion.
+        datafusion::error::DataFusionError::SchemaError(err, _) => match err.as_ref() {
+            SchemaError::FieldNotFound { field, .. } => unknown_column(&field.name, source),
+            _ => format!("cannot parse `{text}`: {}", strip_df(&e.to_string())),
+        },
+        _ => format!("cannot parse `{text}`: {}", strip_df(&e.to_string())),
+    })?;
     let mut sources: Vec<String> = Vec::new();
     let mut problem: Option<String> = None;
     parsed
@@ -233,9 +238,44 @@ fn unknown_column(name: &str, source: &Schema) -> String {
         .iter()
         .map(|c| (similarity(name, c), *c))
         .filter(|(s, _)| *s >= 0.5)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    let hint = best.map(|(_, c)| format!(" Did you mean `{c}`?")).unwrap_or_default();
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+        // A typo (`Emial` for `E-mail`) shares no word with the column but is a few edits away.
+        .or_else(|| {
+            let key = |s: &str| s.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect::<String>();
+            let k = key(name);
+            let limit = (k.chars().count() / 4).max(1);
+            cols.iter()
+                .map(|c| (edit_distance(&k, &key(c)), *c))
+                .filter(|(d, _)| *d <= limit)
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, c)| c)
+        });
+    let hint = best.map(|c| format!(" Did you mean `{c}`?")).unwrap_or_default();
     format!("No column named `{name}`.{hint} Valid columns are {}.", list(&cols))
+}
+
+/// Edit distance counting an adjacent transposition as one edit (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// DataFusion prefixes messages with its error kind; users need only the message.

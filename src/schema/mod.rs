@@ -161,9 +161,6 @@ impl TargetSchema {
                 e.instance_path()
             )));
         }
-        if let Err(e) = jsonschema::validator_for(raw) {
-            return Err(Error::Schema(format!("cannot be compiled: {e}")));
-        }
         let obj = raw
             .as_object()
             .ok_or_else(|| Error::Schema("must be a JSON object".into()))?;
@@ -183,6 +180,10 @@ impl TargetSchema {
         let fields = object_fields(obj, props, "")?;
         if fields.is_empty() {
             return Err(Error::Schema("`properties` is empty".into()));
+        }
+        // After the field walk, whose messages name the property (a bad `pattern`, say).
+        if let Err(e) = jsonschema::validator_for(raw) {
+            return Err(Error::Schema(format!("cannot be compiled: {e} (at `{}`)", e.instance_path())));
         }
         Ok(TargetSchema {
             fields,

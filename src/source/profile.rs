@@ -167,48 +167,39 @@ pub fn is_decimal(s: &str) -> bool {
 
 /// Formats (from `candidates`) that parse at least one value, ordered by how many they parse.
 fn matching_formats(values: &[&str], candidates: &[&str], date_only: bool) -> (Vec<String>, usize) {
+    let parses = |v: &str, f: &str| {
+        if date_only {
+            NaiveDate::parse_from_str(v, f).is_ok()
+        } else {
+            NaiveDateTime::parse_from_str(v, f).is_ok()
+        }
+    };
     let mut scored: Vec<(usize, usize, &str)> = candidates
         .iter()
         .enumerate()
-        .map(|(i, f)| {
-            let n = values
-                .iter()
-                .filter(|v| {
-                    if date_only {
-                        NaiveDate::parse_from_str(v, f).is_ok()
-                    } else {
-                        NaiveDateTime::parse_from_str(v, f).is_ok()
-                    }
-                })
-                .count();
-            (n, i, *f)
-        })
+        .map(|(i, f)| (values.iter().filter(|v| parses(v, f)).count(), i, *f))
         .filter(|(n, _, _)| *n > 0)
         .collect();
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    // Day-first and month-first formats both parse 01/02/2023: keep only the better of a pair.
-    let mut kept: Vec<String> = Vec::new();
+    // Greedy cover: a format is kept only if it parses a value the kept ones do not. This drops
+    // the twin of a day-first/month-first pair (both parse 01/02/2023) and formats that chrono
+    // treats as supersets (`%.f` also accepts no fraction).
+    let mut kept: Vec<&str> = Vec::new();
+    let mut done = vec![false; values.len()];
     for (_, _, f) in &scored {
-        let twin = f.replace("%d/%m", "%m/%d");
-        let twin2 = f.replace("%m/%d", "%d/%m");
-        if kept.iter().any(|k| *k == twin || *k == twin2) {
-            continue;
+        let mut adds = false;
+        for (i, v) in values.iter().enumerate() {
+            if !done[i] && parses(v, f) {
+                done[i] = true;
+                adds = true;
+            }
         }
-        kept.push(f.to_string());
+        if adds {
+            kept.push(f);
+        }
     }
-    let covered = values
-        .iter()
-        .filter(|v| {
-            kept.iter().any(|f| {
-                if date_only {
-                    NaiveDate::parse_from_str(v, f).is_ok()
-                } else {
-                    NaiveDateTime::parse_from_str(v, f).is_ok()
-                }
-            })
-        })
-        .count();
-    (kept, covered)
+    let covered = done.iter().filter(|d| **d).count();
+    (kept.into_iter().map(str::to_string).collect(), covered)
 }
 
 fn text_shape(values: &[&str]) -> ValueShape {

@@ -1,0 +1,109 @@
+//! A scratch directory plus helpers to run the binary in it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        Workdir { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
+    }
+
+    /// Copies a file from `testdata/`.
+    pub fn copy_testdata(&self, from: &str, to: &str) {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(from);
+        std::fs::copy(&src, self.join(to)).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_conform"));
+        cmd.args(args).current_dir(self.path()).env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let Output { status, stdout, stderr } = cmd.output().expect("run conform");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
+    /// Lines of an NDJSON file, parsed.
+    pub fn ndjson(&self, name: &str) -> Vec<serde_json::Value> {
+        self.read(name).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    pub fn json(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.read(name)).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
+    }
+
+    /// Files in the directory whose name contains `.tmp-` (left-over temporary outputs).
+    pub fn temp_files(&self) -> Vec<String> {
+        walk(self.path()).into_iter().filter(|n| n.contains(".tmp-")).collect()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+/// A config with the given sources (JSON object text) and schema (JSON text).
+pub fn config(sources: &str, schema: &str, extra: &str) -> String {
+    format!(r#"{{"output_directory": "out", {extra} "data_sources": {sources}, "internal_schema": {schema}}}"#)
+}
+
+/// The demo's schema, reused by tests.
+pub const PEOPLE_SCHEMA: &str = r#"{
+    "type": "object",
+    "required": ["id", "name"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "name": {"type": "string", "minLength": 1},
+        "email": {"type": ["string", "null"], "format": "email"},
+        "age": {"type": ["integer", "null"], "minimum": 0, "maximum": 150}
+    }
+}"#;
