@@ -8,11 +8,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, StringArray,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow::datatypes::{DataType, TimeUnit};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use datafusion::common::{DataFusionError, ScalarValue, exec_err};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 use rayon::prelude::*;
 
@@ -41,11 +46,26 @@ pub fn register_all(ctx: &SessionContext) {
 
 /// Names and signatures of the conform functions, for documentation and prompts.
 pub const SIGNATURES: &[(&str, &str)] = &[
-    ("try_to_date", "try_to_date(text, format, ...) -> date: the first chrono format that parses; null if none"),
-    ("try_to_timestamp", "try_to_timestamp(text, format, ...) -> timestamp(µs, UTC): as try_to_date; no format = RFC 3339 / ISO 8601"),
-    ("parse_number", "parse_number(text) -> double: strips currency signs, spaces and thousands separators ('$1,234.50', '1.234,50 €', '(12)'); null if not a number"),
-    ("clean", "clean(text) -> text: trims ASCII whitespace (space, tab, CR, LF); an empty result is null"),
-    ("parse_bool", "parse_bool(text) -> boolean: true/t/yes/y/1/on and false/f/no/n/0/off, any case; null otherwise"),
+    (
+        "try_to_date",
+        "try_to_date(text, format, ...) -> date: the first chrono format that parses; null if none",
+    ),
+    (
+        "try_to_timestamp",
+        "try_to_timestamp(text, format, ...) -> timestamp(µs, UTC): as try_to_date; no format = RFC 3339 / ISO 8601",
+    ),
+    (
+        "parse_number",
+        "parse_number(text) -> double: strips currency signs, spaces and thousands separators ('$1,234.50', '1.234,50 €', '(12)'); null if not a number",
+    ),
+    (
+        "clean",
+        "clean(text) -> text: trims ASCII whitespace (space, tab, CR, LF); an empty result is null",
+    ),
+    (
+        "parse_bool",
+        "parse_bool(text) -> boolean: true/t/yes/y/1/on and false/f/no/n/0/off, any case; null otherwise",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,7 +88,9 @@ struct ConformUdf {
 
 fn udf(kind: Kind) -> ScalarUDF {
     let signature = match kind {
-        Kind::ParseNumber | Kind::ParseBool | Kind::Clean => Signature::any(1, Volatility::Immutable),
+        Kind::ParseNumber | Kind::ParseBool | Kind::Clean => {
+            Signature::any(1, Volatility::Immutable)
+        }
         Kind::IsFormat | Kind::JsonSchemaErrors => Signature::any(2, Volatility::Immutable),
         Kind::TryToDate | Kind::TryToTimestamp | Kind::AnyPresent => {
             Signature::variadic_any(Volatility::Immutable)
@@ -118,7 +140,10 @@ impl ScalarUDFImpl for ConformUdf {
                 if self.kind == Kind::TryToDate {
                     let mut b = Date32Builder::with_capacity(n);
                     for v in text.iter() {
-                        b.append_option(v.and_then(|v| parse_date(v.trim(), &formats)).map(days_since_epoch));
+                        b.append_option(
+                            v.and_then(|v| parse_date(v.trim(), &formats))
+                                .map(days_since_epoch),
+                        );
                     }
                     Arc::new(b.finish())
                 } else {
@@ -132,11 +157,14 @@ impl ScalarUDFImpl for ConformUdf {
             Kind::ParseNumber => {
                 let value = &args.args[0];
                 if value.data_type().is_numeric() {
-                    value.to_array(n).and_then(|a| Ok(arrow::compute::cast(&a, &DataType::Float64)?))?
+                    value
+                        .to_array(n)
+                        .and_then(|a| Ok(arrow::compute::cast(&a, &DataType::Float64)?))?
                 } else {
                     let text = as_text(value, n)?;
                     let mut b = Float64Builder::with_capacity(n);
-                    text.iter().for_each(|v| b.append_option(v.and_then(parse_number_str)));
+                    text.iter()
+                        .for_each(|v| b.append_option(v.and_then(parse_number_str)));
                     Arc::new(b.finish())
                 }
             }
@@ -147,7 +175,8 @@ impl ScalarUDFImpl for ConformUdf {
                 } else {
                     let text = as_text(value, n)?;
                     let mut b = BooleanBuilder::with_capacity(n);
-                    text.iter().for_each(|v| b.append_option(v.and_then(parse_bool_str)));
+                    text.iter()
+                        .for_each(|v| b.append_option(v.and_then(parse_bool_str)));
                     Arc::new(b.finish())
                 }
             }
@@ -155,7 +184,10 @@ impl ScalarUDFImpl for ConformUdf {
                 let text = as_text(&args.args[0], n)?;
                 let out: StringArray = text
                     .iter()
-                    .map(|v| v.map(|v| v.trim_matches([' ', '\t', '\r', '\n'])).filter(|v| !v.is_empty()))
+                    .map(|v| {
+                        v.map(|v| v.trim_matches([' ', '\t', '\r', '\n']))
+                            .filter(|v| !v.is_empty())
+                    })
                     .collect();
                 Arc::new(out)
             }
@@ -180,7 +212,9 @@ impl ScalarUDFImpl for ConformUdf {
                 Arc::new(BooleanArray::from(present))
             }
             Kind::IsFormat => {
-                let format = literal_strings(&name, &args.args[1..])?.pop().unwrap_or_default();
+                let format = literal_strings(&name, &args.args[1..])?
+                    .pop()
+                    .unwrap_or_default();
                 let text = as_text(&args.args[0], n)?;
                 let out: BooleanArray = text
                     .iter()
@@ -189,7 +223,9 @@ impl ScalarUDFImpl for ConformUdf {
                 Arc::new(out)
             }
             Kind::JsonSchemaErrors => {
-                let schema_text = literal_strings(&name, &args.args[1..])?.pop().unwrap_or_default();
+                let schema_text = literal_strings(&name, &args.args[1..])?
+                    .pop()
+                    .unwrap_or_default();
                 json_schema_errors(&args.args[0].to_array(n)?, &schema_text)?
             }
         };
@@ -229,7 +265,9 @@ fn days_since_epoch(d: NaiveDate) -> i32 {
 }
 
 fn has_time(fmt: &str) -> bool {
-    ["%H", "%M", "%S", "%T", "%R", "%I", "%p", "%z", "%:z", "%s"].iter().any(|t| fmt.contains(t))
+    ["%H", "%M", "%S", "%T", "%R", "%I", "%p", "%z", "%:z", "%s"]
+        .iter()
+        .any(|t| fmt.contains(t))
 }
 
 /// Parses a date with the first format that fits; formats with time fields keep the date part.
@@ -264,9 +302,13 @@ pub fn parse_timestamp_micros(v: &str, formats: &[String]) -> Option<i64> {
     }
     formats.iter().find_map(|f| {
         if f.contains("%z") {
-            DateTime::parse_from_str(v, f).ok().map(|d| d.timestamp_micros())
+            DateTime::parse_from_str(v, f)
+                .ok()
+                .map(|d| d.timestamp_micros())
         } else if has_time(f) {
-            NaiveDateTime::parse_from_str(v, f).ok().map(|d| d.and_utc().timestamp_micros())
+            NaiveDateTime::parse_from_str(v, f)
+                .ok()
+                .map(|d| d.and_utc().timestamp_micros())
         } else {
             NaiveDate::parse_from_str(v, f)
                 .ok()
@@ -310,7 +352,11 @@ pub fn parse_number_str(v: &str) -> Option<f64> {
     } else if let Some(rest) = t.strip_prefix('+') {
         t = rest;
     }
-    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b',') {
+    if t.is_empty()
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b',')
+    {
         return None;
     }
     let (dots, commas) = (t.matches('.').count(), t.matches(',').count());
@@ -319,7 +365,11 @@ pub fn parse_number_str(v: &str) -> Option<f64> {
         (0, _) => {
             // Only commas: thousands separators if every group after the first has 3 digits.
             let groups: Vec<&str> = t.split(',').collect();
-            if groups[1..].iter().all(|g| g.len() == 3) && !groups[0].is_empty() && groups[0].len() <= 3 && commas >= 1 {
+            if groups[1..].iter().all(|g| g.len() == 3)
+                && !groups[0].is_empty()
+                && groups[0].len() <= 3
+                && commas >= 1
+            {
                 if commas == 1 && groups[0] == "0" {
                     t.replace(',', ".") // "0,500" is a decimal comma
                 } else {
@@ -336,10 +386,14 @@ pub fn parse_number_str(v: &str) -> Option<f64> {
             let last_dot = t.rfind('.').unwrap_or(0);
             let last_comma = t.rfind(',').unwrap_or(0);
             if last_dot > last_comma {
-                if dots > 1 { return None; }
+                if dots > 1 {
+                    return None;
+                }
                 t.replace(',', "")
             } else {
-                if commas > 1 { return None; }
+                if commas > 1 {
+                    return None;
+                }
                 t.replace('.', "").replace(',', ".")
             }
         }
@@ -374,10 +428,17 @@ fn json_schema_errors(values: &ArrayRef, schema_text: &str) -> DfResult<ArrayRef
             if v.is_null() {
                 return None;
             }
-            let msgs: Vec<String> = validator.iter_errors(v).map(|e| {
-                let at = e.instance_path().to_string();
-                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
-            }).collect();
+            let msgs: Vec<String> = validator
+                .iter_errors(v)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    if at.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{at}: {e}")
+                    }
+                })
+                .collect();
             (!msgs.is_empty()).then(|| msgs.join("; "))
         })
         .collect();
@@ -437,13 +498,31 @@ mod tests {
 
     #[test]
     fn dates_try_formats_in_order() {
-        let f = vec!["%Y-%m-%dT%H:%M:%S".to_string(), "%d/%m/%Y %H:%M".to_string()];
-        assert_eq!(parse_date("2023-04-05T13:45:12", &f), NaiveDate::from_ymd_opt(2023, 4, 5));
-        assert_eq!(parse_date("05/04/2023 13:45", &f), NaiveDate::from_ymd_opt(2023, 4, 5));
+        let f = vec![
+            "%Y-%m-%dT%H:%M:%S".to_string(),
+            "%d/%m/%Y %H:%M".to_string(),
+        ];
+        assert_eq!(
+            parse_date("2023-04-05T13:45:12", &f),
+            NaiveDate::from_ymd_opt(2023, 4, 5)
+        );
+        assert_eq!(
+            parse_date("05/04/2023 13:45", &f),
+            NaiveDate::from_ymd_opt(2023, 4, 5)
+        );
         assert_eq!(parse_date("2023-02-30T10:00:00", &f), None);
         assert_eq!(parse_date("31/13/2023 10:00", &f), None);
-        assert_eq!(parse_date("2023-04-05", &[]), NaiveDate::from_ymd_opt(2023, 4, 5));
-        assert_eq!(parse_timestamp_micros("1970-01-01T00:00:01Z", &[]), Some(1_000_000));
-        assert_eq!(parse_timestamp_micros("1970-01-01 00:00:02", &[]), Some(2_000_000));
+        assert_eq!(
+            parse_date("2023-04-05", &[]),
+            NaiveDate::from_ymd_opt(2023, 4, 5)
+        );
+        assert_eq!(
+            parse_timestamp_micros("1970-01-01T00:00:01Z", &[]),
+            Some(1_000_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros("1970-01-01 00:00:02", &[]),
+            Some(2_000_000)
+        );
     }
 }

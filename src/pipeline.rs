@@ -23,7 +23,9 @@ use serde::Serialize;
 use crate::config::{Config, OutputFormat};
 use crate::error::{Error, Result};
 use crate::mapping::heuristic::HeuristicMapper;
-use crate::mapping::{CompiledMapping, Mapper, MapperKind, MappingDocument, MappingRequest, compile, fingerprint};
+use crate::mapping::{
+    CompiledMapping, Mapper, MapperKind, MappingDocument, MappingRequest, compile, fingerprint,
+};
 use crate::plan::Layout;
 use crate::schema::TargetSchema;
 use crate::sink::{InvalidSink, ValidSink};
@@ -103,12 +105,20 @@ impl Pipeline {
                 "--source",
                 format!(
                     "no source named `{name}`. Valid sources are {}",
-                    self.config.source_names().iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                    self.config
+                        .source_names()
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
         })?;
         if !cfg.credentials.is_empty() {
-            tracing::warn!(source = name, "A file source does not use credentials; they are ignored.");
+            tracing::warn!(
+                source = name,
+                "A file source does not use credentials; they are ignored."
+            );
         }
         FileSource::try_new(name, cfg, &self.config.base_dir, self.config.batch_size)
     }
@@ -117,7 +127,10 @@ impl Pipeline {
     pub fn mapping_path(&self, name: &str) -> PathBuf {
         match self.config.source(name).and_then(|s| s.mapping.as_ref()) {
             Some(p) => self.config.resolve(p),
-            None => self.config.mappings_dir().join(format!("{name}.mapping.json")),
+            None => self
+                .config
+                .mappings_dir()
+                .join(format!("{name}.mapping.json")),
         }
     }
 
@@ -126,7 +139,11 @@ impl Pipeline {
         let source = self.open(name)?;
         let path = self.mapping_path(name);
         let fp = fingerprint(&source.data_schema());
-        let explicit = self.config.source(name).and_then(|s| s.mapping.as_ref()).is_some();
+        let explicit = self
+            .config
+            .source(name)
+            .and_then(|s| s.mapping.as_ref())
+            .is_some();
         let pinned = match choice {
             MapperChoice::Heuristic => None,
             MapperChoice::File | MapperChoice::Auto if path.exists() => {
@@ -142,7 +159,13 @@ impl Pipeline {
                 }
             }
             MapperChoice::File => {
-                return Err(Error::mapping(name, format!("`--mapper file` needs a mapping document at {}", path.display())));
+                return Err(Error::mapping(
+                    name,
+                    format!(
+                        "`--mapper file` needs a mapping document at {}",
+                        path.display()
+                    ),
+                ));
             }
             MapperChoice::Auto => None,
         };
@@ -192,10 +215,15 @@ impl Pipeline {
     /// Executes the source's plan over its data: a stream of (valid batch, invalid rows).
     pub async fn execute(&self, p: &PreparedSource) -> Result<SplitStream> {
         let input = p.source.stream(4)?;
-        let table = StreamingTable::try_new(p.source.schema(), vec![Arc::new(OnceStream::new(input))])?;
-        let scan = LogicalPlanBuilder::scan(p.source.name(), provider_as_source(Arc::new(table)), None)?;
-        let (plan, layout) = crate::plan::build(scan, &p.source.data_schema(), &p.mapping, &p.validator)?;
-        let stream = DataFrame::new(self.ctx.state(), plan).execute_stream().await?;
+        let table =
+            StreamingTable::try_new(p.source.schema(), vec![Arc::new(OnceStream::new(input))])?;
+        let scan =
+            LogicalPlanBuilder::scan(p.source.name(), provider_as_source(Arc::new(table)), None)?;
+        let (plan, layout) =
+            crate::plan::build(scan, &p.source.data_schema(), &p.mapping, &p.validator)?;
+        let stream = DataFrame::new(self.ctx.state(), plan)
+            .execute_stream()
+            .await?;
         Ok(SplitStream {
             inner: stream,
             layout,
@@ -206,15 +234,24 @@ impl Pipeline {
 
     /// Runs one source end to end, writing its outputs. Never panics on bad data; errors fail
     /// this source only and are reported in the returned report.
-    pub async fn run_source(&self, name: &str, choice: MapperChoice, progress: Option<&(dyn Fn(u64) + Sync)>) -> SourceReport {
+    pub async fn run_source(
+        &self,
+        name: &str,
+        choice: MapperChoice,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> SourceReport {
         let started = Instant::now();
         let mut report = SourceReport::new(name);
         report.console.push("*".repeat(40));
-        report.console.push(format!("Starting to process for {name}"));
+        report
+            .console
+            .push(format!("Starting to process for {name}"));
         report.console.push(format!("Loading raw data for {name}"));
         let result = self.run_inner(name, choice, progress, &mut report).await;
         if let Err(e) = result {
-            report.console.push(format!("Failed to process {name}: {e}"));
+            report
+                .console
+                .push(format!("Failed to process {name}: {e}"));
             report.status = "failed".into();
             report.error = Some(e.to_string());
         }
@@ -222,21 +259,38 @@ impl Pipeline {
         report
     }
 
-    async fn run_inner(&self, name: &str, choice: MapperChoice, progress: Option<&(dyn Fn(u64) + Sync)>, report: &mut SourceReport) -> Result<()> {
+    async fn run_inner(
+        &self,
+        name: &str,
+        choice: MapperChoice,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+        report: &mut SourceReport,
+    ) -> Result<()> {
         let t0 = Instant::now();
         let prepared = self.prepare(name, choice).await?;
         if !prepared.pinned {
             prepared.document.save(&prepared.document_path)?;
         }
         report.mapping = Some(MappingInfo {
-            mapper: if prepared.pinned { MapperKind::File } else { prepared.document.mapper },
+            mapper: if prepared.pinned {
+                MapperKind::File
+            } else {
+                prepared.document.mapper
+            },
             document: prepared.document_path.display().to_string(),
             fingerprint: fingerprint(&prepared.source.data_schema()),
-            unmapped: prepared.document.unmapped().iter().map(|s| s.to_string()).collect(),
+            unmapped: prepared
+                .document
+                .unmapped()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         });
         report.timings.mapping_s = t0.elapsed().as_secs_f64();
         report.console.push(format!("Generated Mapping for {name}"));
-        report.console.push(format!("Transforming data from {name}"));
+        report
+            .console
+            .push(format!("Transforming data from {name}"));
         let t1 = Instant::now();
         let format = self.config.output_format;
         let out_dir = self.config.output_dir();
@@ -259,7 +313,10 @@ impl Pipeline {
                             valid.write(&v)?;
                             if !bad.is_empty() {
                                 if invalid.is_none() {
-                                    invalid = Some(InvalidSink::create(&invalid_path, format == OutputFormat::Json)?);
+                                    invalid = Some(InvalidSink::create(
+                                        &invalid_path,
+                                        format == OutputFormat::Json,
+                                    )?);
                                 }
                                 invalid.as_mut().expect("created above").write(&bad)?;
                             }
@@ -267,7 +324,10 @@ impl Pipeline {
                         Message::Done => {
                             let v = valid.finish()?;
                             let i = invalid.map(InvalidSink::finish).transpose()?;
-                            return Ok(Written { valid: v, invalid: i });
+                            return Ok(Written {
+                                valid: v,
+                                invalid: i,
+                            });
                         }
                     }
                 }
@@ -293,7 +353,12 @@ impl Pipeline {
             for row in &bad {
                 for e in &row.errors {
                     let field = e.field.clone().unwrap_or_else(|| "(record)".into());
-                    *report.errors.entry(field).or_default().entry(e.rule.clone()).or_default() += 1;
+                    *report
+                        .errors
+                        .entry(field)
+                        .or_default()
+                        .entry(e.rule.clone())
+                        .or_default() += 1;
                 }
             }
             if let Some(p) = progress {
@@ -313,15 +378,31 @@ impl Pipeline {
             .map_err(|e| Error::source(name, format!("writer thread failed: {e}")))??;
         report.rows_read = rows_read;
         report.timings.transform_s = t1.elapsed().as_secs_f64();
-        let shown = |file: &str| self.config.output_directory.join(file).display().to_string();
-        report.console.push(format!("Successfully validated {} items from {name}", report.valid));
+        let shown = |file: &str| {
+            self.config
+                .output_directory
+                .join(file)
+                .display()
+                .to_string()
+        };
+        report.console.push(format!(
+            "Successfully validated {} items from {name}",
+            report.valid
+        ));
         if report.invalid > 0 {
-            report.console.push(format!("{} validation errors occurred for {name}.", report.invalid));
+            report.console.push(format!(
+                "{} validation errors occurred for {name}.",
+                report.invalid
+            ));
         }
-        report.console.push(format!("Data saved to {}", shown(&valid_name)));
+        report
+            .console
+            .push(format!("Data saved to {}", shown(&valid_name)));
         report.outputs.valid = Some(written.valid.display().to_string());
         if let Some(i) = written.invalid {
-            report.console.push(format!("Data saved to {}", shown(&invalid_name)));
+            report
+                .console
+                .push(format!("Data saved to {}", shown(&invalid_name)));
             report.outputs.invalid = Some(i.display().to_string());
         }
         Ok(())
@@ -353,7 +434,12 @@ impl SplitStream {
             Ok(b) => b,
             Err(e) => return Some(Err(unwrap_source_error(e))),
         };
-        Some(split(&batch, &self.layout, &self.checks, &self.valid_schema))
+        Some(split(
+            &batch,
+            &self.layout,
+            &self.checks,
+            &self.valid_schema,
+        ))
     }
 
     /// Schema of the valid batches.
@@ -381,7 +467,9 @@ struct OnceStream {
 
 impl std::fmt::Debug for OnceStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnceStream").field("schema", &self.schema).finish()
+        f.debug_struct("OnceStream")
+            .field("schema", &self.schema)
+            .finish()
     }
 }
 
@@ -403,11 +491,15 @@ impl PartitionStream for OnceStream {
         match self.stream.lock().expect("not poisoned").take() {
             Some(s) => s,
             None => {
-                let err = datafusion::error::DataFusionError::Execution("a source stream can be read only once".into());
-                Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                    Arc::clone(&self.schema),
-                    futures::stream::once(async move { Err(err) }),
-                ))
+                let err = datafusion::error::DataFusionError::Execution(
+                    "a source stream can be read only once".into(),
+                );
+                Box::pin(
+                    datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                        Arc::clone(&self.schema),
+                        futures::stream::once(async move { Err(err) }),
+                    ),
+                )
             }
         }
     }

@@ -49,7 +49,10 @@ pub struct Layout {
 impl Layout {
     /// Column index of a target field.
     pub fn target_index(&self, name: &str) -> usize {
-        self.targets.iter().position(|t| t == name).expect("target field in layout")
+        self.targets
+            .iter()
+            .position(|t| t == name)
+            .expect("target field in layout")
     }
 }
 
@@ -60,13 +63,21 @@ pub fn build(
     mapping: &CompiledMapping,
     validator: &Validator,
 ) -> Result<(LogicalPlan, Layout)> {
-    let src_columns: Vec<String> = data_schema.fields().iter().map(|f| f.name().clone()).collect();
+    let src_columns: Vec<String> = data_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let provenance = [FILE_COL, ROW_COL, ERROR_COL, RAW_COL];
     let targets: Vec<String> = mapping.fields.iter().map(|f| f.name.clone()).collect();
     // 1. Mapping: target fields, plus the source columns as read (for errors and the invalid
     //    output), plus provenance.
     let mut p1: Vec<Expr> = mapping.fields.iter().map(|f| f.expr.clone()).collect();
-    p1.extend(src_columns.iter().map(|s| column(s).alias(format!("{SRC_PREFIX}{s}"))));
+    p1.extend(
+        src_columns
+            .iter()
+            .map(|s| column(s).alias(format!("{SRC_PREFIX}{s}"))),
+    );
     p1.extend(provenance.iter().map(|c| column(c)));
     // 2. Validation: one mask per check (null counts as failure), detail texts. Names are kept
     //    so that step 3 can refer to every column.
@@ -74,7 +85,10 @@ pub fn build(
     let ok_start = p2.len();
     for (i, c) in validator.checks.iter().enumerate() {
         let name = format!("__ok_{i}");
-        p2.push((datafusion::functions::expr_fn::coalesce(vec![c.ok.clone(), lit(false)]).alias(&name), name));
+        p2.push((
+            datafusion::functions::expr_fn::coalesce(vec![c.ok.clone(), lit(false)]).alias(&name),
+            name,
+        ));
     }
     let mut detail = Vec::with_capacity(validator.checks.len());
     for (i, c) in validator.checks.iter().enumerate() {

@@ -68,7 +68,10 @@ impl RunSummary {
             duration_s: (finished - started).num_milliseconds() as f64 / 1000.0,
             output_format,
             totals,
-            sources: reports.iter().map(|r| (r.name.clone(), r.clone())).collect(),
+            sources: reports
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect(),
         }
     }
 

@@ -140,7 +140,9 @@ pub fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("conform={level},warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -174,7 +176,13 @@ fn selected(pipeline: &Pipeline, wanted: &[String]) -> Result<Vec<String>, Error
         if !all.contains(w) {
             return Err(Error::config(
                 "--source",
-                format!("no source named `{w}`. Valid sources are {}", all.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "no source named `{w}`. Valid sources are {}",
+                    all.iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
         }
     }
@@ -183,19 +191,31 @@ fn selected(pipeline: &Pipeline, wanted: &[String]) -> Result<Vec<String>, Error
 
 /// Runs a command; returns the exit code.
 pub async fn execute(cli: Cli) -> Result<u8, Error> {
-    let mut console = Console { out: std::io::stdout(), closed: false };
+    let mut console = Console {
+        out: std::io::stdout(),
+        closed: false,
+    };
     match cli.command {
         Command::Schema { config } => {
             let config = Config::load(&config)?;
             let target = conform::TargetSchema::try_new(&config.internal_schema)?;
             for f in target.fields.iter() {
                 let field = f.arrow_field(false);
-                let null = if field.is_nullable() { "nullable" } else { "not null" };
+                let null = if field.is_nullable() {
+                    "nullable"
+                } else {
+                    "not null"
+                };
                 console.line(&format!("{}: {} {null}", f.name, field.data_type()));
             }
             Ok(0)
         }
-        Command::Run { common, format, output_dir, progress } => {
+        Command::Run {
+            common,
+            format,
+            output_dir,
+            progress,
+        } => {
             let mut config = Config::load(&common.config)?;
             if let Some(f) = format {
                 config.output_format = f;
@@ -207,7 +227,8 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
             let pipeline = Pipeline::try_new(config)?;
             let names = selected(&pipeline, &common.sources)?;
             let out_dir = pipeline.config().output_dir();
-            std::fs::create_dir_all(&out_dir).map_err(|e| Error::io("creating directory", &out_dir, e))?;
+            std::fs::create_dir_all(&out_dir)
+                .map_err(|e| Error::io("creating directory", &out_dir, e))?;
             let show_bar = match progress {
                 Progress::Always => true,
                 Progress::Never => false,
@@ -219,8 +240,10 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 let bar = show_bar.then(|| {
                     let b = indicatif::ProgressBar::new_spinner();
                     b.set_style(
-                        indicatif::ProgressStyle::with_template("{spinner} {prefix} {human_pos} rows ({per_sec}) {elapsed}")
-                            .expect("valid template"),
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} {prefix} {human_pos} rows ({per_sec}) {elapsed}",
+                        )
+                        .expect("valid template"),
                     );
                     b.set_prefix(name.clone());
                     b
@@ -230,7 +253,9 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                         b.set_position(rows);
                     }
                 };
-                let report = pipeline.run_source(name, common.mapper.into(), Some(&tick)).await;
+                let report = pipeline
+                    .run_source(name, common.mapper.into(), Some(&tick))
+                    .await;
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
@@ -245,7 +270,11 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 }
                 reports.push(report);
             }
-            let summary = conform::summary::RunSummary::new(started, pipeline.config().output_format, &reports);
+            let summary = conform::summary::RunSummary::new(
+                started,
+                pipeline.config().output_format,
+                &reports,
+            );
             summary.write(&out_dir)?;
             Ok(if reports.iter().all(|r| r.ok()) { 0 } else { 1 })
         }
@@ -268,18 +297,31 @@ async fn per_source(mode: Mode, common: Common, console: &mut Console) -> Result
                     Ok(p) => match mode {
                         Mode::Map => {
                             if p.pinned {
-                                console.line(&format!("{name}: pinned mapping {} is current", p.document_path.display()));
+                                console.line(&format!(
+                                    "{name}: pinned mapping {} is current",
+                                    p.document_path.display()
+                                ));
                             } else {
                                 p.document.save(&p.document_path)?;
-                                console.line(&format!("{name}: mapping written to {}", p.document_path.display()));
+                                console.line(&format!(
+                                    "{name}: mapping written to {}",
+                                    p.document_path.display()
+                                ));
                             }
                             let unmapped = p.document.unmapped();
                             if !unmapped.is_empty() {
-                                console.line(&format!("{name}: unmapped fields: {}", unmapped.join(", ")));
+                                console.line(&format!(
+                                    "{name}: unmapped fields: {}",
+                                    unmapped.join(", ")
+                                ));
                             }
                         }
                         Mode::Check => {
-                            let how = if p.pinned { "pinned mapping" } else { "generated mapping" };
+                            let how = if p.pinned {
+                                "pinned mapping"
+                            } else {
+                                "generated mapping"
+                            };
                             console.line(&format!(
                                 "{name}: ok ({} file(s), {} columns, {how}, {} checks)",
                                 p.source.files().len(),

@@ -6,7 +6,6 @@
 
 mod secret;
 
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -196,14 +195,21 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Config::from_str_with_env(&text, &base, &|k| std::env::var(k).ok())
-            .map_err(|e| match e {
-                Error::Config { path: p, message } => Error::config(
-                    format!("{}{}", path.display(), if p.is_empty() { String::new() } else { format!(" at `{p}`") }),
-                    message,
+        Config::from_str_with_env(&text, &base, &|k| std::env::var(k).ok()).map_err(|e| match e {
+            Error::Config { path: p, message } => Error::config(
+                format!(
+                    "{}{}",
+                    path.display(),
+                    if p.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at `{p}`")
+                    }
                 ),
-                other => other,
-            })
+                message,
+            ),
+            other => other,
+        })
     }
 
     /// Parses config text; `env` resolves `${VAR}` references; `base_dir` anchors relative paths.
@@ -251,10 +257,16 @@ impl Config {
             return Err(Error::config("batch_size", "must be at least 1"));
         }
         if config.parquet.row_group_size == 0 {
-            return Err(Error::config("parquet.row_group_size", "must be at least 1"));
+            return Err(Error::config(
+                "parquet.row_group_size",
+                "must be at least 1",
+            ));
         }
         if !(1..=22).contains(&config.parquet.zstd_level) {
-            return Err(Error::config("parquet.zstd_level", "must be between 1 and 22"));
+            return Err(Error::config(
+                "parquet.zstd_level",
+                "must be between 1 and 22",
+            ));
         }
         config.base_dir = base_dir.to_path_buf();
         Ok(config)
@@ -321,7 +333,11 @@ fn interpolate(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>) 
         }
         Value::Object(map) => {
             for (k, item) in map.iter_mut() {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 interpolate(item, &p, env)?;
             }
         }
@@ -340,12 +356,12 @@ fn expand(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
             out.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
-            let end = tail.find('}').ok_or_else(|| {
-                Error::config(path, format!("unterminated `${{` in {s:?}"))
-            })?;
+            let end = tail
+                .find('}')
+                .ok_or_else(|| Error::config(path, format!("unterminated `${{` in {s:?}")))?;
             let name = &tail[..end];
-            let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(Error::config(
                     path,
@@ -396,7 +412,10 @@ mod tests {
         assert_eq!(c.output_dir(), PathBuf::from("/base/out"));
         assert_eq!(c.source_names(), vec!["b", "a"], "config order is kept");
         assert_eq!(c.output_format, OutputFormat::Json);
-        assert_eq!(c.source("b").unwrap().credentials["token"].expose(), "s3cr3t");
+        assert_eq!(
+            c.source("b").unwrap().credentials["token"].expose(),
+            "s3cr3t"
+        );
         assert_eq!(c.mappings_dir(), PathBuf::from("/base/out/mappings"));
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
@@ -416,10 +435,15 @@ mod tests {
 
     #[test]
     fn missing_env_var_is_named() {
-        let e = parse(r#"{"output_directory": "${NOPE_X}", "internal_schema": {}, "data_sources": {}}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("NOPE_X") && e.contains("output_directory"), "{e}");
+        let e = parse(
+            r#"{"output_directory": "${NOPE_X}", "internal_schema": {}, "data_sources": {}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("NOPE_X") && e.contains("output_directory"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -437,9 +461,18 @@ mod tests {
 
     #[test]
     fn format_inferred_through_compression_suffix() {
-        assert_eq!(InputFormat::from_path(Path::new("a/b.CSV.gz")), Some(InputFormat::Csv));
-        assert_eq!(InputFormat::from_path(Path::new("b.jsonl.zst")), Some(InputFormat::Ndjson));
-        assert_eq!(InputFormat::from_path(Path::new("b.parquet")), Some(InputFormat::Parquet));
+        assert_eq!(
+            InputFormat::from_path(Path::new("a/b.CSV.gz")),
+            Some(InputFormat::Csv)
+        );
+        assert_eq!(
+            InputFormat::from_path(Path::new("b.jsonl.zst")),
+            Some(InputFormat::Ndjson)
+        );
+        assert_eq!(
+            InputFormat::from_path(Path::new("b.parquet")),
+            Some(InputFormat::Parquet)
+        );
         assert_eq!(InputFormat::from_path(Path::new("b.txt")), None);
     }
 }

@@ -21,21 +21,80 @@ use crate::schema::TargetSchema;
 /// Functions a mapping expression may call: pure, deterministic, and row-level.
 pub const ALLOWED_FUNCTIONS: &[&str] = &[
     // conform's own try-variants and cleaning functions
-    "try_to_date", "try_to_timestamp", "parse_number", "parse_bool", "clean",
+    "try_to_date",
+    "try_to_timestamp",
+    "parse_number",
+    "parse_bool",
+    "clean",
     // strings
-    "lower", "upper", "trim", "btrim", "ltrim", "rtrim", "concat", "concat_ws", "substr", "substring",
-    "left", "right", "lpad", "rpad", "replace", "regexp_replace", "regexp_like", "split_part", "initcap",
-    "length", "char_length", "character_length", "octet_length", "reverse", "repeat", "strpos",
-    "starts_with", "ends_with", "translate", "ascii", "chr", "contains", "to_hex",
+    "lower",
+    "upper",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "concat",
+    "concat_ws",
+    "substr",
+    "substring",
+    "left",
+    "right",
+    "lpad",
+    "rpad",
+    "replace",
+    "regexp_replace",
+    "regexp_like",
+    "split_part",
+    "initcap",
+    "length",
+    "char_length",
+    "character_length",
+    "octet_length",
+    "reverse",
+    "repeat",
+    "strpos",
+    "starts_with",
+    "ends_with",
+    "translate",
+    "ascii",
+    "chr",
+    "contains",
+    "to_hex",
     // null handling
-    "nullif", "coalesce", "nvl", "nvl2", "ifnull",
+    "nullif",
+    "coalesce",
+    "nvl",
+    "nvl2",
+    "ifnull",
     // numbers
-    "abs", "round", "floor", "ceil", "trunc", "power", "pow", "sqrt", "ln", "log", "log10", "log2", "exp",
-    "signum", "greatest", "least",
+    "abs",
+    "round",
+    "floor",
+    "ceil",
+    "trunc",
+    "power",
+    "pow",
+    "sqrt",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "exp",
+    "signum",
+    "greatest",
+    "least",
     // dates
-    "date_part", "date_trunc", "to_char", "make_date", "from_unixtime",
+    "date_part",
+    "date_trunc",
+    "to_char",
+    "make_date",
+    "from_unixtime",
     // nested values
-    "get_field", "named_struct", "struct", "make_array", "array_element",
+    "get_field",
+    "named_struct",
+    "struct",
+    "make_array",
+    "array_element",
 ];
 
 /// One compiled target field.
@@ -92,15 +151,20 @@ pub fn compile(
         .iter()
         .map(|t| {
             let text = doc.fields.get(&t.name).and_then(|m| m.expr.clone());
-            compile_field(ctx, source, &t.name, &t.kind.data_type(), text.as_deref())
-                .map_err(|message| Error::mapping(&doc.source, format!("field `{}`: {message}", t.name)))
+            compile_field(ctx, source, &t.name, &t.kind.data_type(), text.as_deref()).map_err(
+                |message| Error::mapping(&doc.source, format!("field `{}`: {message}", t.name)),
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(CompiledMapping { fields })
 }
 
 fn list(names: &[&str]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Compiles one field's expression; the error is a message for a person (or a model) to act on.
@@ -121,14 +185,16 @@ pub fn compile_field(
         });
     };
     let df_schema = DFSchema::try_from(source.clone()).map_err(|e| e.to_string())?;
-    let parsed = ctx.parse_sql_expr(text, &df_schema).map_err(|e| match e.find_root() {
-        // The parser resolves columns; answer with conform's wording and suggestion.
-        datafusion::error::DataFusionError::SchemaError(err, _) => match err.as_ref() {
-            SchemaError::FieldNotFound { field, .. } => unknown_column(&field.name, source),
+    let parsed = ctx
+        .parse_sql_expr(text, &df_schema)
+        .map_err(|e| match e.find_root() {
+            // The parser resolves columns; answer with conform's wording and suggestion.
+            datafusion::error::DataFusionError::SchemaError(err, _) => match err.as_ref() {
+                SchemaError::FieldNotFound { field, .. } => unknown_column(&field.name, source),
+                _ => format!("cannot parse `{text}`: {}", strip_df(&e.to_string())),
+            },
             _ => format!("cannot parse `{text}`: {}", strip_df(&e.to_string())),
-        },
-        _ => format!("cannot parse `{text}`: {}", strip_df(&e.to_string())),
-    })?;
+        })?;
     let mut sources: Vec<String> = Vec::new();
     let mut problem: Option<String> = None;
     parsed
@@ -188,12 +254,12 @@ pub fn compile_field(
         .map_err(|e| format!("type error in `{text}`: {}", strip_df(&e.to_string())))?;
     let expr = if &actual == target_type {
         total
-    } else if actual == DataType::Null {
-        Expr::TryCast(TryCast::new(Box::new(total), target_type.clone()))
-    } else if arrow::compute::can_cast_types(&actual, target_type) {
+    } else if actual == DataType::Null || arrow::compute::can_cast_types(&actual, target_type) {
         Expr::TryCast(TryCast::new(Box::new(total), target_type.clone()))
     } else {
-        return Err(format!("`{text}` gives {actual}, which cannot be converted to {target_type}"));
+        return Err(format!(
+            "`{text}` gives {actual}, which cannot be converted to {target_type}"
+        ));
     };
     // Plan it now so that anything DataFusion would reject fails here, before data flows.
     ctx.state()
@@ -211,9 +277,17 @@ pub fn compile_field(
 fn guard_division(expr: Expr) -> datafusion::error::Result<Expr> {
     expr.transform_up(|e| {
         Ok(match e {
-            Expr::BinaryExpr(BinaryExpr { left, op: op @ (Operator::Divide | Operator::Modulo), right }) => {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: op @ (Operator::Divide | Operator::Modulo),
+                right,
+            }) => {
                 let guarded = datafusion::functions::expr_fn::nullif(*right, lit(0));
-                Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(left, op, Box::new(guarded))))
+                Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                    left,
+                    op,
+                    Box::new(guarded),
+                )))
             }
             other => Transformed::no(other),
         })
@@ -225,7 +299,9 @@ fn guard_division(expr: Expr) -> datafusion::error::Result<Expr> {
 fn try_casts(expr: Expr) -> datafusion::error::Result<Expr> {
     expr.transform_up(|e| {
         Ok(match e {
-            Expr::Cast(Cast { expr, field }) => Transformed::yes(Expr::TryCast(TryCast { expr, field })),
+            Expr::Cast(Cast { expr, field }) => {
+                Transformed::yes(Expr::TryCast(TryCast { expr, field }))
+            }
             other => Transformed::no(other),
         })
     })
@@ -242,7 +318,12 @@ fn unknown_column(name: &str, source: &Schema) -> String {
         .map(|(_, c)| c)
         // A typo (`Emial` for `E-mail`) shares no word with the column but is a few edits away.
         .or_else(|| {
-            let key = |s: &str| s.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect::<String>();
+            let key = |s: &str| {
+                s.chars()
+                    .filter(|c| c.is_alphanumeric())
+                    .flat_map(char::to_lowercase)
+                    .collect::<String>()
+            };
             let k = key(name);
             let limit = (k.chars().count() / 4).max(1);
             cols.iter()
@@ -251,8 +332,13 @@ fn unknown_column(name: &str, source: &Schema) -> String {
                 .min_by_key(|(d, _)| *d)
                 .map(|(_, c)| c)
         });
-    let hint = best.map(|c| format!(" Did you mean `{c}`?")).unwrap_or_default();
-    format!("No column named `{name}`.{hint} Valid columns are {}.", list(&cols))
+    let hint = best
+        .map(|c| format!(" Did you mean `{c}`?"))
+        .unwrap_or_default();
+    format!(
+        "No column named `{name}`.{hint} Valid columns are {}.",
+        list(&cols)
+    )
 }
 
 /// Edit distance counting an adjacent transposition as one edit (optimal string alignment).
@@ -263,13 +349,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -281,7 +369,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// DataFusion prefixes messages with its error kind; users need only the message.
 fn strip_df(msg: &str) -> String {
     let msg = msg.trim();
-    for p in ["Error during planning: ", "Schema error: ", "Execution error: ", "SQL error: ", "Optimizer rule"] {
+    for p in [
+        "Error during planning: ",
+        "Schema error: ",
+        "Execution error: ",
+        "SQL error: ",
+        "Optimizer rule",
+    ] {
         if let Some(rest) = msg.strip_prefix(p) {
             return rest.to_string();
         }

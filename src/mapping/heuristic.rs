@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use indexmap::IndexMap;
 
 use super::names::{similarity, tokens, unit};
-use super::{FieldMapping, MapperKind, Mapper, MappingDocument, MappingRequest, fingerprint};
+use super::{FieldMapping, Mapper, MapperKind, MappingDocument, MappingRequest, fingerprint};
 use crate::error::Result;
 use crate::schema::{FieldKind, TargetField};
 use crate::source::{ColumnProfile, ValueShape};
@@ -28,7 +28,10 @@ impl Mapper for HeuristicMapper {
         MapperKind::Heuristic
     }
 
-    fn map<'a>(&'a self, request: &'a MappingRequest<'a>) -> BoxFuture<'a, Result<MappingDocument>> {
+    fn map<'a>(
+        &'a self,
+        request: &'a MappingRequest<'a>,
+    ) -> BoxFuture<'a, Result<MappingDocument>> {
         Box::pin(async move { Ok(self.map_now(request)) })
     }
 }
@@ -154,20 +157,38 @@ fn unit_factor(target: &str, source: &str) -> Option<(f64, String)> {
         (Some("ms"), Some("s" | "sec" | "secs")) => 0.001,
         _ => return None,
     };
-    Some((f, format!("{} → {}", su.unwrap_or_default(), tu.unwrap_or_else(|| "units".into()))))
+    Some((
+        f,
+        format!(
+            "{} → {}",
+            su.unwrap_or_default(),
+            tu.unwrap_or_else(|| "units".into())
+        ),
+    ))
 }
 
 /// The expression converting column `p` to the target's type, and a note saying why.
 fn conversion(t: &TargetField, p: &ColumnProfile) -> (String, String) {
     let c = quote(&p.name);
     let is_text = p.data_type == "Utf8" || p.data_type == "Utf8View" || p.data_type == "LargeUtf8";
-    let clean = if is_text { format!("clean({c})") } else { c.clone() };
+    let clean = if is_text {
+        format!("clean({c})")
+    } else {
+        c.clone()
+    };
     let formats = |fs: &[String]| fs.iter().map(|f| literal(f)).collect::<Vec<_>>().join(", ");
     match &t.kind {
         FieldKind::Integer | FieldKind::Number => {
-            let sql_type = if t.kind == FieldKind::Integer { "BIGINT" } else { "DOUBLE" };
+            let sql_type = if t.kind == FieldKind::Integer {
+                "BIGINT"
+            } else {
+                "DOUBLE"
+            };
             let (base, how) = if matches!(p.shape, ValueShape::FormattedNumber) {
-                (format!("parse_number({c})"), "numbers with currency signs or separators")
+                (
+                    format!("parse_number({c})"),
+                    "numbers with currency signs or separators",
+                )
             } else if is_text {
                 (format!("CAST({clean} AS DOUBLE)"), "numeric text")
             } else {
@@ -180,13 +201,22 @@ fn conversion(t: &TargetField, p: &ColumnProfile) -> (String, String) {
                     } else {
                         format!("{base} * {f}")
                     };
-                    let e = if sql_type == "BIGINT" { format!("CAST({e} AS BIGINT)") } else { e };
+                    let e = if sql_type == "BIGINT" {
+                        format!("CAST({e} AS BIGINT)")
+                    } else {
+                        e
+                    };
                     (e, format!("{how}; unit conversion {units}"))
                 }
                 None if sql_type == "BIGINT" && !matches!(p.shape, ValueShape::FormattedNumber) => {
-                    (format!("CAST({clean} AS BIGINT)"), format!("{how}, as integer"))
+                    (
+                        format!("CAST({clean} AS BIGINT)"),
+                        format!("{how}, as integer"),
+                    )
                 }
-                None if sql_type == "BIGINT" => (format!("CAST({base} AS BIGINT)"), how.to_string()),
+                None if sql_type == "BIGINT" => {
+                    (format!("CAST({base} AS BIGINT)"), how.to_string())
+                }
                 None => (base, how.to_string()),
             }
         }
@@ -194,23 +224,37 @@ fn conversion(t: &TargetField, p: &ColumnProfile) -> (String, String) {
             if p.data_type == "Boolean" {
                 (c, "boolean column".into())
             } else {
-                (format!("parse_bool({c})"), "yes/no words parsed as booleans".into())
+                (
+                    format!("parse_bool({c})"),
+                    "yes/no words parsed as booleans".into(),
+                )
             }
         }
         FieldKind::Date => match &p.shape {
-            ValueShape::Date { formats: fs } | ValueShape::DateTime { formats: fs } if is_text && !fs.is_empty() => (
-                format!("try_to_date({c}, {})", formats(fs)),
-                format!("dates in format {}", fs.join(" or ")),
-            ),
+            ValueShape::Date { formats: fs } | ValueShape::DateTime { formats: fs }
+                if is_text && !fs.is_empty() =>
+            {
+                (
+                    format!("try_to_date({c}, {})", formats(fs)),
+                    format!("dates in format {}", fs.join(" or ")),
+                )
+            }
             _ if is_text => (format!("try_to_date({c})"), "ISO dates".into()),
             _ => (format!("CAST({c} AS DATE)"), "date column".into()),
         },
         FieldKind::DateTime => match &p.shape {
-            ValueShape::DateTime { formats: fs } | ValueShape::Date { formats: fs } if is_text && !fs.is_empty() => (
-                format!("try_to_timestamp({c}, {})", formats(fs)),
-                format!("timestamps in format {}", fs.join(" or ")),
+            ValueShape::DateTime { formats: fs } | ValueShape::Date { formats: fs }
+                if is_text && !fs.is_empty() =>
+            {
+                (
+                    format!("try_to_timestamp({c}, {})", formats(fs)),
+                    format!("timestamps in format {}", fs.join(" or ")),
+                )
+            }
+            _ if is_text => (
+                format!("try_to_timestamp({c})"),
+                "ISO 8601 timestamps".into(),
             ),
-            _ if is_text => (format!("try_to_timestamp({c})"), "ISO 8601 timestamps".into()),
             _ => (c, "timestamp column".into()),
         },
         FieldKind::String => {
@@ -219,7 +263,9 @@ fn conversion(t: &TargetField, p: &ColumnProfile) -> (String, String) {
             if let Some(case) = enum_case(t) {
                 e = format!("{case}({e})");
                 how = format!("text, trimmed and {case}-cased to match the allowed values");
-            } else if t.constraints.format.as_deref() == Some("email") || tokens(&t.name).contains(&"email".to_string()) {
+            } else if t.constraints.format.as_deref() == Some("email")
+                || tokens(&t.name).contains(&"email".to_string())
+            {
                 e = format!("lower({e})");
                 how = "e-mail addresses, trimmed and lower-cased".into();
             }

@@ -1,7 +1,7 @@
 //! Mappings: one SQL expression per target field, reviewable as a JSON document.
 //!
 //! A [`Mapper`] proposes a [`MappingDocument`] from the target schema, the source's schema and a
-//! sample; [`compile`] checks it against the source (columns, allowed functions, types) and turns
+//! sample; [`compile()`] checks it against the source (columns, allowed functions, types) and turns
 //! it into DataFusion expressions, once, before any data flows.
 
 pub mod compile;
@@ -83,7 +83,10 @@ impl MappingDocument {
     pub fn load(path: &Path) -> Result<MappingDocument> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
         serde_json::from_str(&text).map_err(|e| {
-            Error::config(path.display().to_string(), format!("not a valid mapping document: {e}"))
+            Error::config(
+                path.display().to_string(),
+                format!("not a valid mapping document: {e}"),
+            )
         })
     }
 
@@ -146,5 +149,6 @@ pub trait Mapper: Send + Sync {
     /// Which kind of mapper this is.
     fn kind(&self) -> MapperKind;
     /// Produces a document with one entry per target field.
-    fn map<'a>(&'a self, request: &'a MappingRequest<'a>) -> BoxFuture<'a, Result<MappingDocument>>;
+    fn map<'a>(&'a self, request: &'a MappingRequest<'a>)
+    -> BoxFuture<'a, Result<MappingDocument>>;
 }

@@ -3,26 +3,82 @@
 
 /// Abbreviations and synonyms mapped to one canonical token.
 const SYNONYMS: &[(&str, &[&str])] = &[
-    ("id", &["id", "identifier", "ident", "key", "pk", "uid", "guid"]),
+    (
+        "id",
+        &["id", "identifier", "ident", "key", "pk", "uid", "guid"],
+    ),
     ("number", &["number", "num", "no", "nbr", "nr", "numero"]),
     ("email", &["email", "mail", "emailaddress", "e_mail"]),
     ("name", &["name", "nm", "fullname"]),
-    ("first", &["first", "given", "fname", "forename", "firstname", "givenname"]),
-    ("last", &["last", "family", "surname", "lname", "lastname", "familyname"]),
-    ("customer", &["customer", "cust", "client", "buyer", "purchaser"]),
+    (
+        "first",
+        &[
+            "first",
+            "given",
+            "fname",
+            "forename",
+            "firstname",
+            "givenname",
+        ],
+    ),
+    (
+        "last",
+        &[
+            "last",
+            "family",
+            "surname",
+            "lname",
+            "lastname",
+            "familyname",
+        ],
+    ),
+    (
+        "customer",
+        &["customer", "cust", "client", "buyer", "purchaser"],
+    ),
     ("order", &["order", "ord", "purchase"]),
-    ("quantity", &["quantity", "qty", "qnty", "count", "cnt", "units", "pieces"]),
-    ("amount", &["amount", "amt", "total", "sum", "price", "value", "cost"]),
+    (
+        "quantity",
+        &["quantity", "qty", "qnty", "count", "cnt", "units", "pieces"],
+    ),
+    (
+        "amount",
+        &["amount", "amt", "total", "sum", "price", "value", "cost"],
+    ),
     ("date", &["date", "dt", "day"]),
-    ("timestamp", &["timestamp", "ts", "time", "datetime", "at", "when"]),
-    ("created", &["created", "creation", "create", "placed", "opened", "signup", "signed", "registered", "registration", "joined", "join", "enrolled"]),
+    (
+        "timestamp",
+        &["timestamp", "ts", "time", "datetime", "at", "when"],
+    ),
+    (
+        "created",
+        &[
+            "created",
+            "creation",
+            "create",
+            "placed",
+            "opened",
+            "signup",
+            "signed",
+            "registered",
+            "registration",
+            "joined",
+            "join",
+            "enrolled",
+        ],
+    ),
     ("updated", &["updated", "modified", "changed", "update"]),
     ("address", &["address", "addr", "adr"]),
     ("phone", &["phone", "tel", "telephone", "mobile", "cell"]),
     ("postal", &["postal", "zip", "postcode", "zipcode", "plz"]),
     ("country", &["country", "cntry", "nation", "ctry"]),
     ("description", &["description", "desc", "descr"]),
-    ("comment", &["comment", "comments", "note", "notes", "remark", "remarks", "memo"]),
+    (
+        "comment",
+        &[
+            "comment", "comments", "note", "notes", "remark", "remarks", "memo",
+        ],
+    ),
     ("status", &["status", "state", "stat"]),
     ("weight", &["weight", "wt", "wgt", "mass"]),
     ("birth", &["birth", "born", "dob", "birthday", "birthdate"]),
@@ -47,7 +103,10 @@ const EXPANSIONS: &[(&str, &[&str])] = &[
 ];
 
 /// Unit suffixes that say how a value is measured, not what it is.
-pub const UNITS: &[&str] = &["kg", "lb", "lbs", "g", "cents", "cent", "usd", "eur", "pct", "km", "mi", "m", "cm", "mm", "s", "ms", "sec", "secs"];
+pub const UNITS: &[&str] = &[
+    "kg", "lb", "lbs", "g", "cents", "cent", "usd", "eur", "pct", "km", "mi", "m", "cm", "mm", "s",
+    "ms", "sec", "secs",
+];
 
 /// Splits a name into lower-case words: snake_case, camelCase, kebab-case, spaces, dots.
 pub fn words(name: &str) -> Vec<String> {
@@ -66,7 +125,9 @@ pub fn words(name: &str) -> Vec<String> {
         let boundary = match prev {
             Some(p) if p.is_alphanumeric() => {
                 (c.is_uppercase() && p.is_lowercase())
-                    || (c.is_uppercase() && p.is_uppercase() && next.is_some_and(|n| n.is_lowercase()))
+                    || (c.is_uppercase()
+                        && p.is_uppercase()
+                        && next.is_some_and(|n| n.is_lowercase()))
                     || (c.is_ascii_digit() != p.is_ascii_digit())
             }
             _ => false,
@@ -90,12 +151,10 @@ pub fn canonical(word: &str) -> String {
         }
     }
     // Plural forms: `orders` → `order`.
-    if let Some(stem) = word.strip_suffix('s') {
-        if stem.len() > 2 {
-            for (canon, alts) in SYNONYMS {
-                if alts.contains(&stem) {
-                    return (*canon).to_string();
-                }
+    if let Some(stem) = word.strip_suffix('s').filter(|s| s.len() > 2) {
+        for (canon, alts) in SYNONYMS {
+            if alts.contains(&stem) {
+                return (*canon).to_string();
             }
         }
     }
@@ -111,7 +170,19 @@ pub fn tokens(name: &str) -> Vec<String> {
         // Compound words written apart: "e mail", "first name", "last name", "zip code".
         let pair = ws.get(i + 1).map(|n| format!("{}{}", ws[i], n));
         if let Some(p) = pair.filter(|p| {
-            matches!(p.as_str(), "email" | "firstname" | "lastname" | "fullname" | "zipcode" | "postcode" | "birthdate" | "givenname" | "familyname" | "emailaddress")
+            matches!(
+                p.as_str(),
+                "email"
+                    | "firstname"
+                    | "lastname"
+                    | "fullname"
+                    | "zipcode"
+                    | "postcode"
+                    | "birthdate"
+                    | "givenname"
+                    | "familyname"
+                    | "emailaddress"
+            )
         }) {
             joined.push(p);
             i += 2;
@@ -135,7 +206,10 @@ pub fn tokens(name: &str) -> Vec<String> {
 
 /// The unit word in a name, if any (`weight_lb` → `lb`).
 pub fn unit(name: &str) -> Option<String> {
-    words(name).into_iter().skip(1).find(|w| UNITS.contains(&w.as_str()))
+    words(name)
+        .into_iter()
+        .skip(1)
+        .find(|w| UNITS.contains(&w.as_str()))
 }
 
 /// Similarity of two names, 0..1: Dice overlap of canonical tokens, with partial credit for
@@ -154,7 +228,10 @@ pub fn similarity(a: &str, b: &str) -> f64 {
             .map(|t| {
                 if y.contains(t) {
                     1.0
-                } else if y.iter().any(|u| (u.len() >= 3 && t.starts_with(u.as_str())) || (t.len() >= 3 && u.starts_with(t.as_str()))) {
+                } else if y.iter().any(|u| {
+                    (u.len() >= 3 && t.starts_with(u.as_str()))
+                        || (t.len() >= 3 && u.starts_with(t.as_str()))
+                }) {
                     0.6
                 } else {
                     0.0

@@ -53,13 +53,15 @@ impl FieldKind {
             FieldKind::Date => DataType::Date32,
             FieldKind::DateTime => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             FieldKind::Object(fields) => DataType::Struct(
-                fields.iter().map(|f| f.arrow_field(true)).collect::<Vec<_>>().into(),
+                fields
+                    .iter()
+                    .map(|f| f.arrow_field(true))
+                    .collect::<Vec<_>>()
+                    .into(),
             ),
-            FieldKind::Array(item) => DataType::List(Arc::new(Field::new(
-                "item",
-                item.kind.data_type(),
-                true,
-            ))),
+            FieldKind::Array(item) => {
+                DataType::List(Arc::new(Field::new("item", item.kind.data_type(), true)))
+            }
         }
     }
 
@@ -131,7 +133,11 @@ pub struct TargetField {
 impl TargetField {
     /// The Arrow field; required fields are non-nullable in valid output.
     pub fn arrow_field(&self, allow_null: bool) -> Field {
-        Field::new(&self.name, self.kind.data_type(), allow_null || !self.required)
+        Field::new(
+            &self.name,
+            self.kind.data_type(),
+            allow_null || !self.required,
+        )
     }
 }
 
@@ -146,10 +152,29 @@ pub struct TargetSchema {
 
 /// Keywords whose meaning the vectorized validator does not implement.
 const FALLBACK_KEYWORDS: &[&str] = &[
-    "oneOf", "anyOf", "allOf", "not", "$ref", "$dynamicRef", "if", "then", "else",
-    "dependentSchemas", "dependentRequired", "patternProperties", "propertyNames",
-    "contains", "uniqueItems", "minItems", "maxItems", "prefixItems", "minProperties",
-    "maxProperties", "additionalProperties", "unevaluatedProperties", "unevaluatedItems",
+    "oneOf",
+    "anyOf",
+    "allOf",
+    "not",
+    "$ref",
+    "$dynamicRef",
+    "if",
+    "then",
+    "else",
+    "dependentSchemas",
+    "dependentRequired",
+    "patternProperties",
+    "propertyNames",
+    "contains",
+    "uniqueItems",
+    "minItems",
+    "maxItems",
+    "prefixItems",
+    "minProperties",
+    "maxProperties",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
 ];
 
 impl TargetSchema {
@@ -183,7 +208,10 @@ impl TargetSchema {
         }
         // After the field walk, whose messages name the property (a bad `pattern`, say).
         if let Err(e) = jsonschema::validator_for(raw) {
-            return Err(Error::Schema(format!("cannot be compiled: {e} (at `{}`)", e.instance_path())));
+            return Err(Error::Schema(format!(
+                "cannot be compiled: {e} (at `{}`)",
+                e.instance_path()
+            )));
         }
         Ok(TargetSchema {
             fields,
@@ -194,14 +222,20 @@ impl TargetSchema {
     /// The Arrow schema of mapped rows (every field nullable: invalid rows carry nulls).
     pub fn arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.fields.iter().map(|f| f.arrow_field(true)).collect::<Vec<_>>(),
+            self.fields
+                .iter()
+                .map(|f| f.arrow_field(true))
+                .collect::<Vec<_>>(),
         ))
     }
 
     /// The Arrow schema of valid output: required fields are non-nullable.
     pub fn valid_arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.fields.iter().map(|f| f.arrow_field(false)).collect::<Vec<_>>(),
+            self.fields
+                .iter()
+                .map(|f| f.arrow_field(false))
+                .collect::<Vec<_>>(),
         ))
     }
 
@@ -229,7 +263,11 @@ fn object_fields(
     props
         .iter()
         .map(|(name, sub)| {
-            let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
             let mut f = target_field(name, sub, &path)?;
             f.required = required.contains(&name.as_str());
             Ok(f)
@@ -242,7 +280,11 @@ fn target_field(name: &str, sub: &Value, path: &str) -> Result<TargetField> {
     let o = match sub {
         Value::Object(o) => o,
         Value::Bool(true) => &empty,
-        _ => return Err(Error::Schema(format!("property `{path}` must be a schema object"))),
+        _ => {
+            return Err(Error::Schema(format!(
+                "property `{path}` must be a schema object"
+            )));
+        }
     };
     let (types, nullable) = match o.get("type") {
         None => (vec![], true),
@@ -253,7 +295,9 @@ fn target_field(name: &str, sub: &Value, path: &str) -> Result<TargetField> {
             (all.into_iter().filter(|t| *t != "null").collect(), nullable)
         }
         Some(other) => {
-            return Err(Error::Schema(format!("property `{path}` has an invalid type {other}")));
+            return Err(Error::Schema(format!(
+                "property `{path}` has an invalid type {other}"
+            )));
         }
     };
     let format = o.get("format").and_then(Value::as_str);
@@ -313,21 +357,32 @@ fn target_field(name: &str, sub: &Value, path: &str) -> Result<TargetField> {
     };
     if let Some(p) = &constraints.pattern {
         regex::Regex::new(p).map_err(|e| {
-            Error::Schema(format!("property `{path}` has a pattern that does not compile: {e}"))
+            Error::Schema(format!(
+                "property `{path}` has a pattern that does not compile: {e}"
+            ))
         })?;
     }
-    if let Some(f) = &constraints.format {
-        if !crate::validate::format::is_known(f) {
-            // An unknown format is an annotation in draft 2020-12: keep it, check nothing.
-            tracing::warn!(field = path, format = f.as_str(), "Unknown `format` is not checked.");
-        }
+    if let Some(f) = constraints
+        .format
+        .as_ref()
+        .filter(|f| !crate::validate::format::is_known(f))
+    {
+        // An unknown format is an annotation in draft 2020-12: keep it, check nothing.
+        tracing::warn!(
+            field = path,
+            format = f.as_str(),
+            "Unknown `format` is not checked."
+        );
     }
     Ok(TargetField {
         name: name.to_string(),
         kind,
         required: false,
         nullable,
-        description: o.get("description").and_then(Value::as_str).map(str::to_string),
+        description: o
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         constraints,
         schema: sub.clone(),
         needs_fallback,
@@ -358,7 +413,11 @@ mod tests {
         }))
         .unwrap();
         let a = s.arrow_schema();
-        let types: Vec<String> = a.fields().iter().map(|f| f.data_type().to_string()).collect();
+        let types: Vec<String> = a
+            .fields()
+            .iter()
+            .map(|f| f.data_type().to_string())
+            .collect();
         assert_eq!(types[0], "Int64");
         assert_eq!(types[1], "Float64");
         assert_eq!(types[2], "Utf8");
@@ -376,13 +435,17 @@ mod tests {
 
     #[test]
     fn invalid_schema_is_rejected() {
-        let e = TargetSchema::try_new(&json!({"type": "object", "properties": {"a": {"type": "integr"}}}))
-            .unwrap_err()
-            .to_string();
+        let e = TargetSchema::try_new(
+            &json!({"type": "object", "properties": {"a": {"type": "integr"}}}),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not a valid JSON Schema"), "{e}");
-        let e = TargetSchema::try_new(&json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}))
-            .unwrap_err()
-            .to_string();
+        let e = TargetSchema::try_new(
+            &json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("pattern"), "{e}");
     }
 }

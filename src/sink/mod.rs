@@ -30,7 +30,10 @@ impl AtomicFile {
     pub fn create(dest: &Path) -> Result<AtomicFile> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
-        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("output");
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         Ok(AtomicFile {
@@ -44,8 +47,11 @@ impl AtomicFile {
     pub fn commit(mut self) -> Result<PathBuf> {
         let mut w = self.writer.take().expect("not yet committed");
         w.flush().map_err(|e| Error::io("writing", &self.tmp, e))?;
-        let f = w.into_inner().map_err(|e| Error::io("writing", &self.tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io("syncing", &self.tmp, e))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io("writing", &self.tmp, e.into_error()))?;
+        f.sync_all()
+            .map_err(|e| Error::io("syncing", &self.tmp, e))?;
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming", &self.tmp, e))?;
         Ok(self.dest.clone())
     }
@@ -75,7 +81,8 @@ impl Drop for AtomicFile {
 /// Writes a whole small file atomically.
 pub fn atomic_write(dest: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(dest)?;
-    f.write_all(bytes).map_err(|e| Error::io("writing", dest, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("writing", dest, e))?;
     f.commit().map(|_| ())
 }
 
@@ -91,17 +98,28 @@ pub enum ValidSink {
 
 impl ValidSink {
     /// Opens a sink for `dest` in `format`.
-    pub fn create(dest: &Path, format: OutputFormat, schema: &SchemaRef, parquet: &ParquetOptions) -> Result<ValidSink> {
+    pub fn create(
+        dest: &Path,
+        format: OutputFormat,
+        schema: &SchemaRef,
+        parquet: &ParquetOptions,
+    ) -> Result<ValidSink> {
         let file = AtomicFile::create(dest)?;
         Ok(match format {
             OutputFormat::Json => ValidSink::Json(WriterBuilder::new().build::<_, JsonArray>(file)),
-            OutputFormat::Ndjson => ValidSink::Ndjson(WriterBuilder::new().build::<_, LineDelimited>(file)),
+            OutputFormat::Ndjson => {
+                ValidSink::Ndjson(WriterBuilder::new().build::<_, LineDelimited>(file))
+            }
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::try_new(parquet.zstd_level)?))
                     .set_max_row_group_row_count(Some(parquet.row_group_size))
                     .build();
-                ValidSink::Parquet(Box::new(ArrowWriter::try_new(file, Arc::clone(schema), Some(props))?))
+                ValidSink::Parquet(Box::new(ArrowWriter::try_new(
+                    file,
+                    Arc::clone(schema),
+                    Some(props),
+                )?))
             }
         })
     }
@@ -149,9 +167,14 @@ impl InvalidSink {
     pub fn create(dest: &Path, array: bool) -> Result<InvalidSink> {
         let mut file = AtomicFile::create(dest)?;
         if array {
-            file.write_all(b"[").map_err(|e| Error::io("writing", dest, e))?;
+            file.write_all(b"[")
+                .map_err(|e| Error::io("writing", dest, e))?;
         }
-        Ok(InvalidSink { file, array, rows: 0 })
+        Ok(InvalidSink {
+            file,
+            array,
+            rows: 0,
+        })
     }
 
     /// Appends rows.
@@ -162,10 +185,14 @@ impl InvalidSink {
                 (true, _) => b",\n",
                 (false, _) => b"",
             };
-            self.file.write_all(sep).map_err(|e| Error::io("writing", self.file.path(), e))?;
+            self.file
+                .write_all(sep)
+                .map_err(|e| Error::io("writing", self.file.path(), e))?;
             serde_json::to_writer(&mut self.file, r)?;
             if !self.array {
-                self.file.write_all(b"\n").map_err(|e| Error::io("writing", self.file.path(), e))?;
+                self.file
+                    .write_all(b"\n")
+                    .map_err(|e| Error::io("writing", self.file.path(), e))?;
             }
             self.rows += 1;
         }
@@ -175,7 +202,9 @@ impl InvalidSink {
     /// Completes the file and moves it into place.
     pub fn finish(mut self) -> Result<PathBuf> {
         if self.array {
-            self.file.write_all(b"\n]\n").map_err(|e| Error::io("writing", self.file.path(), e))?;
+            self.file
+                .write_all(b"\n]\n")
+                .map_err(|e| Error::io("writing", self.file.path(), e))?;
         }
         self.file.commit()
     }

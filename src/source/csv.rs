@@ -22,7 +22,10 @@ fn delimiter(path: &std::path::Path, opts: &CsvOptions) -> u8 {
     }
 }
 
-fn reader(path: &std::path::Path, opts: &CsvOptions) -> Result<::csv::Reader<Box<dyn std::io::BufRead + Send>>> {
+fn reader(
+    path: &std::path::Path,
+    opts: &CsvOptions,
+) -> Result<::csv::Reader<Box<dyn std::io::BufRead + Send>>> {
     Ok(::csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -33,10 +36,11 @@ fn reader(path: &std::path::Path, opts: &CsvOptions) -> Result<::csv::Reader<Box
 
 /// The header of one file (or `column_N` names when there is none).
 fn header(name: &str, path: &std::path::Path, opts: &CsvOptions) -> Result<Vec<String>> {
-    if let Some(c) = opts.delimiter {
-        if !c.is_ascii() {
-            return Err(Error::source(name, format!("CSV delimiter {c:?} must be one ASCII character")));
-        }
+    if let Some(c) = opts.delimiter.filter(|c| !c.is_ascii()) {
+        return Err(Error::source(
+            name,
+            format!("CSV delimiter {c:?} must be one ASCII character"),
+        ));
     }
     let mut r = reader(path, opts)?;
     let mut rec = ::csv::ByteRecord::new();
@@ -51,12 +55,23 @@ fn header(name: &str, path: &std::path::Path, opts: &CsvOptions) -> Result<Vec<S
     }
     let mut names = Vec::with_capacity(rec.len());
     for (i, f) in rec.iter().enumerate() {
-        let s = std::str::from_utf8(f)
-            .map_err(|_| Error::source(name, format!("{}: header field {} is not UTF-8", path.display(), i + 1)))?;
+        let s = std::str::from_utf8(f).map_err(|_| {
+            Error::source(
+                name,
+                format!("{}: header field {} is not UTF-8", path.display(), i + 1),
+            )
+        })?;
         let s = s.trim_start_matches('\u{feff}').trim();
-        let s = if s.is_empty() { format!("column_{}", i + 1) } else { s.to_string() };
+        let s = if s.is_empty() {
+            format!("column_{}", i + 1)
+        } else {
+            s.to_string()
+        };
         if names.contains(&s) {
-            return Err(Error::source(name, format!("{}: the header names column `{s}` twice", path.display())));
+            return Err(Error::source(
+                name,
+                format!("{}: the header names column `{s}` twice", path.display()),
+            ));
         }
         names.push(s);
     }
@@ -74,10 +89,16 @@ pub(crate) fn infer_schema(name: &str, files: &[PathBuf], opts: &CsvOptions) -> 
         }
     }
     if names.is_empty() {
-        return Err(Error::source(name, format!("{} is empty: no header line", files[0].display())));
+        return Err(Error::source(
+            name,
+            format!("{} is empty: no header line", files[0].display()),
+        ));
     }
     Ok(Arc::new(Schema::new(
-        names.into_iter().map(|n| Field::new(n, DataType::Utf8, true)).collect::<Vec<_>>(),
+        names
+            .into_iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
     )))
 }
 
@@ -117,14 +138,17 @@ impl CsvBatches {
         let names = header(self.source.name(), &path, opts)?;
         let positions = names
             .iter()
-            .map(|n| data.index_of(n).expect("the schema is the union of all headers"))
+            .map(|n| {
+                data.index_of(n)
+                    .expect("the schema is the union of all headers")
+            })
             .collect();
         let mut reader = reader(&path, opts)?;
         if opts.has_header {
             let mut skip = ::csv::ByteRecord::new();
-            reader
-                .read_byte_record(&mut skip)
-                .map_err(|e| Error::source(self.source.name(), format!("{}: {e}", path.display())))?;
+            reader.read_byte_record(&mut skip).map_err(|e| {
+                Error::source(self.source.name(), format!("{}: {e}", path.display()))
+            })?;
         }
         self.current = Some(OpenFile {
             reader,
@@ -134,7 +158,6 @@ impl CsvBatches {
         });
         Ok(true)
     }
-
 }
 
 impl super::ReadBatch for CsvBatches {
@@ -147,8 +170,9 @@ impl super::ReadBatch for CsvBatches {
             let batch_size = self.source.batch_size();
             let name = self.source.name().to_string();
             let file = self.current.as_mut().expect("opened above");
-            let mut builders: Vec<StringBuilder> =
-                (0..ncols).map(|_| StringBuilder::with_capacity(batch_size, batch_size * 16)).collect();
+            let mut builders: Vec<StringBuilder> = (0..ncols)
+                .map(|_| StringBuilder::with_capacity(batch_size, batch_size * 16))
+                .collect();
             let mut rows = Vec::with_capacity(batch_size);
             let mut errors: Vec<Option<String>> = Vec::with_capacity(batch_size);
             let mut rec = ::csv::ByteRecord::new();
@@ -179,7 +203,10 @@ impl super::ReadBatch for CsvBatches {
                         Err(_) => {
                             builders[col].append_value(String::from_utf8_lossy(bytes));
                             problem.get_or_insert_with(|| {
-                                format!("invalid UTF-8 in column `{}`", self.schema.field(col).name())
+                                format!(
+                                    "invalid UTF-8 in column `{}`",
+                                    self.schema.field(col).name()
+                                )
                             });
                         }
                     }
@@ -197,10 +224,12 @@ impl super::ReadBatch for CsvBatches {
                 self.current = None;
                 continue;
             }
-            let columns: Vec<ArrayRef> = builders.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+            let columns: Vec<ArrayRef> = builders
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef)
+                .collect();
             let raw = vec![None; rows.len()];
             return assemble(&self.schema, columns, &file.display, rows, errors, raw).map(Some);
         }
     }
 }
-

@@ -17,8 +17,14 @@ pub(crate) fn resolve(name: &str, pattern: &str, base: &Path) -> Result<Vec<Path
     if !text.contains(['*', '?', '[']) {
         return match std::fs::metadata(&full) {
             Ok(m) if m.is_file() => Ok(vec![full]),
-            Ok(_) => Err(Error::source(name, format!("{} is not a file", full.display()))),
-            Err(e) => Err(Error::source(name, format!("cannot open {}: {e}", full.display()))),
+            Ok(_) => Err(Error::source(
+                name,
+                format!("{} is not a file", full.display()),
+            )),
+            Err(e) => Err(Error::source(
+                name,
+                format!("cannot open {}: {e}", full.display()),
+            )),
         };
     }
     let mut files: Vec<PathBuf> = glob::glob(&text)
@@ -38,7 +44,10 @@ pub fn open_decompressed(path: &Path) -> Result<Box<dyn std::io::BufRead + Send>
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
     let name = path.to_string_lossy().to_ascii_lowercase();
     let inner: Box<dyn Read + Send> = if name.ends_with(".gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, file)))
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            1 << 16,
+            file,
+        )))
     } else if name.ends_with(".zst") {
         Box::new(zstd::Decoder::new(file).map_err(|e| Error::io("opening", path, e))?)
     } else {

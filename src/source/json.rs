@@ -125,7 +125,11 @@ impl Records {
         loop {
             let Some(b) = self.read_byte()? else {
                 self.state = ArrayState::Done;
-                return Ok(if buf.is_empty() { None } else { Some(self.take_number()) });
+                return Ok(if buf.is_empty() {
+                    None
+                } else {
+                    Some(self.take_number())
+                });
             };
             if in_string {
                 buf.push(b);
@@ -145,7 +149,11 @@ impl Records {
                 b']' => {
                     self.state = ArrayState::Done;
                     trim_end(buf);
-                    return Ok(if buf.is_empty() { None } else { Some(self.take_number()) });
+                    return Ok(if buf.is_empty() {
+                        None
+                    } else {
+                        Some(self.take_number())
+                    });
                 }
                 b',' if depth == 0 => {
                     trim_end(buf);
@@ -172,7 +180,11 @@ fn trim_end(buf: &mut Vec<u8>) {
 
 /// Infers the columns from the first records of each file, in first-seen key order. Keys whose
 /// sampled values are all scalars become text columns; objects and arrays keep their shape.
-pub(crate) fn infer_schema(name: &str, files: &[PathBuf], format: InputFormat) -> Result<SchemaRef> {
+pub(crate) fn infer_schema(
+    name: &str,
+    files: &[PathBuf],
+    format: InputFormat,
+) -> Result<SchemaRef> {
     let mut order: Vec<String> = Vec::new();
     let mut values: std::collections::HashMap<String, Vec<Value>> = Default::default();
     let mut buf = Vec::new();
@@ -201,7 +213,10 @@ pub(crate) fn infer_schema(name: &str, files: &[PathBuf], format: InputFormat) -
     if order.is_empty() {
         return Err(Error::source(
             name,
-            format!("{} holds no JSON object to infer columns from", files[0].display()),
+            format!(
+                "{} holds no JSON object to infer columns from",
+                files[0].display()
+            ),
         ));
     }
     let fields: Vec<Field> = order
@@ -218,7 +233,11 @@ pub(crate) fn infer_schema(name: &str, files: &[PathBuf], format: InputFormat) -
                     Ok::<Value, arrow::error::ArrowError>(Value::Object(m))
                 });
                 match arrow_json_reader::infer_json_schema_from_iterator(objs) {
-                    Ok(s) if vals.iter().all(|v| v.is_null() || v.is_object() || v.is_array()) => {
+                    Ok(s)
+                        if vals
+                            .iter()
+                            .all(|v| v.is_null() || v.is_object() || v.is_array()) =>
+                    {
                         texts_for_scalars(s.field(0).data_type())
                     }
                     _ => DataType::Utf8,
@@ -277,7 +296,6 @@ impl JsonBatches {
             .with_strict_mode(true)
             .build_decoder()?)
     }
-
 }
 
 impl JsonBatches {
@@ -386,7 +404,6 @@ fn describe(bytes: &[u8], e: arrow::error::ArrowError) -> String {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,7 +423,10 @@ mod tests {
 
     #[test]
     fn array_elements_are_split_at_top_level_commas() {
-        let got = records(r#" [ {"a": "x,]}", "b": [1, 2]} , {"a": "\"q\""}, 5 ] "#, InputFormat::Json);
+        let got = records(
+            r#" [ {"a": "x,]}", "b": [1, 2]} , {"a": "\"q\""}, 5 ] "#,
+            InputFormat::Json,
+        );
         assert_eq!(
             got,
             vec![
@@ -422,6 +442,9 @@ mod tests {
     #[test]
     fn ndjson_lines_keep_line_numbers_and_skip_blanks() {
         let got = records("{\"a\":1}\n\n{\"a\":2}\r\n", InputFormat::Ndjson);
-        assert_eq!(got, vec![(1, "{\"a\":1}".to_string()), (3, "{\"a\":2}".to_string())]);
+        assert_eq!(
+            got,
+            vec![(1, "{\"a\":1}".to_string()), (3, "{\"a\":2}".to_string())]
+        );
     }
 }

@@ -140,7 +140,10 @@ impl FileSource {
             }
             InputFormat::Parquet => Box::new(parquet::ParquetBatches::new(self.clone(), schema)),
         };
-        Ok(BatchIter { inner, failed: false })
+        Ok(BatchIter {
+            inner,
+            failed: false,
+        })
     }
 
     /// The first `n` rows (fewer if the source is shorter), read from the start.
@@ -166,7 +169,8 @@ impl FileSource {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         tokio::task::spawn_blocking(move || {
             for item in iter {
-                let item = item.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
+                let item =
+                    item.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
                 if tx.blocking_send(item).is_err() {
                     break; // The consumer is gone (cancelled or failed): stop reading.
                 }
@@ -175,7 +179,10 @@ impl FileSource {
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
     }
 
     pub(crate) fn config(&self) -> &SourceConfig {
@@ -208,7 +215,11 @@ impl Iterator for BatchIter {
 
 /// Appends the provenance columns to a data schema.
 pub fn with_provenance(data: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = data.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let mut fields: Vec<Field> = data
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     fields.push(Field::new(FILE_COL, DataType::Utf8, false));
     fields.push(Field::new(ROW_COL, DataType::UInt64, false));
     fields.push(Field::new(ERROR_COL, DataType::Utf8, true));
@@ -226,7 +237,9 @@ pub(crate) fn assemble(
     raw: Vec<Option<String>>,
 ) -> Result<RecordBatch> {
     let n = rows.len();
-    columns.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(file, n))));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        std::iter::repeat_n(file, n),
+    )));
     columns.push(Arc::new(UInt64Array::from(rows)));
     columns.push(Arc::new(StringArray::from(errors)));
     columns.push(Arc::new(StringArray::from(raw)));

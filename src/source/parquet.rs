@@ -12,8 +12,12 @@ use crate::error::{Error, Result};
 
 fn builder(name: &str, path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| Error::source(name, format!("{} is not a readable Parquet file: {e}", path.display())))
+    ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| {
+        Error::source(
+            name,
+            format!("{} is not a readable Parquet file: {e}", path.display()),
+        )
+    })
 }
 
 /// The schema of the first file; every other file must have the same columns.
@@ -24,7 +28,11 @@ pub(crate) fn infer_schema(name: &str, files: &[PathBuf]) -> Result<SchemaRef> {
         if s.fields() != first.fields() {
             return Err(Error::source(
                 name,
-                format!("{} has different columns than {}", f.display(), files[0].display()),
+                format!(
+                    "{} has different columns than {}",
+                    f.display(),
+                    files[0].display()
+                ),
             ));
         }
     }
@@ -48,7 +56,6 @@ impl ParquetBatches {
             current: None,
         }
     }
-
 }
 
 impl super::ReadBatch for ParquetBatches {
@@ -73,11 +80,17 @@ impl super::ReadBatch for ParquetBatches {
                     let rows: Vec<u64> = (*next_row..*next_row + n as u64).collect();
                     *next_row += n as u64;
                     let display = display.clone();
-                    return assemble(&self.schema, b.columns().to_vec(), &display, rows, vec![None; n], vec![None; n])
-                        .map(Some);
+                    return assemble(
+                        &self.schema,
+                        b.columns().to_vec(),
+                        &display,
+                        rows,
+                        vec![None; n],
+                        vec![None; n],
+                    )
+                    .map(Some);
                 }
             }
         }
     }
 }
-

@@ -6,7 +6,9 @@ use arrow::datatypes::DataType;
 use chrono::{NaiveDate, NaiveDateTime};
 
 /// Date formats tried on sample values, most common first.
-pub const DATE_FORMATS: &[&str] = &["%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%Y%m%d"];
+pub const DATE_FORMATS: &[&str] = &[
+    "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%Y%m%d",
+];
 
 /// Date-time formats tried on sample values, most common first.
 pub const DATETIME_FORMATS: &[&str] = &[
@@ -102,7 +104,10 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
         examples: vec![],
         distinct: 0,
     };
-    if matches!(dt, DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) | DataType::Map(..)) {
+    if matches!(
+        dt,
+        DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) | DataType::Map(..)
+    ) {
         let nulls = col.null_count();
         return ColumnProfile {
             shape: ValueShape::Nested,
@@ -112,11 +117,23 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
     }
     let text = match arrow::compute::cast(col, &DataType::Utf8) {
         Ok(t) => t,
-        Err(_) => return ColumnProfile { shape: ValueShape::Text, ..base },
+        Err(_) => {
+            return ColumnProfile {
+                shape: ValueShape::Text,
+                ..base
+            };
+        }
     };
-    let text = text.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+    let text = text
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8");
     let raw: Vec<&str> = text.iter().flatten().collect();
-    let values: Vec<&str> = raw.iter().map(|v| v.trim()).filter(|v| !v.is_empty()).collect();
+    let values: Vec<&str> = raw
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .collect();
     let mut distinct: Vec<&str> = values.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -125,11 +142,17 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
     let has_upper = values.iter().any(|v| v.chars().any(char::is_uppercase));
     let has_lower = values.iter().any(|v| v.chars().any(char::is_lowercase));
     let shape = if dt.is_numeric() {
-        if dt.is_integer() { ValueShape::Integer } else { ValueShape::Number }
+        if dt.is_integer() {
+            ValueShape::Integer
+        } else {
+            ValueShape::Number
+        }
     } else if dt == DataType::Boolean {
         ValueShape::Boolean
     } else if matches!(dt, DataType::Date32 | DataType::Date64) {
-        ValueShape::Date { formats: vec!["%Y-%m-%d".into()] }
+        ValueShape::Date {
+            formats: vec!["%Y-%m-%d".into()],
+        }
     } else if matches!(dt, DataType::Timestamp(..)) {
         ValueShape::DateTime { formats: vec![] }
     } else {
@@ -233,7 +256,9 @@ fn text_shape(values: &[&str]) -> ValueShape {
     }
     let (dt_formats, dt_cov) = matching_formats(values, DATETIME_FORMATS, false);
     if most(dt_cov) {
-        return ValueShape::DateTime { formats: dt_formats };
+        return ValueShape::DateTime {
+            formats: dt_formats,
+        };
     }
     let (d_formats, d_cov) = matching_formats(values, DATE_FORMATS, true);
     if most(d_cov) {
@@ -250,23 +275,34 @@ mod tests {
     fn shapes() {
         assert_eq!(text_shape(&["1", "2", "-3"]), ValueShape::Integer);
         assert_eq!(text_shape(&["1.5", "2", "3.25"]), ValueShape::Number);
-        assert_eq!(text_shape(&["$1,200.00", "$3.50", "€4"]), ValueShape::FormattedNumber);
+        assert_eq!(
+            text_shape(&["$1,200.00", "$3.50", "€4"]),
+            ValueShape::FormattedNumber
+        );
         assert_eq!(text_shape(&["yes", "no", "Y", "n"]), ValueShape::Boolean);
         assert_eq!(text_shape(&["0", "1", "1", "0"]), ValueShape::Boolean);
         assert_eq!(text_shape(&["hello", "world"]), ValueShape::Text);
         assert_eq!(
-            text_shape(&["2023-04-05T13:45:12", "05/04/2023 13:45", "2023-01-02T00:00:00"]),
+            text_shape(&[
+                "2023-04-05T13:45:12",
+                "05/04/2023 13:45",
+                "2023-01-02T00:00:00"
+            ]),
             ValueShape::DateTime {
                 formats: vec!["%Y-%m-%dT%H:%M:%S".into(), "%d/%m/%Y %H:%M".into()]
             }
         );
         assert_eq!(
             text_shape(&["31/01/2023", "01/02/2023"]),
-            ValueShape::Date { formats: vec!["%d/%m/%Y".into()] }
+            ValueShape::Date {
+                formats: vec!["%d/%m/%Y".into()]
+            }
         );
         assert_eq!(
             text_shape(&["01/31/2023", "02/01/2023"]),
-            ValueShape::Date { formats: vec!["%m/%d/%Y".into()] }
+            ValueShape::Date {
+                formats: vec!["%m/%d/%Y".into()]
+            }
         );
     }
 }

@@ -5,7 +5,17 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 /// Formats this crate checks; others are annotations only (as draft 2020-12 allows).
-pub const KNOWN: &[&str] = &["email", "date", "date-time", "time", "uri", "uuid", "ipv4", "ipv6", "hostname"];
+pub const KNOWN: &[&str] = &[
+    "email",
+    "date",
+    "date-time",
+    "time",
+    "uri",
+    "uuid",
+    "ipv4",
+    "ipv6",
+    "hostname",
+];
 
 /// Whether `format` is checked.
 pub fn is_known(format: &str) -> bool {
@@ -19,7 +29,8 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
 static URI: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]*$").expect("valid regex"));
 static UUID: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$").expect("valid regex")
+    Regex::new(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+        .expect("valid regex")
 });
 static HOSTNAME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$").expect("valid regex")
@@ -57,7 +68,11 @@ mod tests {
             ("date-time", "2023-04-05T13:45:12Z", "2023-04-05 13:45"),
             ("time", "13:45:12+01:00", "25:00:00Z"),
             ("uri", "https://example.com/a?b", "not a uri"),
-            ("uuid", "123e4567-e89b-12d3-a456-426614174000", "123e4567e89b12d3a456426614174000"),
+            (
+                "uuid",
+                "123e4567-e89b-12d3-a456-426614174000",
+                "123e4567e89b12d3a456426614174000",
+            ),
             ("ipv4", "192.168.0.1", "256.1.1.1"),
             ("ipv6", "::1", "1:::2"),
             ("hostname", "db-1.example.com", "-bad.example.com"),

@@ -139,7 +139,10 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
     } else {
         call_udf(
             "any_present",
-            sources.iter().map(|s| crate::mapping::compile::column(&format!("{SRC_PREFIX}{s}"))).collect(),
+            sources
+                .iter()
+                .map(|s| crate::mapping::compile::column(&format!("{SRC_PREFIX}{s}")))
+                .collect(),
         )
     };
     let mut push = |rule: Rule, ok: Expr, detail: Option<Expr>| {
@@ -153,27 +156,55 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
         })
     };
     if t.required {
-        push(Rule::Required, v.clone().is_not_null().or(present.clone()), None);
+        push(
+            Rule::Required,
+            v.clone().is_not_null().or(present.clone()),
+            None,
+        );
     }
-    let conversion = if matches!(t.kind, FieldKind::Date | FieldKind::DateTime) { Rule::DateFormat } else { Rule::Type };
+    let conversion = if matches!(t.kind, FieldKind::Date | FieldKind::DateTime) {
+        Rule::DateFormat
+    } else {
+        Rule::Type
+    };
     if !sources.is_empty() {
-        push(conversion, v.clone().is_not_null().or(present.clone().is_false()), None);
+        push(
+            conversion,
+            v.clone().is_not_null().or(present.clone().is_false()),
+            None,
+        );
     }
     let c = &t.constraints;
     let numeric = matches!(t.kind, FieldKind::Integer | FieldKind::Number);
     let stringy = matches!(t.kind, FieldKind::String | FieldKind::Json);
     if numeric {
         if let Some(x) = c.minimum {
-            push(Rule::Minimum(x), unless_null(&v, v.clone().gt_eq(num(x, &t.kind))), None);
+            push(
+                Rule::Minimum(x),
+                unless_null(&v, v.clone().gt_eq(num(x, &t.kind))),
+                None,
+            );
         }
         if let Some(x) = c.maximum {
-            push(Rule::Maximum(x), unless_null(&v, v.clone().lt_eq(num(x, &t.kind))), None);
+            push(
+                Rule::Maximum(x),
+                unless_null(&v, v.clone().lt_eq(num(x, &t.kind))),
+                None,
+            );
         }
         if let Some(x) = c.exclusive_minimum {
-            push(Rule::ExclusiveMinimum(x), unless_null(&v, v.clone().gt(num(x, &t.kind))), None);
+            push(
+                Rule::ExclusiveMinimum(x),
+                unless_null(&v, v.clone().gt(num(x, &t.kind))),
+                None,
+            );
         }
         if let Some(x) = c.exclusive_maximum {
-            push(Rule::ExclusiveMaximum(x), unless_null(&v, v.clone().lt(num(x, &t.kind))), None);
+            push(
+                Rule::ExclusiveMaximum(x),
+                unless_null(&v, v.clone().lt(num(x, &t.kind))),
+                None,
+            );
         }
         if let Some(m) = c.multiple_of.filter(|m| *m > 0.0) {
             let ok = if t.kind == FieldKind::Integer && m.fract() == 0.0 {
@@ -181,8 +212,16 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
             } else {
                 // Within a relative tolerance: 0.3 is a multiple of 0.1 in decimal terms.
                 let q = v.clone() / lit(m);
-                let diff = datafusion::functions::expr_fn::abs(q.clone() - datafusion::functions::expr_fn::round(vec![q.clone()]));
-                diff.lt_eq(lit(1e-9) * datafusion::functions::expr_fn::greatest(vec![lit(1.0), datafusion::functions::expr_fn::abs(q)]))
+                let diff = datafusion::functions::expr_fn::abs(
+                    q.clone() - datafusion::functions::expr_fn::round(vec![q.clone()]),
+                );
+                diff.lt_eq(
+                    lit(1e-9)
+                        * datafusion::functions::expr_fn::greatest(vec![
+                            lit(1.0),
+                            datafusion::functions::expr_fn::abs(q),
+                        ]),
+                )
             };
             push(Rule::MultipleOf(m), unless_null(&v, ok), None);
         }
@@ -190,10 +229,18 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
     if stringy {
         let len = || datafusion::functions::expr_fn::character_length(v.clone());
         if let Some(n) = c.min_length {
-            push(Rule::MinLength(n), unless_null(&v, len().gt_eq(lit(n as i64))), None);
+            push(
+                Rule::MinLength(n),
+                unless_null(&v, len().gt_eq(lit(n as i64))),
+                None,
+            );
         }
         if let Some(n) = c.max_length {
-            push(Rule::MaxLength(n), unless_null(&v, len().lt_eq(lit(n as i64))), None);
+            push(
+                Rule::MaxLength(n),
+                unless_null(&v, len().lt_eq(lit(n as i64))),
+                None,
+            );
         }
         if let Some(p) = &c.pattern {
             let m = datafusion::functions::expr_fn::regexp_like(v.clone(), lit(p.clone()), None);
@@ -202,11 +249,17 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
     }
     if let Some(values) = &c.enum_values {
         let lits: Vec<Expr> = values.iter().filter_map(|x| json_lit(x, &t.kind)).collect();
-        let ok = if lits.is_empty() { lit(false) } else { v.clone().in_list(lits, false) };
+        let ok = if lits.is_empty() {
+            lit(false)
+        } else {
+            v.clone().in_list(lits, false)
+        };
         push(Rule::Enum(values.clone()), unless_null(&v, ok), None);
     }
     if let Some(value) = &c.const_value {
-        let ok = json_lit(value, &t.kind).map(|l| v.clone().eq(l)).unwrap_or(lit(false));
+        let ok = json_lit(value, &t.kind)
+            .map(|l| v.clone().eq(l))
+            .unwrap_or(lit(false));
         push(Rule::Const(value.clone()), unless_null(&v, ok), None);
     }
     if let Some(f) = c.format.as_ref().filter(|f| stringy && format::is_known(f)) {
@@ -214,7 +267,10 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
         push(Rule::Format(f.clone()), unless_null(&v, call), None);
     }
     if t.needs_fallback {
-        let detail = call_udf("json_schema_errors", vec![v.clone(), lit(t.schema.to_string())]);
+        let detail = call_udf(
+            "json_schema_errors",
+            vec![v.clone(), lit(t.schema.to_string())],
+        );
         push(Rule::Schema, detail.clone().is_null(), Some(detail));
     }
 }
@@ -224,5 +280,8 @@ fn call_udf(name: &str, args: Vec<Expr>) -> Expr {
         .into_iter()
         .find(|f| f.name() == name)
         .expect("conform function is registered");
-    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(std::sync::Arc::new(f), args))
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        std::sync::Arc::new(f),
+        args,
+    ))
 }

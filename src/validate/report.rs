@@ -81,7 +81,9 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
         .enumerate()
         .map(|(i, _)| crate::functions::column_to_json(b.column(layout.src_start + i)))
         .collect::<std::result::Result<_, _>>()?;
-    let oks: Vec<&BooleanArray> = (0..checks.len()).map(|i| b.column(layout.ok_start + i).as_boolean()).collect();
+    let oks: Vec<&BooleanArray> = (0..checks.len())
+        .map(|i| b.column(layout.ok_start + i).as_boolean())
+        .collect();
     let mut out = Vec::with_capacity(n);
     for r in 0..n {
         let record: Map<String, Value> = layout
@@ -104,7 +106,8 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
                 }
                 let target = b.column(layout.target_index(&check.field));
                 let value = show(target, r, &opts);
-                let detail = layout.detail[ci].map(|d| b.column(d).as_string::<i32>().value(r).to_string());
+                let detail =
+                    layout.detail[ci].map(|d| b.column(d).as_string::<i32>().value(r).to_string());
                 errors.push(RowError {
                     field: Some(check.field.clone()),
                     rule: check.rule.name().to_string(),
@@ -137,10 +140,19 @@ fn show(a: &ArrayRef, i: usize, opts: &FormatOptions) -> String {
 }
 
 fn num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{}", x as i64) } else { x.to_string() }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        x.to_string()
+    }
 }
 
-fn message(check: &Check, value: &str, record: &Map<String, Value>, detail: Option<&str>) -> String {
+fn message(
+    check: &Check,
+    value: &str,
+    record: &Map<String, Value>,
+    detail: Option<&str>,
+) -> String {
     let f = &check.field;
     let raw_source = || {
         check
@@ -154,10 +166,16 @@ fn message(check: &Check, value: &str, record: &Map<String, Value>, detail: Opti
             .unwrap_or_else(|| "the source value".into())
     };
     match &check.rule {
-        Rule::Required if check.sources.is_empty() => format!("`{f}` is required but no source column is mapped to it"),
+        Rule::Required if check.sources.is_empty() => {
+            format!("`{f}` is required but no source column is mapped to it")
+        }
         Rule::Required => format!("`{f}` is required but the source value is missing"),
         Rule::Type => format!("`{f}`: {} is not a valid {}", raw_source(), check.kind_name),
-        Rule::DateFormat => format!("`{f}`: {} is not a valid {} in the mapped formats", raw_source(), check.kind_name),
+        Rule::DateFormat => format!(
+            "`{f}`: {} is not a valid {} in the mapped formats",
+            raw_source(),
+            check.kind_name
+        ),
         Rule::Minimum(x) => format!("`{f}` = {value} is less than the minimum {}", num(*x)),
         Rule::Maximum(x) => format!("`{f}` = {value} is greater than the maximum {}", num(*x)),
         Rule::ExclusiveMinimum(x) => format!("`{f}` = {value} must be greater than {}", num(*x)),
@@ -166,7 +184,11 @@ fn message(check: &Check, value: &str, record: &Map<String, Value>, detail: Opti
         Rule::MinLength(n) => format!("`{f}` = {value} is shorter than {n} characters"),
         Rule::MaxLength(n) => {
             let shown: String = value.chars().take(40).collect();
-            let ellipsis = if value.chars().count() > 40 { "…" } else { "" };
+            let ellipsis = if value.chars().count() > 40 {
+                "…"
+            } else {
+                ""
+            };
             format!("`{f}` = {shown}{ellipsis} is longer than {n} characters")
         }
         Rule::Pattern(p) => format!("`{f}` = {value} does not match the pattern {p}"),
@@ -180,4 +202,3 @@ fn message(check: &Check, value: &str, record: &Map<String, Value>, detail: Opti
         Rule::Schema => format!("`{f}`: {}", detail.unwrap_or("does not match its schema")),
     }
 }
-

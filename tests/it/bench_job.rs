@@ -6,11 +6,20 @@ use std::collections::BTreeMap;
 use crate::harness::Workdir;
 
 fn expected() -> BTreeMap<u64, Vec<String>> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/bench/expected_invalid.ndjson")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/bench/expected_invalid.ndjson"
+    ))
+    .unwrap();
     text.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let codes = v["_errors"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+            let codes = v["_errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
             (v["_row"].as_u64().unwrap(), codes)
         })
         .collect()
@@ -22,13 +31,34 @@ fn run_job(input: &str) -> Workdir {
     let input = format!("{root}/testdata/bench/{input}");
     let out = w.join("out");
     let r = w.run_env(
-        &["run", "--config", &format!("{root}/testdata/bench/config.json")],
-        &[("CONFORM_BENCH_INPUT", &input), ("CONFORM_BENCH_OUT", out.to_str().unwrap())],
+        &[
+            "run",
+            "--config",
+            &format!("{root}/testdata/bench/config.json"),
+        ],
+        &[
+            ("CONFORM_BENCH_INPUT", &input),
+            ("CONFORM_BENCH_OUT", out.to_str().unwrap()),
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("Successfully validated 954 items from orders"), "{}", r.stdout);
-    assert!(r.stdout.contains("74 validation errors occurred for orders."), "{}", r.stdout);
-    assert!(!r.stderr.contains("WARN"), "the pinned mapping matches the source: {}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("Successfully validated 954 items from orders"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("74 validation errors occurred for orders."),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stderr.contains("WARN"),
+        "the pinned mapping matches the source: {}",
+        r.stderr
+    );
     w
 }
 
@@ -41,7 +71,13 @@ fn check_codes(w: &Workdir) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|e| format!("{}:{}", e["field"].as_str().unwrap(), e["rule"].as_str().unwrap()))
+                .map(|e| {
+                    format!(
+                        "{}:{}",
+                        e["field"].as_str().unwrap(),
+                        e["rule"].as_str().unwrap()
+                    )
+                })
                 .collect();
             (v["row"].as_u64().unwrap() - 1, codes)
         })
@@ -65,14 +101,33 @@ fn csv_matches_reference_error_codes() {
     check_codes(&w);
     let batches = valid_rows(&w);
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 954);
-    let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     assert_eq!(
         names,
-        ["order_id", "customer_email", "customer_name", "order_date", "amount", "country", "status", "quantity", "weight_kg", "notes", "is_gift"]
+        [
+            "order_id",
+            "customer_email",
+            "customer_name",
+            "order_date",
+            "amount",
+            "country",
+            "status",
+            "quantity",
+            "weight_kg",
+            "notes",
+            "is_gift"
+        ]
     );
     // Row 2 of the fixture: padded, mixed case, day-first date, pounds, multi-line comment.
     let b = &batches[0];
-    let text = arrow::util::pretty::pretty_format_batches(&[b.slice(1, 1)]).unwrap().to_string();
+    let text = arrow::util::pretty::pretty_format_batches(&[b.slice(1, 1)])
+        .unwrap()
+        .to_string();
     assert!(text.contains("alan.turing@example.org"), "{text}");
     assert!(text.contains("Alan Turing"), "{text}");
     assert!(text.contains("2023-04-05"), "{text}");

@@ -49,10 +49,16 @@ fn demo_outputs_hold_the_mapped_rows_and_reasons() {
             {"customer_id": 102, "full_name": "Alan Turing", "email": "alan.turing@example.org", "signup_date": "2023-02-01", "lifetime_value": 310.5, "is_active": false}
         ])
     );
-    assert!(!w.join("output/source1_invalid_data.json").exists(), "no invalid rows, no invalid file");
+    assert!(
+        !w.join("output/source1_invalid_data.json").exists(),
+        "no invalid rows, no invalid file"
+    );
     let v2 = w.json("output/source2_valid_data.json");
     assert_eq!(v2[0]["full_name"], "Grace Hopper");
-    assert_eq!(v2[0]["signup_date"], "2023-03-15", "day-first date detected from the sample");
+    assert_eq!(
+        v2[0]["signup_date"], "2023-03-15",
+        "day-first date detected from the sample"
+    );
     let bad = w.json("output/source2_invalid_data.json");
     let bad = bad.as_array().unwrap();
     assert_eq!(bad.len(), 1);
@@ -62,10 +68,16 @@ fn demo_outputs_hold_the_mapped_rows_and_reasons() {
     assert_eq!(bad[0]["errors"][0]["rule"], "format");
     let summary = w.json("output/run_summary.json");
     assert_eq!(summary["totals"]["rows_read"], 4);
-    assert_eq!(summary["sources"]["source2"]["errors"]["email"]["format"], 1);
+    assert_eq!(
+        summary["sources"]["source2"]["errors"]["email"]["format"],
+        1
+    );
     let doc = w.json("output/mappings/source2.mapping.json");
     assert_eq!(doc["mapper"], "heuristic");
-    assert_eq!(doc["fields"]["full_name"]["sources"], serde_json::json!(["first_name", "last_name"]));
+    assert_eq!(
+        doc["fields"]["full_name"]["sources"],
+        serde_json::json!(["first_name", "last_name"])
+    );
     assert!(w.temp_files().is_empty(), "{:?}", w.temp_files());
 }
 
@@ -95,15 +107,27 @@ fn bad_expression_fails_only_its_source_with_the_field_named() {
     w.write(path, serde_json::to_string_pretty(&doc).unwrap());
     let r = w.run(&["run"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("field `email`") && r.stderr.contains("`Emial`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("field `email`") && r.stderr.contains("`Emial`"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("Did you mean `E-mail`?"), "{}", r.stderr);
-    assert!(r.stdout.contains("Successfully validated 1 items from source2"), "the other source still ran");
+    assert!(
+        r.stdout
+            .contains("Successfully validated 1 items from source2"),
+        "the other source still ran"
+    );
     let mut doc = w.json(path);
     doc["fields"]["email"]["expr"] = serde_json::json!("random()");
     w.write(path, serde_json::to_string_pretty(&doc).unwrap());
     let r = w.run(&["check"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("function `random` is not allowed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("function `random` is not allowed"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -119,9 +143,18 @@ fn formats_ndjson_and_parquet() {
     let f = std::fs::File::open(w.join("pq/source1_valid_data.parquet")).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
     let schema = reader.schema().clone();
-    assert_eq!(schema.field_with_name("customer_id").unwrap().data_type(), &arrow::datatypes::DataType::Int64);
-    assert!(!schema.field_with_name("customer_id").unwrap().is_nullable(), "required fields are non-null");
-    assert_eq!(schema.field_with_name("signup_date").unwrap().data_type(), &arrow::datatypes::DataType::Date32);
+    assert_eq!(
+        schema.field_with_name("customer_id").unwrap().data_type(),
+        &arrow::datatypes::DataType::Int64
+    );
+    assert!(
+        !schema.field_with_name("customer_id").unwrap().is_nullable(),
+        "required fields are non-null"
+    );
+    assert_eq!(
+        schema.field_with_name("signup_date").unwrap().data_type(),
+        &arrow::datatypes::DataType::Date32
+    );
     let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 2);
     assert!(w.join("pq/source2_invalid_data.ndjson").exists());
@@ -131,21 +164,45 @@ fn formats_ndjson_and_parquet() {
 fn config_errors_exit_2_and_name_the_problem() {
     let w = Workdir::new();
     w.write("a.csv", "id,name\n1,x\n");
-    w.write("config.json", config(r#"{"s": {"path": "a.csv", "fromat": "csv"}}"#, PEOPLE_SCHEMA, ""));
+    w.write(
+        "config.json",
+        config(
+            r#"{"s": {"path": "a.csv", "fromat": "csv"}}"#,
+            PEOPLE_SCHEMA,
+            "",
+        ),
+    );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("data_sources.s") && r.stderr.contains("fromat"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("data_sources.s") && r.stderr.contains("fromat"),
+        "{}",
+        r.stderr
+    );
 
-    w.write("config.json", config(r#"{"s": {"path": "${NO_SUCH_VAR_XY}"}}"#, PEOPLE_SCHEMA, ""));
+    w.write(
+        "config.json",
+        config(r#"{"s": {"path": "${NO_SUCH_VAR_XY}"}}"#, PEOPLE_SCHEMA, ""),
+    );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("NO_SUCH_VAR_XY"), "{}", r.stderr);
 
-    w.write("config.json", config(r#"{"s": {"path": "a.csv"}}"#, r#"{"type": "object", "properties": {"id": {"type": "intger"}}}"#, ""));
+    w.write(
+        "config.json",
+        config(
+            r#"{"s": {"path": "a.csv"}}"#,
+            r#"{"type": "object", "properties": {"id": {"type": "intger"}}}"#,
+            "",
+        ),
+    );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("internal_schema"), "{}", r.stderr);
-    assert!(!w.join("out").exists(), "nothing is written before the config is valid");
+    assert!(
+        !w.join("out").exists(),
+        "nothing is written before the config is valid"
+    );
 
     let r = w.run(&["run", "--config", "missing.json"]);
     assert_eq!(r.code, 2);
@@ -159,13 +216,28 @@ fn env_interpolation_and_secrets_stay_hidden() {
     w.write("a.csv", "id,name\n1,x\n");
     w.write(
         "config.json",
-        config(r#"{"s": {"path": "${IN_FILE}", "credentials": {"password": "${SECRET_PW}"}}}"#, PEOPLE_SCHEMA, ""),
+        config(
+            r#"{"s": {"path": "${IN_FILE}", "credentials": {"password": "${SECRET_PW}"}}}"#,
+            PEOPLE_SCHEMA,
+            "",
+        ),
     );
-    let r = w.run_env(&["-vv", "run"], &[("IN_FILE", "a.csv"), ("SECRET_PW", "hunter2-very-secret")]);
+    let r = w.run_env(
+        &["-vv", "run"],
+        &[("IN_FILE", "a.csv"), ("SECRET_PW", "hunter2-very-secret")],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("does not use credentials"), "a one-line warning: {}", r.stderr);
+    assert!(
+        r.stderr.contains("does not use credentials"),
+        "a one-line warning: {}",
+        r.stderr
+    );
     let mut everything = r.stdout + &r.stderr;
-    for f in ["out/run_summary.json", "out/s_valid_data.json", "out/mappings/s.mapping.json"] {
+    for f in [
+        "out/run_summary.json",
+        "out/s_valid_data.json",
+        "out/mappings/s.mapping.json",
+    ] {
         everything.push_str(&w.read(f));
     }
     assert!(!everything.contains("hunter2-very-secret"));
@@ -175,10 +247,21 @@ fn env_interpolation_and_secrets_stay_hidden() {
 fn a_missing_file_fails_its_source_only() {
     let w = Workdir::new();
     w.write("a.csv", "id,name\n1,x\n");
-    w.write("config.json", config(r#"{"gone": {"path": "nope.csv"}, "ok": {"path": "a.csv"}}"#, PEOPLE_SCHEMA, ""));
+    w.write(
+        "config.json",
+        config(
+            r#"{"gone": {"path": "nope.csv"}, "ok": {"path": "a.csv"}}"#,
+            PEOPLE_SCHEMA,
+            "",
+        ),
+    );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("conform: source `gone` failed") && r.stderr.contains("nope.csv"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("conform: source `gone` failed") && r.stderr.contains("nope.csv"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stdout.contains("Successfully validated 1 items from ok"));
     let s = w.json("out/run_summary.json");
     assert_eq!(s["sources"]["gone"]["status"], "failed");
@@ -190,12 +273,29 @@ fn schema_explain_and_check_commands() {
     let w = demo();
     let r = w.run(&["schema"]);
     assert_eq!(r.code, 0);
-    assert!(r.stdout.contains("customer_id: Int64 not null"), "{}", r.stdout);
-    assert!(r.stdout.contains("signup_date: Date32 not null"), "{}", r.stdout);
-    assert!(r.stdout.contains("lifetime_value: Float64 nullable"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("customer_id: Int64 not null"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("signup_date: Date32 not null"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("lifetime_value: Float64 nullable"),
+        "{}",
+        r.stdout
+    );
     let r = w.run(&["explain", "--source", "source2"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("try_to_date(created, '%d/%m/%Y') AS \"signup_date\""), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("try_to_date(created, '%d/%m/%Y') AS \"signup_date\""),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("-- email:format"), "{}", r.stdout);
     let r = w.run(&["check"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -203,5 +303,9 @@ fn schema_explain_and_check_commands() {
     assert!(!w.join("output").exists(), "check writes nothing");
     let r = w.run(&["run", "--source", "nope"]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("Valid sources are `source1`, `source2`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Valid sources are `source1`, `source2`"),
+        "{}",
+        r.stderr
+    );
 }

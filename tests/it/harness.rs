@@ -15,7 +15,9 @@ pub struct Run {
 
 impl Workdir {
     pub fn new() -> Workdir {
-        Workdir { dir: tempfile::tempdir().expect("temp dir") }
+        Workdir {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -41,8 +43,11 @@ impl Workdir {
 
     /// Copies a file from `testdata/`.
     pub fn copy_testdata(&self, from: &str, to: &str) {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(from);
-        std::fs::copy(&src, self.join(to)).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(from);
+        std::fs::copy(&src, self.join(to))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
@@ -51,11 +56,17 @@ impl Workdir {
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_conform"));
-        cmd.args(args).current_dir(self.path()).env_remove("RUST_LOG");
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let Output { status, stdout, stderr } = cmd.output().expect("run conform");
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd.output().expect("run conform");
         Run {
             code: status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -65,7 +76,10 @@ impl Workdir {
 
     /// Lines of an NDJSON file, parsed.
     pub fn ndjson(&self, name: &str) -> Vec<serde_json::Value> {
-        self.read(name).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        self.read(name)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     pub fn json(&self, name: &str) -> serde_json::Value {
@@ -74,7 +88,10 @@ impl Workdir {
 
     /// Files in the directory whose name contains `.tmp-` (left-over temporary outputs).
     pub fn temp_files(&self) -> Vec<String> {
-        walk(self.path()).into_iter().filter(|n| n.contains(".tmp-")).collect()
+        walk(self.path())
+            .into_iter()
+            .filter(|n| n.contains(".tmp-"))
+            .collect()
     }
 }
 
@@ -93,7 +110,9 @@ fn walk(dir: &Path) -> Vec<String> {
 
 /// A config with the given sources (JSON object text) and schema (JSON text).
 pub fn config(sources: &str, schema: &str, extra: &str) -> String {
-    format!(r#"{{"output_directory": "out", {extra} "data_sources": {sources}, "internal_schema": {schema}}}"#)
+    format!(
+        r#"{{"output_directory": "out", {extra} "data_sources": {sources}, "internal_schema": {schema}}}"#
+    )
 }
 
 /// The demo's schema, reused by tests.

@@ -1,8 +1,8 @@
 //! Integration tests: the real `conform` binary on fixtures in `testdata/`, checking the files
 //! it writes. One test binary (faster to link) with a small `Workdir` harness.
 
-mod harness;
 mod bench_job;
 mod cli;
+mod harness;
 mod messy;
 mod prop;

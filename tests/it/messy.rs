@@ -5,31 +5,68 @@ use crate::harness::{PEOPLE_SCHEMA, Workdir, config};
 fn summary_counts(w: &Workdir, source: &str) -> (u64, u64, u64) {
     let s = w.json("out/run_summary.json");
     let e = &s["sources"][source];
-    (e["rows_read"].as_u64().unwrap(), e["valid"].as_u64().unwrap(), e["invalid"].as_u64().unwrap())
+    (
+        e["rows_read"].as_u64().unwrap(),
+        e["valid"].as_u64().unwrap(),
+        e["invalid"].as_u64().unwrap(),
+    )
 }
 
 #[test]
 fn malformed_csv_records_are_invalid_rows() {
     let w = Workdir::new();
-    let mut data = b"id,name,email,age\n1,Ann,ann@example.com,30\n2,Bob\n3,Cy,cy@example.com,40,extra\n".to_vec();
-    data.extend_from_slice(b"4,D\xffe,d@example.com,5\n5,Eve,eve@example.com,abc\n6,\"Multi\nline\",f@example.com,7\n");
+    let mut data =
+        b"id,name,email,age\n1,Ann,ann@example.com,30\n2,Bob\n3,Cy,cy@example.com,40,extra\n"
+            .to_vec();
+    data.extend_from_slice(
+        b"4,D\xffe,d@example.com,5\n5,Eve,eve@example.com,abc\n6,\"Multi\nline\",f@example.com,7\n",
+    );
     w.write("p.csv", data);
-    w.write("config.json", config(r#"{"p": {"path": "p.csv"}}"#, PEOPLE_SCHEMA, r#""output_format": "ndjson","#));
+    w.write(
+        "config.json",
+        config(
+            r#"{"p": {"path": "p.csv"}}"#,
+            PEOPLE_SCHEMA,
+            r#""output_format": "ndjson","#,
+        ),
+    );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let (read, valid, invalid) = summary_counts(&w, "p");
     assert_eq!((read, valid, invalid), (6, 2, 4));
     let bad = w.ndjson("out/p_invalid_data.ndjson");
-    let by_row = |n: u64| bad.iter().find(|b| b["row"] == n).unwrap_or_else(|| panic!("row {n} missing"));
+    let by_row = |n: u64| {
+        bad.iter()
+            .find(|b| b["row"] == n)
+            .unwrap_or_else(|| panic!("row {n} missing"))
+    };
     assert_eq!(by_row(2)["errors"][0]["rule"], "malformed");
-    assert!(by_row(2)["errors"][0]["message"].as_str().unwrap().contains("expected 4 fields, found 2"));
+    assert!(
+        by_row(2)["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected 4 fields, found 2")
+    );
     assert_eq!(by_row(3)["errors"][0]["rule"], "malformed");
-    assert!(by_row(4)["errors"][0]["message"].as_str().unwrap().contains("invalid UTF-8"));
+    assert!(
+        by_row(4)["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid UTF-8")
+    );
     assert_eq!(by_row(5)["errors"][0]["field"], "age");
     assert_eq!(by_row(5)["errors"][0]["rule"], "type");
-    assert!(by_row(5)["errors"][0]["message"].as_str().unwrap().contains("\"abc\""));
+    assert!(
+        by_row(5)["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"abc\"")
+    );
     let valid = w.ndjson("out/p_valid_data.ndjson");
-    assert_eq!(valid[1]["name"], "Multi\nline", "a quoted newline stays inside its record");
+    assert_eq!(
+        valid[1]["name"], "Multi\nline",
+        "a quoted newline stays inside its record"
+    );
 }
 
 #[test]
@@ -39,10 +76,17 @@ fn broken_json_lines_and_arrays_keep_their_raw_text() {
         "p.ndjson",
         "{\"id\": 1, \"name\": \"Ann\"}\n{\"id\": 2, \"name\": \n\n[1,2]\n{\"id\": 3, \"name\": \"Cy\", \"surprise\": 1}\n{\"id\": \"4\", \"name\": \"Di\", \"age\": 200}\n",
     );
-    w.write("q.json", "[{\"id\": 1, \"name\": \"A\"}, {\"id\": 2, \"name\": \"B\", \"age\": -1}, {\"id\": 3, ");
+    w.write(
+        "q.json",
+        "[{\"id\": 1, \"name\": \"A\"}, {\"id\": 2, \"name\": \"B\", \"age\": -1}, {\"id\": 3, ",
+    );
     w.write(
         "config.json",
-        config(r#"{"p": {"path": "p.ndjson"}, "q": {"path": "q.json"}}"#, PEOPLE_SCHEMA, r#""output_format": "ndjson","#),
+        config(
+            r#"{"p": {"path": "p.ndjson"}, "q": {"path": "q.json"}}"#,
+            PEOPLE_SCHEMA,
+            r#""output_format": "ndjson","#,
+        ),
     );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -51,26 +95,48 @@ fn broken_json_lines_and_arrays_keep_their_raw_text() {
     let bad = w.ndjson("out/p_invalid_data.ndjson");
     assert_eq!(bad[0]["row"], 2);
     assert_eq!(bad[0]["errors"][0]["rule"], "malformed");
-    assert!(bad[0]["errors"][0]["message"].as_str().unwrap().contains("malformed JSON"));
+    assert!(
+        bad[0]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON")
+    );
     assert_eq!(bad[0]["raw"], "{\"id\": 2, \"name\": ");
     assert_eq!(bad[1]["row"], 4, "line numbers count blank lines");
-    assert!(bad[1]["errors"][0]["message"].as_str().unwrap().contains("not a JSON object"));
+    assert!(
+        bad[1]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON object")
+    );
     assert_eq!(bad[2]["row"], 6);
     assert_eq!(bad[2]["errors"][0]["rule"], "maximum");
     assert_eq!(summary_counts(&w, "q"), (3, 1, 2));
     let q = w.ndjson("out/q_invalid_data.ndjson");
     assert_eq!(q[0]["errors"][0]["rule"], "minimum");
-    assert_eq!(q[1]["errors"][0]["rule"], "malformed", "a truncated array's last element");
+    assert_eq!(
+        q[1]["errors"][0]["rule"], "malformed",
+        "a truncated array's last element"
+    );
 }
 
 #[test]
 fn a_key_not_seen_when_columns_were_inferred_is_malformed() {
     let w = Workdir::new();
     // Columns are inferred from the first 1,000 records; the 1,201st brings a new key.
-    let mut text: String = (1..=1200).map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n")).collect();
+    let mut text: String = (1..=1200)
+        .map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n"))
+        .collect();
     text.push_str("{\"id\": 1201, \"name\": \"late\", \"surprise\": true}\n");
     w.write("p.ndjson", text);
-    w.write("config.json", config(r#"{"p": {"path": "p.ndjson"}}"#, PEOPLE_SCHEMA, r#""output_format": "ndjson","#));
+    w.write(
+        "config.json",
+        config(
+            r#"{"p": {"path": "p.ndjson"}}"#,
+            PEOPLE_SCHEMA,
+            r#""output_format": "ndjson","#,
+        ),
+    );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(summary_counts(&w, "p"), (1201, 1200, 1));
@@ -87,8 +153,18 @@ fn compressed_inputs_and_globs() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(b"id,name\n1,a\n2,b\n").unwrap();
     w.write("in/part1.csv.gz", gz.finish().unwrap());
-    w.write("in/part2.csv.zst", zstd::encode_all(&b"id,name\n3,c\n"[..], 3).unwrap());
-    w.write("config.json", config(r#"{"p": {"path": "in/part*", "format": "csv"}}"#, PEOPLE_SCHEMA, ""));
+    w.write(
+        "in/part2.csv.zst",
+        zstd::encode_all(&b"id,name\n3,c\n"[..], 3).unwrap(),
+    );
+    w.write(
+        "config.json",
+        config(
+            r#"{"p": {"path": "in/part*", "format": "csv"}}"#,
+            PEOPLE_SCHEMA,
+            "",
+        ),
+    );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(summary_counts(&w, "p"), (3, 3, 0));
@@ -108,7 +184,14 @@ fn nested_schema_keywords_fall_back_to_per_row_validation() {
         "name": {"type": "string"},
         "address": {"type": "object", "properties": {"city": {"type": "string", "minLength": 1}, "zip": {"type": "string", "pattern": "^[0-9]{4}$"}}}
     }}"#;
-    w.write("config.json", config(r#"{"p": {"path": "p.ndjson"}}"#, schema, r#""output_format": "ndjson","#));
+    w.write(
+        "config.json",
+        config(
+            r#"{"p": {"path": "p.ndjson"}}"#,
+            schema,
+            r#""output_format": "ndjson","#,
+        ),
+    );
     let r = w.run(&["run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(summary_counts(&w, "p"), (2, 1, 1));

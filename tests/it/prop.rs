@@ -30,16 +30,26 @@ fn count_rows(csv: &str) -> (u64, u64) {
             "id": {"type": "integer", "minimum": 0}, "amount": {"type": "number"}, "when": {"type": "string", "format": "date"}}}}"#;
     let config = Config::from_str_with_env(text, dir.path(), &|_| None).unwrap();
     let pipeline = Pipeline::try_new(config).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let prepared = pipeline.prepare("p", MapperChoice::Heuristic).await.unwrap();
+        let prepared = pipeline
+            .prepare("p", MapperChoice::Heuristic)
+            .await
+            .unwrap();
         let mut s = pipeline.execute(&prepared).await.unwrap();
         let (mut valid, mut invalid) = (0, 0);
         while let Some(split) = s.next().await {
             let (v, bad) = split.unwrap();
             valid += v.num_rows() as u64;
             invalid += bad.len() as u64;
-            assert!(bad.iter().all(|b| !b.errors.is_empty()), "an invalid row always says why");
+            assert!(
+                bad.iter().all(|b| !b.errors.is_empty()),
+                "an invalid row always says why"
+            );
         }
         (valid, invalid)
     })
