@@ -22,9 +22,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // The handlers are installed before any work starts: a signal that arrives while the
+        // first source is being read must still end the run cleanly.
+        let interrupted = interrupt_signal();
         tokio::select! {
             r = cli::execute(cli) => r,
-            _ = tokio::signal::ctrl_c() => Err(conform::Error::Interrupted),
+            _ = interrupted => Err(conform::Error::Interrupted),
         }
     });
     // Dropping the runtime drops unfinished sinks, which removes their temporary files.
@@ -39,5 +42,33 @@ fn main() -> ExitCode {
             eprintln!("conform: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. Installed eagerly, unlike `tokio::signal::ctrl_c`,
+/// which listens only once it is first polled.
+#[cfg(unix)]
+fn interrupt_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            // Without handlers the default action (ending the process) applies.
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn interrupt_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -200,3 +200,41 @@ fn nested_schema_keywords_fall_back_to_per_row_validation() {
     let msg = bad[0]["errors"][0]["message"].as_str().unwrap();
     assert!(msg.contains("/city") && msg.contains("/zip"), "{msg}");
 }
+
+#[test]
+fn ctrl_c_leaves_no_file_under_a_final_name() {
+    let w = Workdir::new();
+    // Large enough that the run is still going when the signal arrives.
+    let mut text = String::from("id,name,email,age\n");
+    for i in 1..=400_000 {
+        text.push_str(&format!("{i},name {i},user{i}@example.com,{}\n", i % 120));
+    }
+    w.write("p.csv", text);
+    w.write("config.json", config(r#"{"p": {"path": "p.csv"}}"#, PEOPLE_SCHEMA, ""));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_conform"))
+        .args(["run", "--progress", "never"])
+        .current_dir(w.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the output file is being written, then interrupt.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while w.temp_files().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!w.temp_files().is_empty(), "the run started writing");
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    // The signal may land after the file was renamed into place (the run is fast); then it
+    // must be whole. Either way no half file exists under the final name.
+    if w.join("out/p_valid_data.json").exists() {
+        let rows = w.json("out/p_valid_data.json");
+        assert_eq!(rows.as_array().map(Vec::len), Some(400_000), "a file under its final name is complete");
+    }
+    assert!(w.temp_files().is_empty(), "temporary files removed: {:?}", w.temp_files());
+}
