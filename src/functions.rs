@@ -13,6 +13,7 @@ use arrow::array::{
     StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, TimeUnit};
+use chrono::format::{Item, Parsed, StrftimeItems};
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use datafusion::common::{DataFusionError, ScalarValue, exec_err};
 use datafusion::logical_expr::{
@@ -135,21 +136,21 @@ impl ScalarUDFImpl for ConformUdf {
                 let Some((value, formats)) = args.args.split_first() else {
                     return exec_err!("{name} needs a value and optional format strings");
                 };
-                let formats = literal_strings(&name, formats)?;
+                let formats = DateFormats::new(&literal_strings(&name, formats)?)
+                    .map_err(|e| DataFusionError::Execution(format!("{name}: {e}")))?;
                 let text = as_text(value, n)?;
                 if self.kind == Kind::TryToDate {
                     let mut b = Date32Builder::with_capacity(n);
                     for v in text.iter() {
                         b.append_option(
-                            v.and_then(|v| parse_date(v.trim(), &formats))
-                                .map(days_since_epoch),
+                            v.and_then(|v| formats.date(v.trim())).map(days_since_epoch),
                         );
                     }
                     Arc::new(b.finish())
                 } else {
                     let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
                     for v in text.iter() {
-                        b.append_option(v.and_then(|v| parse_timestamp_micros(v.trim(), &formats)));
+                        b.append_option(v.and_then(|v| formats.timestamp_micros(v.trim())));
                     }
                     Arc::new(b.finish())
                 }
@@ -270,52 +271,98 @@ fn has_time(fmt: &str) -> bool {
         .any(|t| fmt.contains(t))
 }
 
-/// Parses a date with the first format that fits; formats with time fields keep the date part.
-pub fn parse_date(v: &str, formats: &[String]) -> Option<NaiveDate> {
-    if formats.is_empty() {
-        return NaiveDate::parse_from_str(v, "%Y-%m-%d").ok();
-    }
-    formats.iter().find_map(|f| {
-        if has_time(f) {
-            if f.contains("%z") {
-                DateTime::parse_from_str(v, f).ok().map(|d| d.date_naive())
-            } else {
-                NaiveDateTime::parse_from_str(v, f).ok().map(|d| d.date())
-            }
-        } else {
-            NaiveDate::parse_from_str(v, f).ok()
-        }
-    })
+/// A list of chrono formats, parsed once per call of a UDF rather than once per value (chrono
+/// re-reads a format string on every `parse_from_str`).
+pub struct DateFormats {
+    formats: Vec<DateFormat>,
 }
 
-/// Parses a timestamp (UTC microseconds) with the first format that fits.
-pub fn parse_timestamp_micros(v: &str, formats: &[String]) -> Option<i64> {
-    let defaults = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
-    if formats.is_empty() {
-        if let Ok(d) = DateTime::parse_from_rfc3339(v) {
-            return Some(d.timestamp_micros());
-        }
-        return defaults
+struct DateFormat {
+    items: Vec<Item<'static>>,
+    time: bool,
+    zone: bool,
+}
+
+impl DateFormats {
+    /// Parses the format strings; an invalid one is an error naming it.
+    pub fn new(formats: &[String]) -> Result<DateFormats, String> {
+        let formats = formats
             .iter()
-            .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
-            .map(|d| d.and_utc().timestamp_micros());
+            .map(|f| {
+                let items = StrftimeItems::new(f)
+                    .parse_to_owned()
+                    .map_err(|e| format!("invalid date format `{f}`: {e}"))?;
+                Ok(DateFormat {
+                    items,
+                    time: has_time(f),
+                    zone: f.contains("%z") || f.contains("%:z"),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(DateFormats { formats })
     }
-    formats.iter().find_map(|f| {
-        if f.contains("%z") {
-            DateTime::parse_from_str(v, f)
-                .ok()
-                .map(|d| d.timestamp_micros())
-        } else if has_time(f) {
-            NaiveDateTime::parse_from_str(v, f)
-                .ok()
-                .map(|d| d.and_utc().timestamp_micros())
-        } else {
-            NaiveDate::parse_from_str(v, f)
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|d| d.and_utc().timestamp_micros())
+
+    fn parsed(f: &DateFormat, v: &str) -> Option<Parsed> {
+        let mut parsed = Parsed::new();
+        chrono::format::parse(&mut parsed, v, f.items.iter()).ok()?;
+        Some(parsed)
+    }
+
+    /// The date of `v` in the first format that fits; formats with time fields keep the date part.
+    pub fn date(&self, v: &str) -> Option<NaiveDate> {
+        if self.formats.is_empty() {
+            return NaiveDate::parse_from_str(v, "%Y-%m-%d").ok();
         }
-    })
+        self.formats.iter().find_map(|f| {
+            let p = Self::parsed(f, v)?;
+            if f.zone {
+                p.to_datetime().ok().map(|d| d.date_naive())
+            } else if f.time {
+                p.to_naive_datetime_with_offset(0).ok().map(|d| d.date())
+            } else {
+                p.to_naive_date().ok()
+            }
+        })
+    }
+
+    /// The instant of `v` (UTC microseconds) in the first format that fits; no formats means
+    /// RFC 3339, then ISO 8601 without a zone (read as UTC).
+    pub fn timestamp_micros(&self, v: &str) -> Option<i64> {
+        if self.formats.is_empty() {
+            if let Ok(d) = DateTime::parse_from_rfc3339(v) {
+                return Some(d.timestamp_micros());
+            }
+            return ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
+                .map(|d| d.and_utc().timestamp_micros());
+        }
+        self.formats.iter().find_map(|f| {
+            let p = Self::parsed(f, v)?;
+            if f.zone {
+                p.to_datetime().ok().map(|d| d.timestamp_micros())
+            } else if f.time {
+                p.to_naive_datetime_with_offset(0)
+                    .ok()
+                    .map(|d| d.and_utc().timestamp_micros())
+            } else {
+                p.to_naive_date()
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|d| d.and_utc().timestamp_micros())
+            }
+        })
+    }
+}
+
+/// Parses a date with the first format that fits (see [`DateFormats::date`]).
+pub fn parse_date(v: &str, formats: &[String]) -> Option<NaiveDate> {
+    DateFormats::new(formats).ok()?.date(v)
+}
+
+/// Parses a timestamp with the first format that fits (see [`DateFormats::timestamp_micros`]).
+pub fn parse_timestamp_micros(v: &str, formats: &[String]) -> Option<i64> {
+    DateFormats::new(formats).ok()?.timestamp_micros(v)
 }
 
 const CURRENCY: &[char] = &['$', '€', '£', '¥', '₹', '₽', '₩', '¢', '₺', '₪', '₫', '฿'];

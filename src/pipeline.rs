@@ -70,6 +70,8 @@ pub struct Pipeline {
     config: Arc<Config>,
     target: Arc<TargetSchema>,
     ctx: SessionContext,
+    /// Plan partitions a source's batches are dealt over: one per core.
+    partitions: usize,
 }
 
 impl Pipeline {
@@ -80,6 +82,7 @@ impl Pipeline {
             config: Arc::new(config),
             target: Arc::new(target),
             ctx: crate::mapping::compile::session(),
+            partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
@@ -212,22 +215,70 @@ impl Pipeline {
         crate::plan::build(scan, &p.source.data_schema(), &p.mapping, &p.validator)
     }
 
-    /// Executes the source's plan over its data: a stream of (valid batch, invalid rows).
+    /// Executes the source's plan over its data: a stream of (valid batch, invalid rows), in
+    /// the source's order.
+    ///
+    /// The source's batches are dealt round-robin over one plan partition per core; each
+    /// partition evaluates the mapping and the checks and splits its batches on its own task,
+    /// and the stream takes the partitions' results in turn, which restores the input order
+    /// (the plan maps batches one to one).
     pub async fn execute(&self, p: &PreparedSource) -> Result<SplitStream> {
-        let input = p.source.stream(4)?;
-        let table =
-            StreamingTable::try_new(p.source.schema(), vec![Arc::new(OnceStream::new(input))])?;
+        let n = self.partitions;
+        let partitions: Vec<Arc<dyn PartitionStream>> = p
+            .source
+            .streams(n, 2)?
+            .into_iter()
+            .map(|s| Arc::new(OnceStream::new(s)) as Arc<dyn PartitionStream>)
+            .collect();
+        let table = StreamingTable::try_new(p.source.schema(), partitions)?;
         let scan =
             LogicalPlanBuilder::scan(p.source.name(), provider_as_source(Arc::new(table)), None)?;
         let (plan, layout) =
             crate::plan::build(scan, &p.source.data_schema(), &p.mapping, &p.validator)?;
-        let stream = DataFrame::new(self.ctx.state(), plan)
-            .execute_stream()
+        let physical = DataFrame::new(self.ctx.state(), plan)
+            .create_physical_plan()
             .await?;
+        let got = physical
+            .properties()
+            .output_partitioning()
+            .partition_count();
+        if got != n {
+            // Round-robin order can only be restored if the plan kept the partitions as dealt.
+            return Err(Error::source(
+                p.source.name(),
+                format!("internal: the plan has {got} partitions, expected {n}"),
+            ));
+        }
+        let layout = Arc::new(layout);
+        let checks = Arc::new(p.validator.checks.clone());
+        let valid_schema = self.target.valid_arrow_schema();
+        let task_ctx = self.ctx.task_ctx();
+        let mut parts = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut stream = physical.execute(i, Arc::clone(&task_ctx))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let (layout, checks, valid_schema) = (
+                Arc::clone(&layout),
+                Arc::clone(&checks),
+                Arc::clone(&valid_schema),
+            );
+            tokio::spawn(async move {
+                while let Some(item) = stream.next().await {
+                    let out = item
+                        .map_err(unwrap_source_error)
+                        .and_then(|b| split(&b, &layout, &checks, &valid_schema));
+                    let failed = out.is_err();
+                    if tx.send(out).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            parts.push(rx);
+        }
         Ok(SplitStream {
-            inner: stream,
-            layout,
-            checks: Arc::new(p.validator.checks.clone()),
+            parts,
+            next: 0,
+            done: false,
             valid_schema: self.target.valid_arrow_schema(),
         })
     }
@@ -419,27 +470,36 @@ struct Written {
     invalid: Option<PathBuf>,
 }
 
-/// A stream of split batches: valid rows (target schema) and invalid rows with errors.
+/// A stream of split batches: valid rows (target schema) and invalid rows with errors, in the
+/// source's order.
 pub struct SplitStream {
-    inner: SendableRecordBatchStream,
-    layout: Layout,
-    checks: Arc<Vec<crate::validate::Check>>,
+    /// One receiver per plan partition; batch `k` of the source arrives on `parts[k % n]`.
+    parts: Vec<tokio::sync::mpsc::Receiver<Result<(RecordBatch, Vec<InvalidRow>)>>>,
+    next: usize,
+    done: bool,
     valid_schema: SchemaRef,
 }
 
 impl SplitStream {
     /// The next split batch, or None at the end.
     pub async fn next(&mut self) -> Option<Result<(RecordBatch, Vec<InvalidRow>)>> {
-        let batch = match self.inner.next().await? {
-            Ok(b) => b,
-            Err(e) => return Some(Err(unwrap_source_error(e))),
-        };
-        Some(split(
-            &batch,
-            &self.layout,
-            &self.checks,
-            &self.valid_schema,
-        ))
+        if self.done || self.parts.is_empty() {
+            return None;
+        }
+        let i = self.next % self.parts.len();
+        match self.parts[i].recv().await {
+            Some(item) => {
+                self.next += 1;
+                self.done = item.is_err();
+                Some(item)
+            }
+            // Batches are dealt in turn, so when partition `i` has nothing more, no later batch
+            // exists in any partition.
+            None => {
+                self.done = true;
+                None
+            }
+        }
     }
 
     /// Schema of the valid batches.

@@ -165,24 +165,37 @@ impl FileSource {
     /// A stream of all batches; reading and parsing run on a blocking thread, `capacity` batches
     /// ahead at most, so a slow consumer holds the reader back instead of buffering the input.
     pub fn stream(&self, capacity: usize) -> Result<SendableRecordBatchStream> {
+        Ok(self.streams(1, capacity)?.pop().expect("one stream"))
+    }
+
+    /// All batches dealt round-robin over `n` streams: batch `k` goes to stream `k % n`, so
+    /// reading the streams in turn gives back the source's order. One blocking thread reads and
+    /// parses; each stream holds at most `capacity` batches, so memory stays bounded.
+    pub fn streams(&self, n: usize, capacity: usize) -> Result<Vec<SendableRecordBatchStream>> {
+        let n = n.max(1);
         let iter = self.batches()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| tokio::sync::mpsc::channel(capacity.max(1)))
+            .unzip();
         tokio::task::spawn_blocking(move || {
-            for item in iter {
+            for (k, item) in iter.enumerate() {
                 let item =
                     item.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)));
-                if tx.blocking_send(item).is_err() {
+                if senders[k % n].blocking_send(item).is_err() {
                     break; // The consumer is gone (cancelled or failed): stop reading.
                 }
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema(),
-            stream,
-        )))
+        Ok(receivers
+            .into_iter()
+            .map(|rx| {
+                let stream = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream))
+                    as SendableRecordBatchStream
+            })
+            .collect())
     }
 
     pub(crate) fn config(&self) -> &SourceConfig {

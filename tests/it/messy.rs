@@ -210,7 +210,10 @@ fn ctrl_c_leaves_no_file_under_a_final_name() {
         text.push_str(&format!("{i},name {i},user{i}@example.com,{}\n", i % 120));
     }
     w.write("p.csv", text);
-    w.write("config.json", config(r#"{"p": {"path": "p.csv"}}"#, PEOPLE_SCHEMA, ""));
+    w.write(
+        "config.json",
+        config(r#"{"p": {"path": "p.csv"}}"#, PEOPLE_SCHEMA, ""),
+    );
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_conform"))
         .args(["run", "--progress", "never"])
         .current_dir(w.path())
@@ -224,7 +227,10 @@ fn ctrl_c_leaves_no_file_under_a_final_name() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(!w.temp_files().is_empty(), "the run started writing");
-    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -234,7 +240,50 @@ fn ctrl_c_leaves_no_file_under_a_final_name() {
     // must be whole. Either way no half file exists under the final name.
     if w.join("out/p_valid_data.json").exists() {
         let rows = w.json("out/p_valid_data.json");
-        assert_eq!(rows.as_array().map(Vec::len), Some(400_000), "a file under its final name is complete");
+        assert_eq!(
+            rows.as_array().map(Vec::len),
+            Some(400_000),
+            "a file under its final name is complete"
+        );
     }
-    assert!(w.temp_files().is_empty(), "temporary files removed: {:?}", w.temp_files());
+    assert!(
+        w.temp_files().is_empty(),
+        "temporary files removed: {:?}",
+        w.temp_files()
+    );
+}
+
+#[test]
+fn output_keeps_the_input_order_across_batches_and_partitions() {
+    let w = Workdir::new();
+    let mut text = String::from("id,name,age\n");
+    for i in 1..=500 {
+        // Every 7th row is invalid (age out of range), so both sides span many batches.
+        let age = if i % 7 == 0 { 999 } else { i % 100 };
+        text.push_str(&format!("{i},n{i},{age}\n"));
+    }
+    w.write("p.csv", text);
+    w.write(
+        "config.json",
+        config(
+            r#"{"p": {"path": "p.csv"}}"#,
+            PEOPLE_SCHEMA,
+            r#""batch_size": 16, "output_format": "ndjson","#,
+        ),
+    );
+    let r = w.run(&["run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let ids: Vec<i64> = w
+        .ndjson("out/p_valid_data.ndjson")
+        .iter()
+        .map(|v| v["id"].as_i64().unwrap())
+        .collect();
+    let expected: Vec<i64> = (1..=500).filter(|i| i % 7 != 0).collect();
+    assert_eq!(ids, expected);
+    let rows: Vec<u64> = w
+        .ndjson("out/p_invalid_data.ndjson")
+        .iter()
+        .map(|v| v["row"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, (1..=500).filter(|i| i % 7 == 0).collect::<Vec<u64>>());
 }
