@@ -470,11 +470,14 @@ struct Written {
     invalid: Option<PathBuf>,
 }
 
+/// One split batch: the valid rows (target schema) and the invalid rows with their errors.
+pub type SplitBatch = (RecordBatch, Vec<InvalidRow>);
+
 /// A stream of split batches: valid rows (target schema) and invalid rows with errors, in the
 /// source's order.
 pub struct SplitStream {
     /// One receiver per plan partition; batch `k` of the source arrives on `parts[k % n]`.
-    parts: Vec<tokio::sync::mpsc::Receiver<Result<(RecordBatch, Vec<InvalidRow>)>>>,
+    parts: Vec<tokio::sync::mpsc::Receiver<Result<SplitBatch>>>,
     next: usize,
     done: bool,
     valid_schema: SchemaRef,
@@ -482,7 +485,7 @@ pub struct SplitStream {
 
 impl SplitStream {
     /// The next split batch, or None at the end.
-    pub async fn next(&mut self) -> Option<Result<(RecordBatch, Vec<InvalidRow>)>> {
+    pub async fn next(&mut self) -> Option<Result<SplitBatch>> {
         if self.done || self.parts.is_empty() {
             return None;
         }
