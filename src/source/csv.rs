@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
+use arrow::array::{ArrayRef, BinaryArray, BinaryBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::{FileSource, assemble, open_decompressed};
@@ -170,8 +170,10 @@ impl super::ReadBatch for CsvBatches {
             let batch_size = self.source.batch_size();
             let name = self.source.name().to_string();
             let file = self.current.as_mut().expect("opened above");
-            let mut builders: Vec<StringBuilder> = (0..ncols)
-                .map(|_| StringBuilder::with_capacity(batch_size, batch_size * 16))
+            // Fields are collected as bytes and checked for UTF-8 once per column and batch
+            // (`try_from_binary`), far cheaper than a check per field.
+            let mut builders: Vec<BinaryBuilder> = (0..ncols)
+                .map(|_| BinaryBuilder::with_capacity(batch_size, batch_size * 16))
                 .collect();
             let mut rows = Vec::with_capacity(batch_size);
             let mut errors: Vec<Option<String>> = Vec::with_capacity(batch_size);
@@ -196,19 +198,8 @@ impl super::ReadBatch for CsvBatches {
                     filled[col] = true;
                     if bytes.is_empty() {
                         builders[col].append_null();
-                        continue;
-                    }
-                    match std::str::from_utf8(bytes) {
-                        Ok(s) => builders[col].append_value(s),
-                        Err(_) => {
-                            builders[col].append_value(String::from_utf8_lossy(bytes));
-                            problem.get_or_insert_with(|| {
-                                format!(
-                                    "invalid UTF-8 in column `{}`",
-                                    self.schema.field(col).name()
-                                )
-                            });
-                        }
+                    } else {
+                        builders[col].append_value(bytes);
                     }
                 }
                 for (col, done) in filled.iter().enumerate() {
@@ -224,12 +215,43 @@ impl super::ReadBatch for CsvBatches {
                 self.current = None;
                 continue;
             }
-            let columns: Vec<ArrayRef> = builders
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef)
-                .collect();
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(ncols);
+            for (col, b) in builders.iter_mut().enumerate() {
+                let bytes = b.finish();
+                // The clone shares the buffers; it is kept for the rare batch that fails.
+                let text = match StringArray::try_from_binary(bytes.clone()) {
+                    Ok(text) => text,
+                    Err(_) => lossy_text(&bytes, col, &self.schema, &mut errors),
+                };
+                columns.push(Arc::new(text));
+            }
             let raw = vec![None; rows.len()];
             return assemble(&self.schema, columns, &file.display, rows, errors, raw).map(Some);
         }
     }
+}
+
+/// A column with invalid UTF-8: bad values keep their text with U+FFFD replacements, and their
+/// rows are marked malformed (unless they already are).
+fn lossy_text(
+    bytes: &BinaryArray,
+    col: usize,
+    schema: &Schema,
+    errors: &mut [Option<String>],
+) -> StringArray {
+    bytes
+        .iter()
+        .enumerate()
+        .map(|(row, v)| {
+            v.map(|b| match std::str::from_utf8(b) {
+                Ok(s) => s.to_string(),
+                Err(_) => {
+                    errors[row].get_or_insert_with(|| {
+                        format!("invalid UTF-8 in column `{}`", schema.field(col).name())
+                    });
+                    String::from_utf8_lossy(b).into_owned()
+                }
+            })
+        })
+        .collect()
 }
