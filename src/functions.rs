@@ -502,6 +502,15 @@ fn json_schema_errors(values: &ArrayRef, schema_text: &str) -> DfResult<ArrayRef
 
 /// Converts one column to JSON values, one per row (null for null rows).
 pub fn column_to_json(values: &ArrayRef) -> DfResult<Vec<serde_json::Value>> {
+    use serde_json::Value;
+    // Text columns (every CSV and JSON source) convert directly; other types go through the
+    // Arrow JSON writer, which knows how to render each of them.
+    if let Some(text) = values.as_any().downcast_ref::<StringArray>() {
+        return Ok(text
+            .iter()
+            .map(|v| v.map_or(Value::Null, |s| Value::String(s.to_string())))
+            .collect());
+    }
     let field = arrow::datatypes::Field::new("v", values.data_type().clone(), true);
     let batch = arrow::array::RecordBatch::try_new(
         Arc::new(arrow::datatypes::Schema::new(vec![field])),

@@ -75,7 +75,7 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
     let malformed = b.column(layout.error).as_string::<i32>();
     let raw = b.column(layout.raw).as_string::<i32>();
     let opts = FormatOptions::default();
-    let src_json: Vec<Vec<Value>> = layout
+    let mut src_json: Vec<Vec<Value>> = layout
         .src_columns
         .iter()
         .enumerate()
@@ -89,8 +89,9 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
         let record: Map<String, Value> = layout
             .src_columns
             .iter()
-            .zip(&src_json)
-            .map(|(name, vals)| (name.clone(), vals[r].clone()))
+            .zip(src_json.iter_mut())
+            // Each value is used once: move it out instead of cloning it.
+            .map(|(name, vals)| (name.clone(), std::mem::take(&mut vals[r])))
             .collect();
         let mut errors = Vec::new();
         if malformed.is_valid(r) {
