@@ -188,6 +188,7 @@ pub(crate) fn infer_schema(
     let mut order: Vec<String> = Vec::new();
     let mut values: std::collections::HashMap<String, Vec<Value>> = Default::default();
     let mut buf = Vec::new();
+    let mut records = 0usize;
     for f in files {
         let mut recs = Records::open(f, format)?;
         let mut seen = 0;
@@ -199,6 +200,7 @@ pub(crate) fn infer_schema(
                 break;
             };
             seen += 1;
+            records += 1;
             let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&buf) else {
                 continue; // Malformed records are reported when the data is read.
             };
@@ -209,6 +211,10 @@ pub(crate) fn infer_schema(
                 values.entry(k).or_default().push(v);
             }
         }
+    }
+    if records == 0 {
+        // An export with no records is an empty source, not a broken one: it yields no rows.
+        return Ok(Arc::new(Schema::empty()));
     }
     if order.is_empty() {
         return Err(Error::source(

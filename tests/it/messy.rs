@@ -287,3 +287,33 @@ fn output_keeps_the_input_order_across_batches_and_partitions() {
         .collect();
     assert_eq!(rows, (1..=500).filter(|i| i % 7 == 0).collect::<Vec<u64>>());
 }
+
+#[test]
+fn empty_inputs_are_empty_sources_not_failures() {
+    let w = Workdir::new();
+    w.write("header_only.csv", "id,name\n");
+    w.write("zero.csv", "");
+    w.write("arr.json", "[]");
+    w.write("lines.ndjson", "\n\n");
+    let sources = r#"{"h": {"path": "header_only.csv"}, "z": {"path": "zero.csv"}, "a": {"path": "arr.json"}, "n": {"path": "lines.ndjson"}}"#;
+    w.write(
+        "config.json",
+        config(sources, PEOPLE_SCHEMA, r#""output_format": "parquet","#),
+    );
+    let r = w.run(&["run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for s in ["h", "z", "a", "n"] {
+        assert!(
+            r.stdout
+                .contains(&format!("Successfully validated 0 items from {s}")),
+            "{}",
+            r.stdout
+        );
+        assert_eq!(summary_counts(&w, s), (0, 0, 0));
+        let f = std::fs::File::open(w.join(&format!("out/{s}_valid_data.parquet"))).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 0);
+        assert!(!w.join(&format!("out/{s}_invalid_data.ndjson")).exists());
+    }
+}
