@@ -387,3 +387,66 @@ fn strip_df(msg: &str) -> String {
 pub fn column(name: &str) -> Expr {
     ident(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::{compile_field, session};
+
+    fn source() -> Schema {
+        Schema::new(vec![
+            Field::new("Cust_Email", DataType::Utf8, true),
+            Field::new("amount_cents", DataType::Utf8, true),
+            Field::new("first", DataType::Utf8, true),
+            Field::new("last", DataType::Utf8, true),
+        ])
+    }
+
+    fn try_compile(text: &str, target: DataType) -> Result<super::CompiledField, String> {
+        compile_field(&session(), &source(), "t", &target, Some(text))
+    }
+
+    #[test]
+    fn lineage_is_the_columns_the_expression_reads() {
+        let f = try_compile("concat_ws(' ', clean(\"first\"), \"last\")", DataType::Utf8).unwrap();
+        assert_eq!(f.sources, ["first", "last"]);
+        let f = compile_field(&session(), &source(), "t", &DataType::Int64, None).unwrap();
+        assert!(f.sources.is_empty() && f.text.is_none(), "unmapped field");
+    }
+
+    #[test]
+    fn unknown_columns_are_named_with_a_suggestion() {
+        let e = try_compile("lower(\"Cust_Emial\")", DataType::Utf8).unwrap_err();
+        assert!(e.contains("No column named `Cust_Emial`"), "{e}");
+        assert!(e.contains("Did you mean `Cust_Email`?"), "{e}");
+        assert!(e.contains("Valid columns are"), "{e}");
+    }
+
+    #[test]
+    fn only_allowed_row_level_functions() {
+        let e = try_compile("random()", DataType::Float64).unwrap_err();
+        assert!(e.contains("function `random` is not allowed"), "{e}");
+        let e = try_compile("to_date(\"first\")", DataType::Date32).unwrap_err();
+        assert!(e.contains("use try_to_date"), "{e}");
+        let e = try_compile("sum(CAST(amount_cents AS BIGINT))", DataType::Int64).unwrap_err();
+        assert!(e.contains("aggregate"), "{e}");
+    }
+
+    #[test]
+    fn casts_become_try_casts_and_division_by_zero_is_guarded() {
+        let f = try_compile("CAST(amount_cents AS BIGINT) / 0", DataType::Float64).unwrap();
+        let shown = format!("{}", f.expr);
+        assert!(shown.contains("TRY_CAST"), "{shown}");
+        assert!(!shown.contains(" CAST("), "no plain cast left: {shown}");
+        assert!(shown.contains("nullif"), "division guarded: {shown}");
+    }
+
+    #[test]
+    fn results_that_cannot_become_the_target_type_are_rejected() {
+        let e = try_compile("make_array(1, 2)", DataType::Int64).unwrap_err();
+        assert!(e.contains("cannot be converted to Int64"), "{e}");
+        let e = try_compile("lower(", DataType::Utf8).unwrap_err();
+        assert!(e.contains("cannot parse"), "{e}");
+    }
+}

@@ -285,3 +285,228 @@ fn call_udf(name: &str, args: Vec<Expr>) -> Expr {
         args,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    //! One pass/fail pair per rule: a one-column source `v` (text) mapped as-is onto the target
+    //! field `f`, run through the real plan and split.
+
+    use std::sync::Arc;
+
+    use arrow::array::{RecordBatch, StringArray, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::{MemTable, provider_as_source};
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    use datafusion::prelude::DataFrame;
+    use serde_json::json;
+
+    use super::{Validator, split};
+    use crate::mapping::{MappingDocument, compile};
+    use crate::schema::TargetSchema;
+    use crate::source::with_provenance;
+
+    /// The rules each value fails, in input order (empty = valid).
+    fn failures(
+        property: serde_json::Value,
+        required: bool,
+        values: &[Option<&str>],
+    ) -> Vec<Vec<String>> {
+        let req = if required { json!(["f"]) } else { json!([]) };
+        let target = TargetSchema::try_new(
+            &json!({"type": "object", "required": req, "properties": {"f": property}}),
+        )
+        .unwrap();
+        let data = Schema::new(vec![Field::new("v", DataType::Utf8, true)]);
+        let doc: MappingDocument = serde_json::from_value(json!({
+            "source": "s", "source_fingerprint": "-", "mapper": "file", "fields": {"f": {"expr": "v"}}
+        }))
+        .unwrap();
+        let ctx = crate::mapping::compile::session();
+        let mapping = compile(&ctx, &doc, &data, &target).unwrap();
+        let validator = Validator::new(&target, &mapping);
+        let schema = with_provenance(&data);
+        let n = values.len();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(values.to_vec())),
+                Arc::new(StringArray::from(vec!["t.csv"; n])),
+                Arc::new(UInt64Array::from((1..=n as u64).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+            ],
+        )
+        .unwrap();
+        let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+        let scan =
+            LogicalPlanBuilder::scan("s", provider_as_source(Arc::new(table)), None).unwrap();
+        let (plan, layout) = crate::plan::build(scan, &data, &mapping, &validator).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let batches = rt
+            .block_on(DataFrame::new(ctx.state(), plan).collect())
+            .unwrap();
+        let mut out = vec![Vec::new(); n];
+        for b in &batches {
+            let (valid, bad) =
+                split(b, &layout, &validator.checks, &target.valid_arrow_schema()).unwrap();
+            assert_eq!(
+                valid.num_rows() + bad.len(),
+                b.num_rows(),
+                "every row lands on one side"
+            );
+            for row in bad {
+                assert!(!row.errors.is_empty(), "an invalid row says why");
+                out[row.row as usize - 1] = row.errors.iter().map(|e| e.rule.clone()).collect();
+            }
+        }
+        out
+    }
+
+    fn pass_fail(property: serde_json::Value, pass: &str, fail: &str, rule: &str) {
+        let got = failures(property.clone(), false, &[Some(pass), Some(fail)]);
+        assert_eq!(
+            got,
+            vec![vec![], vec![rule.to_string()]],
+            "{property}: {pass:?} passes, {fail:?} fails {rule}"
+        );
+    }
+
+    #[test]
+    fn each_rule_has_a_passing_and_a_failing_value() {
+        pass_fail(json!({"type": "integer"}), "12", "12.5", "type");
+        pass_fail(json!({"type": "number"}), "-1.5e3", "abc", "type");
+        pass_fail(json!({"type": "boolean"}), "true", "maybe", "type");
+        pass_fail(
+            json!({"type": "string", "format": "date"}),
+            "2023-02-28",
+            "2023-02-30",
+            "format",
+        );
+        pass_fail(
+            json!({"type": "string", "format": "date-time"}),
+            "2023-02-28T10:00:00Z",
+            "noon",
+            "format",
+        );
+        pass_fail(
+            json!({"type": "integer", "minimum": 5}),
+            "5",
+            "4",
+            "minimum",
+        );
+        pass_fail(
+            json!({"type": "integer", "maximum": 5}),
+            "5",
+            "6",
+            "maximum",
+        );
+        pass_fail(
+            json!({"type": "number", "exclusiveMinimum": 0}),
+            "0.1",
+            "0",
+            "exclusiveMinimum",
+        );
+        pass_fail(
+            json!({"type": "number", "exclusiveMaximum": 1}),
+            "0.9",
+            "1",
+            "exclusiveMaximum",
+        );
+        pass_fail(
+            json!({"type": "number", "multipleOf": 0.1}),
+            "0.3",
+            "0.35",
+            "multipleOf",
+        );
+        pass_fail(
+            json!({"type": "integer", "multipleOf": 3}),
+            "9",
+            "10",
+            "multipleOf",
+        );
+        pass_fail(
+            json!({"type": "string", "minLength": 2}),
+            "ab",
+            "a",
+            "minLength",
+        );
+        pass_fail(
+            json!({"type": "string", "maxLength": 3}),
+            "abç",
+            "abcd",
+            "maxLength",
+        );
+        pass_fail(
+            json!({"type": "string", "pattern": "^[a-z]+$"}),
+            "abc",
+            "ab1",
+            "pattern",
+        );
+        pass_fail(
+            json!({"type": "string", "enum": ["a", "b"]}),
+            "b",
+            "c",
+            "enum",
+        );
+        pass_fail(json!({"type": "integer", "enum": [1, 2]}), "2", "3", "enum");
+        pass_fail(json!({"type": "string", "const": "x"}), "x", "y", "const");
+        pass_fail(
+            json!({"type": "string", "format": "email"}),
+            "a@b.org",
+            "a.b.org",
+            "format",
+        );
+        pass_fail(
+            json!({"type": "string", "format": "uuid"}),
+            "123e4567-e89b-12d3-a456-426614174000",
+            "123",
+            "format",
+        );
+        pass_fail(
+            json!({"type": "string", "format": "ipv4"}),
+            "10.0.0.1",
+            "10.0.0.256",
+            "format",
+        );
+        pass_fail(
+            json!({"type": "string", "format": "uri"}),
+            "https://example.com/x",
+            "not a uri",
+            "format",
+        );
+    }
+
+    #[test]
+    fn null_values_pass_value_rules_and_fail_required() {
+        let optional = failures(json!({"type": "integer", "minimum": 5}), false, &[None]);
+        assert_eq!(optional, vec![Vec::<String>::new()]);
+        let required = failures(
+            json!({"type": "integer", "minimum": 5}),
+            true,
+            &[None, Some("   "), Some("7")],
+        );
+        assert_eq!(
+            required,
+            vec![
+                vec!["required".to_string()],
+                vec!["required".to_string()],
+                vec![]
+            ]
+        );
+    }
+
+    #[test]
+    fn one_value_can_break_several_rules_in_rule_order() {
+        let got = failures(
+            json!({"type": "string", "minLength": 5, "pattern": "^[0-9]+$"}),
+            false,
+            &[Some("ab")],
+        );
+        assert_eq!(
+            got,
+            vec![vec!["minLength".to_string(), "pattern".to_string()]]
+        );
+    }
+}
