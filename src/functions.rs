@@ -6,7 +6,7 @@
 //! The functions carry no hidden state: everything they need is in their arguments (formats and
 //! schemas are literals), so a plan that uses them can be serialised and run elsewhere.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Date32Builder, Float64Builder, StringArray,
@@ -308,27 +308,35 @@ impl DateFormats {
         Ok(DateFormats { formats })
     }
 
-    fn parsed(f: &DateFormat, v: &str) -> Option<Parsed> {
-        let mut parsed = Parsed::new();
-        chrono::format::parse(&mut parsed, v, f.items.iter()).ok()?;
-        Some(parsed)
-    }
-
-    /// The date of `v` in the first format that fits; formats with time fields keep the date part.
-    pub fn date(&self, v: &str) -> Option<NaiveDate> {
-        if self.formats.is_empty() {
-            return NaiveDate::parse_from_str(v, "%Y-%m-%d").ok();
-        }
-        self.formats.iter().find_map(|f| {
-            let p = Self::parsed(f, v)?;
+    /// `v` in the first format that fits: its wall-clock reading and its instant (UTC µs).
+    /// A format without a zone reads as UTC; one without time fields is midnight.
+    fn first_match(formats: &[DateFormat], v: &str) -> Option<(NaiveDateTime, i64)> {
+        formats.iter().find_map(|f| {
+            let mut p = Parsed::new();
+            chrono::format::parse(&mut p, v, f.items.iter()).ok()?;
             if f.zone {
-                p.to_datetime().ok().map(|d| d.date_naive())
-            } else if f.time {
-                p.to_naive_datetime_with_offset(0).ok().map(|d| d.date())
+                let d = p.to_datetime().ok()?;
+                Some((d.naive_local(), d.timestamp_micros()))
             } else {
-                p.to_naive_date().ok()
+                let local = if f.time {
+                    p.to_naive_datetime_with_offset(0).ok()?
+                } else {
+                    p.to_naive_date().ok()?.and_hms_opt(0, 0, 0)?
+                };
+                Some((local, local.and_utc().timestamp_micros()))
             }
         })
+    }
+
+    /// The date of `v` in the first format that fits (its local date for zoned formats); no
+    /// formats means `%Y-%m-%d`.
+    pub fn date(&self, v: &str) -> Option<NaiveDate> {
+        let formats = if self.formats.is_empty() {
+            &DEFAULT_DATE.formats
+        } else {
+            &self.formats
+        };
+        Self::first_match(formats, v).map(|(local, _)| local.date())
     }
 
     /// The instant of `v` (UTC microseconds) in the first format that fits; no formats means
@@ -338,38 +346,19 @@ impl DateFormats {
             if let Ok(d) = DateTime::parse_from_rfc3339(v) {
                 return Some(d.timestamp_micros());
             }
-            return ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-                .iter()
-                .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
-                .map(|d| d.and_utc().timestamp_micros());
+            return Self::first_match(&DEFAULT_TIMESTAMP.formats, v).map(|(_, utc)| utc);
         }
-        self.formats.iter().find_map(|f| {
-            let p = Self::parsed(f, v)?;
-            if f.zone {
-                p.to_datetime().ok().map(|d| d.timestamp_micros())
-            } else if f.time {
-                p.to_naive_datetime_with_offset(0)
-                    .ok()
-                    .map(|d| d.and_utc().timestamp_micros())
-            } else {
-                p.to_naive_date()
-                    .ok()
-                    .and_then(|d| d.and_hms_opt(0, 0, 0))
-                    .map(|d| d.and_utc().timestamp_micros())
-            }
-        })
+        Self::first_match(&self.formats, v).map(|(_, utc)| utc)
     }
 }
 
-/// Parses a date with the first format that fits (see [`DateFormats::date`]).
-pub fn parse_date(v: &str, formats: &[String]) -> Option<NaiveDate> {
-    DateFormats::new(formats).ok()?.date(v)
-}
-
-/// Parses a timestamp with the first format that fits (see [`DateFormats::timestamp_micros`]).
-pub fn parse_timestamp_micros(v: &str, formats: &[String]) -> Option<i64> {
-    DateFormats::new(formats).ok()?.timestamp_micros(v)
-}
+/// The formats used when a call names none, parsed once per process.
+static DEFAULT_DATE: LazyLock<DateFormats> =
+    LazyLock::new(|| DateFormats::new(&["%Y-%m-%d".into()]).expect("valid format"));
+static DEFAULT_TIMESTAMP: LazyLock<DateFormats> = LazyLock::new(|| {
+    DateFormats::new(&["%Y-%m-%dT%H:%M:%S%.f".into(), "%Y-%m-%d %H:%M:%S%.f".into()])
+        .expect("valid formats")
+});
 
 const CURRENCY: &[char] = &['$', '€', '£', '¥', '₹', '₽', '₩', '¢', '₺', '₪', '₫', '฿'];
 
@@ -560,10 +549,13 @@ mod tests {
 
     #[test]
     fn dates_try_formats_in_order() {
-        let f = vec![
+        let f = DateFormats::new(&[
             "%Y-%m-%dT%H:%M:%S".to_string(),
             "%d/%m/%Y %H:%M".to_string(),
-        ];
+        ])
+        .unwrap();
+        let none = DateFormats::new(&[]).unwrap();
+        let parse_date = |v: &str, f: &DateFormats| f.date(v);
         assert_eq!(
             parse_date("2023-04-05T13:45:12", &f),
             NaiveDate::from_ymd_opt(2023, 4, 5)
@@ -575,15 +567,15 @@ mod tests {
         assert_eq!(parse_date("2023-02-30T10:00:00", &f), None);
         assert_eq!(parse_date("31/13/2023 10:00", &f), None);
         assert_eq!(
-            parse_date("2023-04-05", &[]),
+            parse_date("2023-04-05", &none),
             NaiveDate::from_ymd_opt(2023, 4, 5)
         );
         assert_eq!(
-            parse_timestamp_micros("1970-01-01T00:00:01Z", &[]),
+            none.timestamp_micros("1970-01-01T00:00:01Z"),
             Some(1_000_000)
         );
         assert_eq!(
-            parse_timestamp_micros("1970-01-01 00:00:02", &[]),
+            none.timestamp_micros("1970-01-01 00:00:02"),
             Some(2_000_000)
         );
     }

@@ -279,7 +279,7 @@ impl Pipeline {
             parts,
             next: 0,
             done: false,
-            valid_schema: self.target.valid_arrow_schema(),
+            valid_schema,
         })
     }
 
@@ -348,7 +348,7 @@ impl Pipeline {
         let valid_name = format!("{name}_valid_data.{}", format.valid_extension());
         let invalid_name = format!("{name}_invalid_data.{}", format.invalid_extension());
         let mut stream = self.execute(&prepared).await?;
-        let valid_schema = self.target.valid_arrow_schema();
+        let valid_schema = stream.valid_schema();
         // Splitting and writing run on a blocking thread, overlapping with evaluation.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(4);
         let writer = {

@@ -162,12 +162,6 @@ impl FileSource {
         Ok(all.slice(0, n.min(all.num_rows())))
     }
 
-    /// A stream of all batches; reading and parsing run on a blocking thread, `capacity` batches
-    /// ahead at most, so a slow consumer holds the reader back instead of buffering the input.
-    pub fn stream(&self, capacity: usize) -> Result<SendableRecordBatchStream> {
-        Ok(self.streams(1, capacity)?.pop().expect("one stream"))
-    }
-
     /// All batches dealt round-robin over `n` streams: batch `k` goes to stream `k % n`, so
     /// reading the streams in turn gives back the source's order. One blocking thread reads and
     /// parses; each stream holds at most `capacity` batches, so memory stays bounded.
