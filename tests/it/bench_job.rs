@@ -86,13 +86,7 @@ fn check_codes(w: &Workdir) {
 }
 
 fn valid_rows(w: &Workdir) -> Vec<arrow::array::RecordBatch> {
-    let f = std::fs::File::open(w.join("out/orders_valid_data.parquet")).unwrap();
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
+    w.parquet("out/orders_valid_data.parquet").1
 }
 
 #[test]

@@ -140,9 +140,7 @@ fn formats_ndjson_and_parquet() {
     let r = w.run(&["run", "--format", "parquet", "--output-dir", "pq"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("Data saved to "), "{}", r.stdout);
-    let f = std::fs::File::open(w.join("pq/source1_valid_data.parquet")).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
-    let schema = reader.schema().clone();
+    let (schema, batches) = w.parquet("pq/source1_valid_data.parquet");
     assert_eq!(
         schema.field_with_name("customer_id").unwrap().data_type(),
         &arrow::datatypes::DataType::Int64
@@ -155,7 +153,7 @@ fn formats_ndjson_and_parquet() {
         schema.field_with_name("signup_date").unwrap().data_type(),
         &arrow::datatypes::DataType::Date32
     );
-    let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 2);
     assert!(w.join("pq/source2_invalid_data.ndjson").exists());
 }

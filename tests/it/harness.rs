@@ -86,6 +86,22 @@ impl Workdir {
         serde_json::from_str(&self.read(name)).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
     }
 
+    /// A Parquet output: its Arrow schema and all its batches.
+    pub fn parquet(
+        &self,
+        name: &str,
+    ) -> (arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>) {
+        let f =
+            std::fs::File::open(self.join(name)).unwrap_or_else(|e| panic!("opening {name}: {e}"));
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+        let schema = reader.schema().clone();
+        (
+            schema,
+            reader.build().unwrap().map(|b| b.unwrap()).collect(),
+        )
+    }
+
     /// Files in the directory whose name contains `.tmp-` (left-over temporary outputs).
     pub fn temp_files(&self) -> Vec<String> {
         walk(self.path())

@@ -2,6 +2,14 @@
 
 use crate::harness::{PEOPLE_SCHEMA, Workdir, config};
 
+/// Writes a config of `sources` against the people schema (plus `extra` top-level keys) and
+/// runs it; the run must succeed (bad rows are data, not failures).
+fn run_ok(w: &Workdir, sources: &str, extra: &str) {
+    w.write("config.json", config(sources, PEOPLE_SCHEMA, extra));
+    let r = w.run(&["run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
 fn summary_counts(w: &Workdir, source: &str) -> (u64, u64, u64) {
     let s = w.json("out/run_summary.json");
     let e = &s["sources"][source];
@@ -22,16 +30,11 @@ fn malformed_csv_records_are_invalid_rows() {
         b"4,D\xffe,d@example.com,5\n5,Eve,eve@example.com,abc\n6,\"Multi\nline\",f@example.com,7\n",
     );
     w.write("p.csv", data);
-    w.write(
-        "config.json",
-        config(
-            r#"{"p": {"path": "p.csv"}}"#,
-            PEOPLE_SCHEMA,
-            r#""output_format": "ndjson","#,
-        ),
+    run_ok(
+        &w,
+        r#"{"p": {"path": "p.csv"}}"#,
+        r#""output_format": "ndjson","#,
     );
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
     let (read, valid, invalid) = summary_counts(&w, "p");
     assert_eq!((read, valid, invalid), (6, 2, 4));
     let bad = w.ndjson("out/p_invalid_data.ndjson");
@@ -80,16 +83,11 @@ fn broken_json_lines_and_arrays_keep_their_raw_text() {
         "q.json",
         "[{\"id\": 1, \"name\": \"A\"}, {\"id\": 2, \"name\": \"B\", \"age\": -1}, {\"id\": 3, ",
     );
-    w.write(
-        "config.json",
-        config(
-            r#"{"p": {"path": "p.ndjson"}, "q": {"path": "q.json"}}"#,
-            PEOPLE_SCHEMA,
-            r#""output_format": "ndjson","#,
-        ),
+    run_ok(
+        &w,
+        r#"{"p": {"path": "p.ndjson"}, "q": {"path": "q.json"}}"#,
+        r#""output_format": "ndjson","#,
     );
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
     // Row 5's extra key is among the first records, so it became a column: the row is valid.
     assert_eq!(summary_counts(&w, "p"), (5, 2, 3));
     let bad = w.ndjson("out/p_invalid_data.ndjson");
@@ -129,16 +127,11 @@ fn a_key_not_seen_when_columns_were_inferred_is_malformed() {
         .collect();
     text.push_str("{\"id\": 1201, \"name\": \"late\", \"surprise\": true}\n");
     w.write("p.ndjson", text);
-    w.write(
-        "config.json",
-        config(
-            r#"{"p": {"path": "p.ndjson"}}"#,
-            PEOPLE_SCHEMA,
-            r#""output_format": "ndjson","#,
-        ),
+    run_ok(
+        &w,
+        r#"{"p": {"path": "p.ndjson"}}"#,
+        r#""output_format": "ndjson","#,
     );
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(summary_counts(&w, "p"), (1201, 1200, 1));
     let bad = w.ndjson("out/p_invalid_data.ndjson");
     assert_eq!(bad[0]["row"], 1201);
@@ -157,16 +150,7 @@ fn compressed_inputs_and_globs() {
         "in/part2.csv.zst",
         zstd::encode_all(&b"id,name\n3,c\n"[..], 3).unwrap(),
     );
-    w.write(
-        "config.json",
-        config(
-            r#"{"p": {"path": "in/part*", "format": "csv"}}"#,
-            PEOPLE_SCHEMA,
-            "",
-        ),
-    );
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    run_ok(&w, r#"{"p": {"path": "in/part*", "format": "csv"}}"#, "");
     assert_eq!(summary_counts(&w, "p"), (3, 3, 0));
     let v = w.json("out/p_valid_data.json");
     assert_eq!(v[2]["name"], "c");
@@ -203,6 +187,15 @@ fn nested_schema_keywords_fall_back_to_per_row_validation() {
 
 #[test]
 fn ctrl_c_leaves_no_file_under_a_final_name() {
+    interrupted_run_leaves_no_half_file("-INT");
+}
+
+#[test]
+fn sigterm_leaves_no_file_under_a_final_name() {
+    interrupted_run_leaves_no_half_file("-TERM");
+}
+
+fn interrupted_run_leaves_no_half_file(signal: &str) {
     let w = Workdir::new();
     // Large enough that the run is still going when the signal arrives.
     let mut text = String::from("id,name,email,age\n");
@@ -228,7 +221,7 @@ fn ctrl_c_leaves_no_file_under_a_final_name() {
     }
     assert!(!w.temp_files().is_empty(), "the run started writing");
     let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -263,16 +256,11 @@ fn output_keeps_the_input_order_across_batches_and_partitions() {
         text.push_str(&format!("{i},n{i},{age}\n"));
     }
     w.write("p.csv", text);
-    w.write(
-        "config.json",
-        config(
-            r#"{"p": {"path": "p.csv"}}"#,
-            PEOPLE_SCHEMA,
-            r#""batch_size": 16, "output_format": "ndjson","#,
-        ),
+    run_ok(
+        &w,
+        r#"{"p": {"path": "p.csv"}}"#,
+        r#""batch_size": 16, "output_format": "ndjson","#,
     );
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
     let ids: Vec<i64> = w
         .ndjson("out/p_valid_data.ndjson")
         .iter()
@@ -310,10 +298,33 @@ fn empty_inputs_are_empty_sources_not_failures() {
             r.stdout
         );
         assert_eq!(summary_counts(&w, s), (0, 0, 0));
-        let f = std::fs::File::open(w.join(&format!("out/{s}_valid_data.parquet"))).unwrap();
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
-        assert_eq!(reader.metadata().file_metadata().num_rows(), 0);
+        let (_, batches) = w.parquet(&format!("out/{s}_valid_data.parquet"));
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
         assert!(!w.join(&format!("out/{s}_invalid_data.ndjson")).exists());
+    }
+}
+
+#[test]
+fn a_character_split_across_two_rows_of_a_column_is_invalid_utf8() {
+    // "é" is C3 A9. A column's values share one buffer, which here is valid UTF-8 as a whole;
+    // the value boundary falls inside the character, so both values are invalid.
+    let w = Workdir::new();
+    w.write("p.csv", b"id,name\n1,Ann\n2,x\xc3\n3,\xa9y\n4,Di\n");
+    run_ok(
+        &w,
+        r#"{"p": {"path": "p.csv"}}"#,
+        r#""output_format": "ndjson","#,
+    );
+    assert_eq!(summary_counts(&w, "p"), (4, 2, 2));
+    let bad = w.ndjson("out/p_invalid_data.ndjson");
+    for (b, row) in bad.iter().zip([2, 3]) {
+        assert_eq!(b["row"], row);
+        assert_eq!(b["errors"][0]["rule"], "malformed");
+        assert!(
+            b["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid UTF-8 in column `name`")
+        );
     }
 }
