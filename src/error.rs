@@ -31,6 +31,14 @@ pub enum Error {
         /// What failed, naming the target field.
         message: String,
     },
+    /// The language model could not produce a mapping (endpoint, status and model named).
+    #[error("LLM mapping for source `{source_name}`: {message}")]
+    Llm {
+        /// The source being mapped.
+        source_name: String,
+        /// What failed.
+        message: String,
+    },
     /// A source could not be read.
     #[error("source `{source_name}`: {message}")]
     Source {

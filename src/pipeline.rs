@@ -20,9 +20,10 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::config::{Config, OutputFormat};
+use crate::config::{Config, LlmFallback, OutputFormat};
 use crate::error::{Error, Result};
 use crate::mapping::heuristic::HeuristicMapper;
+use crate::mapping::llm::{LlmMapper, LlmUsage};
 use crate::mapping::{
     CompiledMapping, Mapper, MapperKind, MappingDocument, MappingRequest, compile, fingerprint,
 };
@@ -36,15 +37,18 @@ use crate::validate::{Validator, split};
 /// Rows sampled for mapping.
 pub const SAMPLE_ROWS: usize = 1000;
 
-/// How to get a source's mapping.
+/// How to get a source's mapping when no stored document settles it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MapperChoice {
-    /// A pinned mapping whose fingerprint matches, else the heuristic mapper.
+    /// A stored document whose fingerprint matches; else the LLM when an endpoint is
+    /// configured; else the heuristic mapper.
     #[default]
     Auto,
-    /// Always generate with the heuristic mapper.
+    /// Generate with the heuristic mapper (a pinned document still wins).
     Heuristic,
-    /// Only a pinned mapping document; it is an error if there is none.
+    /// Generate with the LLM (a pinned document still wins).
+    Llm,
+    /// Only a stored mapping document; it is an error if there is none.
     File,
 }
 
@@ -55,14 +59,31 @@ pub struct PreparedSource {
     pub source: FileSource,
     /// The mapping document used.
     pub document: MappingDocument,
-    /// Where the document came from (a pinned file) or was written to.
+    /// The stored document's path (read from, or to be written to).
     pub document_path: PathBuf,
-    /// Whether it was loaded from a pinned file rather than generated.
-    pub pinned: bool,
+    /// Whether the document was read from the store rather than generated now.
+    pub stored: bool,
+    /// Where a generated document is saved: the store path, or a `.proposed.json` beside a
+    /// pinned document (which is never overwritten). None when the document was read.
+    pub save_to: Option<PathBuf>,
+    /// What the LLM conversation cost, when the LLM mapped the source.
+    pub llm: Option<LlmUsage>,
+    /// One line saying where the mapping came from (printed on stderr by the CLI).
+    pub origin: String,
     /// The compiled expressions.
     pub mapping: CompiledMapping,
     /// The compiled validation rules.
     pub validator: Validator,
+}
+
+impl PreparedSource {
+    /// Saves a generated document for review (does nothing for a stored one).
+    pub fn save(&self) -> Result<()> {
+        match &self.save_to {
+            Some(p) => self.document.save(p),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The conform engine for one configuration.
@@ -72,6 +93,10 @@ pub struct Pipeline {
     ctx: SessionContext,
     /// Plan partitions a source's batches are dealt over: one per core.
     partitions: usize,
+    /// Built on first use, shared by all sources (its semaphore bounds requests in flight).
+    llm: tokio::sync::OnceCell<Arc<LlmMapper>>,
+    /// Refuse anything but a pinned document whose fingerprint matches.
+    frozen: bool,
 }
 
 impl Pipeline {
@@ -83,7 +108,24 @@ impl Pipeline {
             target: Arc::new(target),
             ctx: crate::mapping::compile::session(),
             partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            llm: tokio::sync::OnceCell::new(),
+            frozen: false,
         })
+    }
+
+    /// Production mode: every source needs a pinned mapping document made for its current
+    /// columns; nothing is generated.
+    pub fn with_frozen(mut self, frozen: bool) -> Pipeline {
+        self.frozen = frozen;
+        self
+    }
+
+    /// The LLM mapper for the configured endpoint.
+    pub async fn llm(&self) -> Result<Arc<LlmMapper>> {
+        self.llm
+            .get_or_try_init(|| async { LlmMapper::new(&self.config.llm).map(Arc::new) })
+            .await
+            .cloned()
     }
 
     /// The configuration.
@@ -139,41 +181,103 @@ impl Pipeline {
 
     /// Opens, samples and maps a source, then compiles the mapping and the validator.
     pub async fn prepare(&self, name: &str, choice: MapperChoice) -> Result<PreparedSource> {
-        let source = self.open(name)?;
-        let path = self.mapping_path(name);
-        let fp = fingerprint(&source.data_schema());
+        self.prepare_with(name, choice, false).await
+    }
+
+    /// As [`Pipeline::prepare`], but always generates a new mapping (for `map --diff`): the
+    /// stored document is neither used nor changed.
+    pub async fn prepare_fresh(&self, name: &str, choice: MapperChoice) -> Result<PreparedSource> {
+        self.prepare_with(name, choice, true).await
+    }
+
+    /// Picks the stored document if it settles the mapping (pinned, or made for these columns
+    /// under `auto`), else generates one.
+    fn stored_document(
+        &self,
+        name: &str,
+        choice: MapperChoice,
+        path: &std::path::Path,
+        fp: &str,
+    ) -> Result<Option<MappingDocument>> {
         let explicit = self
             .config
             .source(name)
             .and_then(|s| s.mapping.as_ref())
             .is_some();
-        let pinned = match choice {
-            MapperChoice::Heuristic => None,
-            MapperChoice::File | MapperChoice::Auto if path.exists() => {
-                let doc = MappingDocument::load(&path)?;
-                if doc.source_fingerprint == fp || choice == MapperChoice::File || explicit {
-                    if doc.source_fingerprint != fp {
-                        tracing::warn!(source = name, document = %path.display(), "The pinned mapping was made for different source columns; using it as configured.");
-                    }
-                    Some(doc)
-                } else {
-                    tracing::warn!(source = name, document = %path.display(), "The source's columns changed since the mapping was made; generating a new one.");
-                    None
-                }
-            }
-            MapperChoice::File => {
-                return Err(Error::mapping(
+        let stored = if path.exists() {
+            Some(MappingDocument::load(path)?)
+        } else {
+            None
+        };
+        let shown = path.display();
+        if self.frozen {
+            return match stored {
+                Some(d) if d.pinned && d.source_fingerprint == fp => Ok(Some(d)),
+                Some(d) if !d.pinned => Err(Error::mapping(
                     name,
                     format!(
-                        "`--mapper file` needs a mapping document at {}",
-                        path.display()
+                        "--frozen runs only reviewed mappings: {shown} is not pinned (review it, then set \"pinned\": true)"
                     ),
+                )),
+                Some(d) => Err(Error::mapping(
+                    name,
+                    format!(
+                        "--frozen: the source's columns changed since {shown} was pinned (fingerprint {} → {fp}); map again, review and pin",
+                        d.source_fingerprint
+                    ),
+                )),
+                None => Err(Error::mapping(
+                    name,
+                    format!(
+                        "--frozen: there is no mapping document at {shown}; run `conform map`, review it and pin it"
+                    ),
+                )),
+            };
+        }
+        if explicit || choice == MapperChoice::File {
+            let Some(d) = stored else {
+                return Err(Error::mapping(
+                    name,
+                    format!("there is no mapping document at {shown}"),
                 ));
+            };
+            if d.source_fingerprint != fp {
+                tracing::warn!(source = name, document = %shown, "The mapping document was made for different source columns; using it as configured.");
             }
-            MapperChoice::Auto => None,
+            return Ok(Some(d));
+        }
+        Ok(match stored {
+            Some(d) if d.source_fingerprint == fp && (d.pinned || choice == MapperChoice::Auto) => {
+                Some(d)
+            }
+            Some(d) if d.source_fingerprint != fp => {
+                tracing::warn!(source = name, document = %shown, "The source's columns changed since the stored mapping was made (fingerprint {} → {fp}); mapping again.", d.source_fingerprint);
+                None
+            }
+            _ => None,
+        })
+    }
+
+    async fn prepare_with(
+        &self,
+        name: &str,
+        choice: MapperChoice,
+        fresh: bool,
+    ) -> Result<PreparedSource> {
+        let source = self.open(name)?;
+        let path = self.mapping_path(name);
+        let fp = fingerprint(&source.data_schema());
+        let stored = if fresh {
+            None
+        } else {
+            self.stored_document(name, choice, &path, &fp)?
         };
-        let (document, was_pinned) = match pinned {
-            Some(doc) => (doc, true),
+        let (document, llm, origin, save_to) = match stored {
+            Some(doc) => {
+                let how = if doc.pinned { "pinned" } else { "stored" };
+                let origin = format!("using the {how} mapping {}", path.display());
+                (doc, None, origin, None)
+            }
             None => {
                 let sample = source.sample(SAMPLE_ROWS)?;
                 let profiles = profile(&sample);
@@ -184,9 +288,52 @@ impl Pipeline {
                     sample: &sample,
                     profiles: &profiles,
                 };
-                let doc = HeuristicMapper.map(&request).await?;
-                tracing::info!(source = name, mapper = doc.mapper.as_str(), unmapped = ?doc.unmapped(), "Generated a mapping.");
-                (doc, false)
+                let use_llm = match choice {
+                    MapperChoice::Llm => true,
+                    MapperChoice::Auto => self.config.llm.configured(),
+                    MapperChoice::Heuristic | MapperChoice::File => false,
+                };
+                let (proposal, origin) = if use_llm {
+                    let llm = self.llm().await?;
+                    match llm.map(&request).await {
+                        Ok(p) => {
+                            let o = format!(
+                                "mapping with the LLM (model {} at {})",
+                                llm.model(),
+                                llm.endpoint()
+                            );
+                            (p, o)
+                        }
+                        Err(e) if self.config.llm.fallback == LlmFallback::Heuristic => {
+                            tracing::warn!(source = name, error = %e, "The LLM could not map the source; using the heuristic mapper (llm.fallback).");
+                            let p = HeuristicMapper.map(&request).await?;
+                            (
+                                p,
+                                format!("mapping with the heuristic mapper (LLM failed: {e})"),
+                            )
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    let why = if choice == MapperChoice::Auto {
+                        " (no LLM endpoint configured)"
+                    } else {
+                        ""
+                    };
+                    let p = HeuristicMapper.map(&request).await?;
+                    (p, format!("mapping with the heuristic mapper{why}"))
+                };
+                tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), "Generated a mapping.");
+                // A reviewed document is never overwritten: the new proposal goes beside it.
+                let pinned_exists = MappingDocument::load(&path).is_ok_and(|d| d.pinned);
+                let save_to = if pinned_exists {
+                    let beside = path.with_extension("proposed.json");
+                    tracing::warn!(source = name, pinned = %path.display(), proposal = %beside.display(), "A pinned mapping exists; the new proposal is written beside it for review.");
+                    beside
+                } else {
+                    path.clone()
+                };
+                (proposal.document, proposal.llm, origin, Some(save_to))
             }
         };
         let mapping = compile(&self.ctx, &document, &source.data_schema(), &self.target)?;
@@ -202,7 +349,10 @@ impl Pipeline {
             source,
             document,
             document_path: path,
-            pinned: was_pinned,
+            stored: save_to.is_none(),
+            save_to,
+            llm,
+            origin,
             mapping,
             validator,
         })
@@ -319,16 +469,19 @@ impl Pipeline {
     ) -> Result<()> {
         let t0 = Instant::now();
         let prepared = self.prepare(name, choice).await?;
-        if !prepared.pinned {
-            prepared.document.save(&prepared.document_path)?;
-        }
+        prepared.save()?;
+        report.notes.push(prepared.origin.clone());
         report.mapping = Some(MappingInfo {
-            mapper: if prepared.pinned {
-                MapperKind::File
-            } else {
-                prepared.document.mapper
-            },
-            document: prepared.document_path.display().to_string(),
+            mapper: prepared.document.mapper,
+            stored: prepared.stored,
+            pinned: prepared.document.pinned,
+            llm: prepared.llm.clone(),
+            document: prepared
+                .save_to
+                .as_ref()
+                .unwrap_or(&prepared.document_path)
+                .display()
+                .to_string(),
             fingerprint: fingerprint(&prepared.source.data_schema()),
             unmapped: prepared
                 .document
@@ -571,8 +724,15 @@ impl PartitionStream for OnceStream {
 /// Where a source's mapping came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct MappingInfo {
-    /// `heuristic`, `llm` or `file` (pinned).
+    /// Who made the document: `heuristic`, `llm` or `file` (written by a person).
     pub mapper: MapperKind,
+    /// Read from the mapping store rather than generated in this run.
+    pub stored: bool,
+    /// The document is marked as reviewed.
+    pub pinned: bool,
+    /// Requests, tokens and latency, when the LLM mapped the source in this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmUsage>,
     /// The mapping document's path.
     pub document: String,
     /// The source fingerprint it was made for.
@@ -628,6 +788,9 @@ pub struct SourceReport {
     /// The console block, line by line (printed by the CLI).
     #[serde(skip)]
     pub console: Vec<String>,
+    /// Notes for stderr (where the mapping came from).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 impl SourceReport {
@@ -644,6 +807,7 @@ impl SourceReport {
             mapping: None,
             outputs: Outputs::default(),
             console: Vec::new(),
+            notes: Vec::new(),
         }
     }
 

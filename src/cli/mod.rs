@@ -44,20 +44,58 @@ pub struct Common {
     /// Process only this source (repeatable). Default: all sources, in config order.
     #[arg(long = "source", short = 's')]
     pub sources: Vec<String>,
-    /// Where the mapping comes from: a pinned document if it matches, else the heuristic
-    /// mapper (`auto`); always the heuristic mapper; or only a pinned document (`file`).
+    /// Where mappings come from. A pinned document always wins; `auto` also reuses a stored
+    /// document made for the same columns, else asks the LLM when an endpoint is configured,
+    /// else the heuristic mapper.
     #[arg(long, value_enum, default_value_t = MapperArg::Auto)]
     pub mapper: MapperArg,
+    /// Model for the LLM mapper (overrides `llm.model`).
+    #[arg(long)]
+    pub llm_model: Option<String>,
+    /// OpenAI-compatible endpoint, e.g. `http://127.0.0.1:8000/v1` (overrides `llm.base_url`
+    /// and OPENAI_BASE_URL).
+    #[arg(long)]
+    pub llm_base_url: Option<String>,
+    /// Production mode: run only pinned mapping documents made for the source's current
+    /// columns; never generate one.
+    #[arg(long)]
+    pub frozen: bool,
+}
+
+impl Common {
+    /// Loads the config and applies the flags that override it.
+    fn load(&self) -> Result<Config, Error> {
+        let mut config = Config::load(&self.config)?;
+        if let Some(m) = &self.llm_model {
+            config.llm.model = m.clone();
+        }
+        if let Some(u) = &self.llm_base_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(Error::config(
+                    "--llm-base-url",
+                    "must start with http:// or https://",
+                ));
+            }
+            config.llm.base_url = Some(u.clone());
+        }
+        Ok(config)
+    }
+
+    fn pipeline(&self, config: Config) -> Result<Pipeline, Error> {
+        Ok(Pipeline::try_new(config)?.with_frozen(self.frozen))
+    }
 }
 
 /// `--mapper` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum MapperArg {
-    /// Pinned document if its fingerprint matches, else heuristic.
+    /// Stored document if its fingerprint matches, else the LLM if configured, else heuristic.
     Auto,
     /// The offline heuristic mapper.
     Heuristic,
-    /// Only a pinned mapping document.
+    /// The LLM mapper (needs `llm.api_key` or `llm.base_url`).
+    Llm,
+    /// Only a stored mapping document.
     File,
 }
 
@@ -66,6 +104,7 @@ impl From<MapperArg> for MapperChoice {
         match m {
             MapperArg::Auto => MapperChoice::Auto,
             MapperArg::Heuristic => MapperChoice::Heuristic,
+            MapperArg::Llm => MapperChoice::Llm,
             MapperArg::File => MapperChoice::File,
         }
     }
@@ -88,10 +127,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Progress::Auto)]
         progress: Progress,
     },
-    /// Write each source's mapping document for review, without transforming data.
+    /// Write each source's mapping document for review and print it as a table, without
+    /// transforming data.
     Map {
         #[command(flatten)]
         common: Common,
+        /// Generate a new mapping and show how it differs from the stored one; writes nothing.
+        #[arg(long)]
+        diff: bool,
     },
     /// Check the config, the schema, every source and its mapping; writes nothing.
     Check {
@@ -191,6 +234,7 @@ fn selected(pipeline: &Pipeline, wanted: &[String]) -> Result<Vec<String>, Error
 
 /// Runs a command; returns the exit code.
 pub async fn execute(cli: Cli) -> Result<u8, Error> {
+    let quiet = cli.quiet;
     let mut console = Console {
         out: std::io::stdout(),
         closed: false,
@@ -216,7 +260,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
             output_dir,
             progress,
         } => {
-            let mut config = Config::load(&common.config)?;
+            let mut config = common.load()?;
             if let Some(f) = format {
                 config.output_format = f;
             }
@@ -224,7 +268,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 // A flag is relative to the working directory, not to the config file.
                 config.output_directory = std::env::current_dir().map(|c| c.join(&d)).unwrap_or(d);
             }
-            let pipeline = Pipeline::try_new(config)?;
+            let pipeline = common.pipeline(config)?;
             let names = selected(&pipeline, &common.sources)?;
             let out_dir = pipeline.config().output_dir();
             std::fs::create_dir_all(&out_dir)
@@ -259,6 +303,9 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 if let Some(b) = bar {
                     b.finish_and_clear();
                 }
+                for n in &report.notes {
+                    note(quiet, name, n);
+                }
                 if i > 0 {
                     console.line("");
                 }
@@ -278,77 +325,106 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
             summary.write(&out_dir)?;
             Ok(if reports.iter().all(|r| r.ok()) { 0 } else { 1 })
         }
-        Command::Map { common } => per_source(Mode::Map, common, &mut console).await,
-        Command::Check { common } => per_source(Mode::Check, common, &mut console).await,
-        Command::Explain { common } => per_source(Mode::Explain, common, &mut console).await,
+        Command::Map { common, diff } => {
+            let mode = if diff { Mode::Diff } else { Mode::Map };
+            per_source(mode, common, quiet, &mut console).await
+        }
+        Command::Check { common } => per_source(Mode::Check, common, quiet, &mut console).await,
+        Command::Explain { common } => per_source(Mode::Explain, common, quiet, &mut console).await,
     }
 }
 
-/// `map`, `check` and `explain`: prepare each source and report on it.
-async fn per_source(mode: Mode, common: Common, console: &mut Console) -> Result<u8, Error> {
-    {
-        {
-            let config = Config::load(&common.config)?;
-            let pipeline = Pipeline::try_new(config)?;
-            let names = selected(&pipeline, &common.sources)?;
-            let mut failed = false;
-            for (i, name) in names.iter().enumerate() {
-                match pipeline.prepare(name, common.mapper.into()).await {
-                    Ok(p) => match mode {
-                        Mode::Map => {
-                            if p.pinned {
-                                console.line(&format!(
-                                    "{name}: pinned mapping {} is current",
-                                    p.document_path.display()
-                                ));
-                            } else {
-                                p.document.save(&p.document_path)?;
-                                console.line(&format!(
-                                    "{name}: mapping written to {}",
-                                    p.document_path.display()
-                                ));
-                            }
-                            let unmapped = p.document.unmapped();
-                            if !unmapped.is_empty() {
-                                console.line(&format!(
-                                    "{name}: unmapped fields: {}",
-                                    unmapped.join(", ")
-                                ));
-                            }
-                        }
-                        Mode::Check => {
-                            let how = if p.pinned {
-                                "pinned mapping"
-                            } else {
-                                "generated mapping"
-                            };
-                            console.line(&format!(
-                                "{name}: ok ({} file(s), {} columns, {how}, {} checks)",
-                                p.source.files().len(),
-                                p.source.data_schema().fields().len(),
-                                p.validator.checks.len()
-                            ));
-                        }
-                        Mode::Explain => {
-                            if i > 0 {
-                                console.line("");
-                            }
-                            console.line(conform::mapping::explain::explain(&p).trim_end());
-                        }
-                    },
-                    Err(e) => {
-                        failed = true;
-                        eprintln!("conform: source `{name}`: {e}");
-                    }
-                }
+/// Where a source's mapping came from, on stderr (the console on stdout keeps the original
+/// tool's wording).
+fn note(quiet: bool, source: &str, text: &str) {
+    if !quiet {
+        eprintln!("conform: {source}: {text}");
+    }
+}
+
+/// `map`, `map --diff`, `check` and `explain`: prepare each source and report on it.
+async fn per_source(
+    mode: Mode,
+    common: Common,
+    quiet: bool,
+    console: &mut Console,
+) -> Result<u8, Error> {
+    let config = common.load()?;
+    let pipeline = common.pipeline(config)?;
+    let names = selected(&pipeline, &common.sources)?;
+    let mut failed = false;
+    for (i, name) in names.iter().enumerate() {
+        let prepared = match mode {
+            Mode::Diff => pipeline.prepare_fresh(name, common.mapper.into()).await,
+            _ => pipeline.prepare(name, common.mapper.into()).await,
+        };
+        let p = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                failed = true;
+                eprintln!("conform: source `{name}`: {e}");
+                continue;
             }
-            Ok(if failed { 1 } else { 0 })
+        };
+        note(quiet, name, &p.origin);
+        if i > 0 && !matches!(mode, Mode::Check) {
+            console.line("");
+        }
+        match mode {
+            Mode::Map => {
+                p.save()?;
+                match &p.save_to {
+                    Some(path) => {
+                        console.line(&format!("{name}: mapping written to {}", path.display()))
+                    }
+                    None => console.line(&format!(
+                        "{name}: {} mapping {} is current",
+                        if p.document.pinned {
+                            "pinned"
+                        } else {
+                            "stored"
+                        },
+                        p.document_path.display()
+                    )),
+                }
+                console.line(conform::mapping::explain::table(&p.document).trim_end());
+            }
+            Mode::Diff => {
+                let stored = conform::mapping::MappingDocument::load(&p.document_path).ok();
+                let text = match &stored {
+                    Some(old) => conform::mapping::explain::diff(old, &p.document),
+                    None => format!(
+                        "no stored mapping at {}; everything would be new\n",
+                        p.document_path.display()
+                    ),
+                };
+                console.line(&format!("{name}: {}", p.origin));
+                console.line(text.trim_end());
+            }
+            Mode::Check => {
+                let how = if p.stored {
+                    "stored mapping"
+                } else {
+                    "generated mapping"
+                };
+                console.line(&format!(
+                    "{name}: ok ({} file(s), {} columns, {how}, {} checks)",
+                    p.source.files().len(),
+                    p.source.data_schema().fields().len(),
+                    p.validator.checks.len()
+                ));
+            }
+            Mode::Explain => {
+                console.line(conform::mapping::explain::explain(&p).trim_end());
+            }
         }
     }
+    Ok(if failed { 1 } else { 0 })
 }
 
 enum Mode {
     Map,
+    Diff,
     Check,
     Explain,
 }

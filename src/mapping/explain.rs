@@ -1,8 +1,10 @@
-//! `conform explain`: the compiled projection and validation of a source as SQL text.
+//! How mappings are shown to people: `conform explain` (the compiled projection and validation
+//! as SQL), the review table of `conform map`, and `conform map --diff`.
 
 use datafusion::prelude::Expr;
 use datafusion::sql::unparser::expr_to_sql;
 
+use crate::mapping::MappingDocument;
 use crate::pipeline::PreparedSource;
 
 fn sql(e: &Expr) -> String {
@@ -49,4 +51,154 @@ pub fn explain(p: &PreparedSource) -> String {
         ));
     }
     out
+}
+
+/// Shortens text for a table cell, on a character boundary.
+fn cell(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// A mapping document for review: `target ← expression  confidence  rationale`, one line per
+/// target field; rejected expressions show their error.
+pub fn table(doc: &MappingDocument) -> String {
+    let tw = doc
+        .fields
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let exprs: Vec<String> = doc
+        .fields
+        .values()
+        .map(|m| cell(m.expr.as_deref().unwrap_or("(unmapped)"), 60))
+        .collect();
+    let ew = exprs
+        .iter()
+        .map(|e| e.chars().count())
+        .max()
+        .unwrap_or(10)
+        .max(10);
+    let mut out = format!(
+        "  {:tw$}   {:ew$}  {:>4}  {}\n",
+        "target", "expression", "conf", "rationale"
+    );
+    for ((name, m), expr) in doc.fields.iter().zip(&exprs) {
+        let why = match &m.error {
+            Some(e) => format!("REJECTED: {e}"),
+            None => m.rationale.clone(),
+        };
+        let line = format!(
+            "  {name:tw$} ← {expr:ew$}  {:>4.2}  {}",
+            m.confidence,
+            cell(&why, 100)
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// What changed from `old` to `new`, field by field; `no changes` when the expressions agree.
+pub fn diff(old: &MappingDocument, new: &MappingDocument) -> String {
+    let mut out = String::new();
+    if old.source_fingerprint != new.source_fingerprint {
+        out.push_str(&format!(
+            "  source columns changed: fingerprint {} → {}\n",
+            old.source_fingerprint, new.source_fingerprint
+        ));
+    }
+    let none = "(unmapped)";
+    for (name, m) in &new.fields {
+        let before = old.fields.get(name).and_then(|o| o.expr.as_deref());
+        let after = m.expr.as_deref();
+        match (before, after) {
+            (b, a) if b == a => {}
+            (None, Some(a)) => out.push_str(&format!("+ {name}: {a}\n")),
+            (Some(b), None) => out.push_str(&format!("- {name}: {b} → {none}\n")),
+            (Some(b), Some(a)) => out.push_str(&format!("~ {name}: {b} → {a}\n")),
+            (None, None) => {}
+        }
+    }
+    for name in old.fields.keys().filter(|k| !new.fields.contains_key(*k)) {
+        out.push_str(&format!("- {name}: no longer a target field\n"));
+    }
+    if out.is_empty() {
+        out.push_str("  no changes\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{FieldMapping, MapperKind};
+
+    fn doc(fields: &[(&str, Option<&str>)]) -> MappingDocument {
+        MappingDocument {
+            source: "s".into(),
+            source_fingerprint: "f".into(),
+            mapper: MapperKind::Heuristic,
+            pinned: false,
+            model: None,
+            fields: fields
+                .iter()
+                .map(|(n, e)| {
+                    (
+                        n.to_string(),
+                        FieldMapping {
+                            expr: e.map(str::to_string),
+                            ..FieldMapping::unmapped()
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn diff_names_every_kind_of_change() {
+        let old = doc(&[
+            ("a", Some("x")),
+            ("b", Some("y")),
+            ("c", None),
+            ("d", Some("z")),
+        ]);
+        let new = doc(&[
+            ("a", Some("x")),
+            ("b", Some("y2")),
+            ("c", Some("w")),
+            ("d", None),
+        ]);
+        let d = diff(&old, &new);
+        assert!(!d.contains("a:"), "{d}");
+        assert!(d.contains("~ b: y → y2"), "{d}");
+        assert!(d.contains("+ c: w"), "{d}");
+        assert!(d.contains("- d: z → (unmapped)"), "{d}");
+        assert_eq!(diff(&old, &old).trim(), "no changes");
+    }
+
+    #[test]
+    fn table_shows_expressions_and_rejections() {
+        let mut d = doc(&[("id", Some("CAST(\"ID\" AS BIGINT)")), ("x", None)]);
+        d.fields["x"].error = Some("unknown column `q`".into());
+        let t = table(&d);
+        assert!(
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("  id     ← CAST(\"ID\" AS BIGINT)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("(unmapped)") && t.contains("REJECTED: unknown column"),
+            "{t}"
+        );
+    }
 }

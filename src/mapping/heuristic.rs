@@ -11,7 +11,9 @@ use futures::future::BoxFuture;
 use indexmap::IndexMap;
 
 use super::names::{similarity, tokens, unit};
-use super::{FieldMapping, Mapper, MapperKind, MappingDocument, MappingRequest, fingerprint};
+use super::{
+    FieldMapping, Mapper, MapperKind, MappingDocument, MappingRequest, Proposal, fingerprint,
+};
 use crate::error::Result;
 use crate::schema::{FieldKind, TargetField};
 use crate::source::{ColumnProfile, ValueShape};
@@ -28,11 +30,13 @@ impl Mapper for HeuristicMapper {
         MapperKind::Heuristic
     }
 
-    fn map<'a>(
-        &'a self,
-        request: &'a MappingRequest<'a>,
-    ) -> BoxFuture<'a, Result<MappingDocument>> {
-        Box::pin(async move { Ok(self.map_now(request)) })
+    fn map<'a>(&'a self, request: &'a MappingRequest<'a>) -> BoxFuture<'a, Result<Proposal>> {
+        Box::pin(async move {
+            Ok(Proposal {
+                document: self.map_now(request),
+                llm: None,
+            })
+        })
     }
 }
 
@@ -98,13 +102,12 @@ impl HeuristicMapper {
                         sources: vec![p.name.clone()],
                         confidence: (score * 100.0).round() / 100.0,
                         rationale: format!("column `{}` matches by name; {how}", p.name),
+                        error: None,
                     }
                 }
                 None => full_name(t, req.profiles, &used).unwrap_or(FieldMapping {
-                    expr: None,
-                    sources: vec![],
-                    confidence: 0.0,
                     rationale: "no source column matches this field by name".into(),
+                    ..FieldMapping::unmapped()
                 }),
             };
             fields.insert(t.name.clone(), m);
@@ -113,6 +116,8 @@ impl HeuristicMapper {
             source: req.source.to_string(),
             source_fingerprint: fingerprint(&req.source_schema),
             mapper: MapperKind::Heuristic,
+            pinned: false,
+            model: None,
             fields,
         }
     }
@@ -142,6 +147,7 @@ fn full_name(t: &TargetField, profiles: &[ColumnProfile], used: &[bool]) -> Opti
         sources: vec![first.name.clone(), last.name.clone()],
         confidence: 0.7,
         rationale: format!("full name joined from `{}` and `{}`", first.name, last.name),
+        error: None,
     })
 }
 

@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod explain;
 pub mod heuristic;
+pub mod llm;
 pub mod names;
 
 use std::path::Path;
@@ -62,6 +63,22 @@ pub struct FieldMapping {
     /// Why this expression.
     #[serde(default)]
     pub rationale: String,
+    /// Why a proposed expression was rejected (the field is then unmapped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl FieldMapping {
+    /// A field without an expression.
+    pub fn unmapped() -> FieldMapping {
+        FieldMapping {
+            expr: None,
+            sources: vec![],
+            confidence: 0.0,
+            rationale: String::new(),
+            error: None,
+        }
+    }
 }
 
 /// A source's mapping document, as stored under `mappings/<source>.mapping.json`.
@@ -74,6 +91,12 @@ pub struct MappingDocument {
     pub source_fingerprint: String,
     /// Who made it.
     pub mapper: MapperKind,
+    /// Reviewed by a person: used as-is, never overwritten, required by `--frozen`.
+    #[serde(default)]
+    pub pinned: bool,
+    /// The model that proposed it (LLM mappings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Target field → mapping, in target schema order.
     pub fields: IndexMap<String, FieldMapping>,
 }
@@ -142,13 +165,21 @@ pub struct MappingRequest<'a> {
     pub profiles: &'a [ColumnProfile],
 }
 
-/// Proposes a mapping. Implementations: [`heuristic::HeuristicMapper`]; pinned files are loaded
+/// A mapper's answer: the document, and what the model calls cost (LLM mapper only).
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    /// One entry per target field.
+    pub document: MappingDocument,
+    /// Requests, tokens and latency of the LLM conversation.
+    pub llm: Option<llm::LlmUsage>,
+}
+
+/// Proposes a mapping. Implementations: [`heuristic::HeuristicMapper`], [`llm::LlmMapper`]; stored documents are loaded
 /// by the pipeline. The future is boxed so mappers can be chosen at run time (`dyn Mapper`) and
 /// can await network calls.
 pub trait Mapper: Send + Sync {
     /// Which kind of mapper this is.
     fn kind(&self) -> MapperKind;
     /// Produces a document with one entry per target field.
-    fn map<'a>(&'a self, request: &'a MappingRequest<'a>)
-    -> BoxFuture<'a, Result<MappingDocument>>;
+    fn map<'a>(&'a self, request: &'a MappingRequest<'a>) -> BoxFuture<'a, Result<Proposal>>;
 }

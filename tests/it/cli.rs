@@ -94,7 +94,8 @@ fn pinned_mapping_is_used_and_edits_take_effect() {
     let v = w.json("output/source1_valid_data.json");
     assert_eq!(v[0]["full_name"], "ADA LOVELACE");
     let s = w.json("output/run_summary.json");
-    assert_eq!(s["sources"]["source1"]["mapping"]["mapper"], "file");
+    assert_eq!(s["sources"]["source1"]["mapping"]["stored"], true);
+    assert_eq!(s["sources"]["source1"]["mapping"]["mapper"], "heuristic");
 }
 
 #[test]

@@ -4,5 +4,6 @@
 mod bench_job;
 mod cli;
 mod harness;
+mod llm;
 mod messy;
 mod prop;

@@ -1,0 +1,380 @@
+//! The LLM mapper: asks an OpenAI-compatible chat-completions endpoint for one expression per
+//! target field, checks every expression with the compiler, and sends compile errors back for a
+//! bounded number of repair rounds. The reply is untrusted input: a field whose expression still
+//! does not compile is left unmapped with its error recorded, never run.
+
+pub mod prompt;
+pub mod reply;
+pub mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema,
+};
+use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
+use indexmap::IndexMap;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::{FieldMapping, Mapper, MapperKind, MappingDocument, MappingRequest, Proposal};
+use crate::config::LlmConfig;
+use crate::error::{Error, Result};
+
+/// The default endpoint when no base URL is configured.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// What the model calls for one source cost, for `run_summary.json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LlmUsage {
+    /// Model asked.
+    pub model: String,
+    /// Endpoint (without credentials).
+    pub endpoint: String,
+    /// Prompt wording version.
+    pub prompt_version: &'static str,
+    /// `json_schema`, or `json_object` when the server rejected structured output.
+    pub response_format: String,
+    /// Chat-completion requests answered (retries of one request count once).
+    pub requests: u32,
+    /// Prompt tokens, as reported by the server.
+    pub prompt_tokens: u64,
+    /// Completion tokens, as reported by the server.
+    pub completion_tokens: u64,
+    /// Seconds spent waiting for the endpoint, including retries.
+    pub latency_s: f64,
+    /// Follow-up rounds that sent compile errors (or an unreadable reply) back.
+    pub repair_rounds: u32,
+    /// Fields left unmapped because their expression never compiled.
+    pub failed_fields: Vec<String>,
+}
+
+/// The LLM mapper. One per pipeline: its semaphore limits requests in flight over all sources.
+pub struct LlmMapper {
+    client: Client<OpenAIConfig>,
+    settings: LlmConfig,
+    endpoint: String,
+    ctx: SessionContext,
+    gate: Arc<Semaphore>,
+    /// Set once a server rejected `json_schema`; later requests ask for `json_object`.
+    json_object_only: AtomicBool,
+}
+
+impl std::fmt::Debug for LlmMapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmMapper")
+            .field("endpoint", &self.endpoint)
+            .field("model", &self.settings.model)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL for messages: user-info (credentials) removed.
+pub fn display_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string().trim_end_matches('/').to_string()
+        }
+        Err(_) => "(invalid URL)".into(),
+    }
+}
+
+impl LlmMapper {
+    /// A mapper for the configured endpoint. Fails if no key and no base URL is configured
+    /// (OpenAI itself needs a key).
+    pub fn new(settings: &LlmConfig) -> Result<LlmMapper> {
+        if !settings.configured() {
+            return Err(Error::config(
+                "llm",
+                "the LLM mapper needs an API key (`llm.api_key` or OPENAI_API_KEY) or a local \
+                 endpoint (`llm.base_url`, OPENAI_BASE_URL or --llm-base-url)",
+            ));
+        }
+        let base = settings
+            .base_url
+            .clone()
+            .unwrap_or_else(|| OPENAI_BASE_URL.to_string());
+        let base = base.trim_end_matches('/').to_string();
+        let mut config = OpenAIConfig::new().with_api_base(&base);
+        // Local servers often need no key; async-openai then sends an empty bearer token.
+        config = config.with_api_key(
+            settings
+                .api_key
+                .as_ref()
+                .map(|k| k.expose().to_string())
+                .unwrap_or_default(),
+        );
+        let http = transport::RetryingHttp::new(
+            Duration::from_secs_f64(settings.timeout_s),
+            settings.max_retries,
+        )
+        .map_err(|e| Error::config("llm", format!("cannot build the HTTP client: {e}")))?;
+        let client = Client::with_config(config).with_http_service(http);
+        Ok(LlmMapper {
+            client,
+            settings: settings.clone(),
+            endpoint: display_url(&base),
+            ctx: super::compile::session(),
+            gate: Arc::new(Semaphore::new(settings.max_concurrent)),
+            json_object_only: AtomicBool::new(false),
+        })
+    }
+
+    /// The endpoint, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The model name.
+    pub fn model(&self) -> &str {
+        &self.settings.model
+    }
+
+    fn failure(&self, source: &str, e: OpenAIError) -> Error {
+        let detail = match e {
+            OpenAIError::ApiError(a) => {
+                let mut msg = a.api_error.message.clone();
+                if msg.len() > 300 {
+                    msg.truncate(msg.floor_char_boundary(300));
+                    msg.push('…');
+                }
+                format!("HTTP {}: {}", a.status_code, msg.trim())
+            }
+            OpenAIError::Reqwest(r) => transport::without_url(&r),
+            OpenAIError::JSONDeserialize(err, _) => {
+                format!("the response is not a chat completion ({err})")
+            }
+            other => other.to_string(),
+        };
+        Error::Llm {
+            source_name: source.to_string(),
+            message: format!(
+                "request to {} (model {}) failed: {detail}",
+                self.endpoint, self.settings.model
+            ),
+        }
+    }
+
+    /// One chat completion over the conversation so far; the reply's text.
+    async fn ask(
+        &self,
+        source: &str,
+        conversation: &[ChatCompletionRequestMessage],
+        usage: &mut LlmUsage,
+    ) -> Result<String> {
+        let _permit = self.gate.acquire().await.map_err(|_| Error::Interrupted)?;
+        loop {
+            let structured = !self.json_object_only.load(Ordering::Relaxed);
+            let response_format = if structured {
+                ResponseFormat::JsonSchema {
+                    json_schema: ResponseFormatJsonSchema {
+                        description: Some("One SQL expression per target field".into()),
+                        name: prompt::RESPONSE_NAME.into(),
+                        schema: prompt::response_schema(),
+                        strict: Some(true),
+                    },
+                }
+            } else {
+                ResponseFormat::JsonObject
+            };
+            let request = CreateChatCompletionRequest {
+                model: self.settings.model.clone(),
+                messages: conversation.to_vec(),
+                temperature: Some(self.settings.temperature),
+                response_format: Some(response_format),
+                ..Default::default()
+            };
+            let started = Instant::now();
+            let result = self.client.chat().create(request).await;
+            usage.latency_s += started.elapsed().as_secs_f64();
+            match result {
+                Ok(resp) => {
+                    usage.requests += 1;
+                    usage.response_format = if structured {
+                        "json_schema"
+                    } else {
+                        "json_object"
+                    }
+                    .into();
+                    if let Some(u) = &resp.usage {
+                        usage.prompt_tokens += u64::from(u.prompt_tokens);
+                        usage.completion_tokens += u64::from(u.completion_tokens);
+                    }
+                    let text = resp
+                        .choices
+                        .into_iter()
+                        .next()
+                        .and_then(|c| c.message.content)
+                        .unwrap_or_default();
+                    return Ok(text);
+                }
+                // Servers without structured output reject the request format; ask for a
+                // plain JSON object instead (the prompt describes the shape).
+                Err(OpenAIError::ApiError(a))
+                    if structured && matches!(a.status_code.as_u16(), 400 | 422) =>
+                {
+                    tracing::warn!(source, endpoint = %self.endpoint, status = %a.status_code, "The LLM endpoint rejected json_schema output; asking for a JSON object instead.");
+                    self.json_object_only.store(true, Ordering::Relaxed);
+                    usage.requests += 1;
+                }
+                Err(e) => return Err(self.failure(source, e)),
+            }
+        }
+    }
+
+    /// Compile errors of the fields that have an expression: (field, expr, error).
+    fn check(
+        &self,
+        req: &MappingRequest<'_>,
+        fields: &IndexMap<String, FieldMapping>,
+    ) -> Vec<(String, String, String)> {
+        req.target
+            .fields
+            .iter()
+            .filter_map(|t| {
+                let expr = fields.get(&t.name)?.expr.as_deref()?;
+                super::compile::compile_field(
+                    &self.ctx,
+                    &req.source_schema,
+                    &t.name,
+                    &t.kind.data_type(),
+                    Some(expr),
+                )
+                .err()
+                .map(|e| (t.name.clone(), expr.to_string(), e))
+            })
+            .collect()
+    }
+
+    /// The conversation: propose, check, repair; returns the document and what it cost.
+    pub async fn propose(&self, req: &MappingRequest<'_>) -> Result<(MappingDocument, LlmUsage)> {
+        let mut usage = LlmUsage {
+            model: self.settings.model.clone(),
+            endpoint: self.endpoint.clone(),
+            prompt_version: prompt::PROMPT_VERSION,
+            ..Default::default()
+        };
+        let mut conversation: Vec<ChatCompletionRequestMessage> = vec![
+            ChatCompletionRequestSystemMessage::from(prompt::SYSTEM).into(),
+            ChatCompletionRequestUserMessage::from(prompt::mapping_request(
+                req,
+                self.settings.sample_rows,
+                self.settings.redact_samples,
+            ))
+            .into(),
+        ];
+        let mut fields: IndexMap<String, FieldMapping> = req
+            .target
+            .fields
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    FieldMapping {
+                        rationale: "the model proposed no expression for this field".into(),
+                        ..FieldMapping::unmapped()
+                    },
+                )
+            })
+            .collect();
+        let mut any_reply_read = false;
+        let mut last_unreadable = String::new();
+        loop {
+            let content = self.ask(req.source, &conversation, &mut usage).await?;
+            conversation.push(ChatCompletionRequestAssistantMessage::from(content.as_str()).into());
+            let follow_up = match reply::parse(&content) {
+                Err(e) => {
+                    tracing::warn!(source = req.source, error = %e, "The LLM reply could not be read.");
+                    let msg = prompt::unreadable_reply(&e);
+                    last_unreadable = e;
+                    Some(msg)
+                }
+                Ok(entries) => {
+                    any_reply_read = true;
+                    for e in entries {
+                        match fields.get_mut(&e.target) {
+                            Some(f) => {
+                                *f = FieldMapping {
+                                    expr: e.expr,
+                                    sources: vec![],
+                                    confidence: e.confidence.unwrap_or(0.5),
+                                    rationale: e.rationale.unwrap_or_default(),
+                                    error: None,
+                                };
+                            }
+                            None => {
+                                tracing::warn!(source = req.source, target = %e.target, "The LLM mapped a field that is not in the target schema; ignored.")
+                            }
+                        }
+                    }
+                    let errors = self.check(req, &fields);
+                    (!errors.is_empty()).then(|| prompt::repair_request(&errors))
+                }
+            };
+            let Some(msg) = follow_up else { break };
+            if usage.repair_rounds >= self.settings.max_repairs {
+                break;
+            }
+            usage.repair_rounds += 1;
+            conversation.push(ChatCompletionRequestUserMessage::from(msg).into());
+        }
+        if !any_reply_read {
+            return Err(Error::Llm {
+                source_name: req.source.to_string(),
+                message: format!(
+                    "the model at {} (model {}) gave no readable mapping in {} replies: {}",
+                    self.endpoint,
+                    self.settings.model,
+                    usage.repair_rounds + 1,
+                    last_unreadable
+                ),
+            });
+        }
+        for (name, expr, error) in self.check(req, &fields) {
+            tracing::warn!(source = req.source, field = %name, %error, "The LLM's expression does not compile; the field is left unmapped.");
+            usage.failed_fields.push(name.clone());
+            if let Some(f) = fields.get_mut(&name) {
+                *f = FieldMapping {
+                    rationale: format!("rejected expression `{expr}`"),
+                    error: Some(error),
+                    ..FieldMapping::unmapped()
+                };
+            }
+        }
+        let doc = MappingDocument {
+            source: req.source.to_string(),
+            source_fingerprint: super::fingerprint(&req.source_schema),
+            mapper: MapperKind::Llm,
+            pinned: false,
+            model: Some(self.settings.model.clone()),
+            fields,
+        };
+        Ok((doc, usage))
+    }
+}
+
+impl Mapper for LlmMapper {
+    fn kind(&self) -> MapperKind {
+        MapperKind::Llm
+    }
+
+    fn map<'a>(&'a self, request: &'a MappingRequest<'a>) -> BoxFuture<'a, Result<Proposal>> {
+        Box::pin(async move {
+            let (document, usage) = self.propose(request).await?;
+            Ok(Proposal {
+                document,
+                llm: Some(usage),
+            })
+        })
+    }
+}

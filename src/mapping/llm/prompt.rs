@@ -1,0 +1,250 @@
+//! The prompts sent to the model, versioned so a stored mapping records which wording made it.
+//!
+//! Everything here is pure text building: it is tested without a network, and the only inputs
+//! are the target schema, the source's columns and the sample (never credentials).
+
+use arrow::array::RecordBatch;
+use serde_json::{Value, json};
+
+use crate::functions::SIGNATURES;
+use crate::mapping::MappingRequest;
+use crate::mapping::compile::ALLOWED_FUNCTIONS;
+use crate::source::ColumnProfile;
+
+/// Version of the prompt wording; bump it whenever the text below changes meaning.
+pub const PROMPT_VERSION: &str = "conform-mapping-v1";
+
+/// Name of the structured-output schema.
+pub const RESPONSE_NAME: &str = "mapping";
+
+/// The instructions: the task and its rules.
+pub const SYSTEM: &str = "\
+You map the columns of a source dataset onto the fields of a target JSON Schema for a data \
+pipeline. For every target field, write one SQL expression in the Apache DataFusion dialect that \
+computes the field's value from ONE row of the source.
+
+Rules:
+1. Give exactly one entry per target field, in the order of the schema, with the target field's \
+exact name.
+2. Use only source columns that exist, quoted with double quotes exactly as listed (\"Cust_Email\"). \
+Never invent a column. String literals use single quotes.
+3. Use only the functions listed under 'Expression language'. No aggregates, window functions, \
+subqueries or random values.
+4. If no source column fits a field, set expr to null. A wrong mapping is worse than none.
+5. Convert to the target type: CAST(x AS BIGINT | DOUBLE | BOOLEAN | DATE | TIMESTAMP | VARCHAR), \
+try_to_date/try_to_timestamp with the chrono format the sample values use, parse_number for \
+numbers written with currency signs or separators, parse_bool for yes/no words, clean() to trim \
+text, lower()/upper() when the target's enum values use one case, concat_ws(' ', first, last) when \
+the target wants one value built from several columns, arithmetic for unit conversions.
+6. A conversion that fails on a row yields null; the pipeline then reports that row as invalid. \
+Do not hide bad values with defaults.
+7. confidence is your probability (0 to 1) that the expression is right; rationale is one short \
+sentence naming the evidence (column name, values, units).
+
+Reply with a JSON object only: {\"fields\": [{\"target\": ..., \"expr\": ... or null, \
+\"confidence\": ..., \"rationale\": ...}]}.";
+
+/// The JSON Schema of the reply, for `response_format: json_schema` with `strict: true`.
+pub fn response_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "fields": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "target": {"type": "string"},
+                        "expr": {"type": ["string", "null"]},
+                        "confidence": {"type": "number"},
+                        "rationale": {"type": "string"}
+                    },
+                    "required": ["target", "expr", "confidence", "rationale"],
+                    "additionalProperties": false
+                }
+            }
+        },
+        "required": ["fields"],
+        "additionalProperties": false
+    })
+}
+
+/// The expression language section: SQL basics, allowed functions, conform's functions.
+pub fn expression_language() -> String {
+    let mut s = String::from(
+        "SQL operators (+ - * / %, ||, =, <>, <, >, AND, OR, NOT, IS NULL, LIKE, IN), \
+         CASE WHEN ... THEN ... ELSE ... END, CAST(x AS type) (a failed cast gives null), \
+         literals 'text', 12, 1.5, true, null.\n",
+    );
+    s.push_str("Allowed functions: ");
+    s.push_str(&ALLOWED_FUNCTIONS.join(", "));
+    s.push_str("\nconform's functions (null instead of an error when a value does not convert):\n");
+    for (_, sig) in SIGNATURES {
+        s.push_str("- ");
+        s.push_str(sig);
+        s.push('\n');
+    }
+    s.push_str(
+        "Date formats are chrono strftime patterns: %Y year, %m month, %d day, %H hour, %M minute, \
+         %S second, %b month name, %.f fraction, %z offset.\n",
+    );
+    s
+}
+
+/// Masks a value's characters but keeps its shape: letters → a/A, digits → 9, the rest as is.
+/// `Jane.Doe@x.com` → `Aaaa.Aaa@a.aaa`, `31/01/2024` → `99/99/9999`.
+pub fn mask(v: &str) -> String {
+    v.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_digit() {
+                '9'
+            } else if c.is_uppercase() {
+                'A'
+            } else if c.is_alphabetic() {
+                'a'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn column_line(p: &ColumnProfile, redact: bool) -> String {
+    let examples: Vec<String> = p
+        .examples
+        .iter()
+        .map(|e| if redact { mask(e) } else { e.clone() })
+        .collect();
+    let shape = serde_json::to_value(&p.shape)
+        .ok()
+        .and_then(|v| v.get("shape").and_then(|s| s.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    format!(
+        "- {:?}: {} (values look like {shape}; {:.0}% blank; {} distinct in sample; examples {})",
+        p.name,
+        p.data_type,
+        p.null_share * 100.0,
+        p.distinct,
+        serde_json::to_string(&examples).unwrap_or_default()
+    )
+}
+
+/// Sample rows as JSON lines (real values, or masked ones when redacting).
+fn sample_lines(sample: &RecordBatch, rows: usize, redact: bool) -> String {
+    let n = rows.min(sample.num_rows());
+    let batch = sample.slice(0, n);
+    let names: Vec<&String> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .collect();
+    let columns: Vec<Vec<Value>> = batch
+        .columns()
+        .iter()
+        .map(|c| crate::functions::column_to_json(c).unwrap_or_else(|_| vec![Value::Null; n]))
+        .collect();
+    let mut out = String::new();
+    for r in 0..n {
+        let mut obj = serde_json::Map::new();
+        for (name, col) in names.iter().zip(&columns) {
+            if crate::source::PROVENANCE.contains(&name.as_str()) {
+                continue;
+            }
+            let v = match &col[r] {
+                Value::String(s) if redact => Value::String(mask(s)),
+                Value::Number(x) if redact => Value::String(mask(&x.to_string())),
+                v => v.clone(),
+            };
+            obj.insert((*name).clone(), v);
+        }
+        out.push_str(&Value::Object(obj).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// The first user message: schema, columns, sample, language and the fields to fill.
+pub fn mapping_request(req: &MappingRequest<'_>, sample_rows: usize, redact: bool) -> String {
+    let mut s = String::new();
+    s.push_str("## Target JSON Schema\n");
+    s.push_str(&serde_json::to_string_pretty(&req.target.raw).unwrap_or_default());
+    s.push_str("\n\n## Source columns (Arrow types)\n");
+    for p in req.profiles {
+        s.push_str(&column_line(p, redact));
+        s.push('\n');
+    }
+    let n = sample_rows.min(req.sample.num_rows());
+    if n > 0 {
+        s.push_str(&format!(
+            "\n## Sample rows ({n}{})\n",
+            if redact {
+                ", masked: letters shown as a/A, digits as 9"
+            } else {
+                ""
+            }
+        ));
+        s.push_str(&sample_lines(req.sample, n, redact));
+    }
+    s.push_str("\n## Expression language\n");
+    s.push_str(&expression_language());
+    s.push_str("\n## Target fields to map\n");
+    let names: Vec<&str> = req.target.fields.iter().map(|f| f.name.as_str()).collect();
+    s.push_str(&names.join(", "));
+    s.push('\n');
+    s
+}
+
+/// The follow-up message after expressions failed to compile: each field with its error.
+pub fn repair_request(errors: &[(String, String, String)]) -> String {
+    let mut s = String::from(
+        "These expressions were rejected by the compiler. Reply with corrected entries for \
+         these fields only, in the same JSON format; use null where no source column fits.\n",
+    );
+    for (field, expr, error) in errors {
+        s.push_str(&format!("- {field}: `{expr}` → {error}\n"));
+    }
+    s
+}
+
+/// The follow-up message after a reply that was not the requested JSON.
+pub fn unreadable_reply(error: &str) -> String {
+    format!(
+        "Your reply could not be read ({error}). Reply with the JSON object only: \
+         {{\"fields\": [{{\"target\": ..., \"expr\": ..., \"confidence\": ..., \"rationale\": ...}}]}}."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_keeps_shape_not_content() {
+        assert_eq!(mask("Jane.Doe@x.com"), "Aaaa.Aaa@a.aaa");
+        assert_eq!(mask("31/01/2024"), "99/99/9999");
+        assert_eq!(mask("$1,234.50"), "$9,999.99");
+    }
+
+    #[test]
+    fn response_schema_is_strict_compatible() {
+        // Strict structured output needs every property required and no extra properties.
+        let s = response_schema();
+        let item = &s["properties"]["fields"]["items"];
+        assert_eq!(item["required"].as_array().unwrap().len(), 4);
+        assert_eq!(item["additionalProperties"], false);
+        assert_eq!(s["additionalProperties"], false);
+    }
+
+    #[test]
+    fn language_lists_functions_and_signatures() {
+        let l = expression_language();
+        assert!(l.contains("concat_ws"));
+        assert!(l.contains("try_to_date(text, format, ...)"));
+        assert!(
+            !l.contains("json_schema_errors"),
+            "validation helpers are not for mappings"
+        );
+    }
+}

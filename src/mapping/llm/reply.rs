@@ -1,0 +1,100 @@
+//! Reading the model's reply: untrusted text that should be `{"fields": [...]}`.
+
+use serde::Deserialize;
+
+/// One entry of the reply.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ReplyField {
+    /// Target field name.
+    pub target: String,
+    /// Expression, or null for unmapped.
+    #[serde(default)]
+    pub expr: Option<String>,
+    /// The model's confidence, 0..1.
+    #[serde(default)]
+    pub confidence: Option<f64>,
+    /// Why.
+    #[serde(default)]
+    pub rationale: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    fields: Vec<ReplyField>,
+}
+
+/// Parses a reply: plain JSON, or JSON in a ```json fence, possibly with prose around it.
+/// Blank expressions and the string `null` count as unmapped; confidence is clamped to 0..1.
+pub fn parse(content: &str) -> Result<Vec<ReplyField>, String> {
+    let text = unfence(content.trim());
+    let reply: Reply = serde_json::from_str(text)
+        .or_else(|first| {
+            // Prose before or after the object: take the outermost braces.
+            match (text.find('{'), text.rfind('}')) {
+                (Some(a), Some(b)) if a < b && (a > 0 || b + 1 < text.len()) => {
+                    serde_json::from_str(&text[a..=b])
+                }
+                _ => Err(first),
+            }
+        })
+        .map_err(|e| format!("not the requested JSON object: {e}"))?;
+    Ok(reply
+        .fields
+        .into_iter()
+        .map(|mut f| {
+            f.expr = f
+                .expr
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("null"));
+            f.confidence = f
+                .confidence
+                .filter(|c| c.is_finite())
+                .map(|c| c.clamp(0.0, 1.0));
+            f
+        })
+        .collect())
+}
+
+/// The inside of a Markdown code fence, if the text is (or contains) one.
+fn unfence(text: &str) -> &str {
+    let Some(start) = text.find("```") else {
+        return text;
+    };
+    let after = &text[start + 3..];
+    // Skip the info string (`json`) up to the end of the line.
+    let body = after.find('\n').map_or(after, |i| &after[i + 1..]);
+    match body.find("```") {
+        Some(end) => body[..end].trim(),
+        None => body.trim(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_fenced_and_wrapped_replies() {
+        let plain = r#"{"fields": [{"target": "id", "expr": "CAST(\"ID\" AS BIGINT)", "confidence": 0.9, "rationale": "id"}]}"#;
+        let a = parse(plain).unwrap();
+        assert_eq!(a[0].expr.as_deref(), Some("CAST(\"ID\" AS BIGINT)"));
+        let fenced = format!("Here you go:\n```json\n{plain}\n```\nDone.");
+        assert_eq!(parse(&fenced).unwrap(), a);
+        let prose = format!("Sure! {plain} Hope this helps.");
+        assert_eq!(parse(&prose).unwrap(), a);
+    }
+
+    #[test]
+    fn null_blank_and_out_of_range() {
+        let r = parse(r#"{"fields": [{"target": "a", "expr": "null", "confidence": 7}, {"target": "b", "expr": " "}, {"target": "c", "expr": null}]}"#).unwrap();
+        assert!(r.iter().all(|f| f.expr.is_none()));
+        assert_eq!(r[0].confidence, Some(1.0));
+    }
+
+    #[test]
+    fn malformed_is_an_error() {
+        assert!(parse("I cannot help with that").is_err());
+        assert!(parse(r#"{"fields": [{"target": "a", "expr": "x"}"#).is_err());
+        assert!(parse(r#"{"mapping": {}}"#).is_err());
+    }
+}

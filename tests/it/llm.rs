@@ -1,0 +1,564 @@
+//! The LLM mapper against a real HTTP server on 127.0.0.1 (wiremock): the request it sends, and
+//! how it handles rate limits, server errors, timeouts, unreadable replies and bad expressions.
+
+use serde_json::{Value, json};
+use wiremock::matchers::{body_string_contains, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::harness::{Run, Workdir, config};
+
+const KEY: &str = "sk-test-0123456789abcdef";
+
+const SCHEMA: &str = r#"{
+    "type": "object",
+    "required": ["customer_id", "full_name", "email", "signup_date"],
+    "properties": {
+        "customer_id": {"type": "integer", "minimum": 1},
+        "full_name": {"type": "string", "minLength": 1, "maxLength": 100, "description": "Given and family name"},
+        "email": {"type": "string", "format": "email"},
+        "signup_date": {"type": "string", "format": "date"},
+        "lifetime_value": {"type": ["number", "null"], "minimum": 0},
+        "is_active": {"type": ["boolean", "null"]}
+    }
+}"#;
+
+/// The demo's two sources with an `llm` block.
+fn workdir(llm: &str) -> Workdir {
+    let w = Workdir::new();
+    w.copy_testdata("demo/source1.csv", "source1.csv");
+    w.copy_testdata("demo/source2.json", "source2.json");
+    w.write(
+        "config.json",
+        config(
+            r#"{"source1": {"path": "source1.csv"}, "source2": {"path": "source2.json"}}"#,
+            SCHEMA,
+            &format!(r#""llm": {llm},"#),
+        ),
+    );
+    w
+}
+
+fn completion(content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "test-model",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
+    })
+}
+
+fn fields(entries: &[(&str, Option<&str>)]) -> String {
+    json!({"fields": entries.iter().map(|(t, e)| json!({
+        "target": t, "expr": e, "confidence": 0.9, "rationale": "test"
+    })).collect::<Vec<_>>()})
+    .to_string()
+}
+
+/// A correct mapping of source1, with `upper` so the output shows the reply was used.
+fn source1_reply() -> String {
+    fields(&[
+        ("customer_id", Some(r#"CAST("CustomerID" AS BIGINT)"#)),
+        ("full_name", Some(r#"upper(clean("Full Name"))"#)),
+        ("email", Some(r#"lower(clean("E-mail"))"#)),
+        (
+            "signup_date",
+            Some(r#"try_to_date("Signup Date", '%Y-%m-%d')"#),
+        ),
+        ("lifetime_value", Some(r#"parse_number("Lifetime Value")"#)),
+        ("is_active", Some(r#"parse_bool("Active")"#)),
+        ("not_a_field", Some("1")),
+    ])
+}
+
+fn ok(content: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(completion(content))
+}
+
+async fn server() -> MockServer {
+    MockServer::start().await
+}
+
+/// Runs the binary off the async runtime.
+async fn run(w: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let dir = w.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        crate::harness::run_in(&dir, &a, &e)
+    })
+    .await
+    .unwrap()
+}
+
+async fn bodies(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+fn prompt_text(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn assert_no_secret(w: &Workdir, r: &Run) {
+    assert!(!r.stdout.contains(KEY) && !r.stderr.contains(KEY));
+    for f in crate::harness::walk(w.path()) {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            if f.ends_with("config.json") {
+                continue;
+            }
+            assert!(!text.contains(KEY), "{f} contains the API key");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reply_drives_the_output_and_the_request_is_complete() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ok(&source1_reply()))
+        .expect(1)
+        .mount(&s)
+        .await;
+    let w = workdir(r#"{"model": "test-model", "api_key": "${MY_KEY}"}"#);
+    let base = format!("{}/v1", s.uri());
+    let r = run(
+        &w,
+        &[
+            "run",
+            "--source",
+            "source1",
+            "--mapper",
+            "llm",
+            "--llm-base-url",
+            &base,
+        ],
+        &[("MY_KEY", KEY)],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("mapping with the LLM (model test-model at http://127.0.0.1:"),
+        "{}",
+        r.stderr
+    );
+    let valid = w.json("out/source1_valid_data.json");
+    assert_eq!(valid[0]["full_name"], "ADA LOVELACE");
+    assert_eq!(valid[1]["email"], "alan.turing@example.org");
+    assert_eq!(valid[0]["lifetime_value"], 1250.0);
+
+    let requests = s.received_requests().await.unwrap();
+    let auth = requests[0]
+        .headers
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(auth, format!("Bearer {KEY}"));
+    let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(body["model"], "test-model");
+    assert_eq!(body["temperature"], 0.0);
+    let rf = &body["response_format"];
+    assert_eq!(rf["type"], "json_schema");
+    assert_eq!(rf["json_schema"]["name"], "mapping");
+    assert_eq!(rf["json_schema"]["strict"], true);
+    let item = &rf["json_schema"]["schema"]["properties"]["fields"]["items"]["properties"];
+    assert_eq!(item["expr"]["type"], json!(["string", "null"]));
+    let prompt = prompt_text(&body);
+    for needle in [
+        "\"maxLength\": 100",       // the schema with its constraints
+        "Given and family name",    // descriptions
+        "\"Lifetime Value\": Utf8", // columns with their Arrow types
+        "Ada Lovelace",             // sample rows
+        "try_to_date(text, format", // the expression language
+        "concat_ws",
+        "Never invent a column", // the rules
+    ] {
+        assert!(
+            prompt.contains(needle),
+            "prompt lacks {needle:?}:\n{prompt}"
+        );
+    }
+
+    let summary = w.json("out/run_summary.json");
+    let llm = &summary["sources"]["source1"]["mapping"]["llm"];
+    assert_eq!(llm["requests"], 1);
+    assert_eq!(llm["prompt_tokens"], 1200);
+    assert_eq!(llm["completion_tokens"], 300);
+    assert_eq!(llm["response_format"], "json_schema");
+    assert!(llm["latency_s"].as_f64().unwrap() > 0.0);
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(doc["mapper"], "llm");
+    assert_eq!(doc["model"], "test-model");
+    assert!(
+        doc["fields"].get("not_a_field").is_none(),
+        "unknown targets are ignored"
+    );
+    assert_no_secret(&w, &r);
+
+    // The stored mapping is reused on the next run: no second request.
+    let r = run(
+        &w,
+        &["run", "--source", "source1", "--llm-base-url", &base],
+        &[("MY_KEY", KEY)],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("using the stored mapping"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redacted_samples_keep_shapes_not_values() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "redact_samples": true}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["map", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let prompt = prompt_text(&bodies(&s).await[0]);
+    assert!(
+        !prompt.contains("Lovelace") && !prompt.contains("ada@example.com"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("aaa@aaaaaaa.aaa") && prompt.contains("9999-99-99"),
+        "{prompt}"
+    );
+    // `map` prints the review table.
+    assert!(
+        r.stdout
+            .contains("full_name      ← upper(clean(\"Full Name\"))"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_is_retried_after_the_servers_delay() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_json(json!({"error": {"message": "slow down", "type": "rate_limit"}})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let started = std::time::Instant::now();
+    let r = run(&w, &["run", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(s.received_requests().await.unwrap().len(), 2);
+    assert!(
+        started.elapsed().as_secs_f64() >= 1.0,
+        "Retry-After: 1 was honoured"
+    );
+    assert_eq!(
+        w.json("out/source1_valid_data.json")[0]["full_name"],
+        "ADA LOVELACE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_error_storm_fails_only_that_source() {
+    let s = server().await;
+    // source2's prompt names its columns; it gets an answer, source1 only errors.
+    Mock::given(method("POST"))
+        .and(body_string_contains("first_name"))
+        .respond_with(ok(&fields(&[
+            ("customer_id", Some(r#""cust_id""#)),
+            (
+                "full_name",
+                Some(r#"concat_ws(' ', "first_name", "last_name")"#),
+            ),
+            ("email", Some(r#""mail""#)),
+            ("signup_date", Some(r#"try_to_date("created", '%d/%m/%Y')"#)),
+        ])))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("upstream overloaded"))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "model": "m-1", "max_retries": 2}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["run"], &[("OPENAI_API_KEY", KEY)]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let failures = bodies(&s)
+        .await
+        .iter()
+        .filter(|b| !prompt_text(b).contains("first_name"))
+        .count();
+    assert_eq!(failures, 3, "one request and two retries");
+    assert!(
+        r.stderr.contains("source `source1` failed")
+            && r.stderr.contains("503")
+            && r.stderr.contains("model m-1")
+            && r.stderr.contains(&format!("{}/v1", s.uri())),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout
+            .contains("Successfully validated 1 items from source2"),
+        "{}",
+        r.stdout
+    );
+    let summary = w.json("out/run_summary.json");
+    assert_eq!(summary["sources"]["source1"]["status"], "failed");
+    assert_no_secret(&w, &r);
+
+    // With the heuristic fallback the source runs anyway, and says how it was mapped.
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "max_retries": 0, "fallback": "heuristic"}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["run", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("mapping with the heuristic mapper (LLM failed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        w.json("out/mappings/source1.mapping.json")["mapper"],
+        "heuristic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_is_retried_then_reported() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()).set_delay(std::time::Duration::from_secs(3)))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "timeout_s": 0.3, "max_retries": 1}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["map", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+    assert_eq!(s.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_reply_is_asked_again() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("could not be read"))
+        .respond_with(ok(&format!("```json\n{}\n```", source1_reply())))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok(
+            "Sure! Here is the mapping: {fields: [customer_id = CustomerID",
+        ))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["run", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
+    assert_eq!(llm["requests"], 2);
+    assert_eq!(llm["repair_rounds"], 1);
+
+    // A model that never answers in JSON fails the source with a clear message.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok("I cannot do that."))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "max_repairs": 1}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["run", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("no readable mapping in 2 replies"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_column_is_sent_back_and_repaired() {
+    let s = server().await;
+    let bad = source1_reply().replace(r#"lower(clean(\"E-mail\"))"#, r#"lower(\"Emial\")"#);
+    assert!(bad.contains("Emial"));
+    Mock::given(method("POST"))
+        .and(body_string_contains("rejected by the compiler"))
+        .respond_with(ok(&fields(&[("email", Some(r#"lower(clean("E-mail"))"#))])))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&bad))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["run", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    assert_eq!(b.len(), 2);
+    let follow_up = prompt_text(&b[1]);
+    assert!(
+        follow_up.contains("email")
+            && follow_up.contains("Emial")
+            && follow_up.contains("Did you mean `E-mail`?"),
+        "{follow_up}"
+    );
+    // The conversation keeps the earlier turns.
+    assert_eq!(b[1]["messages"].as_array().unwrap().len(), 4);
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(doc["fields"]["email"]["expr"], r#"lower(clean("E-mail"))"#);
+    assert_eq!(
+        doc["fields"]["full_name"]["expr"], r#"upper(clean("Full Name"))"#,
+        "other fields kept"
+    );
+    assert_eq!(
+        w.json("out/source1_valid_data.json")[1]["email"],
+        "alan.turing@example.org"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forbidden_function_that_is_never_fixed_leaves_the_field_unmapped() {
+    let s = server().await;
+    let bad = source1_reply().replace(r#"parse_number(\"Lifetime Value\")"#, "random() * 100");
+    Mock::given(method("POST"))
+        .respond_with(ok(&bad))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "max_repairs": 2}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["run", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        s.received_requests().await.unwrap().len(),
+        3,
+        "two repair rounds"
+    );
+    let doc = w.json("out/mappings/source1.mapping.json");
+    let f = &doc["fields"]["lifetime_value"];
+    assert_eq!(f["expr"], Value::Null);
+    assert!(
+        f["error"]
+            .as_str()
+            .unwrap()
+            .contains("function `random` is not allowed"),
+        "{f}"
+    );
+    let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
+    assert_eq!(llm["failed_fields"], json!(["lifetime_value"]));
+    let valid = w.json("out/source1_valid_data.json");
+    assert_eq!(valid[0]["lifetime_value"], Value::Null);
+    assert_eq!(valid[0]["full_name"], "ADA LOVELACE");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_json_schema_gets_json_object() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"json_schema\""))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}
+        })))
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"json_object\""))
+        .respond_with(ok(&format!("```json\n{}\n```", source1_reply())))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["run", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    assert_eq!(b.len(), 2, "one rejected request, one answered");
+    assert_eq!(b[1]["response_format"], json!({"type": "json_object"}));
+    assert_eq!(b[0]["messages"], b[1]["messages"], "the same conversation");
+    let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
+    assert_eq!(llm["response_format"], "json_object");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_uses_the_llm_only_when_an_endpoint_is_configured() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()))
+        .mount(&s)
+        .await;
+    let w = workdir("{}");
+    let r = run(&w, &["map", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("heuristic mapper (no LLM endpoint configured)"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("OPENAI_API_KEY"), "{}", r.stderr);
+    // OPENAI_BASE_URL alone selects the LLM (a new mapping: the stored one is heuristic's).
+    std::fs::remove_dir_all(w.join("out/mappings")).unwrap();
+    let base = format!("{}/v1", s.uri());
+    let r = run(
+        &w,
+        &["map", "--source", "source1"],
+        &[("OPENAI_BASE_URL", &base)],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("mapping with the LLM"), "{}", r.stderr);
+    assert_eq!(s.received_requests().await.unwrap().len(), 1);
+}
