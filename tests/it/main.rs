@@ -7,3 +7,4 @@ mod harness;
 mod llm;
 mod messy;
 mod prop;
+mod store;
