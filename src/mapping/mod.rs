@@ -5,6 +5,7 @@
 //! it into DataFusion expressions, once, before any data flows.
 
 pub mod compile;
+pub mod eval;
 pub mod explain;
 pub mod heuristic;
 pub mod llm;
