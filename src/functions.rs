@@ -65,7 +65,7 @@ pub const SIGNATURES: &[(&str, &str)] = &[
     ),
     (
         "parse_bool",
-        "parse_bool(text) -> boolean: true/t/yes/y/1/on and false/f/no/n/0/off, any case; null otherwise",
+        "parse_bool(text) -> boolean: true/t/yes/y/1/on and false/f/no/n/0/off (also ja/nein, oui/non, sí/no, sim/não), any case; null otherwise",
     ),
 ];
 
@@ -448,10 +448,15 @@ pub fn parse_number_str(v: &str) -> Option<f64> {
 }
 
 /// Parses a boolean word; `None` for anything else.
+///
+/// Besides English, the yes/no words of the languages the heuristic mapper reads (German,
+/// French, Spanish, Italian, Portuguese, Dutch): `ja`/`nein`, `oui`/`non`, `sí`/`no`, `sim`/`não`.
 pub fn parse_bool_str(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "t" | "yes" | "y" | "1" | "on" => Some(true),
-        "false" | "f" | "no" | "n" | "0" | "off" => Some(false),
+    match v.trim().to_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "1" | "on" | "ja" | "j" | "oui" | "si" | "sí" | "sim"
+        | "wahr" | "vrai" | "verdadero" | "vero" => Some(true),
+        "false" | "f" | "no" | "n" | "0" | "off" | "nein" | "non" | "não" | "nao" | "nee"
+        | "falsch" | "faux" | "falso" => Some(false),
         _ => None,
     }
 }

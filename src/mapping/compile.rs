@@ -342,7 +342,7 @@ fn unknown_column(name: &str, source: &Schema) -> String {
 }
 
 /// Edit distance counting an adjacent transposition as one edit (optimal string alignment).
-fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];

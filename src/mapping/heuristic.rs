@@ -68,45 +68,175 @@ fn type_fit(kind: &FieldKind, p: &ColumnProfile) -> f64 {
     }
 }
 
+/// What the sampled values say about a column as a source for a target field: how well they
+/// fit (0..1), and whether they identify it on their own (emails for an `email` field, the
+/// schema's enum values, dates for a date field), which lets a column whose name says nothing
+/// still be matched when it is the only one of its kind.
+fn value_evidence(t: &TargetField, p: &ColumnProfile) -> (f64, bool) {
+    let has_values = !matches!(p.shape, ValueShape::Empty);
+    if let Some(fmt) = t.constraints.format.as_deref() {
+        match fmt {
+            "email" | "uuid" | "ipv4" | "uri" => {
+                // Text that is not mostly of the format may be dirty data (the validator
+                // reports it); flags, numbers or dates are another kind of value.
+                return match (&p.semantic, &p.shape) {
+                    (Some(s), _) if *s == fmt => (1.0, true),
+                    (_, ValueShape::Text) => (0.4, false),
+                    _ if has_values => (0.05, false),
+                    _ => (0.5, false),
+                };
+            }
+            "date" | "date-time" => {
+                return match p.shape {
+                    ValueShape::Date { .. } | ValueShape::DateTime { .. } => (1.0, true),
+                    ValueShape::Text => (0.3, false),
+                    _ if has_values => (0.1, false),
+                    _ => (0.5, false),
+                };
+            }
+            _ => {}
+        }
+    }
+    if let Some(values) = &t.constraints.enum_values {
+        let allowed: Vec<String> = values
+            .iter()
+            .filter_map(|v| v.as_str().map(|s| s.trim().to_lowercase()))
+            .collect();
+        if !allowed.is_empty() && !p.examples.is_empty() {
+            let hits = p
+                .examples
+                .iter()
+                .filter(|e| allowed.contains(&e.trim().to_lowercase()))
+                .count();
+            let share = hits as f64 / p.examples.len() as f64;
+            return if share >= 0.8 {
+                (1.0, true)
+            } else if share < 0.3 {
+                (type_fit(&t.kind, p) * 0.5, false)
+            } else {
+                (type_fit(&t.kind, p), false)
+            };
+        }
+    }
+    let fit = type_fit(&t.kind, p);
+    let strong = matches!(
+        (&t.kind, &p.shape),
+        (FieldKind::Boolean, ValueShape::Boolean)
+            | (
+                FieldKind::Date | FieldKind::DateTime,
+                ValueShape::Date { .. } | ValueShape::DateTime { .. }
+            )
+    );
+    (fit, strong)
+}
+
+/// Columns a loading pipeline adds about the load itself (`_loaded_at`, `etl_batch_id`): never
+/// matched on their values alone.
+fn is_metadata(column: &str) -> bool {
+    let ws = super::names::words(column);
+    column.starts_with('_')
+        || ws.iter().any(|w| {
+            matches!(
+                w.as_str(),
+                "etl"
+                    | "loaded"
+                    | "load"
+                    | "ingested"
+                    | "ingest"
+                    | "batch"
+                    | "sdc"
+                    | "dw"
+                    | "audit"
+            )
+        })
+}
+
+/// Name evidence: the field's name, or its title/description, against the column's name.
+fn name_evidence(t: &TargetField, column: &str) -> f64 {
+    let by_name = similarity(&t.name, column);
+    let Some(desc) = t.description.as_deref() else {
+        return by_name;
+    };
+    // The column's words all appearing in the description ("units_ordered" for "Number of
+    // units ordered") is good, if weaker, evidence.
+    let d = tokens(desc);
+    let c = tokens(column);
+    if c.is_empty() {
+        return by_name;
+    }
+    let found = c.iter().filter(|w| d.contains(w)).count() as f64 / c.len() as f64;
+    by_name.max(found * 0.8)
+}
+
 impl HeuristicMapper {
     /// Maps without awaiting anything.
     pub fn map_now(&self, req: &MappingRequest<'_>) -> MappingDocument {
+        let nt = req.target.fields.len();
+        let ns = req.profiles.len();
+        let mut name = vec![vec![0.0; ns]; nt];
+        let mut value = vec![vec![(0.0, false); ns]; nt];
         let mut candidates: Vec<(f64, usize, usize)> = Vec::new();
         for (ti, t) in req.target.fields.iter().enumerate() {
             for (si, p) in req.profiles.iter().enumerate() {
-                let name = similarity(&t.name, &p.name);
-                if name < MIN_NAME_SCORE {
-                    continue;
+                name[ti][si] = name_evidence(t, &p.name);
+                value[ti][si] = value_evidence(t, p);
+                let (fit, _) = value[ti][si];
+                // Values that contradict the field (booleans for an e-mail) veto a name match.
+                if name[ti][si] >= MIN_NAME_SCORE - 1e-9 && fit >= 0.2 {
+                    candidates.push((name[ti][si] * 0.75 + fit * 0.25, ti, si));
                 }
-                let fit = type_fit(&t.kind, p);
-                candidates.push((name * 0.75 + fit * 0.25, ti, si));
             }
         }
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let mut chosen: Vec<Option<(f64, usize)>> = vec![None; req.target.fields.len()];
-        let mut used = vec![false; req.profiles.len()];
+        let mut chosen: Vec<Option<(f64, usize, &'static str)>> = vec![None; nt];
+        let mut used = vec![false; ns];
         for (score, ti, si) in candidates {
             if chosen[ti].is_none() && !used[si] {
-                chosen[ti] = Some((score, si));
+                chosen[ti] = Some((score, si, "matches by name"));
+                used[si] = true;
+            }
+        }
+        // Second pass: a field whose values identify it (emails, enum values, dates, flags)
+        // takes the one remaining column of that kind; among several, the clearly best named.
+        for ti in 0..nt {
+            if chosen[ti].is_some() {
+                continue;
+            }
+            let mut strong: Vec<usize> = (0..ns)
+                .filter(|&si| !used[si] && value[ti][si].1 && !is_metadata(&req.profiles[si].name))
+                .collect();
+            strong.sort_by(|&a, &b| name[ti][b].total_cmp(&name[ti][a]));
+            let pick = match strong.as_slice() {
+                [] => None,
+                [only] => Some(*only),
+                [best, second, ..] if name[ti][*best] >= name[ti][*second] + 0.2 => Some(*best),
+                _ => None,
+            };
+            if let Some(si) = pick {
+                chosen[ti] = Some((
+                    0.45 + 0.3 * name[ti][si],
+                    si,
+                    "is the only column whose values fit",
+                ));
                 used[si] = true;
             }
         }
         let mut fields = IndexMap::new();
         for (ti, t) in req.target.fields.iter().enumerate() {
             let m = match chosen[ti] {
-                Some((score, si)) => {
+                Some((score, si, why)) => {
                     let p = &req.profiles[si];
                     let (expr, how) = conversion(t, p);
                     FieldMapping {
                         expr: Some(expr),
                         sources: vec![p.name.clone()],
-                        confidence: (score * 100.0).round() / 100.0,
-                        rationale: format!("column `{}` matches by name; {how}", p.name),
+                        confidence: (score.min(1.0) * 100.0).round() / 100.0,
+                        rationale: format!("column `{}` {why}; {how}", p.name),
                         error: None,
                     }
                 }
                 None => full_name(t, req.profiles, &used).unwrap_or(FieldMapping {
-                    rationale: "no source column matches this field by name".into(),
+                    rationale: "no source column matches this field by name or values".into(),
                     ..FieldMapping::unmapped()
                 }),
             };

@@ -1,15 +1,57 @@
 //! Column-name normalisation for matching: `Cust_Email`, `customerEmail` and `e-mail address`
 //! all become comparable token lists.
 
-/// Abbreviations and synonyms mapped to one canonical token.
+/// Abbreviations, synonyms and common words of other languages (German, French, Spanish,
+/// Italian, Portuguese, Dutch), each mapped to one canonical English token.
 const SYNONYMS: &[(&str, &[&str])] = &[
     (
         "id",
-        &["id", "identifier", "ident", "key", "pk", "uid", "guid"],
+        &[
+            "id",
+            "identifier",
+            "ident",
+            "key",
+            "pk",
+            "uid",
+            "guid",
+            "uuid",
+            "ref",
+            "reference",
+            "kennung",
+        ],
     ),
-    ("number", &["number", "num", "no", "nbr", "nr", "numero"]),
-    ("email", &["email", "mail", "emailaddress", "e_mail"]),
-    ("name", &["name", "nm", "fullname"]),
+    (
+        "number",
+        &[
+            "number", "num", "no", "nbr", "nr", "numero", "nummer", "nro", "num",
+        ],
+    ),
+    (
+        "email",
+        &[
+            "email",
+            "mail",
+            "emailaddress",
+            "e_mail",
+            "courriel",
+            "correo",
+            "posta",
+        ],
+    ),
+    (
+        "name",
+        &[
+            "name",
+            "nm",
+            "fullname",
+            "title",
+            "nombre",
+            "nome",
+            "naam",
+            "bezeichnung",
+            "libelle",
+        ],
+    ),
     (
         "first",
         &[
@@ -19,6 +61,11 @@ const SYNONYMS: &[(&str, &[&str])] = &[
             "forename",
             "firstname",
             "givenname",
+            "vorname",
+            "prenom",
+            "prénom",
+            "voornaam",
+            "primeiro",
         ],
     ),
     (
@@ -30,25 +77,109 @@ const SYNONYMS: &[(&str, &[&str])] = &[
             "lname",
             "lastname",
             "familyname",
+            "nachname",
+            "familienname",
+            "nom",
+            "apellido",
+            "apellidos",
+            "cognome",
+            "sobrenome",
+            "achternaam",
         ],
     ),
     (
         "customer",
-        &["customer", "cust", "client", "buyer", "purchaser"],
+        &[
+            "customer",
+            "cust",
+            "client",
+            "buyer",
+            "purchaser",
+            "kunde",
+            "cliente",
+            "klant",
+            "consumer",
+            "shopper",
+        ],
     ),
-    ("order", &["order", "ord", "purchase"]),
+    (
+        "employee",
+        &[
+            "employee",
+            "emp",
+            "staff",
+            "personnel",
+            "pers",
+            "worker",
+            "mitarbeiter",
+            "empleado",
+            "employe",
+            "dipendente",
+        ],
+    ),
+    (
+        "order",
+        &[
+            "order",
+            "ord",
+            "purchase",
+            "bestellung",
+            "commande",
+            "pedido",
+            "ordine",
+        ],
+    ),
     (
         "quantity",
-        &["quantity", "qty", "qnty", "count", "cnt", "units", "pieces"],
+        &[
+            "quantity", "qty", "qnty", "count", "cnt", "units", "pieces", "menge", "anzahl",
+            "quantite", "cantidad", "quantita",
+        ],
     ),
     (
         "amount",
-        &["amount", "amt", "total", "sum", "price", "value", "cost"],
+        &[
+            "amount", "amt", "total", "sum", "value", "betrag", "montant", "importe", "valor",
+            "importo",
+        ],
     ),
-    ("date", &["date", "dt", "day"]),
+    (
+        "price",
+        &[
+            "price", "cost", "preis", "prix", "precio", "prezzo", "preco", "rate", "fee",
+        ],
+    ),
+    (
+        "salary",
+        &[
+            "salary",
+            "wage",
+            "pay",
+            "gehalt",
+            "lohn",
+            "salaire",
+            "salario",
+            "stipendio",
+        ],
+    ),
+    (
+        "date",
+        &["date", "dt", "day", "datum", "fecha", "data", "dte"],
+    ),
     (
         "timestamp",
-        &["timestamp", "ts", "time", "datetime", "at", "when"],
+        &[
+            "timestamp",
+            "ts",
+            "time",
+            "datetime",
+            "at",
+            "when",
+            "zeit",
+            "heure",
+            "hora",
+            "tstamp",
+        ],
     ),
     (
         "created",
@@ -65,31 +196,265 @@ const SYNONYMS: &[(&str, &[&str])] = &[
             "joined",
             "join",
             "enrolled",
+            "since",
+            "alta",
+            "erstellt",
+            "inscription",
         ],
     ),
-    ("updated", &["updated", "modified", "changed", "update"]),
-    ("address", &["address", "addr", "adr"]),
-    ("phone", &["phone", "tel", "telephone", "mobile", "cell"]),
-    ("postal", &["postal", "zip", "postcode", "zipcode", "plz"]),
-    ("country", &["country", "cntry", "nation", "ctry"]),
-    ("description", &["description", "desc", "descr"]),
+    (
+        "updated",
+        &["updated", "modified", "changed", "update", "geandert"],
+    ),
+    (
+        "address",
+        &[
+            "address",
+            "addr",
+            "adr",
+            "adresse",
+            "direccion",
+            "indirizzo",
+            "endereco",
+        ],
+    ),
+    (
+        "street",
+        &[
+            "street", "str", "strasse", "straße", "rue", "calle", "via", "rua",
+        ],
+    ),
+    (
+        "city",
+        &[
+            "city", "town", "locality", "ville", "ciudad", "stadt", "ort", "citta", "cidade",
+            "plaats",
+        ],
+    ),
+    (
+        "region",
+        &[
+            "region",
+            "province",
+            "county",
+            "prefecture",
+            "bundesland",
+            "provincia",
+            "departement",
+        ],
+    ),
+    (
+        "country",
+        &[
+            "country", "cntry", "nation", "ctry", "land", "pays", "pais", "paese",
+        ],
+    ),
+    (
+        "postal",
+        &[
+            "postal",
+            "zip",
+            "postcode",
+            "zipcode",
+            "plz",
+            "postleitzahl",
+            "cp",
+            "cap",
+        ],
+    ),
+    (
+        "phone",
+        &[
+            "phone",
+            "tel",
+            "telephone",
+            "mobile",
+            "cell",
+            "telefon",
+            "telefono",
+            "telefone",
+            "handy",
+            "fon",
+        ],
+    ),
+    (
+        "description",
+        &[
+            "description",
+            "desc",
+            "descr",
+            "beschreibung",
+            "descripcion",
+            "descrizione",
+        ],
+    ),
     (
         "comment",
         &[
-            "comment", "comments", "note", "notes", "remark", "remarks", "memo",
+            "comment",
+            "comments",
+            "note",
+            "notes",
+            "remark",
+            "remarks",
+            "memo",
+            "bemerkung",
+            "commentaire",
+            "comentario",
         ],
     ),
-    ("status", &["status", "state", "stat"]),
-    ("weight", &["weight", "wt", "wgt", "mass"]),
-    ("birth", &["birth", "born", "dob", "birthday", "birthdate"]),
+    (
+        "status",
+        &["status", "state", "stat", "estado", "etat", "zustand"],
+    ),
+    (
+        "weight",
+        &["weight", "wt", "wgt", "mass", "gewicht", "poids", "peso"],
+    ),
+    (
+        "birth",
+        &[
+            "birth",
+            "born",
+            "birthday",
+            "geburt",
+            "geburts",
+            "naissance",
+            "nacimiento",
+            "nascita",
+        ],
+    ),
+    (
+        "gender",
+        &["gender", "sex", "geschlecht", "sexe", "sexo", "genre"],
+    ),
+    (
+        "department",
+        &[
+            "department",
+            "dept",
+            "dep",
+            "abteilung",
+            "departamento",
+            "division",
+            "unit",
+        ],
+    ),
+    (
+        "active",
+        &[
+            "active", "enabled", "aktiv", "actif", "activo", "attivo", "ativo",
+        ],
+    ),
+    (
+        "consent",
+        &[
+            "consent",
+            "optin",
+            "opt",
+            "subscribed",
+            "newsletter",
+            "einwilligung",
+        ],
+    ),
+    (
+        "doctor",
+        &[
+            "doctor",
+            "physician",
+            "attending",
+            "dr",
+            "provider",
+            "clinician",
+            "arzt",
+        ],
+    ),
+    (
+        "transaction",
+        &["transaction", "txn", "trx", "trans", "tx", "buchung"],
+    ),
+    (
+        "account",
+        &["account", "acct", "acc", "konto", "cuenta", "compte"],
+    ),
+    (
+        "merchant",
+        &["merchant", "mrch", "vendor", "seller", "payee", "haendler"],
+    ),
+    (
+        "currency",
+        &["currency", "curr", "ccy", "wahrung", "devise", "moneda"],
+    ),
     ("gift", &["gift", "present"]),
+    ("diagnosis", &["diagnosis", "dx", "diag", "diagnose"]),
     ("is", &["is", "has", "flag"]),
-    ("percent", &["percent", "pct", "percentage"]),
-    ("product", &["product", "prod", "item", "sku", "article"]),
-    ("category", &["category", "cat", "type", "kind", "class"]),
-    ("user", &["user", "usr", "account", "login"]),
-    ("city", &["city", "town", "locality"]),
-    ("currency", &["currency", "curr", "ccy"]),
+    (
+        "percent",
+        &["percent", "pct", "percentage", "prozent", "pourcentage"],
+    ),
+    (
+        "product",
+        &[
+            "product", "prod", "item", "sku", "article", "artikel", "produit", "producto",
+            "articolo",
+        ],
+    ),
+    (
+        "category",
+        &[
+            "category",
+            "cat",
+            "type",
+            "kind",
+            "class",
+            "kategorie",
+            "categorie",
+            "categoria",
+            "tipo",
+            "typ",
+        ],
+    ),
+    (
+        "user",
+        &["user", "usr", "login", "benutzer", "utilisateur", "usuario"],
+    ),
+    (
+        "company",
+        &[
+            "company",
+            "firm",
+            "organisation",
+            "organization",
+            "org",
+            "firma",
+            "entreprise",
+            "empresa",
+            "societe",
+        ],
+    ),
+    ("level", &["level", "lvl", "lev", "niveau", "nivel"]),
+    ("tier", &["tier", "grade", "rank"]),
+    ("year", &["year", "yr", "yyyy", "jahr", "annee", "ano"]),
+];
+
+/// Words that carry no meaning for matching.
+const STOP_WORDS: &[&str] = &[
+    "the", "of", "on", "in", "a", "an", "to", "for", "by", "de", "du", "la", "le", "des", "del",
+    "von", "der", "die", "das", "el", "da", "do",
+];
+
+/// Tokens that many columns share: a match on them alone is weak evidence.
+const GENERIC: &[&str] = &[
+    "id",
+    "number",
+    "name",
+    "date",
+    "code",
+    "value",
+    "timestamp",
+    "amount",
+    "category",
+    "is",
 ];
 
 /// Abbreviations that stand for several words.
@@ -100,12 +465,13 @@ const EXPANSIONS: &[(&str, &[&str])] = &[
     ("ssn", &["social", "security", "number"]),
     ("pw", &["password"]),
     ("qty", &["quantity"]),
+    ("mrn", &["medical", "record", "number"]),
 ];
 
 /// Unit suffixes that say how a value is measured, not what it is.
 pub const UNITS: &[&str] = &[
     "kg", "lb", "lbs", "g", "cents", "cent", "usd", "eur", "pct", "km", "mi", "m", "cm", "mm", "s",
-    "ms", "sec", "secs",
+    "ms", "sec", "secs", "c", "f",
 ];
 
 /// Splits a name into lower-case words: snake_case, camelCase, kebab-case, spaces, dots.
@@ -143,25 +509,66 @@ pub fn words(name: &str) -> Vec<String> {
     out
 }
 
-/// The canonical token of a word (`qty` → `quantity`).
-pub fn canonical(word: &str) -> String {
-    for (canon, alts) in SYNONYMS {
-        if alts.contains(&word) {
-            return (*canon).to_string();
-        }
+/// English plural and past-tense endings removed: `orders` → `order`, `shipped` → `ship`.
+pub fn stem(word: &str) -> String {
+    let w = word;
+    if w.len() > 4 && w.ends_with("ies") {
+        return format!("{}y", &w[..w.len() - 3]);
     }
-    // Plural forms: `orders` → `order`.
-    if let Some(stem) = word.strip_suffix('s').filter(|s| s.len() > 2) {
-        for (canon, alts) in SYNONYMS {
-            if alts.contains(&stem) {
-                return (*canon).to_string();
-            }
-        }
+    if w.len() > 3
+        && w.ends_with('s')
+        && !w.ends_with("ss")
+        && !w.ends_with("us")
+        && !w.ends_with("is")
+    {
+        return w[..w.len() - 1].to_string();
     }
-    word.to_string()
+    if w.len() > 5 && w.ends_with("ed") {
+        let base = &w[..w.len() - 2];
+        let b = base.as_bytes();
+        // shipped → shipp → ship
+        if b.len() >= 2 && b[b.len() - 1] == b[b.len() - 2] && !b[b.len() - 1].is_ascii_digit() {
+            return base[..base.len() - 1].to_string();
+        }
+        return base.to_string();
+    }
+    w.to_string()
 }
 
-/// Canonical tokens of a name, with `e mail` joined and unit words dropped.
+fn lookup(word: &str) -> Option<&'static str> {
+    SYNONYMS
+        .iter()
+        .find(|(_, alts)| alts.contains(&word))
+        .map(|(canon, _)| *canon)
+}
+
+/// The canonical token of a word (`qty` → `quantity`, `orders` → `order`, `Vorname` → `first`).
+pub fn canonical(word: &str) -> String {
+    if let Some(c) = lookup(word) {
+        return c.to_string();
+    }
+    let stemmed = stem(word);
+    if let Some(c) = lookup(&stemmed) {
+        return c.to_string();
+    }
+    // German-style compounds: `geburtsdatum` = `geburts` + `datum`, `kundennummer`.
+    stemmed
+}
+
+/// Splits a compound word into two known words (`geburtsdatum` → birth, date), if it is one.
+fn split_compound(word: &str) -> Option<(String, String)> {
+    if word.len() < 7 || lookup(word).is_some() {
+        return None;
+    }
+    (3..word.len() - 2).rev().find_map(|i| {
+        let (a, b) = (word.get(..i)?, word.get(i..)?);
+        let a = lookup(a).or_else(|| lookup(a.trim_end_matches('s')))?;
+        let b = lookup(b)?;
+        Some((a.to_string(), b.to_string()))
+    })
+}
+
+/// Canonical tokens of a name, with `e mail` joined and unit and stop words dropped.
 pub fn tokens(name: &str) -> Vec<String> {
     let ws = words(name);
     let mut joined: Vec<String> = Vec::new();
@@ -178,10 +585,10 @@ pub fn tokens(name: &str) -> Vec<String> {
                     | "fullname"
                     | "zipcode"
                     | "postcode"
-                    | "birthdate"
                     | "givenname"
                     | "familyname"
                     | "emailaddress"
+                    | "optin"
             )
         }) {
             joined.push(p);
@@ -193,14 +600,19 @@ pub fn tokens(name: &str) -> Vec<String> {
     }
     let mut toks: Vec<String> = joined
         .iter()
+        .filter(|w| !STOP_WORDS.contains(&w.as_str()))
         .flat_map(|w| match EXPANSIONS.iter().find(|(a, _)| a == w) {
             Some((_, parts)) => parts.iter().map(|p| canonical(p)).collect::<Vec<_>>(),
-            None => vec![canonical(w)],
+            None => match split_compound(w) {
+                Some((a, b)) => vec![a, b],
+                None => vec![canonical(w)],
+            },
         })
         .collect();
     if toks.len() > 1 {
         toks.retain(|t| !UNITS.contains(&t.as_str()));
     }
+    toks.dedup();
     toks
 }
 
@@ -212,41 +624,74 @@ pub fn unit(name: &str) -> Option<String> {
         .find(|w| UNITS.contains(&w.as_str()))
 }
 
-/// Similarity of two names, 0..1: Dice overlap of canonical tokens, with partial credit for
-/// one name's tokens being a prefix of the other's.
+/// Whether `short` abbreviates `long` by dropping letters (`mrch` → `merchant`, `lvl` →
+/// `level`): same first letter, letters in order.
+fn abbreviates(short: &str, long: &str) -> bool {
+    if short.len() < 2 || short.len() >= long.len() || short.as_bytes()[0] != long.as_bytes()[0] {
+        return false;
+    }
+    let mut it = long.chars();
+    short.chars().all(|c| it.any(|l| l == c))
+}
+
+/// How well two canonical tokens match, 0..1.
+fn token_similarity(t: &str, u: &str) -> f64 {
+    if t == u {
+        return 1.0;
+    }
+    if matches!((t, u), ("id", "number") | ("number", "id")) {
+        return 0.8;
+    }
+    let (short, long) = if t.len() <= u.len() { (t, u) } else { (u, t) };
+    if short.len() >= 3 && long.starts_with(short) {
+        return 0.7;
+    }
+    if short.len() >= 5 && super::compile::edit_distance(t, u) <= 1 {
+        return 0.8;
+    }
+    // Shared stem: `admit`/`admission`, `measure`/`measurement`.
+    let common = t.chars().zip(u.chars()).take_while(|(a, b)| a == b).count();
+    if common >= 4 && common * 10 >= short.len() * 7 {
+        return 0.6;
+    }
+    if short.len() <= 4 && !short.chars().any(|c| c.is_ascii_digit()) && abbreviates(short, long) {
+        return 0.6;
+    }
+    0.0
+}
+
+fn weight(t: &str) -> f64 {
+    if GENERIC.contains(&t) { 0.5 } else { 1.0 }
+}
+
+/// Share of `a`'s token weight that `b` covers, token by token (best partner each).
+fn covered(a: &[String], b: &[String]) -> f64 {
+    a.iter()
+        .map(|t| {
+            let best = b.iter().map(|u| token_similarity(t, u)).fold(0.0, f64::max);
+            best * weight(t)
+        })
+        .sum()
+}
+
+/// Similarity of two names, 0..1: a weighted Dice overlap of canonical tokens, where a generic
+/// token (`id`, `name`, `date`) counts half and near-matches (prefixes, abbreviations, typos)
+/// earn partial credit.
 pub fn similarity(a: &str, b: &str) -> f64 {
-    let ta = tokens(a);
-    let tb = tokens(b);
+    token_list_similarity(&tokens(a), &tokens(b))
+}
+
+/// [`similarity`] over token lists.
+pub fn token_list_similarity(ta: &[String], tb: &[String]) -> f64 {
     if ta.is_empty() || tb.is_empty() {
         return 0.0;
     }
-    if ta == tb {
+    if ta == tb || ta.concat() == tb.concat() {
         return 1.0;
     }
-    let score = |x: &[String], y: &[String]| -> f64 {
-        x.iter()
-            .map(|t| {
-                if y.contains(t) {
-                    1.0
-                } else if y.iter().any(|u| {
-                    (u.len() >= 3 && t.starts_with(u.as_str()))
-                        || (t.len() >= 3 && u.starts_with(t.as_str()))
-                }) {
-                    0.6
-                } else {
-                    0.0
-                }
-            })
-            .sum()
-    };
-    let shared = (score(&ta, &tb) + score(&tb, &ta)) / 2.0;
-    let dice = 2.0 * shared / (ta.len() + tb.len()) as f64;
-    // The concatenated names being equal catches `orderid` vs `order_id`.
-    let flat = |t: &[String]| t.concat();
-    if flat(&ta) == flat(&tb) {
-        return 1.0_f64.max(dice);
-    }
-    dice.min(1.0)
+    let wa: f64 = ta.iter().map(|t| weight(t)).sum();
+    let wb: f64 = tb.iter().map(|t| weight(t)).sum();
+    ((covered(ta, tb) + covered(tb, ta)) / (wa + wb)).min(1.0)
 }
 
 #[cfg(test)]
@@ -274,5 +719,11 @@ mod tests {
         assert!(similarity("comment", "notes") > 0.99);
         assert!(similarity("created", "signup_date") >= 0.5);
         assert!(similarity("ltv", "lifetime_value") > 0.99);
+        assert!(similarity("Nachname", "last_name") > 0.75);
+        assert!(similarity("Geburtsdatum", "birth_date") > 0.99);
+        assert!(similarity("shipDate", "shipped_on") > 0.75);
+        assert!(similarity("mrch_nm", "merchant_name") > 0.5);
+        assert!(similarity("QTY_ON_HAND", "stock_quantity") >= 0.5);
+        assert!(similarity("apellido", "last_name") > similarity("nombre", "last_name"));
     }
 }

@@ -76,9 +76,9 @@ pub struct ColumnProfile {
     pub examples: Vec<String>,
     /// Number of distinct non-blank values in the sample.
     pub distinct: usize,
+    /// What most text values are, when recognisable: `email`, `uuid`, `ipv4` or `uri`.
+    pub semantic: Option<&'static str>,
 }
-
-const BOOL_WORDS: &[&str] = &["true", "false", "yes", "no", "y", "n", "t", "f", "1", "0"];
 
 /// Profiles every data column of a sample (provenance columns excluded).
 pub fn profile(sample: &RecordBatch) -> Vec<ColumnProfile> {
@@ -103,6 +103,7 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
         mixed_case: false,
         examples: vec![],
         distinct: 0,
+        semantic: None,
     };
     if matches!(
         dt,
@@ -158,15 +159,36 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
     } else {
         text_shape(&values)
     };
+    let semantic_of = if shape == ValueShape::Text {
+        semantic(&values)
+    } else {
+        None
+    };
     ColumnProfile {
         shape,
         null_share: ratio(col.len() - values.len(), col.len()),
         padded,
         mixed_case: has_upper && has_lower,
+        semantic: semantic_of,
         examples,
         distinct: distinct.len(),
         ..base
     }
+}
+
+/// The kind of text most values are (80% or more), checked with the validator's own format
+/// rules so that a column recognised here also passes validation.
+fn semantic(values: &[&str]) -> Option<&'static str> {
+    if values.is_empty() {
+        return None;
+    }
+    ["email", "uuid", "ipv4", "uri"].into_iter().find(|f| {
+        let ok = values
+            .iter()
+            .filter(|v| crate::validate::format::check(f, v))
+            .count();
+        ok * 10 >= values.len() * 8
+    })
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
@@ -235,7 +257,7 @@ fn text_shape(values: &[&str]) -> ValueShape {
     let decs = values.iter().filter(|v| is_decimal(v)).count();
     let bools = values
         .iter()
-        .filter(|v| BOOL_WORDS.contains(&v.to_ascii_lowercase().as_str()))
+        .filter(|v| crate::functions::parse_bool_str(v).is_some())
         .count();
     let formatted = values
         .iter()

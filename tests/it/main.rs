@@ -5,6 +5,7 @@ mod bench_job;
 mod cli;
 mod harness;
 mod llm;
+mod matching;
 mod messy;
 mod prop;
 mod store;
