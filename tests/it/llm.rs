@@ -1,6 +1,8 @@
 //! The LLM mapper against a real HTTP server on 127.0.0.1 (wiremock): the request it sends, and
 //! how it handles rate limits, server errors, timeouts, unreadable replies and bad expressions.
 
+use std::path::Path;
+
 use serde_json::{Value, json};
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -561,4 +563,39 @@ async fn auto_uses_the_llm_only_when_an_endpoint_is_configured() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("mapping with the LLM"), "{}", r.stderr);
     assert_eq!(s.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llm_requests_in_flight_are_limited_across_sources() {
+    let s = server().await;
+    let delay = std::time::Duration::from_millis(400);
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()).set_delay(delay))
+        .mount(&s)
+        .await;
+    let prepare_both = |limit: usize| {
+        let text = config(
+            r#"{"a": {"path": "source1.csv"}, "b": {"path": "source1.csv"}}"#,
+            SCHEMA,
+            &format!(
+                r#""llm": {{"base_url": "{}/v1", "max_concurrent": {limit}}},"#,
+                s.uri()
+            ),
+        );
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/demo");
+        let config = conform::Config::from_str_with_env(&text, &dir, &|_| None).unwrap();
+        async move {
+            let p = conform::Pipeline::try_new(config).unwrap();
+            let started = std::time::Instant::now();
+            let (a, b) = tokio::join!(
+                p.prepare_fresh("a", conform::MapperChoice::Llm),
+                p.prepare_fresh("b", conform::MapperChoice::Llm)
+            );
+            assert!(a.is_ok() && b.is_ok());
+            started.elapsed()
+        }
+    };
+    // One request at a time: the second source waits for the first reply.
+    assert!(prepare_both(1).await >= delay * 2);
+    assert_eq!(s.received_requests().await.unwrap().len(), 2);
 }

@@ -16,7 +16,11 @@ async fn heuristic_mapper_scores_at_least_0_9_f1_on_the_matching_cases() {
         .iter()
         .flat_map(|r| r.mistakes.iter().map(move |m| format!("{}: {m}", r.name)))
         .collect();
-    assert!(s.f1 >= 0.9 && s.precision >= 0.9, "{s:?}\n{}", mistakes.join("\n"));
+    assert!(
+        s.f1 >= 0.9 && s.precision >= 0.9,
+        "{s:?}\n{}",
+        mistakes.join("\n")
+    );
     // Fields with no counterpart stay unmapped rather than guessed.
     let noise = results
         .iter()
