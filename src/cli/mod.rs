@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
 
 use conform::config::OutputFormat;
 use conform::{Config, Error, MapperChoice, Pipeline};
@@ -279,34 +280,45 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 Progress::Auto => std::io::stderr().is_terminal(),
             };
             let started = chrono::Utc::now();
-            let mut reports = Vec::new();
-            for (i, name) in names.iter().enumerate() {
-                let bar = show_bar.then(|| {
-                    let b = indicatif::ProgressBar::new_spinner();
-                    b.set_style(
-                        indicatif::ProgressStyle::with_template(
-                            "{spinner} {prefix} {human_pos} rows ({per_sec}) {elapsed}",
-                        )
-                        .expect("valid template"),
-                    );
-                    b.set_prefix(name.clone());
-                    b
-                });
-                let tick = |rows: u64| {
-                    if let Some(b) = &bar {
-                        b.set_position(rows);
+            let multi = indicatif::MultiProgress::new();
+            let limit = pipeline.config().max_concurrent_sources();
+            let choice: MapperChoice = common.mapper.into();
+            // Sources run concurrently; each block is printed whole when its source finishes.
+            let mut running = futures::stream::iter(names.iter().cloned())
+                .map(|name| {
+                    let bar = show_bar.then(|| {
+                        let b = multi.add(indicatif::ProgressBar::new_spinner());
+                        b.set_style(
+                            indicatif::ProgressStyle::with_template(
+                                "{spinner} {prefix} {human_pos} rows ({per_sec}) {elapsed}",
+                            )
+                            .expect("valid template"),
+                        );
+                        b.set_prefix(name.clone());
+                        b
+                    });
+                    let pipeline = &pipeline;
+                    async move {
+                        let tick = |rows: u64| {
+                            if let Some(b) = &bar {
+                                b.set_position(rows);
+                            }
+                        };
+                        let report = pipeline.run_source(&name, choice, Some(&tick)).await;
+                        if let Some(b) = bar {
+                            b.finish_and_clear();
+                        }
+                        report
                     }
-                };
-                let report = pipeline
-                    .run_source(name, common.mapper.into(), Some(&tick))
-                    .await;
-                if let Some(b) = bar {
-                    b.finish_and_clear();
-                }
+                })
+                .buffer_unordered(limit);
+            let mut reports = Vec::new();
+            while let Some(report) = running.next().await {
+                let name = &report.name;
                 for n in &report.notes {
                     note(quiet, name, n);
                 }
-                if i > 0 {
+                if !reports.is_empty() {
                     console.line("");
                 }
                 for l in &report.console {
@@ -317,6 +329,9 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 }
                 reports.push(report);
             }
+            drop(running);
+            // The summary lists sources in config order, whatever order they finished in.
+            reports.sort_by_key(|r| names.iter().position(|n| *n == r.name));
             let summary = conform::summary::RunSummary::new(
                 started,
                 pipeline.config().output_format,

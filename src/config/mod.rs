@@ -277,6 +277,8 @@ pub struct Config {
     /// Parquet output settings.
     #[serde(default)]
     pub parquet: ParquetOptions,
+    /// Sources processed at once. Default: the number of cores.
+    pub max_concurrent_sources: Option<usize>,
     /// The language model that proposes mappings.
     #[serde(default)]
     pub llm: LlmConfig,
@@ -380,6 +382,9 @@ impl Config {
                 "must be between 1 and 22",
             ));
         }
+        if config.max_concurrent_sources == Some(0) {
+            return Err(Error::config("max_concurrent_sources", "must be at least 1"));
+        }
         config.llm.apply_env(env);
         config.llm.check()?;
         config.base_dir = base_dir.to_path_buf();
@@ -399,6 +404,12 @@ impl Config {
     /// The output directory, resolved.
     pub fn output_dir(&self) -> PathBuf {
         self.resolve(&self.output_directory)
+    }
+
+    /// Sources processed at once: `max_concurrent_sources`, else the number of cores.
+    pub fn max_concurrent_sources(&self) -> usize {
+        self.max_concurrent_sources
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     /// The mapping documents' directory, resolved.

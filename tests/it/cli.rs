@@ -34,6 +34,21 @@ Successfully validated 1 items from source2
 Data saved to output/source2_valid_data.json
 Data saved to output/source2_invalid_data.json
 ";
+    // Sources run concurrently and each block is printed whole when its source finishes, so
+    // the blocks may come in either order; each one is intact.
+    let blocks = |t: &str| {
+        let mut b: Vec<String> = t.split("\n\n").map(|b| b.trim_end().to_string()).collect();
+        b.sort();
+        b
+    };
+    assert_eq!(blocks(&r.stdout), blocks(expected), "{}", r.stdout);
+    // One at a time, they come in config order.
+    w.write(
+        "config.json",
+        w.read("config.json")
+            .replace("\"data_sources\"", "\"max_concurrent_sources\": 1, \"data_sources\""),
+    );
+    let r = w.run(&["run"]);
     assert_eq!(r.stdout, expected);
 }
 
