@@ -39,6 +39,14 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// A source rejected its credentials (HTTP 401/403, a database authentication failure).
+    #[error("source `{source_name}`: invalid credentials ({message})")]
+    Credentials {
+        /// The source.
+        source_name: String,
+        /// What the server said (never the credentials).
+        message: String,
+    },
     /// A source could not be read.
     #[error("source `{source_name}`: {message}")]
     Source {

@@ -159,7 +159,7 @@ impl Pipeline {
                 ),
             )
         })?;
-        if !cfg.credentials.is_empty() {
+        if cfg.url.is_none() && !cfg.credentials.is_empty() {
             tracing::warn!(
                 source = name,
                 "A file source does not use credentials; they are ignored."
@@ -450,9 +450,12 @@ impl Pipeline {
         report.console.push(format!("Loading raw data for {name}"));
         let result = self.run_inner(name, choice, progress, &mut report).await;
         if let Err(e) = result {
-            report
-                .console
-                .push(format!("Failed to process {name}: {e}"));
+            // The original tool's wording for a source whose credentials are rejected.
+            let line = match &e {
+                Error::Credentials { .. } => format!("Invalid credentials for {name}"),
+                _ => format!("Failed to process {name}: {e}"),
+            };
+            report.console.push(line);
             report.status = "failed".into();
             report.error = Some(e.to_string());
         }

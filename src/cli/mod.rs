@@ -423,8 +423,8 @@ async fn per_source(
                     "generated mapping"
                 };
                 console.line(&format!(
-                    "{name}: ok ({} file(s), {} columns, {how}, {} checks)",
-                    p.source.files().len(),
+                    "{name}: ok ({}, {} columns, {how}, {} checks)",
+                    p.source.location(),
                     p.source.data_schema().fields().len(),
                     p.validator.checks.len()
                 ));

@@ -242,12 +242,118 @@ impl LlmConfig {
     }
 }
 
+/// How an HTTP source's pages follow one another.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Pagination {
+    /// Follow the `Link: <…>; rel="next"` response header.
+    Link {
+        /// Stop after this many pages.
+        max_pages: Option<u64>,
+    },
+    /// `?page=1,2,…` until a short or empty page.
+    Page {
+        /// Query parameter of the page number. Default `page`.
+        #[serde(default = "default_page_param")]
+        param: String,
+        /// Query parameter of the page size, if the API takes one.
+        size_param: Option<String>,
+        /// Page size: sent with `size_param`; a page with fewer records is the last.
+        size: Option<u64>,
+        /// Stop after this many pages.
+        max_pages: Option<u64>,
+    },
+    /// `?offset=0,size,2·size,…&limit=size` until a short or empty page.
+    Offset {
+        /// Query parameter of the offset. Default `offset`.
+        #[serde(default = "default_offset_param")]
+        param: String,
+        /// Query parameter of the page size. Default `limit`.
+        #[serde(default = "default_limit_param")]
+        size_param: String,
+        /// Records per page. Default 100.
+        #[serde(default = "default_page_size")]
+        size: u64,
+        /// Stop after this many pages.
+        max_pages: Option<u64>,
+    },
+    /// `?cursor=…` with the next cursor read from each response body.
+    Cursor {
+        /// Query parameter of the cursor. Default `cursor`.
+        #[serde(default = "default_cursor_param")]
+        param: String,
+        /// Dot path of the next cursor in the body (`meta.next_cursor`); null or absent = last.
+        cursor_path: String,
+        /// Stop after this many pages.
+        max_pages: Option<u64>,
+    },
+}
+
+fn default_page_param() -> String {
+    "page".into()
+}
+fn default_offset_param() -> String {
+    "offset".into()
+}
+fn default_limit_param() -> String {
+    "limit".into()
+}
+fn default_cursor_param() -> String {
+    "cursor".into()
+}
+fn default_page_size() -> u64 {
+    100
+}
+
+impl Pagination {
+    /// The page limit, if any.
+    pub fn max_pages(&self) -> Option<u64> {
+        match self {
+            Pagination::Link { max_pages }
+            | Pagination::Page { max_pages, .. }
+            | Pagination::Offset { max_pages, .. }
+            | Pagination::Cursor { max_pages, .. } => *max_pages,
+        }
+    }
+}
+
+/// Request settings of an HTTP source.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpOptions {
+    /// Seconds before a request is abandoned (and retried). Default 30.
+    pub timeout_s: f64,
+    /// Retries of a request on 429, 5xx, timeouts and connection errors. Default 3.
+    pub max_retries: u32,
+    /// Extra request headers (not secrets: use `credentials`).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            timeout_s: 30.0,
+            max_retries: 3,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
 /// One entry of `data_sources`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// File or glob pattern; relative paths are resolved against the config file's directory.
     pub path: Option<String>,
+    /// An HTTP(S) JSON API returning records.
+    pub url: Option<String>,
+    /// Dot path of the records array in each response body (`data.items`); default: the body.
+    pub records: Option<String>,
+    /// How pages follow one another; absent = one request.
+    pub pagination: Option<Pagination>,
+    /// Request settings of an HTTP source.
+    #[serde(default)]
+    pub http: HttpOptions,
     /// `csv`, `ndjson`, `json` or `parquet`; inferred from the extension when absent.
     pub format: Option<InputFormat>,
     /// CSV reading options.
@@ -359,11 +465,33 @@ impl Config {
         };
         for (name, v) in sources {
             let src: SourceConfig = deserialize_at(&format!("data_sources.{name}"), v)?;
-            if src.path.is_none() {
-                return Err(Error::config(
-                    format!("data_sources.{name}"),
-                    "a source needs `path` (a file or glob pattern)",
-                ));
+            let at = format!("data_sources.{name}");
+            match (&src.path, &src.url) {
+                (None, None) => {
+                    return Err(Error::config(
+                        at,
+                        "a source needs `path` (a file or glob pattern) or `url` (an HTTP JSON API)",
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(Error::config(
+                        at,
+                        "a source has either `path` or `url`, not both",
+                    ));
+                }
+                (None, Some(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                    return Err(Error::config(
+                        format!("{at}.url"),
+                        "must start with http:// or https://",
+                    ));
+                }
+                (Some(_), None) if src.pagination.is_some() || src.records.is_some() => {
+                    return Err(Error::config(
+                        at,
+                        "`records` and `pagination` apply to `url` sources only",
+                    ));
+                }
+                _ => {}
             }
             config.data_sources.push((name, src));
         }
@@ -383,7 +511,10 @@ impl Config {
             ));
         }
         if config.max_concurrent_sources == Some(0) {
-            return Err(Error::config("max_concurrent_sources", "must be at least 1"));
+            return Err(Error::config(
+                "max_concurrent_sources",
+                "must be at least 1",
+            ));
         }
         config.llm.apply_env(env);
         config.llm.check()?;

@@ -22,9 +22,9 @@ fn sql(e: &Expr) -> String {
 pub fn explain(p: &PreparedSource) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "-- source `{}` ({} file(s), {:?})\n",
+        "-- source `{}` ({}, {:?})\n",
         p.source.name(),
-        p.source.files().len(),
+        p.source.location(),
         p.source.format()
     ));
     out.push_str(&format!(

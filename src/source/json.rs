@@ -185,8 +185,7 @@ pub(crate) fn infer_schema(
     files: &[PathBuf],
     format: InputFormat,
 ) -> Result<SchemaRef> {
-    let mut order: Vec<String> = Vec::new();
-    let mut values: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let mut objects: Vec<Value> = Vec::new();
     let mut buf = Vec::new();
     let mut records = 0usize;
     for f in files {
@@ -201,14 +200,9 @@ pub(crate) fn infer_schema(
             };
             seen += 1;
             records += 1;
-            let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&buf) else {
-                continue; // Malformed records are reported when the data is read.
-            };
-            for (k, v) in map {
-                if !values.contains_key(&k) {
-                    order.push(k.clone());
-                }
-                values.entry(k).or_default().push(v);
+            // Malformed records are reported when the data is read.
+            if let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(&buf) {
+                objects.push(v);
             }
         }
     }
@@ -216,14 +210,32 @@ pub(crate) fn infer_schema(
         // An export with no records is an empty source, not a broken one: it yields no rows.
         return Ok(Arc::new(Schema::empty()));
     }
-    if order.is_empty() {
-        return Err(Error::source(
+    schema_of_objects(&objects).ok_or_else(|| {
+        Error::source(
             name,
             format!(
                 "{} holds no JSON object to infer columns from",
                 files[0].display()
             ),
-        ));
+        )
+    })
+}
+
+/// Columns of JSON objects: the union of their keys in first-seen order; scalars as text,
+/// nested values as Arrow structs/lists (of text). None when there is no key at all.
+pub(crate) fn schema_of_objects(objects: &[Value]) -> Option<SchemaRef> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    for map in objects.iter().filter_map(Value::as_object) {
+        for (k, v) in map {
+            if !values.contains_key(k) {
+                order.push(k.clone());
+            }
+            values.entry(k.clone()).or_default().push(v.clone());
+        }
+    }
+    if order.is_empty() {
+        return None;
     }
     let fields: Vec<Field> = order
         .into_iter()
@@ -252,7 +264,7 @@ pub(crate) fn infer_schema(
             Field::new(k, dt, true)
         })
         .collect();
-    Ok(Arc::new(Schema::new(fields)))
+    Some(Arc::new(Schema::new(fields)))
 }
 
 /// Inside nested types, scalars are read as text too, for the same robustness as top level.
@@ -294,58 +306,74 @@ impl JsonBatches {
             current: None,
         })
     }
-
-    fn decoder(&self, batch_size: usize) -> Result<Decoder> {
-        Ok(ReaderBuilder::new(Arc::clone(&self.data_schema))
-            .with_batch_size(batch_size.max(1))
-            .with_coerce_primitive(true)
-            .with_strict_mode(true)
-            .build_decoder()?)
-    }
 }
 
-impl JsonBatches {
-    #[allow(clippy::type_complexity)]
-    fn decode_one_by_one(
-        &self,
-        text: &[u8],
-        spans: &[std::ops::Range<usize>],
-    ) -> Result<(Vec<ArrayRef>, Vec<Option<String>>, Vec<Option<String>>)> {
-        let mut pieces = Vec::with_capacity(spans.len());
-        let mut errors = Vec::with_capacity(spans.len());
-        let mut raw = Vec::with_capacity(spans.len());
-        let null_row = RecordBatch::try_new(
-            Arc::clone(&self.data_schema),
-            self.data_schema
-                .fields()
-                .iter()
-                .map(|f| new_null_array(f.data_type(), 1))
-                .collect(),
-        )?;
-        for span in spans {
-            let bytes = &text[span.clone()];
-            let mut d = self.decoder(1)?;
-            let decoded = match d.decode(bytes).and_then(|_| d.flush()) {
-                Ok(Some(b)) if b.num_rows() == 1 => Ok(b),
-                Ok(_) => Err("not a JSON object".to_string()),
-                Err(e) => Err(describe(bytes, e)),
-            };
-            match decoded {
-                Ok(b) => {
-                    pieces.push(b);
-                    errors.push(None);
-                    raw.push(None);
-                }
-                Err(msg) => {
-                    pieces.push(null_row.clone());
-                    errors.push(Some(msg));
-                    raw.push(Some(String::from_utf8_lossy(bytes).into_owned()));
-                }
+fn decoder(data_schema: &SchemaRef, batch_size: usize) -> Result<Decoder> {
+    Ok(ReaderBuilder::new(Arc::clone(data_schema))
+        .with_batch_size(batch_size.max(1))
+        .with_coerce_primitive(true)
+        .with_strict_mode(true)
+        .build_decoder()?)
+}
+
+/// Decoded columns of some JSON records, with per-record errors and raw text (both None for a
+/// record that decoded).
+pub(crate) type Decoded = (Vec<ArrayRef>, Vec<Option<String>>, Vec<Option<String>>);
+
+/// Decodes JSON records (`text[span]` each) into `data_schema`'s columns: all at once when they
+/// are well formed, else one by one so that each bad record becomes a null row with its error
+/// and raw text while its neighbours are kept.
+pub(crate) fn decode_records(
+    data_schema: &SchemaRef,
+    text: &[u8],
+    spans: &[std::ops::Range<usize>],
+) -> Result<Decoded> {
+    let n = spans.len();
+    let fast = {
+        let mut d = decoder(data_schema, n)?;
+        d.decode(text)
+            .and_then(|_| d.flush())
+            .ok()
+            .flatten()
+            .filter(|b| b.num_rows() == n)
+    };
+    if let Some(b) = fast {
+        return Ok((b.columns().to_vec(), vec![None; n], vec![None; n]));
+    }
+    let mut pieces = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut raw = Vec::with_capacity(n);
+    let null_row = RecordBatch::try_new(
+        Arc::clone(data_schema),
+        data_schema
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), 1))
+            .collect(),
+    )?;
+    for span in spans {
+        let bytes = &text[span.clone()];
+        let mut d = decoder(data_schema, 1)?;
+        let decoded = match d.decode(bytes).and_then(|_| d.flush()) {
+            Ok(Some(b)) if b.num_rows() == 1 => Ok(b),
+            Ok(_) => Err("not a JSON object".to_string()),
+            Err(e) => Err(describe(bytes, e)),
+        };
+        match decoded {
+            Ok(b) => {
+                pieces.push(b);
+                errors.push(None);
+                raw.push(None);
+            }
+            Err(msg) => {
+                pieces.push(null_row.clone());
+                errors.push(Some(msg));
+                raw.push(Some(String::from_utf8_lossy(bytes).into_owned()));
             }
         }
-        let all = arrow::compute::concat_batches(&self.data_schema, &pieces)?;
-        Ok((all.columns().to_vec(), errors, raw))
     }
+    let all = arrow::compute::concat_batches(data_schema, &pieces)?;
+    Ok((all.columns().to_vec(), errors, raw))
 }
 
 impl super::ReadBatch for JsonBatches {
@@ -383,19 +411,7 @@ impl super::ReadBatch for JsonBatches {
                 self.current = None;
                 continue;
             }
-            let n = rows.len();
-            let fast = {
-                let mut d = self.decoder(n)?;
-                d.decode(&text)
-                    .and_then(|_| d.flush())
-                    .ok()
-                    .flatten()
-                    .filter(|b| b.num_rows() == n)
-            };
-            let (columns, errors, raw) = match fast {
-                Some(b) => (b.columns().to_vec(), vec![None; n], vec![None; n]),
-                None => self.decode_one_by_one(&text, &spans)?,
-            };
+            let (columns, errors, raw) = decode_records(&self.data_schema, &text, &spans)?;
             return assemble(&self.schema, columns, &display, rows, errors, raw).map(Some);
         }
     }

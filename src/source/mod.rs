@@ -12,6 +12,7 @@
 
 mod csv;
 mod files;
+pub mod http;
 mod json;
 mod parquet;
 pub mod profile;
@@ -42,12 +43,14 @@ pub const RAW_COL: &str = "__raw";
 /// Names reserved for provenance.
 pub const PROVENANCE: [&str; 4] = [FILE_COL, ROW_COL, ERROR_COL, RAW_COL];
 
-/// A file source: one or more files of one format.
+/// A configured source: one or more files of one format, or an HTTP JSON API.
 #[derive(Debug, Clone)]
 pub struct FileSource {
     name: String,
     files: Vec<PathBuf>,
     format: InputFormat,
+    /// Set for an HTTP source (`url`); `files` is then empty.
+    http: Option<Arc<http::HttpSpec>>,
     config: SourceConfig,
     /// The source's own columns (without provenance).
     data_schema: SchemaRef,
@@ -63,6 +66,21 @@ impl FileSource {
         base: &std::path::Path,
         batch_size: usize,
     ) -> Result<FileSource> {
+        if config.url.is_some() {
+            let spec = Arc::new(http::HttpSpec::try_new(name, config)?);
+            // Fetching the first pages is also the credential check.
+            let data_schema = http::infer_schema(&spec)?;
+            check_reserved(name, &data_schema)?;
+            return Ok(FileSource {
+                name: name.to_string(),
+                files: vec![],
+                format: InputFormat::Json,
+                http: Some(spec),
+                config: config.clone(),
+                data_schema,
+                batch_size,
+            });
+        }
         let pattern = config
             .path
             .as_deref()
@@ -85,20 +103,12 @@ impl FileSource {
             InputFormat::Ndjson | InputFormat::Json => json::infer_schema(name, &files, format)?,
             InputFormat::Parquet => parquet::infer_schema(name, &files)?,
         };
-        if let Some(bad) = data_schema
-            .fields()
-            .iter()
-            .find(|f| PROVENANCE.contains(&f.name().as_str()))
-        {
-            return Err(Error::source(
-                name,
-                format!("column name `{}` is reserved for provenance", bad.name()),
-            ));
-        }
+        check_reserved(name, &data_schema)?;
         Ok(FileSource {
             name: name.to_string(),
             files,
             format,
+            http: None,
             config: config.clone(),
             data_schema,
             batch_size,
@@ -110,9 +120,17 @@ impl FileSource {
         &self.name
     }
 
-    /// The resolved input files.
+    /// The resolved input files (none for an HTTP source).
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Where the data comes from, for messages: the URL, or the file count.
+    pub fn location(&self) -> String {
+        match &self.http {
+            Some(h) => h.display(),
+            None => format!("{} file(s)", self.files.len()),
+        }
     }
 
     /// The input format.
@@ -133,6 +151,17 @@ impl FileSource {
     /// Opens a blocking iterator over all batches.
     pub fn batches(&self) -> Result<BatchIter> {
         let schema = self.schema();
+        if let Some(spec) = &self.http {
+            return Ok(BatchIter {
+                inner: Box::new(http::HttpBatches::new(
+                    Arc::clone(spec),
+                    schema,
+                    self.data_schema(),
+                    self.batch_size,
+                )),
+                failed: false,
+            });
+        }
         let inner: Box<dyn ReadBatch> = match self.format {
             InputFormat::Csv => Box::new(csv::CsvBatches::new(self.clone(), schema)),
             InputFormat::Ndjson | InputFormat::Json => {
@@ -198,6 +227,21 @@ impl FileSource {
 
     pub(crate) fn batch_size(&self) -> usize {
         self.batch_size
+    }
+}
+
+/// Column names of the data may not collide with provenance columns.
+fn check_reserved(name: &str, data_schema: &Schema) -> Result<()> {
+    match data_schema
+        .fields()
+        .iter()
+        .find(|f| PROVENANCE.contains(&f.name().as_str()))
+    {
+        Some(bad) => Err(Error::source(
+            name,
+            format!("column name `{}` is reserved for provenance", bad.name()),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -45,8 +45,10 @@ Data saved to output/source2_invalid_data.json
     // One at a time, they come in config order.
     w.write(
         "config.json",
-        w.read("config.json")
-            .replace("\"data_sources\"", "\"max_concurrent_sources\": 1, \"data_sources\""),
+        w.read("config.json").replace(
+            "\"data_sources\"",
+            "\"max_concurrent_sources\": 1, \"data_sources\"",
+        ),
     );
     let r = w.run(&["run"]);
     assert_eq!(r.stdout, expected);

@@ -4,6 +4,7 @@
 mod bench_job;
 mod cli;
 mod harness;
+mod http;
 mod llm;
 mod matching;
 mod messy;

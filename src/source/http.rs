@@ -1,0 +1,573 @@
+//! HTTP JSON API sources: GET requests with the source's credentials, records found at a path in
+//! each response, pages followed by link header, page number, offset or cursor, each page turned
+//! into Arrow batches as it arrives (memory holds one page, not the whole result).
+//!
+//! Provenance: a row's file is the URL of its page (without credentials) and its row is the
+//! record's 1-based position in that page. A page whose body is not the expected JSON becomes one
+//! malformed row carrying the page number and the raw body, so nothing is lost.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use reqwest::{StatusCode, Url};
+use serde_json::Value;
+
+use super::json::{decode_records, schema_of_objects};
+use crate::config::{HttpOptions, Pagination, Secret, SourceConfig};
+use crate::error::{Error, Result};
+use crate::mapping::llm::display_url;
+use crate::mapping::llm::transport::{backoff, without_url};
+
+/// Records read to infer an HTTP source's columns (over the first pages).
+const INFER_RECORDS: usize = 1000;
+/// Pages read at most to infer the columns.
+const INFER_PAGES: u64 = 5;
+/// Consecutive malformed pages after which page-number/offset paging stops.
+const MAX_BAD_PAGES: u32 = 2;
+
+/// How requests authenticate.
+#[derive(Debug, Clone)]
+enum Auth {
+    None,
+    Basic(String, Secret),
+    Bearer(Secret),
+    Header(String, Secret),
+}
+
+/// An HTTP source's settings, checked.
+#[derive(Debug, Clone)]
+pub struct HttpSpec {
+    name: String,
+    url: Url,
+    records: Option<String>,
+    pagination: Option<Pagination>,
+    options: HttpOptions,
+    auth: Auth,
+}
+
+impl HttpSpec {
+    /// Checks the source's settings; credentials pick the auth style: `username` + `password`
+    /// (basic), `token` (bearer) or `header` + `key` (an API-key header).
+    pub fn try_new(name: &str, config: &SourceConfig) -> Result<HttpSpec> {
+        let raw = config.url.as_deref().unwrap_or_default();
+        let url = Url::parse(raw).map_err(|e| {
+            Error::config(
+                format!("data_sources.{name}.url"),
+                format!("not a URL: {e}"),
+            )
+        })?;
+        let c = &config.credentials;
+        let keys: Vec<&str> = c.keys().map(String::as_str).collect();
+        let auth = match keys.as_slice() {
+            [] => Auth::None,
+            ["password", "username"] => {
+                Auth::Basic(c["username"].expose().to_string(), c["password"].clone())
+            }
+            ["token"] => Auth::Bearer(c["token"].clone()),
+            ["header", "key"] => Auth::Header(c["header"].expose().to_string(), c["key"].clone()),
+            _ => {
+                return Err(Error::config(
+                    format!("data_sources.{name}.credentials"),
+                    "an HTTP source takes `username` + `password` (basic auth), `token` (bearer) or `header` + `key` (API-key header)",
+                ));
+            }
+        };
+        if let Auth::Header(h, _) = &auth
+            && reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(Error::config(
+                format!("data_sources.{name}.credentials.header"),
+                "not a valid HTTP header name",
+            ));
+        }
+        Ok(HttpSpec {
+            name: name.to_string(),
+            url,
+            records: config.records.clone(),
+            pagination: config.pagination.clone(),
+            options: config.http.clone(),
+            auth,
+        })
+    }
+
+    /// The configured URL, for messages (without credentials).
+    pub fn display(&self) -> String {
+        display_url(self.url.as_str())
+    }
+
+    fn client(&self) -> Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(self.options.timeout_s.max(0.001)))
+            .build()
+            .map_err(|e| Error::source(&self.name, format!("cannot build an HTTP client: {e}")))
+    }
+
+    /// One GET with retries on 429, 5xx, timeouts and connection errors (honouring
+    /// `Retry-After`). 401/403 are [`Error::Credentials`]; other failures name the URL.
+    async fn get(&self, url: &Url) -> Result<(Vec<u8>, reqwest::header::HeaderMap)> {
+        let client = self.client()?;
+        let shown = display_url(url.as_str());
+        let mut attempt = 0u32;
+        loop {
+            let mut req = client.get(url.clone()).header("accept", "application/json");
+            for (k, v) in &self.options.headers {
+                req = req.header(k, v);
+            }
+            req = match &self.auth {
+                Auth::None => req,
+                Auth::Basic(u, p) => req.basic_auth(u, Some(p.expose())),
+                Auth::Bearer(t) => req.bearer_auth(t.expose()),
+                Auth::Header(h, k) => req.header(h.as_str(), k.expose()),
+            };
+            let outcome = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status.is_success() {
+                        let headers = resp.headers().clone();
+                        match resp.bytes().await {
+                            Ok(b) => return Ok((b.to_vec(), headers)),
+                            Err(e) if e.is_timeout() && attempt < self.options.max_retries => {
+                                Err(without_url(&e))
+                            }
+                            Err(e) => {
+                                return Err(Error::source(
+                                    &self.name,
+                                    format!("reading {shown}: {}", without_url(&e)),
+                                ));
+                            }
+                        }
+                    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+                    {
+                        return Err(Error::Credentials {
+                            source_name: self.name.clone(),
+                            message: format!("HTTP {status} from {shown}"),
+                        });
+                    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                        Ok((status, retry_after(resp.headers())))
+                    } else {
+                        return Err(Error::source(
+                            &self.name,
+                            format!("HTTP {status} from {shown}"),
+                        ));
+                    }
+                }
+                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                    Err(without_url(&e))
+                }
+                Err(e) => {
+                    return Err(Error::source(
+                        &self.name,
+                        format!("{shown}: {}", without_url(&e)),
+                    ));
+                }
+            };
+            if attempt >= self.options.max_retries {
+                let why = match outcome {
+                    Ok((status, _)) => format!("HTTP {status}"),
+                    Err(e) => e,
+                };
+                return Err(Error::source(
+                    &self.name,
+                    format!(
+                        "{shown}: {why} (after {} attempts)",
+                        self.options.max_retries + 1
+                    ),
+                ));
+            }
+            let wait = match &outcome {
+                Ok((_, Some(d))) => *d,
+                _ => backoff(attempt),
+            };
+            tracing::warn!(source = %self.name, url = %shown, attempt = attempt + 1, wait_s = wait.as_secs_f64(), "HTTP request failed; retrying.");
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date, at most a minute.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let d = match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+        Ok(_) => return None,
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(d.min(Duration::from_secs(60)))
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|part| {
+            let (target, params) = part.split_once(';')?;
+            let rel_next = params.split(';').any(|p| {
+                let p = p.trim().to_ascii_lowercase();
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            let t = target.trim();
+            (rel_next && t.starts_with('<') && t.ends_with('>'))
+                .then(|| t[1..t.len() - 1].to_string())
+        })
+}
+
+/// The value at a dot path (`data.items`).
+fn at_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .filter(|p| !p.is_empty())
+        .try_fold(v, |cur, key| match cur {
+            Value::Object(m) => m.get(key),
+            Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
+}
+
+/// Where the next page is.
+#[derive(Debug, Clone)]
+enum Next {
+    Url(Url),
+    Page(u64),
+    Offset(u64),
+    Cursor(Option<String>),
+    Done,
+}
+
+/// One fetched page.
+pub(crate) struct Page {
+    /// The page's URL, for provenance.
+    pub url: String,
+    /// 1-based page number.
+    pub number: u64,
+    /// The records, or why the body could not be read (with the raw body).
+    pub records: std::result::Result<Vec<Value>, (String, String)>,
+}
+
+/// Walks the pages of a source.
+pub(crate) struct Pager {
+    spec: Arc<HttpSpec>,
+    next: Next,
+    fetched: u64,
+    bad_in_a_row: u32,
+}
+
+impl Pager {
+    pub(crate) fn new(spec: Arc<HttpSpec>) -> Pager {
+        let next = match &spec.pagination {
+            None | Some(Pagination::Link { .. }) => Next::Url(spec.url.clone()),
+            Some(Pagination::Page { .. }) => Next::Page(1),
+            Some(Pagination::Offset { .. }) => Next::Offset(0),
+            Some(Pagination::Cursor { .. }) => Next::Cursor(None),
+        };
+        Pager {
+            spec,
+            next,
+            fetched: 0,
+            bad_in_a_row: 0,
+        }
+    }
+
+    fn url_for(&self, next: &Next) -> Option<Url> {
+        let mut url = self.spec.url.clone();
+        match (next, &self.spec.pagination) {
+            (Next::Url(u), _) => return Some(u.clone()),
+            (Next::Done, _) => return None,
+            (
+                Next::Page(n),
+                Some(Pagination::Page {
+                    param,
+                    size_param,
+                    size,
+                    ..
+                }),
+            ) => {
+                url.query_pairs_mut().append_pair(param, &n.to_string());
+                if let (Some(sp), Some(sz)) = (size_param, size) {
+                    url.query_pairs_mut().append_pair(sp, &sz.to_string());
+                }
+            }
+            (
+                Next::Offset(o),
+                Some(Pagination::Offset {
+                    param,
+                    size_param,
+                    size,
+                    ..
+                }),
+            ) => {
+                url.query_pairs_mut()
+                    .append_pair(param, &o.to_string())
+                    .append_pair(size_param, &size.to_string());
+            }
+            (Next::Cursor(c), Some(Pagination::Cursor { param, .. })) => {
+                if let Some(c) = c {
+                    url.query_pairs_mut().append_pair(param, c);
+                }
+            }
+            _ => return None,
+        }
+        Some(url)
+    }
+
+    /// The next page, or None after the last one.
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Page>> {
+        if let Some(max) = self
+            .spec
+            .pagination
+            .as_ref()
+            .and_then(Pagination::max_pages)
+            && self.fetched >= max
+        {
+            return Ok(None);
+        }
+        let Some(url) = self.url_for(&self.next) else {
+            return Ok(None);
+        };
+        let (body, headers) = self.spec.get(&url).await?;
+        self.fetched += 1;
+        let parsed: std::result::Result<Value, String> =
+            serde_json::from_slice(&body).map_err(|e| format!("not valid JSON: {e}"));
+        let records = parsed.and_then(|v| {
+            let found = match &self.spec.records {
+                Some(p) => at_path(&v, p).ok_or_else(|| format!("no `{p}` in the response"))?,
+                None => &v,
+            };
+            match found {
+                Value::Array(items) => Ok(items.clone()),
+                _ => Err(match &self.spec.records {
+                    Some(p) => format!("`{p}` is not an array"),
+                    None => "the response is not a JSON array; set `records` to the path of the records (`data.items`)".to_string(),
+                }),
+            }
+        });
+        let count = records.as_ref().map(Vec::len).ok();
+        self.bad_in_a_row = if count.is_none() {
+            self.bad_in_a_row + 1
+        } else {
+            0
+        };
+        // A short page ends page/offset paging; a malformed one is skipped (its text is kept as
+        // an invalid row) unless several in a row say the API is not answering in JSON.
+        let short = |size: Option<u64>| match (count, size) {
+            (Some(0), _) => true,
+            (Some(n), Some(s)) => (n as u64) < s,
+            (None, _) => self.bad_in_a_row >= MAX_BAD_PAGES,
+            _ => false,
+        };
+        self.next = match (&self.next, &self.spec.pagination) {
+            (_, None) => Next::Done,
+            (_, Some(Pagination::Link { .. })) => match next_link(&headers) {
+                Some(n) => url.join(&n).map(Next::Url).unwrap_or(Next::Done),
+                None => Next::Done,
+            },
+            (Next::Page(n), Some(Pagination::Page { size, .. })) => {
+                if short(*size) {
+                    Next::Done
+                } else {
+                    Next::Page(n + 1)
+                }
+            }
+            (Next::Offset(o), Some(Pagination::Offset { size, .. })) => {
+                if short(Some(*size)) {
+                    Next::Done
+                } else {
+                    Next::Offset(o + size)
+                }
+            }
+            (Next::Cursor(_), Some(Pagination::Cursor { cursor_path, .. })) => {
+                let cursor = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| at_path(&v, cursor_path).cloned());
+                match cursor {
+                    _ if count == Some(0) => Next::Done,
+                    Some(Value::String(s)) if !s.is_empty() => Next::Cursor(Some(s)),
+                    Some(Value::Number(n)) => Next::Cursor(Some(n.to_string())),
+                    _ => Next::Done,
+                }
+            }
+            _ => Next::Done,
+        };
+        let records = records.map_err(|e| (e, String::from_utf8_lossy(&body).into_owned()));
+        Ok(Some(Page {
+            url: display_url(url.as_str()),
+            number: self.fetched,
+            records,
+        }))
+    }
+}
+
+/// Runs a future to completion from synchronous code (the batch readers are blocking
+/// iterators), whichever kind of thread this is.
+pub(crate) fn run_sync<F: std::future::Future + Send>(f: F) -> F::Output
+where
+    F::Output: Send,
+{
+    use tokio::runtime::{Builder, Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(f))
+        }
+        // Inside a single-threaded runtime this thread cannot block: use a helper thread.
+        Ok(_) => std::thread::scope(|s| {
+            s.spawn(|| {
+                Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime")
+                    .block_on(f)
+            })
+            .join()
+            .expect("HTTP helper thread")
+        }),
+        Err(_) => Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(f),
+    }
+}
+
+/// Fetches the first pages (this is also the credential check) and infers the columns.
+pub(crate) fn infer_schema(spec: &Arc<HttpSpec>) -> Result<SchemaRef> {
+    run_sync(async {
+        let mut pager = Pager::new(Arc::clone(spec));
+        let mut objects = Vec::new();
+        while objects.len() < INFER_RECORDS && pager.fetched < INFER_PAGES {
+            let Some(page) = pager.next_page().await? else {
+                break;
+            };
+            if let Ok(records) = page.records {
+                objects.extend(records.into_iter().filter(Value::is_object));
+            }
+        }
+        Ok(schema_of_objects(&objects).unwrap_or_else(|| Arc::new(Schema::empty())))
+    })
+}
+
+/// The batches of an HTTP source, page by page.
+pub(crate) struct HttpBatches {
+    pager: Pager,
+    schema: SchemaRef,
+    data_schema: SchemaRef,
+    batch_size: usize,
+    /// The current page's URL and its remaining records with their 1-based positions.
+    current: Option<(String, VecDeque<(u64, Value)>)>,
+}
+
+impl HttpBatches {
+    pub(crate) fn new(
+        spec: Arc<HttpSpec>,
+        schema: SchemaRef,
+        data_schema: SchemaRef,
+        batch_size: usize,
+    ) -> Self {
+        HttpBatches {
+            pager: Pager::new(spec),
+            schema,
+            data_schema,
+            batch_size: batch_size.max(1),
+            current: None,
+        }
+    }
+}
+
+impl super::ReadBatch for HttpBatches {
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if let Some((url, records)) = &mut self.current
+                && !records.is_empty()
+            {
+                let take = records.len().min(self.batch_size);
+                let mut text = Vec::with_capacity(take * 128);
+                let mut spans = Vec::with_capacity(take);
+                let mut rows = Vec::with_capacity(take);
+                for (row, v) in records.drain(..take) {
+                    let start = text.len();
+                    serde_json::to_writer(&mut text, &v)?;
+                    spans.push(start..text.len());
+                    text.push(b'\n');
+                    rows.push(row);
+                }
+                let (columns, errors, raw) = decode_records(&self.data_schema, &text, &spans)?;
+                let url = url.clone();
+                return super::assemble(&self.schema, columns, &url, rows, errors, raw).map(Some);
+            }
+            let Some(page) = run_sync(self.pager.next_page())? else {
+                return Ok(None);
+            };
+            match page.records {
+                Ok(records) => {
+                    let numbered = (1u64..).zip(records).collect();
+                    self.current = Some((page.url, numbered));
+                }
+                Err((error, raw)) => {
+                    tracing::warn!(source = %self.pager.spec.name, page = page.number, %error, "A page could not be read; its body is kept as an invalid row.");
+                    self.current = None;
+                    let columns = self
+                        .data_schema
+                        .fields()
+                        .iter()
+                        .map(|f| arrow::array::new_null_array(f.data_type(), 1))
+                        .collect();
+                    return super::assemble(
+                        &self.schema,
+                        columns,
+                        &page.url,
+                        vec![page.number],
+                        vec![Some(format!("page {}: {error}", page.number))],
+                        vec![Some(raw)],
+                    )
+                    .map(Some);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_header_next() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::LINK,
+            "<https://x/a?page=1>; rel=\"prev\", <https://x/a?page=3>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("https://x/a?page=3"));
+        h.insert(
+            reqwest::header::LINK,
+            "<https://x/a?page=1>; rel=\"prev\"".parse().unwrap(),
+        );
+        assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn dot_paths() {
+        let v: Value = serde_json::json!({"data": {"items": [1, 2]}, "meta": {"next": "c2"}});
+        assert_eq!(
+            at_path(&v, "data.items").unwrap().as_array().unwrap().len(),
+            2
+        );
+        assert_eq!(at_path(&v, "meta.next").unwrap(), "c2");
+        assert!(at_path(&v, "data.nope").is_none());
+    }
+}
