@@ -92,7 +92,8 @@ fn udf(kind: Kind) -> ScalarUDF {
         Kind::ParseNumber | Kind::ParseBool | Kind::Clean => {
             Signature::any(1, Volatility::Immutable)
         }
-        Kind::IsFormat | Kind::JsonSchemaErrors => Signature::any(2, Volatility::Immutable),
+        Kind::IsFormat => Signature::any(2, Volatility::Immutable),
+        Kind::JsonSchemaErrors => Signature::any(3, Volatility::Immutable),
         Kind::TryToDate | Kind::TryToTimestamp | Kind::AnyPresent => {
             Signature::variadic_any(Volatility::Immutable)
         }
@@ -230,10 +231,11 @@ impl ScalarUDFImpl for ConformUdf {
                 Arc::new(out)
             }
             Kind::JsonSchemaErrors => {
-                let schema_text = literal_strings(&name, &args.args[1..])?
-                    .pop()
-                    .unwrap_or_default();
-                json_schema_errors(&args.args[0].to_array(n)?, &schema_text)?
+                // (value, schema text, 'json' when the value is JSON text to parse first)
+                let mut lits = literal_strings(&name, &args.args[1..])?.into_iter();
+                let schema_text = lits.next().unwrap_or_default();
+                let text_is_json = lits.next().as_deref() == Some("json");
+                json_schema_errors(&args.args[0].to_array(n)?, &schema_text, text_is_json)?
             }
         };
         Ok(ColumnarValue::Array(out))
@@ -462,8 +464,13 @@ pub fn parse_bool_str(v: &str) -> Option<bool> {
 }
 
 /// Per-row JSON Schema validation for keywords the vectorized rules do not cover. Returns, per
-/// row, null when the value is valid (or null) and the joined error messages otherwise.
-fn json_schema_errors(values: &ArrayRef, schema_text: &str) -> DfResult<ArrayRef> {
+/// row, null when the value is valid (or null) and the joined error messages otherwise. With
+/// `text_is_json` the values are JSON text (a free-form JSON field) and are parsed first.
+fn json_schema_errors(
+    values: &ArrayRef,
+    schema_text: &str,
+    text_is_json: bool,
+) -> DfResult<ArrayRef> {
     let schema: serde_json::Value = serde_json::from_str(schema_text)
         .map_err(|e| DataFusionError::Execution(format!("json_schema_errors: bad schema: {e}")))?;
     let validator = jsonschema::validator_for(&schema)
@@ -475,6 +482,19 @@ fn json_schema_errors(values: &ArrayRef, schema_text: &str) -> DfResult<ArrayRef
             if v.is_null() {
                 return None;
             }
+            let parsed;
+            let v = match v {
+                serde_json::Value::String(text) if text_is_json => {
+                    match serde_json::from_str::<serde_json::Value>(text) {
+                        Ok(p) => {
+                            parsed = p;
+                            &parsed
+                        }
+                        Err(e) => return Some(format!("not valid JSON: {e}")),
+                    }
+                }
+                other => other,
+            };
             let msgs: Vec<String> = validator
                 .iter_errors(v)
                 .map(|e| {

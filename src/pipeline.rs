@@ -159,7 +159,7 @@ impl Pipeline {
                 ),
             )
         })?;
-        if cfg.url.is_none() && !cfg.credentials.is_empty() {
+        if cfg.path.is_some() && !cfg.credentials.is_empty() {
             tracing::warn!(
                 source = name,
                 "A file source does not use credentials; they are ignored."

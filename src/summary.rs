@@ -21,6 +21,9 @@ pub struct RunSummary {
     pub duration_s: f64,
     /// Output format of valid rows.
     pub output_format: crate::config::OutputFormat,
+    /// Peak resident memory of the process so far, in MiB (Linux; absent elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
     /// Totals over all sources.
     pub totals: Totals,
     /// Per source, in processing order.
@@ -40,6 +43,14 @@ pub struct Totals {
     pub valid: u64,
     /// Invalid rows.
     pub invalid: u64,
+}
+
+/// `VmHWM` of `/proc/self/status`: the process's peak resident set, in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kb / 1024.0 * 10.0).round() / 10.0)
 }
 
 impl RunSummary {
@@ -67,6 +78,7 @@ impl RunSummary {
             finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             duration_s: (finished - started).num_milliseconds() as f64 / 1000.0,
             output_format,
+            peak_rss_mb: peak_rss_mb(),
             totals,
             sources: reports
                 .iter()

@@ -339,6 +339,27 @@ impl Default for HttpOptions {
     }
 }
 
+/// A PostgreSQL source: a query (or a whole table) read through a server-side cursor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Server host. Default `localhost`.
+    pub host: Option<String>,
+    /// Server port. Default 5432.
+    pub port: Option<u16>,
+    /// Database name. Default: the user name.
+    pub database: Option<String>,
+    /// The query whose rows are the source's records.
+    pub query: Option<String>,
+    /// A table (optionally `schema.table`) read whole; instead of `query`.
+    pub table: Option<String>,
+    /// A connection string (`host=… user=… password=…` or `postgresql://…`) instead of the
+    /// separate keys; treated as a secret.
+    pub dsn: Option<Secret>,
+    /// Seconds to wait for a connection. Default 10.
+    pub connect_timeout_s: Option<f64>,
+}
+
 /// One entry of `data_sources`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -354,6 +375,8 @@ pub struct SourceConfig {
     /// Request settings of an HTTP source.
     #[serde(default)]
     pub http: HttpOptions,
+    /// A PostgreSQL query or table.
+    pub postgres: Option<PostgresConfig>,
     /// `csv`, `ndjson`, `json` or `parquet`; inferred from the extension when absent.
     pub format: Option<InputFormat>,
     /// CSV reading options.
@@ -466,19 +489,29 @@ impl Config {
         for (name, v) in sources {
             let src: SourceConfig = deserialize_at(&format!("data_sources.{name}"), v)?;
             let at = format!("data_sources.{name}");
+            let kinds = [
+                src.path.is_some(),
+                src.url.is_some(),
+                src.postgres.is_some(),
+            ]
+            .iter()
+            .filter(|k| **k)
+            .count();
+            if kinds != 1 {
+                return Err(Error::config(
+                    at,
+                    "a source needs exactly one of `path` (a file or glob pattern), `url` (an HTTP JSON API) or `postgres` (a database query)",
+                ));
+            }
+            if let Some(pg) = &src.postgres
+                && pg.query.is_some() == pg.table.is_some()
+            {
+                return Err(Error::config(
+                    format!("{at}.postgres"),
+                    "needs exactly one of `query` or `table`",
+                ));
+            }
             match (&src.path, &src.url) {
-                (None, None) => {
-                    return Err(Error::config(
-                        at,
-                        "a source needs `path` (a file or glob pattern) or `url` (an HTTP JSON API)",
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(Error::config(
-                        at,
-                        "a source has either `path` or `url`, not both",
-                    ));
-                }
                 (None, Some(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
                     return Err(Error::config(
                         format!("{at}.url"),

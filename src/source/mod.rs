@@ -15,6 +15,7 @@ mod files;
 pub mod http;
 mod json;
 mod parquet;
+pub mod postgres;
 pub mod profile;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct FileSource {
     format: InputFormat,
     /// Set for an HTTP source (`url`); `files` is then empty.
     http: Option<Arc<http::HttpSpec>>,
+    /// Set for a PostgreSQL source (`postgres`); `files` is then empty.
+    pg: Option<Arc<postgres::PgSpec>>,
     config: SourceConfig,
     /// The source's own columns (without provenance).
     data_schema: SchemaRef,
@@ -76,6 +79,23 @@ impl FileSource {
                 files: vec![],
                 format: InputFormat::Json,
                 http: Some(spec),
+                pg: None,
+                config: config.clone(),
+                data_schema,
+                batch_size,
+            });
+        }
+        if config.postgres.is_some() {
+            let spec = Arc::new(postgres::PgSpec::try_new(name, config)?);
+            // Connecting and describing the query is also the credential check.
+            let data_schema = postgres::infer_schema(&spec)?;
+            check_reserved(name, &data_schema)?;
+            return Ok(FileSource {
+                name: name.to_string(),
+                files: vec![],
+                format: InputFormat::Parquet,
+                http: None,
+                pg: Some(spec),
                 config: config.clone(),
                 data_schema,
                 batch_size,
@@ -109,6 +129,7 @@ impl FileSource {
             files,
             format,
             http: None,
+            pg: None,
             config: config.clone(),
             data_schema,
             batch_size,
@@ -127,9 +148,10 @@ impl FileSource {
 
     /// Where the data comes from, for messages: the URL, or the file count.
     pub fn location(&self) -> String {
-        match &self.http {
-            Some(h) => h.display(),
-            None => format!("{} file(s)", self.files.len()),
+        match (&self.http, &self.pg) {
+            (Some(h), _) => h.display(),
+            (_, Some(p)) => p.display().to_string(),
+            _ => format!("{} file(s)", self.files.len()),
         }
     }
 
@@ -154,6 +176,17 @@ impl FileSource {
         if let Some(spec) = &self.http {
             return Ok(BatchIter {
                 inner: Box::new(http::HttpBatches::new(
+                    Arc::clone(spec),
+                    schema,
+                    self.data_schema(),
+                    self.batch_size,
+                )),
+                failed: false,
+            });
+        }
+        if let Some(spec) = &self.pg {
+            return Ok(BatchIter {
+                inner: Box::new(postgres::PgBatches::new(
                     Arc::clone(spec),
                     schema,
                     self.data_schema(),

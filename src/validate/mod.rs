@@ -267,9 +267,11 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
         push(Rule::Format(f.clone()), unless_null(&v, call), None);
     }
     if t.needs_fallback {
+        // A free-form JSON field holds JSON text: validate the value it encodes.
+        let mode = if t.kind == FieldKind::Json { "json" } else { "value" };
         let detail = call_udf(
             "json_schema_errors",
-            vec![v.clone(), lit(t.schema.to_string())],
+            vec![v.clone(), lit(t.schema.to_string()), lit(mode)],
         );
         push(Rule::Schema, detail.clone().is_null(), Some(detail));
     }

@@ -95,6 +95,23 @@ impl Workdir {
     }
 }
 
+/// Runs the binary off the async runtime (tests that also run a server in-process).
+pub async fn run_async(w: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let dir = w.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_in(&dir, &a, &e)
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs the binary in `dir` with extra environment variables.
 pub fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_conform"));

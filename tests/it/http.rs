@@ -37,19 +37,7 @@ fn workdir(sources: &str) -> Workdir {
 }
 
 async fn run(w: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let dir = w.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        crate::harness::run_in(&dir, &a, &e)
-    })
-    .await
-    .unwrap()
+    crate::harness::run_async(w, args, env).await
 }
 
 fn ids(w: &Workdir, source: &str) -> Vec<u64> {

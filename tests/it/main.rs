@@ -8,5 +8,7 @@ mod http;
 mod llm;
 mod matching;
 mod messy;
+mod pg;
+mod postgres;
 mod prop;
 mod store;
