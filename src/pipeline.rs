@@ -143,14 +143,19 @@ impl Pipeline {
         &self.ctx
     }
 
-    /// Opens a configured source (resolves files, reads the schema).
+    /// Opens a configured source (resolves files, reads the schema; for HTTP and PostgreSQL
+    /// sources this connects and checks the credentials). Blocking.
     pub fn open(&self, name: &str) -> Result<FileSource> {
-        let cfg = self.config.source(name).ok_or_else(|| {
+        Pipeline::open_with(&self.config, name)
+    }
+
+    fn open_with(config: &Config, name: &str) -> Result<FileSource> {
+        let cfg = config.source(name).ok_or_else(|| {
             Error::config(
                 "--source",
                 format!(
                     "no source named `{name}`. Valid sources are {}",
-                    self.config
+                    config
                         .source_names()
                         .iter()
                         .map(|n| format!("`{n}`"))
@@ -165,7 +170,7 @@ impl Pipeline {
                 "A file source does not use credentials; they are ignored."
             );
         }
-        FileSource::try_new(name, cfg, &self.config.base_dir, self.config.batch_size)
+        FileSource::try_new(name, cfg, &config.base_dir, config.batch_size)
     }
 
     /// Path of a source's mapping document in the mappings directory.
@@ -264,7 +269,12 @@ impl Pipeline {
         choice: MapperChoice,
         fresh: bool,
     ) -> Result<PreparedSource> {
-        let source = self.open(name)?;
+        // Opening and sampling read files or call a server: off the async threads, so that
+        // other sources proceed meanwhile.
+        let source = {
+            let (config, name) = (Arc::clone(&self.config), name.to_string());
+            blocking(move || Pipeline::open_with(&config, &name)).await?
+        };
         let path = self.mapping_path(name);
         let fp = fingerprint(&source.data_schema());
         let stored = if fresh {
@@ -279,7 +289,10 @@ impl Pipeline {
                 (doc, None, origin, None)
             }
             None => {
-                let sample = source.sample(SAMPLE_ROWS)?;
+                let sample = {
+                    let source = source.clone();
+                    blocking(move || source.sample(SAMPLE_ROWS)).await?
+                };
                 let profiles = profile(&sample);
                 let request = MappingRequest {
                     source: name,
@@ -722,6 +735,13 @@ impl PartitionStream for OnceStream {
             }
         }
     }
+}
+
+/// Runs blocking work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::source("(internal)", format!("a reader thread failed: {e}")))?
 }
 
 /// Where a source's mapping came from.

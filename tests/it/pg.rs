@@ -16,12 +16,26 @@ pub struct Pg {
 }
 
 fn bindir() -> PathBuf {
+    find_bindir().unwrap_or_else(|| {
+        // Installed by the project's own script (apt-get), once per test run.
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-deps");
+            let _ = Command::new(script).status();
+        });
+        find_bindir().expect(
+            "PostgreSQL server binaries not found: run scripts/install-test-deps (installs the `postgresql` package)",
+        )
+    })
+}
+
+fn find_bindir() -> Option<PathBuf> {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {
         let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if p.join("initdb").exists() {
-            return p;
+            return Some(p);
         }
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -29,9 +43,7 @@ fn bindir() -> PathBuf {
         .unwrap_or_default();
     found.retain(|p| p.join("initdb").exists());
     found.sort();
-    found.pop().expect(
-        "PostgreSQL server binaries not found: install the `postgresql` package (`apt-get install -y postgresql`; .ci/run does this)",
-    )
+    found.pop()
 }
 
 fn is_root() -> bool {
