@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::config::{Config, LlmFallback, OutputFormat};
 use crate::error::{Error, Result};
+use crate::mapping::feedback::FeedbackReport;
 use crate::mapping::heuristic::HeuristicMapper;
 use crate::mapping::llm::{LlmMapper, LlmUsage};
 use crate::mapping::{
@@ -68,6 +69,8 @@ pub struct PreparedSource {
     pub save_to: Option<PathBuf>,
     /// What the LLM conversation cost, when the LLM mapped the source.
     pub llm: Option<LlmUsage>,
+    /// What the feedback loop did, when it ran (newly generated mappings).
+    pub feedback: Option<FeedbackReport>,
     /// One line saying where the mapping came from (printed on stderr by the CLI).
     pub origin: String,
     /// The compiled expressions.
@@ -282,6 +285,7 @@ impl Pipeline {
         } else {
             self.stored_document(name, choice, &path, &fp)?
         };
+        let mut feedback_report = None;
         let (document, llm, origin, save_to) = match stored {
             Some(doc) => {
                 let how = if doc.pinned { "pinned" } else { "stored" };
@@ -337,6 +341,30 @@ impl Pipeline {
                     (p, format!("mapping with the heuristic mapper{why}"))
                 };
                 tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), "Generated a mapping.");
+                let mut proposal = proposal;
+                if self.config.feedback.enabled {
+                    let rows = {
+                        let source = source.clone();
+                        let n = self.config.feedback.probe_rows.max(1);
+                        blocking(move || source.sample(n)).await?
+                    };
+                    let llm = match proposal.document.mapper {
+                        MapperKind::Llm => Some(self.llm().await?),
+                        _ => None,
+                    };
+                    let feedback = crate::mapping::feedback::Loop {
+                        ctx: &self.ctx,
+                        target: &self.target,
+                        request: &request,
+                        rows: &rows,
+                        config: &self.config.feedback,
+                        llm: llm.as_deref(),
+                        redact: self.config.llm.redact_samples,
+                    };
+                    let (doc, report) = feedback.run(proposal.document, &mut proposal.llm).await?;
+                    proposal.document = doc;
+                    feedback_report = Some(report);
+                }
                 // A reviewed document is never overwritten: the new proposal goes beside it.
                 let pinned_exists = MappingDocument::load(&path).is_ok_and(|d| d.pinned);
                 let save_to = if pinned_exists {
@@ -365,6 +393,7 @@ impl Pipeline {
             stored: save_to.is_none(),
             save_to,
             llm,
+            feedback: feedback_report,
             origin,
             mapping,
             validator,
@@ -492,6 +521,7 @@ impl Pipeline {
             stored: prepared.stored,
             pinned: prepared.document.pinned,
             llm: prepared.llm.clone(),
+            feedback: prepared.feedback.clone(),
             document: prepared
                 .save_to
                 .as_ref()
@@ -756,6 +786,9 @@ pub struct MappingInfo {
     /// Requests, tokens and latency, when the LLM mapped the source in this run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmUsage>,
+    /// The feedback loop's probe, digest and rounds, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackReport>,
     /// The mapping document's path.
     pub document: String,
     /// The source fingerprint it was made for.

@@ -360,6 +360,31 @@ pub struct PostgresConfig {
     pub connect_timeout_s: Option<f64>,
 }
 
+/// The feedback loop that validates a new mapping on a probe and repairs it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// Run the loop for newly generated mappings. Default true.
+    pub enabled: bool,
+    /// Rows the mapping is validated on. Default 10,000.
+    pub probe_rows: usize,
+    /// Invalid share above which repairs are tried. Default 0.02.
+    pub max_invalid_ratio: f64,
+    /// Rounds at most. Default 3.
+    pub max_rounds: u32,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            enabled: true,
+            probe_rows: 10_000,
+            max_invalid_ratio: 0.02,
+            max_rounds: 3,
+        }
+    }
+}
+
 /// One entry of `data_sources`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -411,6 +436,9 @@ pub struct Config {
     /// The language model that proposes mappings.
     #[serde(default)]
     pub llm: LlmConfig,
+    /// Validate new mappings on a probe and repair them.
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
     /// The sources, in the order they are processed. Filled from the JSON object in order.
     #[serde(skip)]
     pub data_sources: Vec<(String, SourceConfig)>,

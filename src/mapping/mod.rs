@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod eval;
 pub mod explain;
+pub mod feedback;
 pub mod heuristic;
 pub mod llm;
 pub mod names;

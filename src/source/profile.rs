@@ -210,6 +210,21 @@ pub fn is_decimal(s: &str) -> bool {
         && b.bytes().all(|c| c.is_ascii_digit())
 }
 
+/// The date (`date_only`) or date-time formats that together parse the values, most values
+/// first; empty when none parses any.
+pub fn detect_formats(values: &[&str], date_only: bool) -> Vec<String> {
+    let vals: Vec<&str> = values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if date_only {
+        matching_formats(&vals, DATE_FORMATS, true).0
+    } else {
+        matching_formats(&vals, DATETIME_FORMATS, false).0
+    }
+}
+
 /// Formats (from `candidates`) that parse at least one value, ordered by how many they parse.
 fn matching_formats(values: &[&str], candidates: &[&str], date_only: bool) -> (Vec<String>, usize) {
     let parses = |v: &str, f: &str| {

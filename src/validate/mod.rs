@@ -268,7 +268,11 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
     }
     if t.needs_fallback {
         // A free-form JSON field holds JSON text: validate the value it encodes.
-        let mode = if t.kind == FieldKind::Json { "json" } else { "value" };
+        let mode = if t.kind == FieldKind::Json {
+            "json"
+        } else {
+            "value"
+        };
         let detail = call_udf(
             "json_schema_errors",
             vec![v.clone(), lit(t.schema.to_string()), lit(mode)],

@@ -324,3 +324,56 @@ async fn a_slow_server_times_out_and_a_dead_one_is_a_connection_error() {
     );
     assert_eq!(s.received_requests().await.unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn source_credentials_never_reach_the_llm_logs_or_documents() {
+    let s = MockServer::start().await;
+    Mock::given(path("/people"))
+        .and(bearer_token("tok-SECRET-77"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(items(1, 2)))
+        .mount(&s)
+        .await;
+    let reply = json!({"fields": [
+        {"target": "id", "expr": "CAST(\"id\" AS BIGINT)", "confidence": 1, "rationale": "id"},
+        {"target": "name", "expr": "\"name\"", "confidence": 1, "rationale": "name"}]});
+    Mock::given(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": reply.to_string()}}]})))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"api": {{"url": "{}/people", "credentials": {{"token": "${{API_TOKEN}}"}}}}}}"#,
+        s.uri()
+    ));
+    let base = format!("{}/v1", s.uri());
+    let r = run(
+        &w,
+        &["-vv", "run", "--mapper", "llm", "--llm-base-url", &base],
+        &[("API_TOKEN", "tok-SECRET-77")],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ids(&w, "api"), vec![1, 2]);
+    let requests = s.received_requests().await.unwrap();
+    let llm: Vec<_> = requests
+        .iter()
+        .filter(|q| q.url.path().ends_with("/chat/completions"))
+        .collect();
+    assert_eq!(llm.len(), 1);
+    assert!(
+        !String::from_utf8_lossy(&llm[0].body).contains("tok-SECRET-77"),
+        "prompt"
+    );
+    assert!(
+        !r.stdout.contains("tok-SECRET-77") && !r.stderr.contains("tok-SECRET-77"),
+        "logs"
+    );
+    for f in crate::harness::walk(w.path()) {
+        if !f.ends_with("config.json") {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            assert!(!text.contains("tok-SECRET-77"), "{f}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 mod bench_job;
 mod cli;
+mod feedback;
 mod harness;
 mod http;
 mod llm;

@@ -363,6 +363,72 @@ impl LlmMapper {
     }
 }
 
+impl LlmMapper {
+    /// Asks the model to revise the failing fields of `doc` given the probe's error digest: the
+    /// conversation is replayed (instructions, the mapping request, the model's mapping) and the
+    /// digest follows. Revised expressions that do not compile are dropped (the field keeps its
+    /// expression). Returns the revised document.
+    pub async fn revise(
+        &self,
+        req: &MappingRequest<'_>,
+        doc: &MappingDocument,
+        digest: &str,
+        usage: &mut LlmUsage,
+    ) -> Result<(MappingDocument, Vec<String>)> {
+        let previous = serde_json::json!({"fields": doc.fields.iter().map(|(t, m)| serde_json::json!({
+            "target": t, "expr": m.expr, "confidence": m.confidence, "rationale": m.rationale,
+        })).collect::<Vec<_>>()});
+        let conversation: Vec<ChatCompletionRequestMessage> = vec![
+            ChatCompletionRequestSystemMessage::from(prompt::SYSTEM).into(),
+            ChatCompletionRequestUserMessage::from(prompt::mapping_request(
+                req,
+                self.settings.sample_rows,
+                self.settings.redact_samples,
+            ))
+            .into(),
+            ChatCompletionRequestAssistantMessage::from(previous.to_string()).into(),
+            ChatCompletionRequestUserMessage::from(prompt::revision_request(digest)).into(),
+        ];
+        let content = self.ask(req.source, &conversation, usage).await?;
+        let entries = reply::parse(&content).map_err(|e| Error::Llm {
+            source_name: req.source.to_string(),
+            message: format!("the revision could not be read: {e}"),
+        })?;
+        let mut revised = doc.clone();
+        let mut changed = Vec::new();
+        for e in entries {
+            let Some(t) = req.target.field(&e.target) else {
+                continue;
+            };
+            let Some(current) = revised.fields.get_mut(&e.target) else {
+                continue;
+            };
+            if current.expr == e.expr {
+                continue;
+            }
+            let compiles = super::compile::compile_field(
+                &self.ctx,
+                &req.source_schema,
+                &t.name,
+                &t.kind.data_type(),
+                e.expr.as_deref(),
+            );
+            match compiles {
+                Ok(_) => {
+                    current.expr = e.expr;
+                    current.confidence = e.confidence.unwrap_or(current.confidence);
+                    current.rationale = e.rationale.unwrap_or_default();
+                    changed.push(e.target);
+                }
+                Err(err) => {
+                    tracing::warn!(source = req.source, field = %e.target, error = %err, "The model's revised expression does not compile; the field keeps its expression.");
+                }
+            }
+        }
+        Ok((revised, changed))
+    }
+}
+
 impl Mapper for LlmMapper {
     fn kind(&self) -> MapperKind {
         MapperKind::Llm

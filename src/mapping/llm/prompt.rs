@@ -208,6 +208,17 @@ pub fn repair_request(errors: &[(String, String, String)]) -> String {
     s
 }
 
+/// The follow-up message with the probe's error digest: revise the failing fields only.
+pub fn revision_request(digest: &str) -> String {
+    format!(
+        "The mapping was run on the source and validated against the schema. {digest}\n\
+         For the fields above, reply with revised entries only, in the same JSON format: fix \
+         conversions that fail on valid data (a wrong date format, currency signs, yes/no words, \
+         letter case). Values that are simply wrong (an e-mail without @) cannot be fixed by a \
+         mapping: keep those expressions."
+    )
+}
+
 /// The follow-up message after a reply that was not the requested JSON.
 pub fn unreadable_reply(error: &str) -> String {
     format!(

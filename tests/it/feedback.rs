@@ -1,0 +1,225 @@
+//! The feedback loop: a new mapping is validated on a probe, the failures are digested, and
+//! repairs (offline rules, or the model's revision) are kept only when they raise the valid share.
+
+use serde_json::{Value, json};
+use wiremock::matchers::{body_string_contains, method};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::harness::{Workdir, config, run_async};
+
+const SCHEMA: &str = r#"{"type": "object", "required": ["order_id", "placed", "total"],
+    "properties": {"order_id": {"type": "integer"}, "placed": {"type": "string", "format": "date"},
+                   "total": {"type": "number", "minimum": 0}, "email": {"type": ["string", "null"], "format": "email"}}}"#;
+
+/// 3,000 orders: the first 1,000 (the mapper's sample) have ISO dates and plain amounts, the rest
+/// day-first dates and `$1,234.50` amounts; row 2,500 has a bad e-mail (a data error).
+fn orders(w: &Workdir) {
+    let mut csv = String::from("order_id,placed,total,email\n");
+    for i in 1..=3000u32 {
+        let (d, m) = (1 + i % 28, 1 + i % 12);
+        let (date, total) = if i <= 1000 {
+            (format!("2024-{m:02}-{d:02}"), format!("{}.50", i))
+        } else {
+            (
+                format!("{d:02}/{m:02}/2024"),
+                format!("\"${},{:03}.50\"", i / 1000, i % 1000),
+            )
+        };
+        let email = if i == 2500 {
+            "nobody.example.com".to_string()
+        } else {
+            format!("u{i}@example.com")
+        };
+        csv.push_str(&format!("{i},{date},{total},{email}\n"));
+    }
+    w.write("orders.csv", csv);
+}
+
+#[test]
+fn heuristic_repairs_fix_conversions_but_not_bad_data() {
+    let w = Workdir::new();
+    orders(&w);
+    w.write(
+        "config.json",
+        config(
+            r#"{"orders": {"path": "orders.csv"}}"#,
+            SCHEMA,
+            r#""output_format": "ndjson","#,
+        ),
+    );
+    let r = w.run(&["run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary = w.json("out/run_summary.json");
+    let fb = &summary["sources"]["orders"]["mapping"]["feedback"];
+    assert_eq!(fb["probe_rows"], 3000);
+    assert!(fb["invalid_share_initial"].as_f64().unwrap() > 0.6, "{fb}");
+    assert!(fb["invalid_share_final"].as_f64().unwrap() < 0.001, "{fb}");
+    assert_eq!(fb["digest"]["placed"]["rules"]["format"], 2000, "{fb}");
+    assert!(
+        fb["digest"]["placed"]["examples"][0]
+            .as_str()
+            .unwrap()
+            .contains("/2024"),
+        "{fb}"
+    );
+    let round = &fb["rounds"][0];
+    assert_eq!(round["by"], "heuristic");
+    assert_eq!(round["kept"], true);
+    assert!(
+        round["changes"]["placed"]["after"]
+            .as_str()
+            .unwrap()
+            .contains("%d/%m/%Y"),
+        "{round}"
+    );
+    assert!(
+        round["changes"]["total"]["after"]
+            .as_str()
+            .unwrap()
+            .contains("parse_number"),
+        "{round}"
+    );
+    // The bad e-mail is data: it stays invalid.
+    assert_eq!(summary["sources"]["orders"]["valid"], 2999);
+    let bad = w.ndjson("out/orders_invalid_data.ndjson");
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0]["errors"][0]["field"], "email");
+    // The repaired mapping is the stored document.
+    let doc = w.json("out/mappings/orders.mapping.json");
+    assert!(
+        doc["fields"]["placed"]["expr"]
+            .as_str()
+            .unwrap()
+            .contains("%d/%m/%Y")
+    );
+}
+
+fn completion(content: &str) -> Value {
+    json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+           "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+           "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+}
+
+fn mapping(placed: &str) -> String {
+    json!({"fields": [
+        {"target": "order_id", "expr": "CAST(\"order_id\" AS BIGINT)", "confidence": 1, "rationale": "id"},
+        {"target": "placed", "expr": placed, "confidence": 0.9, "rationale": "date"},
+        {"target": "total", "expr": "parse_number(\"total\")", "confidence": 0.9, "rationale": "amount"},
+        {"target": "email", "expr": "\"email\"", "confidence": 0.9, "rationale": "email"}]})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_model_gets_the_digest_and_its_revision_is_used() {
+    let s = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("was run on the source and validated"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion(&json!({"fields": [
+            {"target": "placed", "expr": "try_to_date(\"placed\", '%Y-%m-%d', '%d/%m/%Y')", "confidence": 0.9, "rationale": "both formats"}]}).to_string())))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion(&mapping("try_to_date(\"placed\", '%Y-%m-%d')"))),
+        )
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = Workdir::new();
+    orders(&w);
+    w.write(
+        "config.json",
+        config(
+            r#"{"orders": {"path": "orders.csv"}}"#,
+            SCHEMA,
+            &format!(
+                r#""output_format": "ndjson", "llm": {{"base_url": "{}/v1"}},"#,
+                s.uri()
+            ),
+        ),
+    );
+    let r = run_async(&w, &["run"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let requests = s.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let second: Value = serde_json::from_slice(&requests[1].body).unwrap();
+    let digest = second["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        digest.contains("placed (format)") && digest.contains("/2024"),
+        "{digest}"
+    );
+    let fb = &w.json("out/run_summary.json")["sources"]["orders"]["mapping"]["feedback"];
+    assert_eq!(fb["rounds"][0]["by"], "llm");
+    assert_eq!(fb["rounds"][0]["kept"], true);
+    assert!(
+        fb["invalid_share_final"].as_f64().unwrap() < fb["invalid_share_initial"].as_f64().unwrap()
+    );
+    let doc = w.json("out/mappings/orders.mapping.json");
+    assert!(
+        doc["fields"]["placed"]["expr"]
+            .as_str()
+            .unwrap()
+            .contains("%d/%m/%Y")
+    );
+    assert_eq!(
+        w.json("out/run_summary.json")["sources"]["orders"]["valid"],
+        2999
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_that_does_not_help_is_dropped_and_the_loop_stops() {
+    let s = MockServer::start().await;
+    let wrong = "try_to_date(\"placed\", '%m-%Y-%d')";
+    Mock::given(method("POST"))
+        .and(body_string_contains("was run on the source and validated"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(completion(
+                &json!({"fields": [
+            {"target": "placed", "expr": wrong, "confidence": 0.5, "rationale": "guess"}]})
+                .to_string(),
+            )),
+        )
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion(&mapping("try_to_date(\"placed\", '%Y-%m-%d')"))),
+        )
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = Workdir::new();
+    orders(&w);
+    w.write(
+        "config.json",
+        config(
+            r#"{"orders": {"path": "orders.csv"}}"#,
+            SCHEMA,
+            &format!(r#""llm": {{"base_url": "{}/v1"}},"#, s.uri()),
+        ),
+    );
+    let r = run_async(&w, &["run"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        s.received_requests().await.unwrap().len(),
+        2,
+        "one revision, then stop"
+    );
+    let fb = &w.json("out/run_summary.json")["sources"]["orders"]["mapping"]["feedback"];
+    assert_eq!(fb["rounds"].as_array().unwrap().len(), 1);
+    assert_eq!(fb["rounds"][0]["kept"], false);
+    assert_eq!(fb["invalid_share_final"], fb["invalid_share_initial"]);
+    let doc = w.json("out/mappings/orders.mapping.json");
+    assert_eq!(
+        doc["fields"]["placed"]["expr"], "try_to_date(\"placed\", '%Y-%m-%d')",
+        "the best is kept"
+    );
+}
