@@ -293,10 +293,19 @@ impl Pipeline {
                 (doc, None, origin, None)
             }
             None => {
-                let sample = {
-                    let source = source.clone();
-                    blocking(move || source.sample(SAMPLE_ROWS)).await?
+                // One read serves the mapper's sample and the feedback probe (a second read of
+                // an HTTP or database source would cost another round of requests).
+                let probe_rows = if self.config.feedback.enabled {
+                    self.config.feedback.probe_rows.max(1)
+                } else {
+                    0
                 };
+                let head = {
+                    let source = source.clone();
+                    let n = SAMPLE_ROWS.max(probe_rows);
+                    blocking(move || source.sample(n)).await?
+                };
+                let sample = head.slice(0, SAMPLE_ROWS.min(head.num_rows()));
                 let profiles = profile(&sample);
                 let request = MappingRequest {
                     source: name,
@@ -343,11 +352,7 @@ impl Pipeline {
                 tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), "Generated a mapping.");
                 let mut proposal = proposal;
                 if self.config.feedback.enabled {
-                    let rows = {
-                        let source = source.clone();
-                        let n = self.config.feedback.probe_rows.max(1);
-                        blocking(move || source.sample(n)).await?
-                    };
+                    let rows = head.slice(0, probe_rows.min(head.num_rows()));
                     let llm = match proposal.document.mapper {
                         MapperKind::Llm => Some(self.llm().await?),
                         _ => None,
