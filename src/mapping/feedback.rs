@@ -407,6 +407,11 @@ impl Loop<'_> {
             if !d.rules.keys().any(|r| r == "type" || r == "format") {
                 continue; // Range, length or pattern failures are data, not conversions.
             }
+            // A conversion that does not fit the data fails on many rows; a few scattered
+            // failures are bad values, and trying repairs for them costs probes for nothing.
+            if d.share < self.config.max_invalid_ratio / 2.0 {
+                continue;
+            }
             let (Some(t), Some(m)) = (self.target.field(field), best.fields.get(field)) else {
                 continue;
             };
