@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::mapping::feedback::FeedbackReport;
 use crate::mapping::heuristic::HeuristicMapper;
 use crate::mapping::llm::{LlmMapper, LlmUsage};
+use crate::mapping::memory;
 use crate::mapping::{
     CompiledMapping, Mapper, MapperKind, MappingDocument, MappingRequest, compile, fingerprint,
 };
@@ -71,6 +72,8 @@ pub struct PreparedSource {
     pub llm: Option<LlmUsage>,
     /// What the feedback loop did, when it ran (newly generated mappings).
     pub feedback: Option<FeedbackReport>,
+    /// Repairs learned on earlier runs that were applied to the new mapping.
+    pub learned_applied: Vec<String>,
     /// One line saying where the mapping came from (printed on stderr by the CLI).
     pub origin: String,
     /// The compiled expressions.
@@ -286,6 +289,7 @@ impl Pipeline {
             self.stored_document(name, choice, &path, &fp)?
         };
         let mut feedback_report = None;
+        let mut learned_applied = Vec::new();
         let (document, llm, origin, save_to) = match stored {
             Some(doc) => {
                 let how = if doc.pinned { "pinned" } else { "stored" };
@@ -351,6 +355,29 @@ impl Pipeline {
                 };
                 tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), "Generated a mapping.");
                 let mut proposal = proposal;
+                // Repairs learned on earlier runs (of any source) for columns like these.
+                for f in compile(
+                    &self.ctx,
+                    &proposal.document,
+                    &source.data_schema(),
+                    &self.target,
+                )?
+                .fields
+                {
+                    if let Some(m) = proposal.document.fields.get_mut(&f.name) {
+                        m.sources = f.sources;
+                    }
+                }
+                let learned = memory::load_repairs(&self.config.mappings_dir())?;
+                learned_applied = memory::apply(&mut proposal.document, &learned)
+                    .into_iter()
+                    .map(|(field, r)| {
+                        format!(
+                            "{field}: {} (learned from `{}`)",
+                            r.template, r.learned_from
+                        )
+                    })
+                    .collect();
                 if self.config.feedback.enabled {
                     let rows = head.slice(0, probe_rows.min(head.num_rows()));
                     let llm = match proposal.document.mapper {
@@ -367,6 +394,25 @@ impl Pipeline {
                         redact: self.config.llm.redact_samples,
                     };
                     let (doc, report) = feedback.run(proposal.document, &mut proposal.llm).await?;
+                    // Kept repairs are remembered for the next source with such a column.
+                    for round in report.rounds.iter().filter(|r| r.kept) {
+                        for (field, change) in &round.changes {
+                            let (Some(after), Some([column])) = (
+                                change.after.as_deref(),
+                                doc.fields.get(field).map(|m| m.sources.as_slice()),
+                            ) else {
+                                continue;
+                            };
+                            memory::remember(
+                                &self.config.mappings_dir(),
+                                name,
+                                field,
+                                column,
+                                after,
+                                &change.why,
+                            )?;
+                        }
+                    }
                     proposal.document = doc;
                     feedback_report = Some(report);
                 }
@@ -399,6 +445,7 @@ impl Pipeline {
             save_to,
             llm,
             feedback: feedback_report,
+            learned_applied,
             origin,
             mapping,
             validator,
@@ -507,7 +554,47 @@ impl Pipeline {
             report.error = Some(e.to_string());
         }
         report.timings.total_s = started.elapsed().as_secs_f64();
+        if let Err(e) = self.record_history(&report) {
+            tracing::warn!(source = name, error = %e, "Could not append to the source's history.");
+        }
         report
+    }
+
+    /// Appends the run to the source's history in the mapping store.
+    fn record_history(&self, report: &SourceReport) -> Result<()> {
+        let m = report.mapping.as_ref();
+        let feedback = m.and_then(|m| m.feedback.as_ref());
+        let mut repairs: Vec<String> = m
+            .map(|m| m.learned_repairs_applied.clone())
+            .unwrap_or_default();
+        for round in feedback
+            .iter()
+            .flat_map(|f| f.rounds.iter())
+            .filter(|r| r.kept)
+        {
+            for (field, c) in &round.changes {
+                repairs.push(format!(
+                    "{field}: {} ({} round {})",
+                    c.after.as_deref().unwrap_or("null"),
+                    round.by,
+                    round.round
+                ));
+            }
+        }
+        let entry = memory::HistoryEntry {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            status: report.status.clone(),
+            fingerprint: m.map(|m| m.fingerprint.clone()),
+            mapper: m.map(|m| m.mapper.as_str().to_string()),
+            stored: m.is_some_and(|m| m.stored),
+            rows_read: report.rows_read,
+            valid: report.valid,
+            invalid: report.invalid,
+            probe_invalid_share: feedback.map(|f| (f.invalid_share_initial, f.invalid_share_final)),
+            repairs,
+            expressions: m.map(|m| m.expressions.clone()).unwrap_or_default(),
+        };
+        memory::append_history(&self.config.mappings_dir(), &report.name, &entry)
     }
 
     async fn run_inner(
@@ -527,6 +614,13 @@ impl Pipeline {
             pinned: prepared.document.pinned,
             llm: prepared.llm.clone(),
             feedback: prepared.feedback.clone(),
+            learned_repairs_applied: prepared.learned_applied.clone(),
+            expressions: prepared
+                .document
+                .fields
+                .iter()
+                .map(|(k, m)| (k.clone(), m.expr.clone()))
+                .collect(),
             document: prepared
                 .save_to
                 .as_ref()
@@ -794,6 +888,12 @@ pub struct MappingInfo {
     /// The feedback loop's probe, digest and rounds, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feedback: Option<FeedbackReport>,
+    /// Repairs learned on earlier runs applied to this source's new mapping.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub learned_repairs_applied: Vec<String>,
+    /// The expressions used (for the history).
+    #[serde(skip)]
+    pub expressions: indexmap::IndexMap<String, Option<String>>,
     /// The mapping document's path.
     pub document: String,
     /// The source fingerprint it was made for.

@@ -147,6 +147,14 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Print a source's history: one line per run (mapping, rows, feedback repairs).
+    History {
+        /// The configuration file.
+        #[arg(long, short = 'c', default_value = "config.json")]
+        config: PathBuf,
+        /// The source.
+        source: String,
+    },
     /// Print the Arrow schema the internal JSON Schema becomes.
     Schema {
         /// The configuration file.
@@ -252,6 +260,46 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                     "not null"
                 };
                 console.line(&format!("{}: {} {null}", f.name, field.data_type()));
+            }
+            Ok(0)
+        }
+        Command::History { config, source } => {
+            let config = Config::load(&config)?;
+            if config.source(&source).is_none() {
+                return Err(Error::config(
+                    "source",
+                    format!(
+                        "no source named `{source}`. Valid sources are {}",
+                        config.source_names().join(", ")
+                    ),
+                ));
+            }
+            let entries = conform::mapping::memory::history(&config.mappings_dir(), &source)?;
+            if entries.is_empty() {
+                console.line(&format!("{source}: no runs recorded yet"));
+            }
+            for e in entries {
+                let mapping = match (&e.mapper, e.stored) {
+                    (Some(m), true) => format!("stored {m} mapping"),
+                    (Some(m), false) => format!("new {m} mapping"),
+                    (None, _) => "no mapping".to_string(),
+                };
+                let probe = e
+                    .probe_invalid_share
+                    .map(|(a, b)| format!(", probe invalid {:.1}% → {:.1}%", a * 100.0, b * 100.0))
+                    .unwrap_or_default();
+                console.line(&format!(
+                    "{} {} {mapping} ({}): {} read, {} valid, {} invalid{probe}",
+                    e.at,
+                    e.status,
+                    e.fingerprint.as_deref().unwrap_or("-"),
+                    e.rows_read,
+                    e.valid,
+                    e.invalid
+                ));
+                for r in &e.repairs {
+                    console.line(&format!("    repair {r}"));
+                }
             }
             Ok(0)
         }

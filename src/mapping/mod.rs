@@ -10,6 +10,7 @@ pub mod explain;
 pub mod feedback;
 pub mod heuristic;
 pub mod llm;
+pub mod memory;
 pub mod names;
 
 use std::path::Path;

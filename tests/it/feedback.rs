@@ -223,3 +223,71 @@ async fn a_revision_that_does_not_help_is_dropped_and_the_loop_stops() {
         "the best is kept"
     );
 }
+
+#[test]
+fn a_second_source_with_the_same_mess_reuses_the_learned_repairs() {
+    let w = Workdir::new();
+    orders(&w);
+    std::fs::copy(w.join("orders.csv"), w.join("more_orders.csv")).unwrap();
+    w.write(
+        "config.json",
+        config(
+            r#"{"orders": {"path": "orders.csv"}, "more": {"path": "more_orders.csv"}}"#,
+            SCHEMA,
+            r#""max_concurrent_sources": 1,"#,
+        ),
+    );
+    let r = w.run(&["run", "--source", "orders"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let learned = w.json("out/mappings/learned_repairs.json");
+    assert!(
+        learned
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["target"] == "placed"),
+        "{learned}"
+    );
+    let r = w.run(&["run", "--source", "more"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = &w.json("out/run_summary.json")["sources"]["more"]["mapping"];
+    let applied = m["learned_repairs_applied"].as_array().unwrap();
+    assert!(
+        applied
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("placed:")),
+        "{m}"
+    );
+    assert_eq!(
+        m["feedback"]["rounds"],
+        json!([]),
+        "no probe round needed: {m}"
+    );
+    assert!(m["feedback"]["invalid_share_initial"].as_f64().unwrap() < 0.001);
+    assert_eq!(
+        w.json("out/run_summary.json")["sources"]["more"]["valid"],
+        2999
+    );
+
+    let r = w.run(&["history", "orders"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].contains(" ok new heuristic mapping")
+            && lines[0].contains("2999 valid, 1 invalid"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        lines[0].contains("probe invalid 66.7% → 0.0%"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("repair placed: try_to_date"),
+        "{}",
+        r.stdout
+    );
+    let r = w.run(&["history", "more"]);
+    assert!(r.stdout.contains("learned from `orders`"), "{}", r.stdout);
+}
