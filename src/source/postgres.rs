@@ -4,8 +4,9 @@
 //!
 //! Types: int2/int4/int8 → Int16/32/64, float4/float8 → Float32/64, bool → Boolean, text,
 //! varchar, char and name → Utf8, date → Date32, timestamp → Timestamp(µs), timestamptz →
-//! Timestamp(µs, UTC). numeric is read as its exact decimal text (Utf8), and uuid, json, jsonb
-//! and every other type as PostgreSQL's text form (Utf8): the mapping converts them.
+//! Timestamp(µs, UTC), numeric(p, s) (p ≤ 38) → Decimal128(p, s). numeric without a declared
+//! precision is read as its exact decimal text (Utf8), and uuid, json, jsonb and every other
+//! type as PostgreSQL's text form (Utf8): the mapping converts them.
 //!
 //! Provenance: a row's file is `postgres://host:port/database` (no credentials) and its row the
 //! 1-based position in the result.
@@ -51,8 +52,19 @@ impl std::fmt::Debug for PgSpec {
 }
 
 /// The Arrow type a PostgreSQL column is read as, and whether the query must cast it to text.
-fn arrow_type(t: &Type) -> (DataType, bool) {
+/// `typmod` is the column's type modifier (`numeric(12,2)` → precision 12, scale 2; -1 none).
+fn arrow_type(t: &Type, typmod: i32) -> (DataType, bool) {
     match *t {
+        // numeric(p, s) with p ≤ 38 is exact in Decimal128; read as text and converted.
+        Type::NUMERIC if typmod >= 4 => {
+            let m = typmod - 4;
+            let (p, s) = ((m >> 16) & 0xffff, m & 0xffff);
+            if (1..=38).contains(&p) && s <= p {
+                (DataType::Decimal128(p as u8, s as i8), true)
+            } else {
+                (DataType::Utf8, true)
+            }
+        }
         Type::INT2 => (DataType::Int16, false),
         Type::INT4 => (DataType::Int32, false),
         Type::INT8 => (DataType::Int64, false),
@@ -205,7 +217,7 @@ impl PgSpec {
         let mut fields = Vec::new();
         let mut select = Vec::new();
         for c in stmt.columns() {
-            let (dt, cast) = arrow_type(c.type_());
+            let (dt, cast) = arrow_type(c.type_(), c.type_modifier());
             let col = ident(c.name());
             select.push(if cast {
                 format!("{col}::text AS {col}")
@@ -315,6 +327,15 @@ fn columns(spec: &PgSpec, schema: &Schema, rows: &[Row]) -> Result<Vec<ArrayRef>
                         )
                         .with_timezone("UTC"),
                     )
+                }
+                DataType::Decimal128(..) => {
+                    // PostgreSQL's text of a numeric(p, s) fits the decimal type exactly.
+                    let v = rows
+                        .iter()
+                        .map(|r| r.try_get::<_, Option<&str>>(i))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(bad)?;
+                    arrow::compute::cast(&StringArray::from(v), f.data_type())?
                 }
                 _ => {
                     let v = rows
@@ -431,12 +452,17 @@ mod tests {
 
     #[test]
     fn types_and_text_casts() {
-        assert_eq!(arrow_type(&Type::INT8), (DataType::Int64, false));
-        assert_eq!(arrow_type(&Type::NUMERIC), (DataType::Utf8, true));
-        assert_eq!(arrow_type(&Type::JSONB), (DataType::Utf8, true));
-        assert_eq!(arrow_type(&Type::UUID), (DataType::Utf8, true));
+        assert_eq!(arrow_type(&Type::INT8, -1), (DataType::Int64, false));
+        assert_eq!(arrow_type(&Type::NUMERIC, -1), (DataType::Utf8, true));
+        let numeric_12_2 = ((12 << 16) | 2) + 4;
+        assert_eq!(
+            arrow_type(&Type::NUMERIC, numeric_12_2),
+            (DataType::Decimal128(12, 2), true)
+        );
+        assert_eq!(arrow_type(&Type::JSONB, -1), (DataType::Utf8, true));
+        assert_eq!(arrow_type(&Type::UUID, -1), (DataType::Utf8, true));
         assert!(matches!(
-            arrow_type(&Type::TIMESTAMPTZ).0,
+            arrow_type(&Type::TIMESTAMPTZ, -1).0,
             DataType::Timestamp(_, Some(_))
         ));
     }

@@ -71,7 +71,7 @@ async fn every_supported_type_and_null_round_trips_into_parquet() {
             "big_n:Int64",
             "real_n:Float32",
             "dbl_n:Float64",
-            "price:Utf8",
+            "price:Decimal128(12, 2)",
             "title:Utf8",
             "code:Utf8",
             "active:Boolean",

@@ -232,6 +232,19 @@ impl LlmMapper {
         }
     }
 
+    /// The conversation's first two messages: the instructions and the mapping request.
+    fn opening(&self, req: &MappingRequest<'_>) -> Vec<ChatCompletionRequestMessage> {
+        vec![
+            ChatCompletionRequestSystemMessage::from(prompt::SYSTEM).into(),
+            ChatCompletionRequestUserMessage::from(prompt::mapping_request(
+                req,
+                self.settings.sample_rows,
+                self.settings.redact_samples,
+            ))
+            .into(),
+        ]
+    }
+
     /// Compile errors of the fields that have an expression: (field, expr, error).
     fn check(
         &self,
@@ -264,15 +277,7 @@ impl LlmMapper {
             prompt_version: prompt::PROMPT_VERSION,
             ..Default::default()
         };
-        let mut conversation: Vec<ChatCompletionRequestMessage> = vec![
-            ChatCompletionRequestSystemMessage::from(prompt::SYSTEM).into(),
-            ChatCompletionRequestUserMessage::from(prompt::mapping_request(
-                req,
-                self.settings.sample_rows,
-                self.settings.redact_samples,
-            ))
-            .into(),
-        ];
+        let mut conversation = self.opening(req);
         let mut fields: IndexMap<String, FieldMapping> = req
             .target
             .fields
@@ -378,17 +383,10 @@ impl LlmMapper {
         let previous = serde_json::json!({"fields": doc.fields.iter().map(|(t, m)| serde_json::json!({
             "target": t, "expr": m.expr, "confidence": m.confidence, "rationale": m.rationale,
         })).collect::<Vec<_>>()});
-        let conversation: Vec<ChatCompletionRequestMessage> = vec![
-            ChatCompletionRequestSystemMessage::from(prompt::SYSTEM).into(),
-            ChatCompletionRequestUserMessage::from(prompt::mapping_request(
-                req,
-                self.settings.sample_rows,
-                self.settings.redact_samples,
-            ))
-            .into(),
-            ChatCompletionRequestAssistantMessage::from(previous.to_string()).into(),
-            ChatCompletionRequestUserMessage::from(prompt::revision_request(digest)).into(),
-        ];
+        let mut conversation = self.opening(req);
+        conversation.push(ChatCompletionRequestAssistantMessage::from(previous.to_string()).into());
+        conversation
+            .push(ChatCompletionRequestUserMessage::from(prompt::revision_request(digest)).into());
         let content = self.ask(req.source, &conversation, usage).await?;
         let entries = reply::parse(&content).map_err(|e| Error::Llm {
             source_name: req.source.to_string(),
