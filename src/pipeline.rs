@@ -156,20 +156,7 @@ impl Pipeline {
     }
 
     fn open_with(config: &Config, name: &str) -> Result<FileSource> {
-        let cfg = config.source(name).ok_or_else(|| {
-            Error::config(
-                "--source",
-                format!(
-                    "no source named `{name}`. Valid sources are {}",
-                    config
-                        .source_names()
-                        .iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
+        let cfg = config.source_or_error(name)?;
         if cfg.path.is_some() && !cfg.credentials.is_empty() {
             tracing::warn!(
                 source = name,

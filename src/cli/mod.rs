@@ -225,18 +225,7 @@ fn selected(pipeline: &Pipeline, wanted: &[String]) -> Result<Vec<String>, Error
         return Ok(all);
     }
     for w in wanted {
-        if !all.contains(w) {
-            return Err(Error::config(
-                "--source",
-                format!(
-                    "no source named `{w}`. Valid sources are {}",
-                    all.iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
+        pipeline.config().source_or_error(w)?;
     }
     Ok(all.into_iter().filter(|n| wanted.contains(n)).collect())
 }
@@ -265,15 +254,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
         }
         Command::History { config, source } => {
             let config = Config::load(&config)?;
-            if config.source(&source).is_none() {
-                return Err(Error::config(
-                    "source",
-                    format!(
-                        "no source named `{source}`. Valid sources are {}",
-                        config.source_names().join(", ")
-                    ),
-                ));
-            }
+            config.source_or_error(&source)?;
             let entries = conform::mapping::memory::history(&config.mappings_dir(), &source)?;
             if entries.is_empty() {
                 console.line(&format!("{source}: no runs recorded yet"));

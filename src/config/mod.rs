@@ -620,6 +620,23 @@ impl Config {
             .map(|(_, s)| s)
     }
 
+    /// Looks a source up by name; the error lists the valid names.
+    pub fn source_or_error(&self, name: &str) -> Result<&SourceConfig> {
+        self.source(name).ok_or_else(|| {
+            Error::config(
+                "--source",
+                format!(
+                    "no source named `{name}`. Valid sources are {}",
+                    self.data_sources
+                        .iter()
+                        .map(|(n, _)| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
+
     /// Names of all sources, in config order.
     pub fn source_names(&self) -> Vec<String> {
         self.data_sources.iter().map(|(n, _)| n.clone()).collect()

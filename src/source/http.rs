@@ -19,7 +19,7 @@ use super::json::{decode_records, schema_of_objects};
 use crate::config::{HttpOptions, Pagination, Secret, SourceConfig};
 use crate::error::{Error, Result};
 use crate::mapping::llm::display_url;
-use crate::mapping::llm::transport::{backoff, without_url};
+use crate::mapping::llm::transport::{backoff, retry_after, without_url};
 
 /// Records read to infer an HTTP source's columns (over the first pages).
 const INFER_RECORDS: usize = 1000;
@@ -186,26 +186,6 @@ impl HttpSpec {
             tokio::time::sleep(wait).await;
         }
     }
-}
-
-/// `Retry-After` in seconds or as an HTTP date, at most a minute.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let d = match v.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
-        Ok(_) => return None,
-        Err(_) => {
-            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(d.min(Duration::from_secs(60)))
 }
 
 /// The `rel="next"` target of a `Link` header.

@@ -26,11 +26,7 @@ use tokio_postgres::{Client, NoTls, Row};
 use super::http::run_sync;
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
-
-/// Quotes an SQL identifier.
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use crate::mapping::heuristic::quote;
 
 /// A PostgreSQL source's connection settings and query, checked.
 #[derive(Clone)]
@@ -141,7 +137,7 @@ impl PgSpec {
             (Some(q), _) => q.trim().trim_end_matches(';').to_string(),
             (None, Some(t)) => format!(
                 "SELECT * FROM {}",
-                t.split('.').map(ident).collect::<Vec<_>>().join(".")
+                t.split('.').map(quote).collect::<Vec<_>>().join(".")
             ),
             (None, None) => return Err(Error::config(&at, "needs `query` or `table`")),
         };
@@ -218,7 +214,7 @@ impl PgSpec {
         let mut select = Vec::new();
         for c in stmt.columns() {
             let (dt, cast) = arrow_type(c.type_(), c.type_modifier());
-            let col = ident(c.name());
+            let col = quote(c.name());
             select.push(if cast {
                 format!("{col}::text AS {col}")
             } else {

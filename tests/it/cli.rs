@@ -1,14 +1,6 @@
 //! The CLI contract: console output, output files, exit codes, config errors, secrets.
 
-use crate::harness::{PEOPLE_SCHEMA, Workdir, config};
-
-fn demo() -> Workdir {
-    let w = Workdir::new();
-    for f in ["config.json", "source1.csv", "source2.json"] {
-        w.copy_testdata(&format!("demo/{f}"), f);
-    }
-    w
-}
+use crate::harness::{PEOPLE_SCHEMA, Workdir, config, demo};
 
 #[test]
 fn demo_console_output_is_the_original_tools_words() {

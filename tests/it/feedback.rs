@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{Workdir, config, run_async};
+use crate::harness::{Workdir, completion, config, run_async};
 
 const SCHEMA: &str = r#"{"type": "object", "required": ["order_id", "placed", "total"],
     "properties": {"order_id": {"type": "integer"}, "placed": {"type": "string", "format": "date"},
@@ -92,12 +92,6 @@ fn heuristic_repairs_fix_conversions_but_not_bad_data() {
             .unwrap()
             .contains("%d/%m/%Y")
     );
-}
-
-fn completion(content: &str) -> Value {
-    json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
-           "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-           "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 }
 
 fn mapping(placed: &str) -> String {

@@ -168,3 +168,26 @@ pub const PEOPLE_SCHEMA: &str = r#"{
         "age": {"type": ["integer", "null"], "minimum": 0, "maximum": 150}
     }
 }"#;
+
+/// A scratch directory holding the demo's config and sources.
+pub fn demo() -> Workdir {
+    let w = Workdir::new();
+    for f in ["config.json", "source1.csv", "source2.json"] {
+        w.copy_testdata(&format!("demo/{f}"), f);
+    }
+    w
+}
+
+/// An OpenAI chat-completion response whose message is `content` (1,200 prompt and 300
+/// completion tokens), as a local LLM server returns it.
+pub fn completion(content: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "test-model",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
+    })
+}

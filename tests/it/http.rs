@@ -55,8 +55,10 @@ async fn each_auth_style_is_sent_and_a_rejection_stops_only_its_source() {
         .respond_with(ResponseTemplate::new(200).set_body_json(items(1, 2)))
         .mount(&s)
         .await;
+    // Extra headers from `http.headers` go along with the credentials.
     Mock::given(path("/bearer"))
         .and(bearer_token("tok-1"))
+        .and(header("x-trace", "t1"))
         .respond_with(ResponseTemplate::new(200).set_body_json(items(3, 4)))
         .mount(&s)
         .await;
@@ -75,7 +77,7 @@ async fn each_auth_style_is_sent_and_a_rejection_stops_only_its_source() {
     let sources = |pw: &str, tok: &str| {
         format!(
             r#"{{"basic": {{"url": "{u}/basic", "credentials": {{"username": "ann", "password": "{pw}"}}}},
-                "bearer": {{"url": "{u}/bearer", "credentials": {{"token": "{tok}"}}}},
+                "bearer": {{"url": "{u}/bearer", "credentials": {{"token": "{tok}"}}, "http": {{"headers": {{"X-Trace": "t1"}}}}}},
                 "key": {{"url": "{u}/key", "credentials": {{"header": "X-Api-Key", "key": "${{API_KEY}}"}}}},
                 "file": {{"path": "local.ndjson"}}}}"#
         )
@@ -337,10 +339,10 @@ async fn source_credentials_never_reach_the_llm_logs_or_documents() {
         {"target": "id", "expr": "CAST(\"id\" AS BIGINT)", "confidence": 1, "rationale": "id"},
         {"target": "name", "expr": "\"name\"", "confidence": 1, "rationale": "name"}]});
     Mock::given(path("/v1/chat/completions"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "id": "x", "object": "chat.completion", "created": 1, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": reply.to_string()}}]})))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(crate::harness::completion(&reply.to_string())),
+        )
         .mount(&s)
         .await;
     let w = workdir(&format!(

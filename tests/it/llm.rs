@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{Run, Workdir, config};
+use crate::harness::{Run, Workdir, completion, config};
 
 const KEY: &str = "sk-test-0123456789abcdef";
 
@@ -38,18 +38,6 @@ fn workdir(llm: &str) -> Workdir {
         ),
     );
     w
-}
-
-fn completion(content: &str) -> Value {
-    json!({
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "test-model",
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
-    })
 }
 
 fn fields(entries: &[(&str, Option<&str>)]) -> String {

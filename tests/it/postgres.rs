@@ -201,17 +201,19 @@ async fn mixed_sources_with_bad_credentials_run_end_to_end() {
             "api": {{"url": "{}/people"}},
             "db": {},
             "db_wrong": {},
+            "db_dsn": {{"postgres": {{"dsn": "host=127.0.0.1 port={} user={USER} password=${{PGPW}} dbname=postgres", "table": "people"}}}},
             "db_down": {{"postgres": {{"host": "127.0.0.1", "port": {dead_port}, "table": "people"}},
                         "credentials": {{"username": "x", "password": "y"}}}}}}"#,
         api.uri(),
         pg_source(&pg, "people", PASSWORD),
         pg_source(&pg, "people", "not-the-password"),
+        pg.port,
     );
     w.write(
         "config.json",
         config(&sources, r#"{"type": "object", "required": ["id", "name"], "properties": {"id": {"type": "integer"}, "name": {"type": "string"}}}"#, ""),
     );
-    let r = run_async(&w, &["run"], &[]).await;
+    let r = run_async(&w, &["run"], &[("PGPW", PASSWORD)]).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stdout
@@ -225,6 +227,13 @@ async fn mixed_sources_with_bad_credentials_run_end_to_end() {
     );
     assert!(
         r.stdout.contains("Invalid credentials for db_wrong"),
+        "{}",
+        r.stdout
+    );
+    // A connection string works as well as the separate keys.
+    assert!(
+        r.stdout
+            .contains("Successfully validated 2 items from db_dsn"),
         "{}",
         r.stdout
     );

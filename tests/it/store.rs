@@ -1,15 +1,7 @@
 //! The mapping store: reuse by fingerprint, pinning, re-mapping when columns change, `--frozen`
 //! and `map --diff`.
 
-use crate::harness::Workdir;
-
-fn demo() -> Workdir {
-    let w = Workdir::new();
-    for f in ["config.json", "source1.csv", "source2.json"] {
-        w.copy_testdata(&format!("demo/{f}"), f);
-    }
-    w
-}
+use crate::harness::{Workdir, demo};
 
 const DOC: &str = "output/mappings/source1.mapping.json";
 

@@ -44,20 +44,24 @@ fn retryable_status(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(resp: &Response) -> Option<Duration> {
-    let v = resp
-        .headers()
+/// `Retry-After` as seconds or an HTTP date, at most [`MAX_DELAY`].
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    let wait = match v.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return None,
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_DELAY))
 }
 
 /// Backoff before retry number `attempt` (0-based): exponential, capped, with jitter between
@@ -93,9 +97,7 @@ impl tower::Service<HttpRequestFactory> for RetryingHttp {
                 let result = client.execute(req).await;
                 let wait = match &result {
                     Ok(resp) if retryable_status(resp.status()) => {
-                        let wait = retry_after(resp)
-                            .map(|d| d.min(MAX_DELAY))
-                            .unwrap_or_else(|| backoff(attempt));
+                        let wait = retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt));
                         tracing::warn!(status = %resp.status(), attempt = attempt + 1, wait_s = wait.as_secs_f64(), "LLM endpoint answered with a retryable status.");
                         wait
                     }
