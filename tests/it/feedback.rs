@@ -103,13 +103,15 @@ fn mapping(placed: &str) -> String {
     .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_model_gets_the_digest_and_its_revision_is_used() {
+/// A local LLM server that maps `orders` with an ISO-only date format and answers the feedback
+/// revision with `revised` as the `placed` expression; and a workdir using it.
+async fn llm_with_revision(revised: &str) -> (MockServer, Workdir) {
     let s = MockServer::start().await;
+    let revision = json!({"fields": [
+        {"target": "placed", "expr": revised, "confidence": 0.9, "rationale": "revised"}]});
     Mock::given(method("POST"))
         .and(body_string_contains("was run on the source and validated"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(completion(&json!({"fields": [
-            {"target": "placed", "expr": "try_to_date(\"placed\", '%Y-%m-%d', '%d/%m/%Y')", "confidence": 0.9, "rationale": "both formats"}]}).to_string())))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion(&revision.to_string())))
         .with_priority(1)
         .mount(&s)
         .await;
@@ -134,6 +136,12 @@ async fn the_model_gets_the_digest_and_its_revision_is_used() {
             ),
         ),
     );
+    (s, w)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_model_gets_the_digest_and_its_revision_is_used() {
+    let (s, w) = llm_with_revision("try_to_date(\"placed\", '%Y-%m-%d', '%d/%m/%Y')").await;
     let r = run_async(&w, &["run"], &[]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let requests = s.received_requests().await.unwrap();
@@ -168,38 +176,7 @@ async fn the_model_gets_the_digest_and_its_revision_is_used() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revision_that_does_not_help_is_dropped_and_the_loop_stops() {
-    let s = MockServer::start().await;
-    let wrong = "try_to_date(\"placed\", '%m-%Y-%d')";
-    Mock::given(method("POST"))
-        .and(body_string_contains("was run on the source and validated"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(completion(
-                &json!({"fields": [
-            {"target": "placed", "expr": wrong, "confidence": 0.5, "rationale": "guess"}]})
-                .to_string(),
-            )),
-        )
-        .with_priority(1)
-        .mount(&s)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(completion(&mapping("try_to_date(\"placed\", '%Y-%m-%d')"))),
-        )
-        .with_priority(2)
-        .mount(&s)
-        .await;
-    let w = Workdir::new();
-    orders(&w);
-    w.write(
-        "config.json",
-        config(
-            r#"{"orders": {"path": "orders.csv"}}"#,
-            SCHEMA,
-            &format!(r#""llm": {{"base_url": "{}/v1"}},"#, s.uri()),
-        ),
-    );
+    let (s, w) = llm_with_revision("try_to_date(\"placed\", '%m-%Y-%d')").await;
     let r = run_async(&w, &["run"], &[]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
