@@ -7,7 +7,8 @@
 //! into vectorized checks ([`validate`]); [`plan`] puts scan, mapping and checks into one
 //! DataFusion plan; each output batch is split into valid rows (columnar, written as JSON,
 //! NDJSON or Parquet by [`sink`]) and invalid rows with their reasons. For every source,
-//! rows read = valid + invalid: bad data is data, never a crash.
+//! rows read = valid + invalid: bad data is data, never a crash. [`anomaly`] profiles the valid
+//! rows of each run and flags outliers and drift against the source's earlier runs.
 //!
 //! ```no_run
 //! # async fn demo() -> conform::Result<()> {
@@ -25,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod anomaly;
 pub mod config;
 pub mod error;
 pub mod functions;

@@ -20,6 +20,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::anomaly::{self, AnomalyReport, Monitor, RunProfile};
 use crate::config::{Config, LlmFallback, OutputFormat};
 use crate::error::{Error, Result};
 use crate::mapping::feedback::FeedbackReport;
@@ -633,7 +634,19 @@ impl Pipeline {
         let valid_name = format!("{name}_valid_data.{}", format.valid_extension());
         let invalid_name = format!("{name}_invalid_data.{}", format.invalid_extension());
         let mut stream = self.execute(&prepared).await?;
-        let valid_schema = stream.valid_schema();
+        let mut monitor = if self.config.anomalies.enabled {
+            let previous = anomaly::load_profiles(&self.config.mappings_dir(), name)?;
+            Some(Monitor::new(
+                &self.config.anomalies,
+                stream.valid_schema(),
+                previous,
+            )?)
+        } else {
+            None
+        };
+        let valid_schema = monitor
+            .as_ref()
+            .map_or_else(|| stream.valid_schema(), Monitor::output_schema);
         // Splitting and writing run on a blocking thread, overlapping with evaluation.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(4);
         let writer = {
@@ -646,7 +659,14 @@ impl Pipeline {
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
                         Message::Batch(v, bad) => {
-                            valid.write(&v)?;
+                            match monitor.as_mut() {
+                                Some(m) => {
+                                    for b in m.push(v)? {
+                                        valid.write(&b)?;
+                                    }
+                                }
+                                None => valid.write(&v)?,
+                            }
                             if !bad.is_empty() {
                                 if invalid.is_none() {
                                     invalid = Some(InvalidSink::create(
@@ -658,11 +678,19 @@ impl Pipeline {
                             }
                         }
                         Message::Done => {
+                            if let Some(m) = monitor.as_mut() {
+                                for b in m.flush()? {
+                                    valid.write(&b)?;
+                                }
+                            }
                             let v = valid.finish()?;
                             let i = invalid.map(InvalidSink::finish).transpose()?;
+                            let at = chrono::Utc::now()
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                             return Ok(Written {
                                 valid: v,
                                 invalid: i,
+                                anomalies: monitor.map(|m| m.finish(at)),
                             });
                         }
                     }
@@ -714,6 +742,16 @@ impl Pipeline {
             .map_err(|e| Error::source(name, format!("writer thread failed: {e}")))??;
         report.rows_read = rows_read;
         report.timings.transform_s = t1.elapsed().as_secs_f64();
+        if let Some((profile, anomalies)) = written.anomalies {
+            for f in &anomalies.flags {
+                report.notes.push(format!("anomaly: {}", f.message));
+            }
+            report.anomalies = Some(anomalies);
+            // The profile becomes the reference of later runs only once the outputs exist.
+            if let Err(e) = anomaly::append_profile(&self.config.mappings_dir(), name, &profile) {
+                tracing::warn!(source = name, error = %e, "Could not store the run's profile.");
+            }
+        }
         let shown = |file: &str| {
             self.config
                 .output_directory
@@ -753,6 +791,8 @@ enum Message {
 struct Written {
     valid: PathBuf,
     invalid: Option<PathBuf>,
+    /// The run's profile of the valid rows and the flags raised.
+    anomalies: Option<(RunProfile, AnomalyReport)>,
 }
 
 /// One split batch: the valid rows (target schema) and the invalid rows with their errors.
@@ -933,6 +973,9 @@ pub struct SourceReport {
     pub mapping: Option<MappingInfo>,
     /// Files written.
     pub outputs: Outputs,
+    /// Outliers, drift and new values found in the valid rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomalies: Option<AnomalyReport>,
     /// The console block, line by line (printed by the CLI).
     #[serde(skip)]
     pub console: Vec<String>,
@@ -954,6 +997,7 @@ impl SourceReport {
             timings: Timings::default(),
             mapping: None,
             outputs: Outputs::default(),
+            anomalies: None,
             console: Vec::new(),
             notes: Vec::new(),
         }

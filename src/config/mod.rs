@@ -372,6 +372,9 @@ pub struct FeedbackConfig {
     pub max_invalid_ratio: f64,
     /// Rounds at most. Default 3.
     pub max_rounds: u32,
+    /// A mapped field that is null after conversion in more than this share of the probe rows
+    /// although its source columns have values there triggers repairs too. Default 0.5.
+    pub max_null_ratio: f64,
 }
 
 impl Default for FeedbackConfig {
@@ -381,6 +384,52 @@ impl Default for FeedbackConfig {
             probe_rows: 10_000,
             max_invalid_ratio: 0.02,
             max_rounds: 3,
+            max_null_ratio: 0.5,
+        }
+    }
+}
+
+/// Profiles of the valid output and the anomaly flags raised on them.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// Profile every run's valid output and flag anomalies. Default true.
+    pub enabled: bool,
+    /// Add a `_anomalies` list column to the valid output naming the rules each row tripped.
+    /// Default false.
+    pub flag_rows: bool,
+    /// A number is an outlier when its robust z-score, 0.6745·|x − median| / MAD, exceeds
+    /// this. Default 3.5.
+    pub outlier_threshold: f64,
+    /// Valid rows the median and MAD are taken from on a source's first run. Default 10,000.
+    pub reference_rows: usize,
+    /// Earlier runs of the same source that drift is measured against. Default 5.
+    pub history_runs: usize,
+    /// Largest change of a column's null share (absolute, 0–1) that is not drift. Default 0.1.
+    pub max_null_share_change: f64,
+    /// Largest change of a numeric column's mean, in standard deviations of the earlier runs,
+    /// that is not drift. Default 0.5.
+    pub max_mean_shift: f64,
+    /// A text or boolean column with at most this many distinct values is a category column:
+    /// its value set is compared across runs. Default 20.
+    pub max_categories: usize,
+    /// Largest total-variation distance between a category column's value shares and the
+    /// previous run's that is not drift (0–1). Default 0.2.
+    pub max_category_shift: f64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            enabled: true,
+            flag_rows: false,
+            outlier_threshold: 3.5,
+            reference_rows: 10_000,
+            history_runs: 5,
+            max_null_share_change: 0.1,
+            max_mean_shift: 0.5,
+            max_categories: 20,
+            max_category_shift: 0.2,
         }
     }
 }
@@ -439,6 +488,9 @@ pub struct Config {
     /// Validate new mappings on a probe and repair them.
     #[serde(default)]
     pub feedback: FeedbackConfig,
+    /// Profiles of the valid output and anomaly flags.
+    #[serde(default)]
+    pub anomalies: AnomalyConfig,
     /// The sources, in the order they are processed. Filled from the JSON object in order.
     #[serde(skip)]
     pub data_sources: Vec<(String, SourceConfig)>,
