@@ -23,6 +23,8 @@ use crate::schema::{FieldKind, TargetField, TargetSchema};
 use crate::source::profile::detect_formats;
 use crate::validate::{Validator, split};
 
+/// The digest's rule for a mapped field that is mostly null after conversion.
+pub const MOSTLY_NULL: &str = "mostly_null";
 /// Failing source values kept per field in the digest.
 const EXAMPLES: usize = 5;
 /// Failing values looked at to choose a repair.
@@ -39,11 +41,19 @@ pub struct FieldDigest {
     pub rules: BTreeMap<String, usize>,
     /// A few distinct failing source values (masked when samples are redacted).
     pub examples: Vec<String>,
+    /// Probe rows where the field is null after conversion (counted for mapped fields that
+    /// are mostly null).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub nulls: usize,
     /// The field's expression.
     pub expr: Option<String>,
     /// More failing values, for choosing a repair (not reported).
     #[serde(skip)]
     pub evidence: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The result of validating a mapping on the probe.
@@ -55,6 +65,9 @@ pub struct Probe {
     pub invalid: usize,
     /// Per target field with failures, in target order.
     pub fields: IndexMap<String, FieldDigest>,
+    /// Values lost to null over the mapped fields that are mostly null (ties between candidates
+    /// with the same valid share go to fewer).
+    pub nulls: usize,
 }
 
 impl Probe {
@@ -70,6 +83,18 @@ impl Probe {
     /// Share of invalid rows.
     pub fn invalid_share(&self) -> f64 {
         1.0 - self.valid_share()
+    }
+
+    /// Whether the loop should try to do better: too many invalid rows, or a mapped field that
+    /// is mostly null.
+    pub fn needs_repair(&self, max_invalid_ratio: f64) -> bool {
+        self.invalid_share() > max_invalid_ratio || self.nulls > 0
+    }
+
+    /// Whether this probe is better than `other`: more valid rows, or as many and fewer values
+    /// lost to null.
+    pub fn better_than(&self, other: &Probe) -> bool {
+        self.invalid < other.invalid || (self.invalid == other.invalid && self.nulls < other.nulls)
     }
 
     /// The digest as text for a person or a model: one line per field and rule.
@@ -93,11 +118,18 @@ impl Probe {
                 })
                 .collect();
             for (rule, n) in &d.rules {
+                let values = if rule == MOSTLY_NULL {
+                    "null after conversion although the field is mapped".to_string()
+                } else {
+                    format!(
+                        "failing source values {}",
+                        serde_json::to_string(&examples).unwrap_or_default()
+                    )
+                };
                 s.push_str(&format!(
-                    "- {field} ({rule}): {n} rows ({:.1}%); expression `{}`; failing source values {}\n",
+                    "- {field} ({rule}): {n} rows ({:.1}%); expression `{}`; {values}\n",
                     *n as f64 * 100.0 / self.rows.max(1) as f64,
                     d.expr.as_deref().unwrap_or("null"),
-                    serde_json::to_string(&examples).unwrap_or_default()
                 ));
             }
         }
@@ -105,13 +137,15 @@ impl Probe {
     }
 }
 
-/// Validates `doc` on the probe rows. A document that does not compile is an error.
+/// Validates `doc` on the probe rows. A document that does not compile is an error. A mapped
+/// field that is null in more than `max_null_ratio` of the rows gets a `mostly_null` entry.
 pub async fn probe(
     ctx: &SessionContext,
     target: &TargetSchema,
     data_schema: &Schema,
     rows: &RecordBatch,
     doc: &MappingDocument,
+    max_null_ratio: f64,
 ) -> Result<Probe> {
     let mapping = compile(ctx, doc, data_schema, target)?;
     let validator = Validator::new(target, &mapping);
@@ -125,7 +159,11 @@ pub async fn probe(
         ..Default::default()
     };
     let mut fields: BTreeMap<String, FieldDigest> = BTreeMap::new();
+    let mut nulls = vec![0usize; layout.n_targets];
     for b in &batches {
+        for (i, n) in nulls.iter_mut().enumerate() {
+            *n += b.column(i).null_count();
+        }
         let (_, invalid) = split(b, &layout, &validator.checks, &valid_schema)?;
         out.invalid += invalid.len();
         for row in invalid {
@@ -164,6 +202,15 @@ pub async fn probe(
                     d.evidence.push(value);
                 }
             }
+        }
+    }
+    for (name, n) in layout.targets.iter().zip(nulls) {
+        let mapped = doc.fields.get(name).is_some_and(|m| m.expr.is_some());
+        if mapped && out.rows > 0 && n as f64 > max_null_ratio * out.rows as f64 {
+            let d = fields.entry(name.clone()).or_default();
+            d.rules.insert(MOSTLY_NULL.into(), n);
+            d.nulls = n;
+            out.nulls += n;
         }
     }
     for t in &target.fields {
@@ -328,7 +375,9 @@ impl Loop<'_> {
                 m.sources = f.sources;
             }
         }
-        let mut best_probe = probe(self.ctx, self.target, data_schema, self.rows, &best).await?;
+        let limit = self.config.max_null_ratio;
+        let mut best_probe =
+            probe(self.ctx, self.target, data_schema, self.rows, &best, limit).await?;
         let mut report = FeedbackReport {
             probe_rows: best_probe.rows,
             invalid_share_initial: best_probe.invalid_share(),
@@ -337,7 +386,7 @@ impl Loop<'_> {
             rounds: vec![],
         };
         for round in 1..=self.config.max_rounds {
-            if best_probe.invalid_share() <= self.config.max_invalid_ratio {
+            if !best_probe.needs_repair(self.config.max_invalid_ratio) {
                 break;
             }
             let before = best_probe.invalid_share();
@@ -370,8 +419,9 @@ impl Loop<'_> {
             if changes.is_empty() {
                 break;
             }
-            let after = probe(self.ctx, self.target, data_schema, self.rows, &candidate).await?;
-            let kept = after.valid_share() > best_probe.valid_share();
+            let after =
+                probe(self.ctx, self.target, data_schema, self.rows, &candidate, limit).await?;
+            let kept = after.better_than(&best_probe);
             report.rounds.push(Round {
                 round,
                 by,
@@ -404,12 +454,13 @@ impl Loop<'_> {
         let mut best_invalid = current.invalid;
         let mut changes = IndexMap::new();
         for (field, d) in &current.fields {
-            if !d.rules.keys().any(|r| r == "type" || r == "format") {
+            let mostly_null = d.rules.contains_key(MOSTLY_NULL);
+            if !mostly_null && !d.rules.keys().any(|r| r == "type" || r == "format") {
                 continue; // Range, length or pattern failures are data, not conversions.
             }
             // A conversion that does not fit the data fails on many rows; a few scattered
             // failures are bad values, and trying repairs for them costs probes for nothing.
-            if d.share < self.config.max_invalid_ratio / 2.0 {
+            if !mostly_null && d.share < self.config.max_invalid_ratio / 2.0 {
                 continue;
             }
             let (Some(t), Some(m)) = (self.target.field(field), best.fields.get(field)) else {
@@ -420,18 +471,34 @@ impl Loop<'_> {
             };
             let values = column_text(self.rows, column);
             let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            for (expr, why) in repairs(t, column, &values) {
+            let mut candidates = repairs(t, column, &values);
+            if mostly_null && let Some(current) = &m.expr {
+                let used: Vec<&str> = best
+                    .fields
+                    .values()
+                    .flat_map(|f| f.sources.iter().map(String::as_str))
+                    .collect();
+                candidates.extend(super::heuristic::fill_ins(
+                    t,
+                    current,
+                    self.request.profiles,
+                    &used,
+                ));
+            }
+            for (expr, why) in candidates {
                 if m.expr.as_deref() == Some(expr.as_str()) {
                     continue;
                 }
                 let mut trial = best.clone();
                 trial.fields[field].expr = Some(expr.clone());
-                let Ok(p) = probe(self.ctx, self.target, data_schema, self.rows, &trial).await
+                let limit = self.config.max_null_ratio;
+                let Ok(p) =
+                    probe(self.ctx, self.target, data_schema, self.rows, &trial, limit).await
                 else {
                     continue;
                 };
-                let failing = |p: &Probe| p.fields.get(field).map_or(0, |d| d.rows);
-                if failing(&p) < d.rows && p.invalid <= best_invalid {
+                let failing = |p: &Probe| p.fields.get(field).map_or(0, |d| d.rows + d.nulls);
+                if failing(&p) < d.rows + d.nulls && p.invalid <= best_invalid {
                     changes.insert(
                         field.clone(),
                         Change {
@@ -449,5 +516,50 @@ impl Loop<'_> {
             }
         }
         Ok((best, changes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_names_mostly_null_fields_and_candidates_compare_by_nulls_on_ties() {
+        let mut fields = IndexMap::new();
+        let mut rules = BTreeMap::new();
+        rules.insert(MOSTLY_NULL.to_string(), 90);
+        fields.insert(
+            "email".to_string(),
+            FieldDigest {
+                rules,
+                nulls: 90,
+                expr: Some("lower(clean(\"email\"))".into()),
+                ..Default::default()
+            },
+        );
+        let p = Probe {
+            rows: 100,
+            invalid: 0,
+            fields,
+            nulls: 90,
+        };
+        let text = p.digest_text(false);
+        assert!(
+            text.contains("- email (mostly_null): 90 rows (90.0%); expression `lower(clean(\"email\"))`; null after conversion"),
+            "{text}"
+        );
+        assert!(p.needs_repair(0.02));
+        let fewer_nulls = Probe {
+            nulls: 0,
+            ..p.clone()
+        };
+        assert!(fewer_nulls.better_than(&p) && !p.better_than(&fewer_nulls));
+        let fewer_valid = Probe {
+            invalid: 1,
+            nulls: 0,
+            ..p.clone()
+        };
+        assert!(p.better_than(&fewer_valid));
+        assert!(!fewer_nulls.needs_repair(0.02));
     }
 }

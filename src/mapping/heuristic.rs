@@ -253,6 +253,38 @@ impl HeuristicMapper {
     }
 }
 
+/// Fill-ins for a mapped field that is mostly null: `coalesce(current, other)` over the unused
+/// columns whose name relates to the field and whose values fit it, best first (at most 3).
+pub fn fill_ins(
+    t: &TargetField,
+    current: &str,
+    profiles: &[ColumnProfile],
+    used: &[&str],
+) -> Vec<(String, String)> {
+    let mut scored: Vec<(f64, &ColumnProfile)> = profiles
+        .iter()
+        .filter(|p| !used.contains(&p.name.as_str()) && !is_metadata(&p.name))
+        .filter(|p| !matches!(p.shape, ValueShape::Empty))
+        .filter_map(|p| {
+            let name = name_evidence(t, &p.name);
+            let (fit, _) = value_evidence(t, p);
+            (name >= MIN_NAME_SCORE / 2.0 && fit >= 0.5).then_some((name * 0.75 + fit * 0.25, p))
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, p)| {
+            let (expr, how) = conversion(t, p);
+            (
+                format!("coalesce({current}, {expr})"),
+                format!("mostly null: filled from column `{}` ({how})", p.name),
+            )
+        })
+        .collect()
+}
+
 /// A `name`/`full_name` target built from unused first- and last-name columns.
 fn full_name(t: &TargetField, profiles: &[ColumnProfile], used: &[bool]) -> Option<FieldMapping> {
     if !matches!(t.kind, FieldKind::String) || !tokens(&t.name).contains(&"name".to_string()) {

@@ -262,3 +262,47 @@ fn a_second_source_with_the_same_mess_reuses_the_learned_repairs() {
     let r = w.run(&["history", "more"]);
     assert!(r.stdout.contains("learned from `orders`"), "{}", r.stdout);
 }
+
+#[test]
+fn a_mapped_field_that_is_mostly_null_is_filled_from_an_unused_column() {
+    // `email` names the field exactly but is filled on one row in ten; `contact_email` holds
+    // the addresses. Nothing is invalid (the field is optional), so only the null share shows
+    // that the mapping misses data.
+    let w = Workdir::new();
+    let mut csv = String::from("id,email,contact_email\n");
+    for i in 1..=1000u32 {
+        let e = if i % 10 == 0 {
+            format!("old{i}@example.com")
+        } else {
+            String::new()
+        };
+        csv.push_str(&format!("{i},{e},Person{i}@Example.com\n"));
+    }
+    w.write("people.csv", csv);
+    w.write(
+        "config.json",
+        config(
+            r#"{"people": {"path": "people.csv"}}"#,
+            r#"{"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"},
+                "email": {"type": ["string", "null"], "format": "email"}}}"#,
+            r#""output_format": "ndjson","#,
+        ),
+    );
+    let r = w.run(&["run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary = w.json("out/run_summary.json");
+    let fb = &summary["sources"]["people"]["mapping"]["feedback"];
+    assert_eq!(fb["invalid_share_initial"], 0.0, "{fb}");
+    assert_eq!(fb["digest"]["email"]["rules"]["mostly_null"], 900, "{fb}");
+    let round = &fb["rounds"][0];
+    assert_eq!(round["kept"], true, "{fb}");
+    let after = round["changes"]["email"]["after"].as_str().unwrap();
+    assert!(
+        after.starts_with("coalesce(") && after.contains("contact_email"),
+        "{after}"
+    );
+    let rows = w.ndjson("out/people_valid_data.ndjson");
+    assert_eq!(rows.len(), 1000);
+    assert_eq!(rows[0]["email"], "person1@example.com");
+    assert_eq!(rows[9]["email"], "old10@example.com");
+}
