@@ -31,7 +31,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::hash_utils::{HLL_RANDOM_STATE, create_hashes};
 use datafusion_functions_aggregate_common::tdigest::TDigest;
-use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
+use hyperloglogplus::{HyperLogLog, HyperLogLogPF};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -68,8 +68,10 @@ pub struct ColumnProfile {
     pub nulls: u64,
     /// Nulls / rows.
     pub null_share: f64,
-    /// Distinct non-null values (exact up to 1,000, estimated by HyperLogLog++ beyond).
-    pub distinct: u64,
+    /// Distinct non-null values (exact up to 1,000 for text, else estimated by HyperLogLog;
+    /// absent for lists and objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct: Option<u64>,
     /// Smallest value (numbers, dates and timestamps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<Value>,
@@ -88,6 +90,10 @@ pub struct ColumnProfile {
     /// Median absolute deviation from the median (estimated from the t-digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mad: Option<f64>,
+    /// The MAD of `ln(x)`, for columns of positive numbers (skewed columns are judged on a log
+    /// scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_mad: Option<f64>,
     /// The most frequent values with their counts (columns with at most 1,000 distinct values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top: Vec<(String, u64)>,
@@ -165,7 +171,7 @@ impl Hasher for Passthrough {
     }
 }
 
-type Hll = HyperLogLogPlus<u64, BuildHasherDefault<Passthrough>>;
+type Hll = HyperLogLogPF<u64, BuildHasherDefault<Passthrough>>;
 
 /// What is measured of a column.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -247,16 +253,27 @@ impl ColumnState {
         })
     }
 
-    fn observe(&mut self, col: &ArrayRef, hashes: &mut Vec<u64>) -> Result<()> {
-        self.nulls += col.null_count() as u64;
-        let len = col.len();
+    /// Adds the column's non-null values to the distinct-count sketch.
+    fn sketch(&mut self, col: &dyn Array, hashes: &mut Vec<u64>) -> Result<()> {
         hashes.clear();
-        hashes.resize(len, 0);
+        hashes.resize(col.len(), 0);
         create_hashes([col], &HLL_RANDOM_STATE, hashes)?;
         for (i, h) in hashes.iter().enumerate() {
             if col.is_valid(i) {
                 self.hll.insert(h);
             }
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, col: &ArrayRef, hashes: &mut Vec<u64>) -> Result<()> {
+        self.nulls += col.null_count() as u64;
+        // Text with few values is counted exactly; hashing every value for the sketch is
+        // only needed once a column has too many values to count.
+        if !matches!(self.measure, Measure::Boolean | Measure::Other)
+            && (self.measure != Measure::Text || self.counts.is_none())
+        {
+            self.sketch(col.as_ref(), hashes)?;
         }
         match self.measure {
             Measure::Number => self.observe_numbers(col)?,
@@ -272,7 +289,11 @@ impl ColumnState {
                         }
                     }
                     if counts.len() > TOP_CAP {
+                        // Too many values to count: the sketch takes over, seeded with every
+                        // value seen so far (hashed the same way as later batches).
+                        let seen = arrow::array::StringArray::from_iter_values(counts.keys());
                         self.counts = None;
+                        self.sketch(&seen, hashes)?;
                     }
                 }
             }
@@ -365,9 +386,10 @@ impl ColumnState {
     fn finish(mut self, rows: u64, max_categories: usize) -> ColumnProfile {
         self.flush_digest();
         let counts = self.counts.take();
-        let distinct = match &counts {
-            Some(c) => c.len() as u64,
-            None => self.hll.count().round() as u64,
+        let distinct = match (&counts, self.measure) {
+            (_, Measure::Other) => None,
+            (Some(c), _) => Some(c.len() as u64),
+            (None, _) => Some(self.hll.count().round() as u64),
         };
         let mut p = ColumnProfile {
             kind: self.measure.name().into(),
@@ -397,7 +419,10 @@ impl ColumnState {
                 p.quantiles
                     .insert(k.into(), self.digest.estimate_quantile(q));
             }
-            p.mad = Some(digest_mad(&self.digest));
+            p.mad = Some(digest_mad(&self.digest, false));
+            if self.min.is_some_and(|m| m > 0.0) {
+                p.log_mad = Some(digest_mad(&self.digest, true));
+            }
         }
         if self.measure == Measure::Temporal {
             p.min = self.tmin.map(|(_, s)| Value::from(s));
@@ -421,13 +446,15 @@ impl ColumnState {
 }
 
 /// The median absolute deviation estimated from a t-digest: the weighted median of the
-/// centroids' distances from the median.
-fn digest_mad(d: &TDigest) -> f64 {
-    let median = d.estimate_quantile(0.5);
+/// centroids' distances from the median (of their logarithms with `log`; quantiles commute
+/// with the logarithm, so the log-scale median is the log of the median).
+fn digest_mad(d: &TDigest, log: bool) -> f64 {
+    let f = |x: f64| if log { x.ln() } else { x };
+    let median = f(d.estimate_quantile(0.5));
     let mut dev: Vec<(f64, f64)> = d
         .centroids()
         .iter()
-        .map(|c| ((c.mean() - median).abs(), c.weight()))
+        .map(|c| ((f(c.mean()) - median).abs(), c.weight()))
         .collect();
     dev.sort_by(|a, b| a.0.total_cmp(&b.0));
     let half = dev.iter().map(|x| x.1).sum::<f64>() / 2.0;
@@ -460,11 +487,67 @@ fn median_mad(mut xs: Vec<f64>) -> Option<(f64, f64)> {
     Some((m, median(&mut dev)))
 }
 
-/// Robust centre and spread of a numeric column.
+/// Robust centre and spread of a numeric column, of `ln(x)` when `log`.
 #[derive(Debug, Clone, Copy)]
 struct Reference {
     median: f64,
     mad: f64,
+    log: bool,
+}
+
+/// A right-skewed column of positive numbers (amounts, sizes, durations): its long tail is its
+/// normal shape, so it is judged on a log scale, where such data is roughly symmetric.
+fn skewed(p01: f64, p50: f64, p99: f64) -> bool {
+    p01 > 0.0 && (p99 - p50) > 3.0 * (p50 - p01)
+}
+
+/// An integer column whose values are almost all distinct is an identifier or a counter: its
+/// spread says nothing about a single value, so it is not judged for outliers.
+fn identifier(integer: bool, distinct: u64, values: u64) -> bool {
+    integer && values > 0 && distinct as f64 > 0.95 * values as f64
+}
+
+/// The reference from a set of numbers (a first run's leading rows).
+fn reference_of(mut xs: Vec<f64>, integer: bool) -> Option<Reference> {
+    if xs.len() < MIN_REFERENCE {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let distinct = 1 + xs.windows(2).filter(|w| w[0] != w[1]).count();
+    if identifier(integer, distinct as u64, xs.len() as u64) {
+        return None;
+    }
+    let q = |p: f64| xs[((xs.len() - 1) as f64 * p).round() as usize];
+    let log = skewed(q(0.01), q(0.5), q(0.99));
+    if log {
+        xs.iter_mut().for_each(|x| *x = x.ln());
+    }
+    median_mad(xs).map(|(median, mad)| Reference { median, mad, log })
+}
+
+/// The reference from an earlier run's profile of the column.
+fn reference_from(c: &ColumnProfile, rows: u64, integer: bool) -> Option<Reference> {
+    let values = rows.saturating_sub(c.nulls);
+    if values < MIN_REFERENCE as u64 || identifier(integer, c.distinct.unwrap_or(0), values) {
+        return None;
+    }
+    let (p01, p50, p99) = (
+        *c.quantiles.get("p01")?,
+        *c.quantiles.get("p50")?,
+        *c.quantiles.get("p99")?,
+    );
+    match c.log_mad {
+        Some(log_mad) if skewed(p01, p50, p99) => Some(Reference {
+            median: p50.ln(),
+            mad: log_mad,
+            log: true,
+        }),
+        _ => Some(Reference {
+            median: p50,
+            mad: c.mad?,
+            log: false,
+        }),
+    }
 }
 
 /// Per-field row-rule state.
@@ -518,17 +601,13 @@ impl Monitor {
             .iter()
             .map(|f| {
                 let before = last.and_then(|p| p.columns.get(f.name()));
-                let earlier = before.and_then(|b| {
-                    let seen = last.map_or(0, |p| p.rows) - b.nulls;
-                    match (b.quantiles.get("p50"), b.mad) {
-                        (Some(m), Some(mad)) if seen >= MIN_REFERENCE as u64 => {
-                            Some(Reference { median: *m, mad })
-                        }
-                        _ => None,
-                    }
-                });
+                let integer = f.data_type().is_integer();
+                let earlier =
+                    before.and_then(|b| reference_from(b, last.map_or(0, |p| p.rows), integer));
+                // A column an earlier run saw too few numbers of, or an identifier, has no
+                // reference; one the earlier runs did not have gets one from the first rows.
                 let reference = match Measure::of(f.data_type()) {
-                    Measure::Number if earlier.is_none() => {
+                    Measure::Number if before.is_none() => {
                         need_reference = true;
                         None
                     }
@@ -623,7 +702,7 @@ impl Monitor {
                         .filter(|x| x.is_finite()),
                 );
             }
-            self.rules[i].reference = median_mad(xs).map(|(median, mad)| Reference { median, mad });
+            self.rules[i].reference = reference_of(xs, f.data_type().is_integer());
         }
         self.reference_from = format!("first {} rows", self.held_rows);
         self.reference_ready = true;
@@ -739,16 +818,31 @@ impl Monitor {
                     field: name.clone(),
                     count: Some(r.outliers),
                     value: None,
-                    baseline: Some(reference.median),
+                    baseline: Some(if reference.log {
+                        reference.median.exp()
+                    } else {
+                        reference.median
+                    }),
                     examples: r.outlier_examples.clone(),
-                    message: format!(
-                        "{name}: {} outliers (robust z > {}; median {}, MAD {}), e.g. {}",
-                        r.outliers,
-                        self.config.outlier_threshold,
-                        round(reference.median),
-                        round(reference.mad),
-                        shown.join(", ")
-                    ),
+                    message: if reference.log {
+                        format!(
+                            "{name}: {} outliers (robust z > {} on a log scale; median {}, MAD of ln {}), e.g. {}",
+                            r.outliers,
+                            self.config.outlier_threshold,
+                            round(reference.median.exp()),
+                            round(reference.mad),
+                            shown.join(", ")
+                        )
+                    } else {
+                        format!(
+                            "{name}: {} outliers (robust z > {}; median {}, MAD {}), e.g. {}",
+                            r.outliers,
+                            self.config.outlier_threshold,
+                            round(reference.median),
+                            round(reference.mad),
+                            shown.join(", ")
+                        )
+                    },
                 });
             }
             if !r.new_values.is_empty() {
@@ -807,11 +901,19 @@ pub fn flags_field() -> Field {
 /// True where the robust z-score exceeds the threshold (false for nulls).
 fn outlier_mask(xs: &Float64Array, r: Reference, threshold: f64) -> BooleanArray {
     let limit = threshold * r.mad / MAD_SCALE;
-    let values: Vec<bool> = xs
-        .values()
-        .iter()
-        .map(|x| (x - r.median).abs() > limit)
-        .collect();
+    let values: Vec<bool> = if r.log {
+        // A value that is not positive has no logarithm; in a column of positive numbers it is
+        // an outlier by itself.
+        xs.values()
+            .iter()
+            .map(|x| *x <= 0.0 || (x.ln() - r.median).abs() > limit)
+            .collect()
+    } else {
+        xs.values()
+            .iter()
+            .map(|x| (x - r.median).abs() > limit)
+            .collect()
+    };
     let mask = BooleanArray::from(values);
     match xs.nulls() {
         Some(n) => {
@@ -1036,9 +1138,13 @@ mod tests {
             x.quantiles
         );
         assert!((x.mad.unwrap() - 250.0).abs() < 15.0, "{:?}", x.mad);
-        assert!((x.distinct as i64 - 900).abs() < 20, "{}", x.distinct);
+        assert!(
+            (x.distinct.unwrap() as i64 - 900).abs() < 20,
+            "{:?}",
+            x.distinct
+        );
         let c = &p.columns["c"];
-        assert_eq!(c.distinct, 2);
+        assert_eq!(c.distinct, Some(2));
         assert_eq!(c.top[0], ("b".to_string(), 666));
         assert_eq!(c.categories.as_ref().unwrap()["a"], 334);
     }
@@ -1102,5 +1208,27 @@ mod tests {
         }
         let nv = r.flags.iter().find(|f| f.rule == "new_values").unwrap();
         assert_eq!(nv.count, Some(750));
+    }
+
+    #[test]
+    fn skewed_columns_are_judged_on_a_log_scale_and_identifiers_not_at_all() {
+        // Amount-like values spread evenly in ln(x) over 0..5 (1 to 148): a long right tail that
+        // is the column's normal shape; one absurd value.
+        let mut xs: Vec<Option<f64>> = (0..3000)
+            .map(|i| Some(((i % 100) as f64 / 20.0).exp()))
+            .collect();
+        xs[2222] = Some(1.0e6);
+        let cats = vec!["a"; 3000];
+        let (_, p, r) = run(&AnomalyConfig::default(), vec![], vec![batch(&xs, &cats)]);
+        let f: Vec<&Flag> = r.flags.iter().filter(|f| f.rule == "outliers").collect();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].field.as_str(), f[0].count), ("x", Some(1)));
+        assert!(f[0].message.contains("on a log scale"), "{}", f[0].message);
+        // The next run is judged against this run's profile, on the same scale.
+        assert!(p.columns["x"].log_mad.is_some());
+        let (_, _, r) = run(&AnomalyConfig::default(), vec![p], vec![batch(&xs, &cats)]);
+        assert_eq!(r.reference, "previous run");
+        let f: Vec<&Flag> = r.flags.iter().filter(|f| f.rule == "outliers").collect();
+        assert_eq!((f.len(), f[0].count), (1, Some(1)), "{f:?}");
     }
 }

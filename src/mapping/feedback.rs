@@ -419,8 +419,15 @@ impl Loop<'_> {
             if changes.is_empty() {
                 break;
             }
-            let after =
-                probe(self.ctx, self.target, data_schema, self.rows, &candidate, limit).await?;
+            let after = probe(
+                self.ctx,
+                self.target,
+                data_schema,
+                self.rows,
+                &candidate,
+                limit,
+            )
+            .await?;
             let kept = after.better_than(&best_probe);
             report.rounds.push(Round {
                 round,
