@@ -27,6 +27,8 @@
 //! ```
 
 pub mod anomaly;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod functions;

@@ -104,6 +104,8 @@ pub struct Pipeline {
     llm: tokio::sync::OnceCell<Arc<LlmMapper>>,
     /// Refuse anything but a pinned document whose fingerprint matches.
     frozen: bool,
+    /// Ballista scheduler (`df://host:port`) file sources run on, if any.
+    cluster: Option<String>,
 }
 
 impl Pipeline {
@@ -111,12 +113,13 @@ impl Pipeline {
     pub fn try_new(config: Config) -> Result<Pipeline> {
         let target = TargetSchema::try_new(&config.internal_schema)?;
         Ok(Pipeline {
-            config: Arc::new(config),
             target: Arc::new(target),
             ctx: crate::mapping::compile::session(),
             partitions: std::thread::available_parallelism().map_or(1, |n| n.get()),
             llm: tokio::sync::OnceCell::new(),
             frozen: false,
+            cluster: config.engine.cluster.clone(),
+            config: Arc::new(config),
         })
     }
 
@@ -125,6 +128,21 @@ impl Pipeline {
     pub fn with_frozen(mut self, frozen: bool) -> Pipeline {
         self.frozen = frozen;
         self
+    }
+
+    /// Runs file sources on the Ballista cluster at `cluster` (`df://host:port`) instead of
+    /// locally; `None` runs everything locally. Fails when this build has no cluster support.
+    pub fn with_cluster(mut self, cluster: Option<String>) -> Result<Pipeline> {
+        if let Some(c) = cluster {
+            self.cluster = Some(c);
+        }
+        if self.cluster.is_some() && !cfg!(feature = "ballista") {
+            return Err(Error::config(
+                "engine.cluster",
+                "this conform was built without cluster support; build it with `cargo build --features ballista`",
+            ));
+        }
+        Ok(self)
     }
 
     /// The LLM mapper for the configured endpoint.
@@ -629,12 +647,23 @@ impl Pipeline {
             .console
             .push(format!("Transforming data from {name}"));
         let t1 = Instant::now();
+        if let Some(cluster) = self.cluster.as_deref() {
+            if prepared.source.is_files() {
+                self.transform_on_cluster(&prepared, cluster, report).await?;
+                report.timings.transform_s = t1.elapsed().as_secs_f64();
+                return Ok(());
+            }
+            report.notes.push(
+                "runs locally: only file sources run on a cluster (HTTP and PostgreSQL sources are read here)"
+                    .into(),
+            );
+        }
         let format = self.config.output_format;
         let out_dir = self.config.output_dir();
         let valid_name = format!("{name}_valid_data.{}", format.valid_extension());
         let invalid_name = format!("{name}_invalid_data.{}", format.invalid_extension());
         let mut stream = self.execute(&prepared).await?;
-        let mut monitor = if self.config.anomalies.enabled {
+        let monitor = if self.config.anomalies.enabled {
             let previous = anomaly::load_profiles(&self.config.mappings_dir(), name)?;
             Some(Monitor::new(
                 &self.config.anomalies,
@@ -659,14 +688,7 @@ impl Pipeline {
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
                         Message::Batch(v, bad) => {
-                            match monitor.as_mut() {
-                                Some(m) => {
-                                    for b in m.push(v)? {
-                                        valid.write(&b)?;
-                                    }
-                                }
-                                None => valid.write(&v)?,
-                            }
+                            valid.write(&v)?;
                             if !bad.is_empty() {
                                 if invalid.is_none() {
                                     invalid = Some(InvalidSink::create(
@@ -678,19 +700,11 @@ impl Pipeline {
                             }
                         }
                         Message::Done => {
-                            if let Some(m) = monitor.as_mut() {
-                                for b in m.flush()? {
-                                    valid.write(&b)?;
-                                }
-                            }
                             let v = valid.finish()?;
                             let i = invalid.map(InvalidSink::finish).transpose()?;
-                            let at = chrono::Utc::now()
-                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                             return Ok(Written {
                                 valid: v,
                                 invalid: i,
-                                anomalies: monitor.map(|m| m.finish(at)),
                             });
                         }
                     }
@@ -699,6 +713,15 @@ impl Pipeline {
                 // and their temporary files removed.
                 Err(Error::Interrupted)
             })
+        };
+        // The anomaly monitor runs on a thread of its own between the plan and the writer, so
+        // profiling overlaps with encoding.
+        let (tx, monitor) = match monitor {
+            Some(m) => {
+                let (to_monitor, from_plan) = tokio::sync::mpsc::channel::<Message>(4);
+                (to_monitor, Some(monitor_stage(m, from_plan, tx)))
+            }
+            None => (tx, None),
         };
         let mut rows_read = 0u64;
         let mut send_failed = false;
@@ -714,17 +737,7 @@ impl Pipeline {
             rows_read += (v.num_rows() + bad.len()) as u64;
             report.valid += v.num_rows() as u64;
             report.invalid += bad.len() as u64;
-            for row in &bad {
-                for e in &row.errors {
-                    let field = e.field.clone().unwrap_or_else(|| "(record)".into());
-                    *report
-                        .errors
-                        .entry(field)
-                        .or_default()
-                        .entry(e.rule.clone())
-                        .or_default() += 1;
-                }
-            }
+            crate::validate::report::count_errors(&bad, &mut report.errors);
             if let Some(p) = progress {
                 p(rows_read);
             }
@@ -737,12 +750,23 @@ impl Pipeline {
             let _ = tx.send(Message::Done).await;
         }
         drop(tx);
+        let anomalies = match monitor {
+            Some(m) => m
+                .await
+                .map_err(|e| Error::source(name, format!("anomaly thread failed: {e}")))
+                .and_then(|r| r),
+            None => Ok(None),
+        };
         let written = writer
             .await
-            .map_err(|e| Error::source(name, format!("writer thread failed: {e}")))??;
+            .map_err(|e| Error::source(name, format!("writer thread failed: {e}")))
+            .and_then(|r| r);
+        // A failing monitor stops the writer too; its own error says why.
+        let anomalies = anomalies?;
+        let written = written?;
         report.rows_read = rows_read;
         report.timings.transform_s = t1.elapsed().as_secs_f64();
-        if let Some((profile, anomalies)) = written.anomalies {
+        if let Some((profile, anomalies)) = anomalies {
             for f in &anomalies.flags {
                 report.notes.push(format!("anomaly: {}", f.message));
             }
@@ -783,6 +807,32 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    #[cfg(feature = "ballista")]
+    async fn transform_on_cluster(
+        &self,
+        prepared: &PreparedSource,
+        cluster: &str,
+        report: &mut SourceReport,
+    ) -> Result<()> {
+        crate::cluster::transform(self, prepared, cluster, report).await
+    }
+
+    #[cfg(not(feature = "ballista"))]
+    async fn transform_on_cluster(
+        &self,
+        _prepared: &PreparedSource,
+        _cluster: &str,
+        _report: &mut SourceReport,
+    ) -> Result<()> {
+        // `with_cluster` refuses a cluster in builds without the feature.
+        Err(Error::config(
+            "engine.cluster",
+            "this conform was built without cluster support",
+        ))
+    }
+}
+
 enum Message {
     Batch(RecordBatch, Vec<InvalidRow>),
     Done,
@@ -791,8 +841,45 @@ enum Message {
 struct Written {
     valid: PathBuf,
     invalid: Option<PathBuf>,
-    /// The run's profile of the valid rows and the flags raised.
-    anomalies: Option<(RunProfile, AnomalyReport)>,
+}
+
+/// The anomaly monitor's thread: takes split batches from the plan, profiles the valid rows
+/// (adding the flags column when asked) and passes everything on to the writer in order; at
+/// the end, the run's profile and flags.
+fn monitor_stage(
+    mut monitor: Monitor,
+    mut from_plan: tokio::sync::mpsc::Receiver<Message>,
+    to_writer: tokio::sync::mpsc::Sender<Message>,
+) -> tokio::task::JoinHandle<Result<Option<(RunProfile, AnomalyReport)>>> {
+    tokio::task::spawn_blocking(move || {
+        let empty = RecordBatch::new_empty(monitor.output_schema());
+        let send = |m: Message| to_writer.blocking_send(m).map_err(|_| Error::Interrupted);
+        while let Some(msg) = from_plan.blocking_recv() {
+            match msg {
+                Message::Batch(v, bad) => {
+                    // Held-back valid rows come out later; invalid rows go on at once.
+                    let mut ready = monitor.push(v)?.into_iter();
+                    send(Message::Batch(
+                        ready.next().unwrap_or_else(|| empty.clone()),
+                        bad,
+                    ))?;
+                    for b in ready {
+                        send(Message::Batch(b, Vec::new()))?;
+                    }
+                }
+                Message::Done => {
+                    for b in monitor.flush()? {
+                        send(Message::Batch(b, Vec::new()))?;
+                    }
+                    send(Message::Done)?;
+                    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    return Ok(Some(monitor.finish(at)));
+                }
+            }
+        }
+        // The plan side went away without `Done`: the run failed.
+        Err(Error::Interrupted)
+    })
 }
 
 /// One split batch: the valid rows (target schema) and the invalid rows with their errors.

@@ -127,6 +127,10 @@ pub enum Command {
         /// Show a progress bar on stderr: `auto` when stderr is a terminal.
         #[arg(long, value_enum, default_value_t = Progress::Auto)]
         progress: Progress,
+        /// Run file sources on a Ballista cluster, `df://HOST:PORT` (overrides
+        /// `engine.cluster`; needs a build with `--features ballista`).
+        #[arg(long, value_name = "URL")]
+        cluster: Option<String>,
     },
     /// Write each source's mapping document for review and print it as a table, without
     /// transforming data.
@@ -289,6 +293,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
             format,
             output_dir,
             progress,
+            cluster,
         } => {
             let mut config = common.load()?;
             if let Some(f) = format {
@@ -298,7 +303,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 // A flag is relative to the working directory, not to the config file.
                 config.output_directory = std::env::current_dir().map(|c| c.join(&d)).unwrap_or(d);
             }
-            let pipeline = common.pipeline(config)?;
+            let pipeline = common.pipeline(config)?.with_cluster(cluster)?;
             let names = selected(&pipeline, &common.sources)?;
             let out_dir = pipeline.config().output_dir();
             std::fs::create_dir_all(&out_dir)

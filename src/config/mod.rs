@@ -434,6 +434,15 @@ impl Default for AnomalyConfig {
     }
 }
 
+/// Where plans run.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// A Ballista scheduler, `df://HOST:PORT`: file sources run on that cluster (`--cluster`
+    /// overrides). Absent: everything runs in this process.
+    pub cluster: Option<String>,
+}
+
 /// One entry of `data_sources`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -491,6 +500,9 @@ pub struct Config {
     /// Profiles of the valid output and anomaly flags.
     #[serde(default)]
     pub anomalies: AnomalyConfig,
+    /// Where plans run (locally, or on a Ballista cluster).
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// The sources, in the order they are processed. Filled from the JSON object in order.
     #[serde(skip)]
     pub data_sources: Vec<(String, SourceConfig)>,

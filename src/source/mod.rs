@@ -136,6 +136,45 @@ impl FileSource {
         })
     }
 
+    /// A file source over the given files with a schema already known: one partition of a
+    /// source on a cluster executor, which reads with the schema fixed on the client instead
+    /// of inferring it again.
+    pub fn for_files(
+        name: &str,
+        format: InputFormat,
+        csv: crate::config::CsvOptions,
+        data_schema: SchemaRef,
+        files: Vec<PathBuf>,
+        batch_size: usize,
+    ) -> FileSource {
+        FileSource {
+            name: name.to_string(),
+            files,
+            format,
+            http: None,
+            pg: None,
+            config: SourceConfig {
+                path: None,
+                url: None,
+                records: None,
+                pagination: None,
+                http: Default::default(),
+                postgres: None,
+                format: Some(format),
+                csv,
+                credentials: Default::default(),
+                mapping: None,
+            },
+            data_schema,
+            batch_size,
+        }
+    }
+
+    /// Whether the source reads files (not an HTTP API or a database).
+    pub fn is_files(&self) -> bool {
+        self.http.is_none() && self.pg.is_none()
+    }
+
     /// The source's name.
     pub fn name(&self) -> &str {
         &self.name

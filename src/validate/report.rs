@@ -44,6 +44,23 @@ pub struct InvalidRow {
 /// The invalid side of one batch.
 pub type InvalidRows = Vec<InvalidRow>;
 
+/// Error counts: field (or `(record)` for a malformed record) → rule → rows.
+pub type ErrorCounts = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
+
+/// Adds the errors of `rows` to `counts`.
+pub fn count_errors(rows: &[InvalidRow], counts: &mut ErrorCounts) {
+    for row in rows {
+        for e in &row.errors {
+            let field = e.field.as_deref().unwrap_or("(record)");
+            let by_rule = match counts.get_mut(field) {
+                Some(m) => m,
+                None => counts.entry(field.to_string()).or_default(),
+            };
+            *by_rule.entry(e.rule.clone()).or_default() += 1;
+        }
+    }
+}
+
 /// Splits one batch of plan output into the valid rows (in `valid_schema`) and invalid rows.
 pub fn split(
     batch: &RecordBatch,

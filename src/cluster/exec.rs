@@ -1,0 +1,473 @@
+//! conform's two plan nodes for a cluster: the scan of a source's files (one partition per
+//! file) and the sink that splits each partition's rows and writes its part files. Both are
+//! described by a serialisable spec, which is all that travels to an executor.
+
+use std::any::Any;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::TableType;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{decode_schema, encode_schema, external};
+use crate::config::{CsvOptions, InputFormat, OutputFormat, ParquetOptions};
+use crate::error::{Error, Result};
+use crate::mapping::{MappingDocument, compile};
+use crate::plan::Layout;
+use crate::schema::TargetSchema;
+use crate::sink::{InvalidSink, ValidSink};
+use crate::source::{FileSource, with_provenance};
+use crate::validate::report::{ErrorCounts, count_errors};
+use crate::validate::{Check, Validator, split};
+
+type DfResult<T> = datafusion::error::Result<T>;
+
+/// What an executor needs to read a source's partitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanSpec {
+    /// Source name.
+    pub source: String,
+    /// Input format.
+    pub format: InputFormat,
+    /// CSV options.
+    pub csv: CsvOptions,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// The source's columns (without provenance), as fixed on the client.
+    pub data_schema: Vec<u8>,
+    /// Files of each partition.
+    pub partitions: Vec<Vec<String>>,
+}
+
+impl ScanSpec {
+    /// One partition per file of a file source.
+    pub fn new(source: &FileSource) -> Result<ScanSpec> {
+        if !source.is_files() {
+            return Err(Error::source(
+                source.name(),
+                "only file sources run on a cluster",
+            ));
+        }
+        Ok(ScanSpec {
+            source: source.name().to_string(),
+            format: source.format(),
+            csv: source.config().csv.clone(),
+            batch_size: source.batch_size(),
+            data_schema: encode_schema(&source.data_schema())?,
+            partitions: source
+                .files()
+                .iter()
+                .map(|f| vec![f.display().to_string()])
+                .collect(),
+        })
+    }
+}
+
+fn properties(schema: SchemaRef, partitions: usize) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(partitions),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}
+
+/// The table the client plans over: its scan is a [`ScanExec`].
+#[derive(Debug)]
+pub struct ScanTable {
+    spec: Arc<ScanSpec>,
+    schema: SchemaRef,
+}
+
+impl ScanTable {
+    /// A table over the spec's files.
+    pub fn try_new(spec: Arc<ScanSpec>) -> Result<ScanTable> {
+        let schema = with_provenance(&decode_schema(&spec.data_schema)?);
+        Ok(ScanTable { spec, schema })
+    }
+}
+
+#[async_trait]
+impl TableProvider for ScanTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // The plan reads every column (the invalid output echoes the whole record).
+        if projection.is_some_and(|p| p.len() != self.schema.fields().len()) {
+            return Err(datafusion::error::DataFusionError::Internal(
+                "the conform scan reads all columns".into(),
+            ));
+        }
+        Ok(Arc::new(
+            ScanExec::try_new(Arc::clone(&self.spec)).map_err(external)?,
+        ))
+    }
+}
+
+/// Reads a source's files, one partition per entry of [`ScanSpec::partitions`], with
+/// conform's own readers (provenance, malformed rows as rows with a reason).
+#[derive(Debug)]
+pub struct ScanExec {
+    spec: Arc<ScanSpec>,
+    data_schema: SchemaRef,
+    props: Arc<PlanProperties>,
+}
+
+impl ScanExec {
+    /// A scan of the spec's partitions.
+    pub fn try_new(spec: Arc<ScanSpec>) -> Result<ScanExec> {
+        let data_schema = decode_schema(&spec.data_schema)?;
+        let props = properties(with_provenance(&data_schema), spec.partitions.len());
+        Ok(ScanExec {
+            spec,
+            data_schema,
+            props,
+        })
+    }
+
+    /// What is sent to the executors.
+    pub fn spec(&self) -> &ScanSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for ScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ConformScanExec: source={}, partitions={}",
+            self.spec.source,
+            self.spec.partitions.len()
+        )
+    }
+}
+
+impl ExecutionPlan for ScanExec {
+    fn name(&self) -> &str {
+        "ConformScanExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let files = self.spec.partitions.get(partition).ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(format!(
+                "no partition {partition} in the conform scan"
+            ))
+        })?;
+        let source = FileSource::for_files(
+            &self.spec.source,
+            self.spec.format,
+            self.spec.csv.clone(),
+            Arc::clone(&self.data_schema),
+            files.iter().map(PathBuf::from).collect(),
+            self.spec.batch_size,
+        );
+        // One reader thread per partition, at most two batches ahead.
+        source
+            .streams(1, 2)
+            .map_err(external)?
+            .pop()
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("no stream".into()))
+    }
+}
+
+/// What an executor needs to split and write a source's partitions. The validator and the
+/// plan layout are rebuilt from the mapping document and the target schema with the same code
+/// the client used, so the executor's split reads exactly the columns the plan produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SinkSpec {
+    /// Source name.
+    pub source: String,
+    /// The target JSON Schema.
+    pub target: serde_json::Value,
+    /// The mapping document.
+    pub mapping: MappingDocument,
+    /// The source's columns.
+    pub data_schema: Vec<u8>,
+    /// The output directory (shared by client and executors).
+    pub out_dir: String,
+    /// Valid-rows format.
+    pub format: OutputFormat,
+    /// Parquet settings.
+    pub parquet: ParquetOptions,
+}
+
+impl SinkSpec {
+    /// Directory of the valid part files.
+    pub fn valid_dir(&self) -> PathBuf {
+        PathBuf::from(&self.out_dir).join(format!("{}_valid_data", self.source))
+    }
+
+    /// Directory of the invalid part files.
+    pub fn invalid_dir(&self) -> PathBuf {
+        PathBuf::from(&self.out_dir).join(format!("{}_invalid_data", self.source))
+    }
+}
+
+/// The pieces of a sink rebuilt from its spec.
+#[derive(Debug)]
+struct SinkParts {
+    layout: Layout,
+    checks: Vec<Check>,
+    valid_schema: SchemaRef,
+}
+
+impl SinkParts {
+    fn try_new(spec: &SinkSpec) -> Result<SinkParts> {
+        let target = TargetSchema::try_new(&spec.target)?;
+        let data_schema = decode_schema(&spec.data_schema)?;
+        let ctx = compile::session();
+        let mapping = compile(&ctx, &spec.mapping, &data_schema, &target)?;
+        let validator = Validator::new(&target, &mapping);
+        let table = Arc::new(EmptyTable::new(with_provenance(&data_schema)));
+        let scan = LogicalPlanBuilder::scan(
+            &spec.source,
+            datafusion::datasource::provider_as_source(table),
+            None,
+        )?;
+        let (_, layout) = crate::plan::build(scan, &data_schema, &mapping, &validator)?;
+        Ok(SinkParts {
+            layout,
+            checks: validator.checks,
+            valid_schema: target.valid_arrow_schema(),
+        })
+    }
+}
+
+/// Splits each partition's plan output into valid and invalid rows and writes them as
+/// `NAME_valid_data/part-NNNNN.EXT` and `NAME_invalid_data/part-NNNNN.ndjson` (atomically);
+/// outputs one row per partition: `partition`, `valid`, `invalid`, `errors` (JSON: field →
+/// rule → count).
+#[derive(Debug)]
+pub struct SinkExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: Arc<SinkSpec>,
+    parts: Arc<SinkParts>,
+    props: Arc<PlanProperties>,
+}
+
+/// Schema of the sink's output.
+fn counts_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("partition", DataType::UInt32, false),
+        Field::new("valid", DataType::UInt64, false),
+        Field::new("invalid", DataType::UInt64, false),
+        Field::new("errors", DataType::Utf8, false),
+    ]))
+}
+
+impl SinkExec {
+    /// A sink over `input` (the plan of [`crate::plan::build`]).
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: Arc<SinkSpec>) -> Result<SinkExec> {
+        let parts = Arc::new(SinkParts::try_new(&spec)?);
+        let n = input.properties().output_partitioning().partition_count();
+        Ok(SinkExec {
+            input,
+            spec,
+            parts,
+            props: properties(counts_schema(), n),
+        })
+    }
+
+    /// What is sent to the executors.
+    pub fn spec(&self) -> &SinkSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for SinkExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ConformSinkExec: source={}, out={}",
+            self.spec.source, self.spec.out_dir
+        )
+    }
+}
+
+impl ExecutionPlan for SinkExec {
+    fn name(&self) -> &str {
+        "ConformSinkExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
+            datafusion::error::DataFusionError::Internal("the conform sink has one input".into())
+        })?;
+        let n = input.properties().output_partitioning().partition_count();
+        Ok(Arc::new(SinkExec {
+            input,
+            spec: Arc::clone(&self.spec),
+            parts: Arc::clone(&self.parts),
+            props: properties(counts_schema(), n),
+        }))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.replace_children(children, ReplaceChildrenOptions::default())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, ctx)?;
+        let (spec, parts) = (Arc::clone(&self.spec), Arc::clone(&self.parts));
+        let out = futures::stream::once(async move {
+            write_partition(partition, input, &spec, &parts)
+                .await
+                .map_err(external)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(counts_schema(), out)))
+    }
+}
+
+/// Splits and writes one partition; its count row.
+async fn write_partition(
+    partition: usize,
+    mut input: SendableRecordBatchStream,
+    spec: &SinkSpec,
+    parts: &SinkParts,
+) -> Result<RecordBatch> {
+    let part = format!("part-{partition:05}");
+    let valid_path = spec
+        .valid_dir()
+        .join(format!("{part}.{}", spec.format.valid_extension()));
+    let invalid_path = spec
+        .invalid_dir()
+        .join(format!("{part}.{}", spec.format.invalid_extension()));
+    let mut valid = ValidSink::create(&valid_path, spec.format, &parts.valid_schema, &spec.parquet)?;
+    let mut invalid: Option<InvalidSink> = None;
+    let (mut n_valid, mut n_invalid) = (0u64, 0u64);
+    let mut errors = ErrorCounts::new();
+    while let Some(batch) = input.next().await {
+        let batch = batch.map_err(|e| Error::source(&spec.source, e.to_string()))?;
+        let (v, bad) = split(&batch, &parts.layout, &parts.checks, &parts.valid_schema)?;
+        n_valid += v.num_rows() as u64;
+        n_invalid += bad.len() as u64;
+        valid.write(&v)?;
+        count_errors(&bad, &mut errors);
+        if !bad.is_empty() {
+            if invalid.is_none() {
+                invalid = Some(InvalidSink::create(
+                    &invalid_path,
+                    spec.format == OutputFormat::Json,
+                )?);
+            }
+            invalid.as_mut().expect("created above").write(&bad)?;
+        }
+    }
+    valid.finish()?;
+    if let Some(i) = invalid {
+        i.finish()?;
+    }
+    let errors = serde_json::to_string(&errors).unwrap_or_else(|_| "{}".into());
+    Ok(RecordBatch::try_new(
+        counts_schema(),
+        vec![
+            Arc::new(UInt32Array::from(vec![partition as u32])),
+            Arc::new(UInt64Array::from(vec![n_valid])),
+            Arc::new(UInt64Array::from(vec![n_invalid])),
+            Arc::new(StringArray::from(vec![errors])),
+        ],
+    )?)
+}

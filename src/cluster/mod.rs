@@ -1,0 +1,357 @@
+//! Running a file source's plan on an Apache DataFusion Ballista cluster.
+//!
+//! The client builds the same logical plan as a local run ([`crate::plan::build`]) over a scan
+//! whose partitions are the source's files, plans it physically, puts a [`SinkExec`] on top
+//! (split valid from invalid rows, write one part file per partition) and submits the physical
+//! plan to the scheduler. Scheduler and executors decode conform's two plan nodes and its
+//! functions with [`ConformCodec`]; everything between scan and sink is plain DataFusion, so the
+//! executors evaluate exactly the expressions and checks a local run evaluates. Mapping (the
+//! LLM call, the feedback probe) happens once, on the client, before the plan is sent.
+
+mod exec;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Schema, SchemaRef, UInt32Type, UInt64Type};
+use ballista_core::config::BallistaConfig;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use datafusion::datasource::provider_as_source;
+use datafusion::execution::{SessionState, TaskContext};
+use datafusion::logical_expr::{LogicalPlanBuilder, ScalarUDF};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::StreamExt;
+use prost::Message;
+
+pub use exec::{ScanExec, ScanSpec, ScanTable, SinkExec, SinkSpec};
+
+use crate::error::{Error, Result};
+use crate::pipeline::{Pipeline, PreparedSource, SourceReport};
+use crate::validate::report::ErrorCounts;
+
+type DfResult<T> = datafusion::error::Result<T>;
+
+/// Payload prefixes that tell conform's nodes from Ballista's protobuf nodes.
+const SCAN_TAG: &[u8] = b"conform-scan:";
+const SINK_TAG: &[u8] = b"conform-sink:";
+
+/// Encodes and decodes conform's plan nodes ([`ScanExec`], [`SinkExec`]) and functions;
+/// everything else goes to Ballista's own codec. Client, scheduler and executors all use it.
+#[derive(Debug, Default)]
+pub struct ConformCodec {
+    ballista: BallistaPhysicalExtensionCodec,
+}
+
+impl PhysicalExtensionCodec for ConformCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        conv: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(json) = buf.strip_prefix(SCAN_TAG) {
+            let spec: ScanSpec = serde_json::from_slice(json).map_err(external)?;
+            return Ok(Arc::new(ScanExec::try_new(Arc::new(spec)).map_err(external)?));
+        }
+        if let Some(json) = buf.strip_prefix(SINK_TAG) {
+            let spec: SinkSpec = serde_json::from_slice(json).map_err(external)?;
+            let [input] = inputs else {
+                return Err(datafusion::error::DataFusionError::Internal(
+                    "the conform sink has one input".into(),
+                ));
+            };
+            return Ok(Arc::new(
+                SinkExec::try_new(Arc::clone(input), Arc::new(spec)).map_err(external)?,
+            ));
+        }
+        self.ballista.try_decode(buf, inputs, ctx, conv)
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        conv: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let any = node.as_any();
+        if let Some(scan) = any.downcast_ref::<ScanExec>() {
+            buf.extend_from_slice(SCAN_TAG);
+            return serde_json::to_writer(buf, scan.spec()).map_err(external);
+        }
+        if let Some(sink) = any.downcast_ref::<SinkExec>() {
+            buf.extend_from_slice(SINK_TAG);
+            return serde_json::to_writer(buf, sink.spec()).map_err(external);
+        }
+        self.ballista.try_encode(node, buf, conv)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
+        // A process whose registry lacks conform's functions still decodes them by name.
+        match crate::functions::all().into_iter().find(|f| f.name() == name) {
+            Some(f) => Ok(Arc::new(f)),
+            None => self.ballista.try_decode_udf(name, buf),
+        }
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> DfResult<()> {
+        self.ballista.try_encode_udf(node, buf)
+    }
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::External(Box::new(e))
+}
+
+/// The session every cluster process uses: DataFusion's functions plus conform's, Ballista's
+/// settings, and [`ConformCodec`] for plans.
+pub fn session_state(config: SessionConfig) -> SessionState {
+    let config = config
+        .with_ballista_physical_extension_codec(Arc::new(ConformCodec::default()))
+        .set_bool("datafusion.sql_parser.enable_ident_normalization", false);
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    let ctx = datafusion::prelude::SessionContext::new_with_state(state);
+    crate::functions::register_all(&ctx);
+    ctx.state()
+}
+
+/// The function registry an executor resolves plan functions in.
+pub fn function_registry() -> BallistaFunctionRegistry {
+    BallistaFunctionRegistry::from(&session_state(SessionConfig::new_with_ballista()))
+}
+
+/// Starts a scheduler and an executor inside this process (Ballista's standalone mode) with
+/// conform's functions and codec; returns the `df://` address to run sources against.
+pub async fn standalone(concurrent_tasks: usize) -> Result<String> {
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::config("engine.cluster", format!("standalone cluster: {e}"))
+    };
+    let state = session_state(SessionConfig::new_with_ballista());
+    let addr = ballista_scheduler::standalone::new_standalone_scheduler_from_state(&state)
+        .await
+        .map_err(|e| failed(&e))?;
+    let url = format!("http://localhost:{}", addr.port());
+    let mut tries = 0;
+    let client = loop {
+        match ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient::connect(
+            url.clone(),
+        )
+        .await
+        {
+            Ok(c) => break c,
+            Err(e) if tries > 100 => return Err(failed(&e)),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    ballista_executor::new_standalone_executor_from_state(client, concurrent_tasks.max(1), &state)
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok(format!("df://localhost:{}", addr.port()))
+}
+
+/// `df://host:port` → the scheduler's gRPC URL.
+pub fn scheduler_url(cluster: &str) -> Result<String> {
+    let rest = cluster.strip_prefix("df://").ok_or_else(|| {
+        Error::config(
+            "engine.cluster",
+            format!("`{cluster}` is not a cluster address; write df://HOST:PORT"),
+        )
+    })?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+        Error::config("engine.cluster", format!("`{cluster}` has no port"))
+    })?;
+    let port: u16 = port
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| Error::config("engine.cluster", format!("`{cluster}` has no valid port")))?;
+    Ok(format!("http://{host}:{port}"))
+}
+
+/// What the executors wrote for one source.
+#[derive(Debug, Default)]
+struct Merged {
+    valid: u64,
+    invalid: u64,
+    errors: ErrorCounts,
+    invalid_parts: usize,
+}
+
+/// Runs a prepared file source on the cluster: builds and submits the plan, merges the
+/// partitions' counts into `report`.
+pub(crate) async fn transform(
+    pipeline: &Pipeline,
+    prepared: &PreparedSource,
+    cluster: &str,
+    report: &mut SourceReport,
+) -> Result<()> {
+    let name = prepared.source.name();
+    let config = pipeline.config();
+    let source = &prepared.source;
+    // One partition per file: each executor task reads whole files, so provenance (file, row)
+    // is the same as in a local run.
+    let scan = ScanSpec::new(source)?;
+    let partitions = scan.partitions.len();
+    let table = ScanTable::try_new(Arc::new(scan))?;
+    let builder = LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(table)), None)?;
+    let (plan, _) =
+        crate::plan::build(builder, &source.data_schema(), &prepared.mapping, &prepared.validator)?;
+    // The plan maps partitions one to one; a repartition would add a shuffle for nothing.
+    let planning = datafusion::prelude::SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_target_partitions(partitions.max(1))
+            .with_round_robin_repartition(false)
+            .with_repartition_file_scans(false),
+    );
+    crate::functions::register_all(&planning);
+    let physical = planning.state().create_physical_plan(&plan).await?;
+    let out_dir = config.output_dir();
+    let spec = SinkSpec {
+        source: name.to_string(),
+        target: config.internal_schema.clone(),
+        mapping: prepared.document.clone(),
+        data_schema: encode_schema(&source.data_schema())?,
+        out_dir: out_dir.display().to_string(),
+        format: config.output_format,
+        parquet: config.parquet.clone(),
+    };
+    for dir in [spec.valid_dir(), spec.invalid_dir()] {
+        clear_parts(&dir)?;
+    }
+    let sink: Arc<dyn ExecutionPlan> = Arc::new(SinkExec::try_new(physical, Arc::new(spec))?);
+    let codec = ConformCodec::default();
+    let session_config = SessionConfig::new_with_ballista()
+        .with_ballista_physical_extension_codec(Arc::new(ConformCodec::default()));
+    let session_id = format!("conform-{}-{}", std::process::id(), name);
+    let mut stream = ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
+        scheduler_url(cluster)?,
+        &BallistaConfig::default(),
+        sink,
+        &codec,
+        session_id,
+        session_config,
+    )
+    .await
+    .map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
+    let mut merged = Merged::default();
+    while let Some(batch) = stream.next().await {
+        let batch =
+            batch.map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
+        merge(&batch, &mut merged)?;
+    }
+    report.valid = merged.valid;
+    report.invalid = merged.invalid;
+    report.rows_read = merged.valid + merged.invalid;
+    report.errors = merged.errors;
+    report.notes.push(format!(
+        "ran on the cluster at {cluster}: {partitions} partition(s)"
+    ));
+    let valid_dir = out_dir.join(format!("{name}_valid_data"));
+    let invalid_dir = out_dir.join(format!("{name}_invalid_data"));
+    let shown = |dir: &str| {
+        config
+            .output_directory
+            .join(dir)
+            .display()
+            .to_string()
+    };
+    report.console.push(format!(
+        "Successfully validated {} items from {name}",
+        report.valid
+    ));
+    if report.invalid > 0 {
+        report.console.push(format!(
+            "{} validation errors occurred for {name}.",
+            report.invalid
+        ));
+    }
+    report.console.push(format!(
+        "Data saved to {}/",
+        shown(&format!("{name}_valid_data"))
+    ));
+    report.outputs.valid = Some(valid_dir.display().to_string());
+    if merged.invalid_parts > 0 {
+        report.console.push(format!(
+            "Data saved to {}/",
+            shown(&format!("{name}_invalid_data"))
+        ));
+        report.outputs.invalid = Some(invalid_dir.display().to_string());
+    }
+    Ok(())
+}
+
+/// Adds one sink output batch (one row per partition) to the totals.
+fn merge(batch: &RecordBatch, into: &mut Merged) -> Result<()> {
+    let col = |n: &str| {
+        batch
+            .column_by_name(n)
+            .ok_or_else(|| Error::source("(cluster)", format!("sink output lacks `{n}`")))
+    };
+    let valid = col("valid")?.as_primitive::<UInt64Type>();
+    let invalid = col("invalid")?.as_primitive::<UInt64Type>();
+    let errors = col("errors")?.as_string::<i32>();
+    let _ = col("partition")?.as_primitive::<UInt32Type>();
+    for i in 0..batch.num_rows() {
+        into.valid += valid.value(i);
+        into.invalid += invalid.value(i);
+        if invalid.value(i) > 0 {
+            into.invalid_parts += 1;
+        }
+        let e: ErrorCounts = serde_json::from_str(errors.value(i)).unwrap_or_default();
+        for (field, rules) in e {
+            let slot = into.errors.entry(field).or_default();
+            for (rule, n) in rules {
+                *slot.entry(rule).or_default() += n;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the part files of an earlier run, so the directory holds this run's parts only.
+fn clear_parts(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("reading", dir, e)),
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("part-"))
+        {
+            std::fs::remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// A schema as protobuf bytes (DataFusion's own encoding of Arrow schemas).
+pub(crate) fn encode_schema(schema: &Schema) -> Result<Vec<u8>> {
+    let p: datafusion_proto::protobuf::Schema = schema
+        .try_into()
+        .map_err(|e| Error::source("(cluster)", format!("schema not encodable: {e}")))?;
+    Ok(p.encode_to_vec())
+}
+
+/// The inverse of [`encode_schema`].
+pub(crate) fn decode_schema(bytes: &[u8]) -> Result<SchemaRef> {
+    let p = datafusion_proto::protobuf::Schema::decode(bytes)
+        .map_err(|e| Error::source("(cluster)", format!("schema not decodable: {e}")))?;
+    let s: Schema = (&p)
+        .try_into()
+        .map_err(|e| Error::source("(cluster)", format!("schema not decodable: {e}")))?;
+    Ok(Arc::new(s))
+}
