@@ -2,7 +2,6 @@
 //! file) and the sink that splits each partition's rows and writes its part files. Both are
 //! described by a serialisable spec, which is all that travels to an executor.
 
-use std::any::Any;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
-    Boundedness, EmissionType, ReplaceChildrenOptions,
+    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -101,17 +100,14 @@ pub struct ScanTable {
 impl ScanTable {
     /// A table over the spec's files.
     pub fn try_new(spec: Arc<ScanSpec>) -> Result<ScanTable> {
-        let schema = with_provenance(&decode_schema(&spec.data_schema)?);
+        let data_schema = decode_schema(&spec.data_schema)?;
+        let schema = with_provenance(&data_schema);
         Ok(ScanTable { spec, schema })
     }
 }
 
 #[async_trait]
 impl TableProvider for ScanTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
@@ -180,10 +176,6 @@ impl DisplayAs for ScanExec {
 impl ExecutionPlan for ScanExec {
     fn name(&self) -> &str {
         "ConformScanExec"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -362,10 +354,6 @@ impl ExecutionPlan for SinkExec {
         "ConformSinkExec"
     }
 
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn properties(&self) -> &Arc<PlanProperties> {
         &self.props
     }
@@ -402,7 +390,7 @@ impl ExecutionPlan for SinkExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::default())
+        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
     }
 
     fn execute(

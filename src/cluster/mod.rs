@@ -80,7 +80,7 @@ impl PhysicalExtensionCodec for ConformCodec {
         buf: &mut Vec<u8>,
         conv: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
-        let any = node.as_any();
+        let any: &dyn std::any::Any = node.as_ref();
         if let Some(scan) = any.downcast_ref::<ScanExec>() {
             buf.extend_from_slice(SCAN_TAG);
             return serde_json::to_writer(buf, scan.spec()).map_err(external);
@@ -186,6 +186,9 @@ struct Merged {
     invalid: u64,
     errors: ErrorCounts,
     invalid_parts: usize,
+    /// Partitions counted: a partition's row may be delivered more than once (the client
+    /// fetches results as tasks finish), but counts only once.
+    seen: std::collections::BTreeSet<u32>,
 }
 
 /// Runs a prepared file source on the cluster: builds and submits the plan, merges the
@@ -250,6 +253,15 @@ pub(crate) async fn transform(
             batch.map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
         merge(&batch, &mut merged)?;
     }
+    if merged.seen.len() != partitions {
+        return Err(Error::source(
+            name,
+            format!(
+                "the cluster at {cluster} reported {} of {partitions} partitions",
+                merged.seen.len()
+            ),
+        ));
+    }
     report.valid = merged.valid;
     report.invalid = merged.invalid;
     report.rows_read = merged.valid + merged.invalid;
@@ -301,8 +313,11 @@ fn merge(batch: &RecordBatch, into: &mut Merged) -> Result<()> {
     let valid = col("valid")?.as_primitive::<UInt64Type>();
     let invalid = col("invalid")?.as_primitive::<UInt64Type>();
     let errors = col("errors")?.as_string::<i32>();
-    let _ = col("partition")?.as_primitive::<UInt32Type>();
+    let partition = col("partition")?.as_primitive::<UInt32Type>();
     for i in 0..batch.num_rows() {
+        if !into.seen.insert(partition.value(i)) {
+            continue;
+        }
         into.valid += valid.value(i);
         into.invalid += invalid.value(i);
         if invalid.value(i) > 0 {

@@ -1,7 +1,7 @@
 //! Anomaly flags on valid data: outliers against a robust reference, drift against the source's
 //! earlier runs, new category values, and the per-row `_anomalies` column.
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use serde_json::Value;
 
 use crate::harness::{Workdir, config};

@@ -3,6 +3,8 @@
 
 mod anomaly;
 mod bench_job;
+#[cfg(feature = "ballista")]
+mod cluster;
 mod cli;
 mod feedback;
 mod harness;
