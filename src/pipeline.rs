@@ -649,7 +649,8 @@ impl Pipeline {
         let t1 = Instant::now();
         if let Some(cluster) = self.cluster.as_deref() {
             if prepared.source.is_files() {
-                self.transform_on_cluster(&prepared, cluster, report).await?;
+                self.transform_on_cluster(&prepared, cluster, report)
+                    .await?;
                 report.timings.transform_s = t1.elapsed().as_secs_f64();
                 return Ok(());
             }

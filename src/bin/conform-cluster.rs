@@ -20,7 +20,11 @@ use conform::cluster::{ConformCodec, function_registry, session_state};
 use datafusion::prelude::SessionConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "conform-cluster", version, about = "Ballista scheduler and executor processes for conform")]
+#[command(
+    name = "conform-cluster",
+    version,
+    about = "Ballista scheduler and executor processes for conform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

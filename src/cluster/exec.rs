@@ -390,7 +390,10 @@ impl ExecutionPlan for SinkExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
     }
 
     fn execute(
@@ -405,7 +408,10 @@ impl ExecutionPlan for SinkExec {
                 .await
                 .map_err(external)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(counts_schema(), out)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            counts_schema(),
+            out,
+        )))
     }
 }
 
@@ -423,7 +429,8 @@ async fn write_partition(
     let invalid_path = spec
         .invalid_dir()
         .join(format!("{part}.{}", spec.format.invalid_extension()));
-    let mut valid = ValidSink::create(&valid_path, spec.format, &parts.valid_schema, &spec.parquet)?;
+    let mut valid =
+        ValidSink::create(&valid_path, spec.format, &parts.valid_schema, &spec.parquet)?;
     let mut invalid: Option<InvalidSink> = None;
     let (mut n_valid, mut n_invalid) = (0u64, 0u64);
     let mut errors = ErrorCounts::new();

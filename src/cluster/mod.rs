@@ -58,7 +58,9 @@ impl PhysicalExtensionCodec for ConformCodec {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if let Some(json) = buf.strip_prefix(SCAN_TAG) {
             let spec: ScanSpec = serde_json::from_slice(json).map_err(external)?;
-            return Ok(Arc::new(ScanExec::try_new(Arc::new(spec)).map_err(external)?));
+            return Ok(Arc::new(
+                ScanExec::try_new(Arc::new(spec)).map_err(external)?,
+            ));
         }
         if let Some(json) = buf.strip_prefix(SINK_TAG) {
             let spec: SinkSpec = serde_json::from_slice(json).map_err(external)?;
@@ -94,7 +96,10 @@ impl PhysicalExtensionCodec for ConformCodec {
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
         // A process whose registry lacks conform's functions still decodes them by name.
-        match crate::functions::all().into_iter().find(|f| f.name() == name) {
+        match crate::functions::all()
+            .into_iter()
+            .find(|f| f.name() == name)
+        {
             Some(f) => Ok(Arc::new(f)),
             None => self.ballista.try_decode_udf(name, buf),
         }
@@ -105,7 +110,9 @@ impl PhysicalExtensionCodec for ConformCodec {
     }
 }
 
-fn external(e: impl std::error::Error + Send + Sync + 'static) -> datafusion::error::DataFusionError {
+fn external(
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> datafusion::error::DataFusionError {
     datafusion::error::DataFusionError::External(Box::new(e))
 }
 
@@ -169,9 +176,9 @@ pub fn scheduler_url(cluster: &str) -> Result<String> {
             format!("`{cluster}` is not a cluster address; write df://HOST:PORT"),
         )
     })?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
-        Error::config("engine.cluster", format!("`{cluster}` has no port"))
-    })?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| Error::config("engine.cluster", format!("`{cluster}` has no port")))?;
     let port: u16 = port
         .trim_end_matches('/')
         .parse()
@@ -208,8 +215,12 @@ pub(crate) async fn transform(
     let partitions = scan.partitions.len();
     let table = ScanTable::try_new(Arc::new(scan))?;
     let builder = LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(table)), None)?;
-    let (plan, _) =
-        crate::plan::build(builder, &source.data_schema(), &prepared.mapping, &prepared.validator)?;
+    let (plan, _) = crate::plan::build(
+        builder,
+        &source.data_schema(),
+        &prepared.mapping,
+        &prepared.validator,
+    )?;
     // The plan maps partitions one to one; a repartition would add a shuffle for nothing.
     let planning = datafusion::prelude::SessionContext::new_with_config(
         SessionConfig::new()
@@ -249,8 +260,8 @@ pub(crate) async fn transform(
     .map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
     let mut merged = Merged::default();
     while let Some(batch) = stream.next().await {
-        let batch =
-            batch.map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
+        let batch = batch
+            .map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
         merge(&batch, &mut merged)?;
     }
     if merged.seen.len() != partitions {
@@ -271,13 +282,7 @@ pub(crate) async fn transform(
     ));
     let valid_dir = out_dir.join(format!("{name}_valid_data"));
     let invalid_dir = out_dir.join(format!("{name}_invalid_data"));
-    let shown = |dir: &str| {
-        config
-            .output_directory
-            .join(dir)
-            .display()
-            .to_string()
-    };
+    let shown = |dir: &str| config.output_directory.join(dir).display().to_string();
     report.console.push(format!(
         "Successfully validated {} items from {name}",
         report.valid

@@ -48,7 +48,10 @@ fn env(w: &Workdir, out: &str) -> Vec<(String, String)> {
             "CONFORM_BENCH_INPUT".into(),
             w.join("in/part-*.csv").display().to_string(),
         ),
-        ("CONFORM_BENCH_OUT".into(), w.join(out).display().to_string()),
+        (
+            "CONFORM_BENCH_OUT".into(),
+            w.join(out).display().to_string(),
+        ),
     ]
 }
 
@@ -139,7 +142,10 @@ fn same_answers(w: &Workdir, cluster_out: &str) {
     let summary: Value =
         serde_json::from_str(&w.read(&format!("{cluster_out}/run_summary.json"))).unwrap();
     let s = &summary["sources"]["orders"];
-    assert_eq!((s["valid"].as_u64(), s["invalid"].as_u64()), (Some(954), Some(74)));
+    assert_eq!(
+        (s["valid"].as_u64(), s["invalid"].as_u64()),
+        (Some(954), Some(74))
+    );
     let local: Value = serde_json::from_str(&w.read("local/run_summary.json")).unwrap();
     assert_eq!(s["errors"], local["sources"]["orders"]["errors"]);
 }
@@ -156,8 +162,14 @@ async fn standalone_cluster_gives_the_local_answers() {
         "{}",
         r.stderr
     );
-    assert!(r.stdout.contains("Successfully validated 954 items from orders"));
-    assert!(r.stdout.contains("74 validation errors occurred for orders."));
+    assert!(
+        r.stdout
+            .contains("Successfully validated 954 items from orders")
+    );
+    assert!(
+        r.stdout
+            .contains("74 validation errors occurred for orders.")
+    );
     same_answers(&w, "cluster");
 }
 
@@ -241,6 +253,10 @@ async fn scheduler_and_two_executor_processes_give_the_local_answers() {
     let started = Instant::now();
     let r = run(&w, "cluster", &["--cluster", &url]).await;
     assert!(started.elapsed() < Duration::from_secs(120));
-    assert!(r.stderr.contains(&format!("ran on the cluster at {url}")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("ran on the cluster at {url}")),
+        "{}",
+        r.stderr
+    );
     same_answers(&w, "cluster");
 }

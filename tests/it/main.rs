@@ -3,9 +3,9 @@
 
 mod anomaly;
 mod bench_job;
+mod cli;
 #[cfg(feature = "ballista")]
 mod cluster;
-mod cli;
 mod feedback;
 mod harness;
 mod http;

@@ -44,7 +44,7 @@ fn retryable_status(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
 }
 
-/// `Retry-After` as seconds or an HTTP date, at most [`MAX_DELAY`].
+/// `Retry-After` as seconds or an HTTP date, at most 60 s.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers
         .get(reqwest::header::RETRY_AFTER)?
