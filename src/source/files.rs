@@ -6,8 +6,22 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Expands a path or glob pattern (relative to `base`) into the sorted list of files.
+/// Expands a path, `file://` URL or glob pattern (relative to `base`) into the sorted list of
+/// files.
 pub(crate) fn resolve(name: &str, pattern: &str, base: &Path) -> Result<Vec<PathBuf>> {
+    // A `file://` URL names a local (or shared) path; other schemes need an object store.
+    let pattern = match pattern.split_once("://") {
+        Some(("file", path)) => path,
+        Some((scheme, _)) if scheme.len() > 1 => {
+            return Err(Error::source(
+                name,
+                format!(
+                    "{scheme}:// paths are not supported; mount the storage and give a file path"
+                ),
+            ));
+        }
+        _ => pattern,
+    };
     let full = if Path::new(pattern).is_absolute() {
         PathBuf::from(pattern)
     } else {
@@ -54,4 +68,22 @@ pub fn open_decompressed(path: &Path) -> Result<Box<dyn std::io::BufRead + Send>
         Box::new(file)
     };
     Ok(Box::new(BufReader::with_capacity(1 << 20, inner)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_are_paths_and_other_schemes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.csv");
+        std::fs::write(&f, "x\n1\n").unwrap();
+        let url = format!("file://{}", f.display());
+        assert_eq!(resolve("s", &url, Path::new("/")).unwrap(), vec![f]);
+        let e = resolve("s", "s3://bucket/a.csv", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3:// paths are not supported"), "{e}");
+    }
 }
