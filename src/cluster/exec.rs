@@ -6,13 +6,15 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, StringArray, UInt32Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -34,13 +36,14 @@ use crate::mapping::{MappingDocument, compile};
 use crate::plan::Layout;
 use crate::schema::TargetSchema;
 use crate::sink::{InvalidSink, ValidSink};
+use crate::source::csv::{ByteRange, split as csv_split};
 use crate::source::{FileSource, with_provenance};
 use crate::validate::report::{ErrorCounts, count_errors};
 use crate::validate::{Check, Validator, split};
 
 type DfResult<T> = datafusion::error::Result<T>;
 
-/// What an executor needs to read a source's partitions.
+/// What an executor needs to read a source's files (the same for every partition).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanSpec {
     /// Source name.
@@ -53,12 +56,10 @@ pub struct ScanSpec {
     pub batch_size: usize,
     /// The source's columns (without provenance), as fixed on the client.
     pub data_schema: Vec<u8>,
-    /// Files of each partition.
-    pub partitions: Vec<Vec<String>>,
 }
 
 impl ScanSpec {
-    /// One partition per file of a file source.
+    /// The spec of a file source.
     pub fn new(source: &FileSource) -> Result<ScanSpec> {
         if !source.is_files() {
             return Err(Error::source(
@@ -72,13 +73,123 @@ impl ScanSpec {
             csv: source.config().csv.clone(),
             batch_size: source.batch_size(),
             data_schema: encode_schema(&source.data_schema())?,
-            partitions: source
-                .files()
-                .iter()
-                .map(|f| vec![f.display().to_string()])
-                .collect(),
         })
     }
+}
+
+/// What one partition reads: a file, or a byte range of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkItem {
+    /// The partition's number in the whole job (names its part files).
+    pub part: u32,
+    /// The file's path (the same on every executor).
+    pub path: String,
+    /// The piece of it, for a CSV file cut at record boundaries; `None` = the whole file.
+    pub range: Option<ByteRange>,
+}
+
+/// The partitions of a file source: one per file, and uncompressed CSV files larger than
+/// `split_bytes` cut into pieces of about that size at record boundaries (their records keep
+/// their numbers in the file).
+pub fn work_list(source: &FileSource, split_bytes: u64) -> Result<Vec<WorkItem>> {
+    let mut out = Vec::new();
+    for f in source.files() {
+        let pieces = match source.format() {
+            InputFormat::Csv => csv_split(f, &source.config().csv, split_bytes)?,
+            _ => None,
+        };
+        let path = f.display().to_string();
+        match pieces {
+            Some(ranges) => {
+                for r in ranges {
+                    out.push((path.clone(), Some(r)));
+                }
+            }
+            None => out.push((path, None)),
+        }
+    }
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, range))| WorkItem {
+            part: i as u32,
+            path,
+            range,
+        })
+        .collect())
+}
+
+fn work_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("part", DataType::UInt32, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("start", DataType::UInt64, true),
+        Field::new("end", DataType::UInt64, true),
+        Field::new("first_row", DataType::UInt64, true),
+    ]))
+}
+
+/// The work list as an in-memory table with one partition per item. Ballista's scheduler
+/// restricts an in-memory leaf to the partitions of each task, so a task's plan holds only its
+/// own items; [`ScanExec`] reads them from whatever child it is given.
+pub fn work_exec(items: &[WorkItem]) -> Result<Arc<dyn ExecutionPlan>> {
+    let partitions = items
+        .iter()
+        .map(|w| {
+            RecordBatch::try_new(
+                work_schema(),
+                vec![
+                    Arc::new(UInt32Array::from(vec![w.part])),
+                    Arc::new(StringArray::from(vec![w.path.as_str()])),
+                    Arc::new(UInt64Array::from(vec![w.range.map(|r| r.start)])),
+                    Arc::new(UInt64Array::from(vec![w.range.map(|r| r.end)])),
+                    Arc::new(UInt64Array::from(vec![w.range.map(|r| r.first_row)])),
+                ],
+            )
+            .map(|b| vec![b])
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(MemorySourceConfig::try_new_exec(
+        &partitions,
+        work_schema(),
+        None,
+    )?)
+}
+
+/// The work items of an in-memory work list, one per partition.
+fn items_of(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<WorkItem>> {
+    let internal = |m: &str| Error::source("(cluster)", format!("internal: {m}"));
+    let exec = (plan.as_ref() as &dyn std::any::Any)
+        .downcast_ref::<DataSourceExec>()
+        .ok_or_else(|| internal("the scan's input is not a work list"))?;
+    let mem = (exec.data_source().as_ref() as &dyn std::any::Any)
+        .downcast_ref::<MemorySourceConfig>()
+        .ok_or_else(|| internal("the scan's input is not an in-memory work list"))?;
+    let mut items = Vec::new();
+    for batches in mem.partitions() {
+        let mut item = None;
+        for b in batches.iter().filter(|b| b.num_rows() > 0) {
+            let col = |n: &str| {
+                b.column_by_name(n)
+                    .ok_or_else(|| internal("work list column"))
+            };
+            let part = col("part")?.as_primitive::<UInt32Type>().value(0);
+            let path = col("path")?.as_string::<i32>().value(0).to_string();
+            let (start, end, first) = (
+                col("start")?.as_primitive::<UInt64Type>(),
+                col("end")?.as_primitive::<UInt64Type>(),
+                col("first_row")?.as_primitive::<UInt64Type>(),
+            );
+            let range = (!start.is_null(0)).then(|| ByteRange {
+                start: start.value(0),
+                end: end.value(0),
+                first_row: first.value(0),
+            });
+            item = Some(WorkItem { part, path, range });
+        }
+        items.push(item.ok_or_else(|| internal("an empty work list partition"))?);
+    }
+    Ok(items)
 }
 
 fn properties(schema: SchemaRef, partitions: usize) -> Arc<PlanProperties> {
@@ -90,19 +201,24 @@ fn properties(schema: SchemaRef, partitions: usize) -> Arc<PlanProperties> {
     ))
 }
 
-/// The table the client plans over: its scan is a [`ScanExec`].
+/// The table the client plans over: its scan is a [`ScanExec`] over the work list.
 #[derive(Debug)]
 pub struct ScanTable {
     spec: Arc<ScanSpec>,
+    items: Vec<WorkItem>,
     schema: SchemaRef,
 }
 
 impl ScanTable {
-    /// A table over the spec's files.
-    pub fn try_new(spec: Arc<ScanSpec>) -> Result<ScanTable> {
+    /// A table reading the work items with the spec.
+    pub fn try_new(spec: Arc<ScanSpec>, items: Vec<WorkItem>) -> Result<ScanTable> {
         let data_schema = decode_schema(&spec.data_schema)?;
         let schema = with_provenance(&data_schema);
-        Ok(ScanTable { spec, schema })
+        Ok(ScanTable {
+            spec,
+            items,
+            schema,
+        })
     }
 }
 
@@ -129,36 +245,47 @@ impl TableProvider for ScanTable {
                 "the conform scan reads all columns".into(),
             ));
         }
+        let work = work_exec(&self.items).map_err(external)?;
         Ok(Arc::new(
-            ScanExec::try_new(Arc::clone(&self.spec)).map_err(external)?,
+            ScanExec::try_new(Arc::clone(&self.spec), work).map_err(external)?,
         ))
     }
 }
 
-/// Reads a source's files, one partition per entry of [`ScanSpec::partitions`], with
-/// conform's own readers (provenance, malformed rows as rows with a reason).
+/// Reads a source's files with conform's own readers (provenance, malformed rows as rows with
+/// a reason): partition `i` reads the `i`-th item of its work-list input.
 #[derive(Debug)]
 pub struct ScanExec {
     spec: Arc<ScanSpec>,
     data_schema: SchemaRef,
+    work: Arc<dyn ExecutionPlan>,
+    items: Vec<WorkItem>,
     props: Arc<PlanProperties>,
 }
 
 impl ScanExec {
-    /// A scan of the spec's partitions.
-    pub fn try_new(spec: Arc<ScanSpec>) -> Result<ScanExec> {
+    /// A scan of the items of the in-memory work list `work`.
+    pub fn try_new(spec: Arc<ScanSpec>, work: Arc<dyn ExecutionPlan>) -> Result<ScanExec> {
         let data_schema = decode_schema(&spec.data_schema)?;
-        let props = properties(with_provenance(&data_schema), spec.partitions.len());
+        let items = items_of(&work)?;
+        let props = properties(with_provenance(&data_schema), items.len());
         Ok(ScanExec {
             spec,
             data_schema,
+            work,
+            items,
             props,
         })
     }
 
-    /// What is sent to the executors.
+    /// What is sent to the executors besides the work list.
     pub fn spec(&self) -> &ScanSpec {
         &self.spec
+    }
+
+    /// The job-wide number of local partition `i`.
+    pub fn part(&self, i: usize) -> Option<u32> {
+        self.items.get(i).map(|w| w.part)
     }
 }
 
@@ -168,7 +295,7 @@ impl DisplayAs for ScanExec {
             f,
             "ConformScanExec: source={}, partitions={}",
             self.spec.source,
-            self.spec.partitions.len()
+            self.items.len()
         )
     }
 }
@@ -183,7 +310,7 @@ impl ExecutionPlan for ScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
+        vec![&self.work]
     }
 
     fn apply_expressions(
@@ -195,17 +322,25 @@ impl ExecutionPlan for ScanExec {
 
     fn replace_children(
         self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+        let [work] = <[_; 1]>::try_from(children).map_err(|_| {
+            datafusion::error::DataFusionError::Internal("the conform scan has one input".into())
+        })?;
+        Ok(Arc::new(
+            ScanExec::try_new(Arc::clone(&self.spec), work).map_err(external)?,
+        ))
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
     }
 
     fn execute(
@@ -213,7 +348,7 @@ impl ExecutionPlan for ScanExec {
         partition: usize,
         _ctx: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        let files = self.spec.partitions.get(partition).ok_or_else(|| {
+        let item = self.items.get(partition).ok_or_else(|| {
             datafusion::error::DataFusionError::Internal(format!(
                 "no partition {partition} in the conform scan"
             ))
@@ -223,7 +358,7 @@ impl ExecutionPlan for ScanExec {
             self.spec.format,
             self.spec.csv.clone(),
             Arc::clone(&self.data_schema),
-            files.iter().map(PathBuf::from).collect(),
+            vec![(PathBuf::from(&item.path), item.range)],
             self.spec.batch_size,
         );
         // One reader thread per partition, at most two batches ahead.
@@ -232,6 +367,18 @@ impl ExecutionPlan for ScanExec {
             .map_err(external)?
             .pop()
             .ok_or_else(|| datafusion::error::DataFusionError::Internal("no stream".into()))
+    }
+}
+
+/// The job-wide partition number of local partition `i` of `plan`: found on the conform scan
+/// below it (the nodes in between map partitions one to one).
+fn part_of(plan: &Arc<dyn ExecutionPlan>, i: usize) -> Option<u32> {
+    if let Some(scan) = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<ScanExec>() {
+        return scan.part(i);
+    }
+    match plan.children().as_slice() {
+        [child] => part_of(child, i),
+        _ => None,
     }
 }
 
@@ -402,9 +549,12 @@ impl ExecutionPlan for SinkExec {
         ctx: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, ctx)?;
+        // Part files are named by the job-wide partition number: a task's plan holds only its
+        // own partitions, numbered from 0.
+        let part = part_of(&self.input, partition).unwrap_or(partition as u32);
         let (spec, parts) = (Arc::clone(&self.spec), Arc::clone(&self.parts));
         let out = futures::stream::once(async move {
-            write_partition(partition, input, &spec, &parts)
+            write_partition(part, input, &spec, &parts)
                 .await
                 .map_err(external)
         });
@@ -417,7 +567,7 @@ impl ExecutionPlan for SinkExec {
 
 /// Splits and writes one partition; its count row.
 async fn write_partition(
-    partition: usize,
+    partition: u32,
     mut input: SendableRecordBatchStream,
     spec: &SinkSpec,
     parts: &SinkParts,
@@ -459,7 +609,7 @@ async fn write_partition(
     Ok(RecordBatch::try_new(
         counts_schema(),
         vec![
-            Arc::new(UInt32Array::from(vec![partition as u32])),
+            Arc::new(UInt32Array::from(vec![partition])),
             Arc::new(UInt64Array::from(vec![n_valid])),
             Arc::new(UInt64Array::from(vec![n_invalid])),
             Arc::new(StringArray::from(vec![errors])),

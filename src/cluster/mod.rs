@@ -29,7 +29,7 @@ use datafusion_proto::protobuf::PhysicalPlanNode;
 use futures::StreamExt;
 use prost::Message;
 
-pub use exec::{ScanExec, ScanSpec, ScanTable, SinkExec, SinkSpec};
+pub use exec::{ScanExec, ScanSpec, ScanTable, SinkExec, SinkSpec, WorkItem, work_exec, work_list};
 
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, PreparedSource, SourceReport};
@@ -58,8 +58,13 @@ impl PhysicalExtensionCodec for ConformCodec {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if let Some(json) = buf.strip_prefix(SCAN_TAG) {
             let spec: ScanSpec = serde_json::from_slice(json).map_err(external)?;
+            let [work] = inputs else {
+                return Err(datafusion::error::DataFusionError::Internal(
+                    "the conform scan has one input".into(),
+                ));
+            };
             return Ok(Arc::new(
-                ScanExec::try_new(Arc::new(spec)).map_err(external)?,
+                ScanExec::try_new(Arc::new(spec), Arc::clone(work)).map_err(external)?,
             ));
         }
         if let Some(json) = buf.strip_prefix(SINK_TAG) {
@@ -209,11 +214,12 @@ pub(crate) async fn transform(
     let name = prepared.source.name();
     let config = pipeline.config();
     let source = &prepared.source;
-    // One partition per file: each executor task reads whole files, so provenance (file, row)
-    // is the same as in a local run.
-    let scan = ScanSpec::new(source)?;
-    let partitions = scan.partitions.len();
-    let table = ScanTable::try_new(Arc::new(scan))?;
+    // Partitions are files, and pieces of large CSV files cut at record boundaries; records keep
+    // their numbers in the file, so provenance (file, row) is the same as in a local run.
+    let split_bytes = (config.engine.partition_mb * 1024.0 * 1024.0).max(4096.0) as u64;
+    let items = work_list(source, split_bytes)?;
+    let partitions = items.len();
+    let table = ScanTable::try_new(Arc::new(ScanSpec::new(source)?), items)?;
     let builder = LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(table)), None)?;
     let (plan, _) = crate::plan::build(
         builder,
@@ -321,6 +327,7 @@ fn merge(batch: &RecordBatch, into: &mut Merged) -> Result<()> {
     let partition = col("partition")?.as_primitive::<UInt32Type>();
     for i in 0..batch.num_rows() {
         if !into.seen.insert(partition.value(i)) {
+            tracing::debug!(partition = partition.value(i), "partition reported again");
             continue;
         }
         into.valid += valid.value(i);

@@ -435,12 +435,24 @@ impl Default for AnomalyConfig {
 }
 
 /// Where plans run.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// A Ballista scheduler, `df://HOST:PORT`: file sources run on that cluster (`--cluster`
     /// overrides). Absent: everything runs in this process.
     pub cluster: Option<String>,
+    /// On a cluster, uncompressed CSV files larger than this many MiB are cut into pieces of
+    /// about this size (at record boundaries), each a partition. Default 128.
+    pub partition_mb: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cluster: None,
+            partition_mb: 128.0,
+        }
+    }
 }
 
 /// One entry of `data_sources`.

@@ -26,15 +26,19 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Creates `<dir>/.<name>.tmp-<pid>` for a file that will be renamed to `dest`.
+    /// Creates `<dir>/.<name>.tmp-<pid>-<n>` for a file that will be renamed to `dest`. The
+    /// counter keeps two writers of the same file in one process (a cluster task run twice)
+    /// from sharing a temporary file; the last rename wins, whole.
     pub fn create(dest: &Path) -> Result<AtomicFile> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = dest.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
         let name = dest
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("output");
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         Ok(AtomicFile {
             tmp,

@@ -34,6 +34,28 @@ fn reader(
         .from_reader(open_decompressed(path)?))
 }
 
+/// A reader of one byte range of an uncompressed file.
+fn range_reader(
+    path: &std::path::Path,
+    opts: &CsvOptions,
+    range: ByteRange,
+) -> Result<::csv::Reader<Box<dyn std::io::BufRead + Send>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    f.seek(SeekFrom::Start(range.start))
+        .map_err(|e| Error::io("reading", path, e))?;
+    let piece: Box<dyn std::io::BufRead + Send> = Box::new(std::io::BufReader::with_capacity(
+        1 << 20,
+        f.take(range.end - range.start),
+    ));
+    Ok(::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter(path, opts))
+        .buffer_capacity(1 << 16)
+        .from_reader(piece))
+}
+
 /// The header of one file (or `column_N` names when there is none).
 fn header(name: &str, path: &std::path::Path, opts: &CsvOptions) -> Result<Vec<String>> {
     if let Some(c) = opts.delimiter.filter(|c| !c.is_ascii()) {
@@ -76,6 +98,64 @@ fn header(name: &str, path: &std::path::Path, opts: &CsvOptions) -> Result<Vec<S
         names.push(s);
     }
     Ok(names)
+}
+
+/// A piece of one uncompressed CSV file: bytes `[start, end)`, starting at a record boundary,
+/// whose first record is record number `first_row` of the file (1-based, header not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Number of the range's first record in the file.
+    pub first_row: u64,
+}
+
+/// Splits a CSV file into ranges of about `target` bytes at record boundaries, found with the
+/// same tokenizer and options the reader uses (quoted fields may hold newlines), so each range
+/// reads the same records with the same numbers as the whole file. `None` for a compressed
+/// file (it cannot be entered in the middle) or one no larger than `target`.
+pub fn split(
+    path: &std::path::Path,
+    opts: &CsvOptions,
+    target: u64,
+) -> Result<Option<Vec<ByteRange>>> {
+    let lower = path.to_string_lossy().to_ascii_lowercase();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io("reading", path, e))?
+        .len();
+    if lower.ends_with(".gz") || lower.ends_with(".zst") || len <= target {
+        return Ok(None);
+    }
+    let mut r = reader(path, opts)?;
+    let mut rec = ::csv::ByteRecord::new();
+    let bad = |e: ::csv::Error| Error::source("(split)", format!("{}: {e}", path.display()));
+    if opts.has_header {
+        r.read_byte_record(&mut rec).map_err(bad)?;
+    }
+    let mut ranges = Vec::new();
+    let (mut start, mut first_row, mut next_row) = (r.position().byte(), 1u64, 1u64);
+    while r.read_byte_record(&mut rec).map_err(bad)? {
+        next_row += 1;
+        let here = r.position().byte();
+        if here - start >= target {
+            ranges.push(ByteRange {
+                start,
+                end: here,
+                first_row,
+            });
+            (start, first_row) = (here, next_row);
+        }
+    }
+    if start < len || ranges.is_empty() {
+        ranges.push(ByteRange {
+            start,
+            end: len,
+            first_row,
+        });
+    }
+    Ok(Some(ranges))
 }
 
 /// The union of the files' headers, in first-seen order; every column is text.
@@ -134,6 +214,7 @@ impl CsvBatches {
         let Some(path) = self.source.files().get(self.next_file).cloned() else {
             return Ok(false);
         };
+        let range = self.source.range(self.next_file);
         self.next_file += 1;
         let opts = &self.source.config().csv;
         let data = self.source.data_schema();
@@ -145,18 +226,24 @@ impl CsvBatches {
                     .expect("the schema is the union of all headers")
             })
             .collect();
-        let mut reader = reader(&path, opts)?;
-        if opts.has_header {
-            let mut skip = ::csv::ByteRecord::new();
-            reader.read_byte_record(&mut skip).map_err(|e| {
-                Error::source(self.source.name(), format!("{}: {e}", path.display()))
-            })?;
-        }
+        let (reader, next_row) = match range {
+            Some(r) => (range_reader(&path, opts, r)?, r.first_row),
+            None => {
+                let mut reader = reader(&path, opts)?;
+                if opts.has_header {
+                    let mut skip = ::csv::ByteRecord::new();
+                    reader.read_byte_record(&mut skip).map_err(|e| {
+                        Error::source(self.source.name(), format!("{}: {e}", path.display()))
+                    })?;
+                }
+                (reader, 1)
+            }
+        };
         self.current = Some(OpenFile {
             reader,
             display: path.display().to_string(),
             positions,
-            next_row: 1,
+            next_row,
         });
         Ok(true)
     }
@@ -256,4 +343,64 @@ fn lossy_text(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::InputFormat;
+    use arrow::array::{Array, AsArray};
+
+    /// (row number, first field) of every record read from the given pieces of `path`.
+    fn read(path: &std::path::Path, pieces: Vec<Option<ByteRange>>) -> Vec<(u64, String)> {
+        let opts = CsvOptions::default();
+        let schema = infer_schema("t", &[path.to_path_buf()], &opts).unwrap();
+        let files = pieces
+            .into_iter()
+            .map(|r| (path.to_path_buf(), r))
+            .collect();
+        let source = FileSource::for_files("t", InputFormat::Csv, opts, schema, files, 7);
+        let mut out = Vec::new();
+        for b in source.batches().unwrap() {
+            let b = b.unwrap();
+            let ids = b.column(0).as_string::<i32>();
+            let rows = b
+                .column_by_name(crate::source::ROW_COL)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::UInt64Type>();
+            for i in 0..b.num_rows() {
+                out.push((rows.value(i), ids.value(i).to_string()));
+                assert!(ids.is_valid(i));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pieces_at_record_boundaries_read_the_same_records_with_the_same_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.csv");
+        let mut text = String::from("id,note\n");
+        for i in 0..500 {
+            // Quoted fields with newlines and commas: a naive line split would cut records.
+            text.push_str(&format!("r{i},\"line one\nline, two {i}\"\n"));
+            if i % 50 == 0 {
+                text.push('\n'); // empty lines are skipped, not counted
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let whole = read(&path, vec![None]);
+        assert_eq!(whole.len(), 500);
+        let ranges = split(&path, &CsvOptions::default(), 1000).unwrap().unwrap();
+        assert!(ranges.len() > 10, "{ranges:?}");
+        assert_eq!(ranges.last().unwrap().end, text.len() as u64);
+        let pieces = read(&path, ranges.into_iter().map(Some).collect());
+        assert_eq!(pieces, whole);
+        // Small files are not split.
+        assert!(
+            split(&path, &CsvOptions::default(), 1 << 30)
+                .unwrap()
+                .is_none()
+        );
+    }
 }

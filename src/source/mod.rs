@@ -10,7 +10,7 @@
 //! (numbers and booleans as their JSON text), so a value of an unexpected type is never a
 //! decoding error: the mapping decides how to convert it. Parquet columns keep their types.
 
-mod csv;
+pub mod csv;
 mod files;
 pub mod http;
 mod json;
@@ -58,6 +58,9 @@ pub struct FileSource {
     /// The source's own columns (without provenance).
     data_schema: SchemaRef,
     batch_size: usize,
+    /// Per file, the byte range to read (CSV pieces of a cluster partition); empty = whole
+    /// files.
+    ranges: Vec<Option<csv::ByteRange>>,
 }
 
 impl FileSource {
@@ -83,6 +86,7 @@ impl FileSource {
                 config: config.clone(),
                 data_schema,
                 batch_size,
+                ranges: Vec::new(),
             });
         }
         if config.postgres.is_some() {
@@ -99,6 +103,7 @@ impl FileSource {
                 config: config.clone(),
                 data_schema,
                 batch_size,
+                ranges: Vec::new(),
             });
         }
         let pattern = config
@@ -133,6 +138,7 @@ impl FileSource {
             config: config.clone(),
             data_schema,
             batch_size,
+            ranges: Vec::new(),
         })
     }
 
@@ -144,12 +150,14 @@ impl FileSource {
         format: InputFormat,
         csv: crate::config::CsvOptions,
         data_schema: SchemaRef,
-        files: Vec<PathBuf>,
+        files: Vec<(PathBuf, Option<csv::ByteRange>)>,
         batch_size: usize,
     ) -> FileSource {
+        let (files, ranges) = files.into_iter().unzip();
         FileSource {
             name: name.to_string(),
             files,
+            ranges,
             format,
             http: None,
             pg: None,
@@ -168,6 +176,11 @@ impl FileSource {
             data_schema,
             batch_size,
         }
+    }
+
+    /// The byte range of file `i` to read (CSV pieces on a cluster), or `None` for all of it.
+    pub(crate) fn range(&self, i: usize) -> Option<csv::ByteRange> {
+        self.ranges.get(i).copied().flatten()
     }
 
     /// Whether the source reads files (not an HTTP API or a database).

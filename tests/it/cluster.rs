@@ -125,7 +125,7 @@ fn invalid_rows(path: &Path) -> BTreeMap<(String, u64), Value> {
     out
 }
 
-fn same_answers(w: &Workdir, cluster_out: &str) {
+fn same_answers(w: &Workdir, cluster_out: &str, partitions: usize) {
     let local = valid_rows(&w.join("local/orders_valid_data.parquet"));
     let remote = valid_rows(&w.join(&format!("{cluster_out}/orders_valid_data")));
     assert_eq!(local.len(), 954);
@@ -138,7 +138,7 @@ fn same_answers(w: &Workdir, cluster_out: &str) {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(parts.len(), 3, "one part per input file: {parts:?}");
+    assert_eq!(parts.len(), partitions, "one part per partition: {parts:?}");
     let summary: Value =
         serde_json::from_str(&w.read(&format!("{cluster_out}/run_summary.json"))).unwrap();
     let s = &summary["sources"]["orders"];
@@ -170,7 +170,7 @@ async fn standalone_cluster_gives_the_local_answers() {
         r.stdout
             .contains("74 validation errors occurred for orders.")
     );
-    same_answers(&w, "cluster");
+    same_answers(&w, "cluster", 3);
 }
 
 /// A child process stopped when dropped.
@@ -258,5 +258,50 @@ async fn scheduler_and_two_executor_processes_give_the_local_answers() {
         "{}",
         r.stderr
     );
-    same_answers(&w, "cluster");
+    same_answers(&w, "cluster", 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_csv_file_is_cut_into_pieces_at_record_boundaries() {
+    // One 103 KB file with quoted multi-line fields, cut into pieces of about 30 KB.
+    let w = Workdir::new();
+    split_fixture(&w);
+    w.copy_testdata("bench/orders_small.csv", "in/whole.csv");
+    for k in 0..3 {
+        std::fs::remove_file(w.join(&format!("in/part-{k}.csv"))).unwrap();
+    }
+    let config = w.read("config.json").replacen(
+        "\"output_directory\"",
+        "\"engine\": {\"partition_mb\": 0.03}, \"output_directory\"",
+        1,
+    );
+    w.write("config.json", config);
+    let env = vec![
+        (
+            "CONFORM_BENCH_INPUT",
+            w.join("in/whole.csv").display().to_string(),
+        ),
+        ("CONFORM_BENCH_OUT", w.join("local").display().to_string()),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = run_async(&w, &["run", "--config", "config.json"], &env_ref).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let url = conform::cluster::standalone(2).await.unwrap();
+    let env = vec![
+        (
+            "CONFORM_BENCH_INPUT",
+            w.join("in/whole.csv").display().to_string(),
+        ),
+        ("CONFORM_BENCH_OUT", w.join("cluster").display().to_string()),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = run_async(
+        &w,
+        &["run", "--config", "config.json", "--cluster", &url],
+        &env_ref,
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains(": 4 partition(s)"), "{}", r.stderr);
+    same_answers(&w, "cluster", 4);
 }
