@@ -217,7 +217,9 @@ pub(crate) async fn transform(
     // Partitions are files, and pieces of large CSV files cut at record boundaries; records keep
     // their numbers in the file, so provenance (file, row) is the same as in a local run.
     let split_bytes = (config.engine.partition_mb * 1024.0 * 1024.0).max(4096.0) as u64;
+    let t0 = std::time::Instant::now();
     let items = work_list(source, split_bytes)?;
+    let listed = t0.elapsed().as_secs_f64();
     let partitions = items.len();
     let table = ScanTable::try_new(Arc::new(ScanSpec::new(source)?), items)?;
     let builder = LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(table)), None)?;
@@ -284,7 +286,8 @@ pub(crate) async fn transform(
     report.rows_read = merged.valid + merged.invalid;
     report.errors = merged.errors;
     report.notes.push(format!(
-        "ran on the cluster at {cluster}: {partitions} partition(s)"
+        "ran on the cluster at {cluster}: {partitions} partition(s) from {} file(s), listed in {listed:.2} s",
+        source.files().len()
     ));
     let valid_dir = out_dir.join(format!("{name}_valid_data"));
     let invalid_dir = out_dir.join(format!("{name}_invalid_data"));
