@@ -248,39 +248,55 @@ pub(crate) async fn transform(
         format: config.output_format,
         parquet: config.parquet.clone(),
     };
-    for dir in [spec.valid_dir(), spec.invalid_dir()] {
-        clear_parts(&dir)?;
+    let (valid_dir, invalid_dir) = (spec.valid_dir(), spec.invalid_dir());
+    for dir in [&valid_dir, &invalid_dir] {
+        clear_parts(dir)?;
     }
     let sink: Arc<dyn ExecutionPlan> = Arc::new(SinkExec::try_new(physical, Arc::new(spec))?);
     let codec = ConformCodec::default();
     let session_config = SessionConfig::new_with_ballista()
         .with_ballista_physical_extension_codec(Arc::new(ConformCodec::default()));
     let session_id = format!("conform-{}-{}", std::process::id(), name);
-    let mut stream = ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
-        scheduler_url(cluster)?,
-        &BallistaConfig::default(),
-        sink,
-        &codec,
-        session_id,
-        session_config,
-    )
-    .await
-    .map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
-    let mut merged = Merged::default();
-    while let Some(batch) = stream.next().await {
-        let batch = batch
-            .map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
-        merge(&batch, &mut merged)?;
-    }
-    if merged.seen.len() != partitions {
-        return Err(Error::source(
-            name,
-            format!(
-                "the cluster at {cluster} reported {} of {partitions} partitions",
-                merged.seen.len()
-            ),
-        ));
-    }
+    let job = async {
+        let mut stream = ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
+            scheduler_url(cluster)?,
+            &BallistaConfig::default(),
+            sink,
+            &codec,
+            session_id,
+            session_config,
+        )
+        .await
+        .map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
+        let mut merged = Merged::default();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| {
+                Error::source(name, format!("the cluster at {cluster} failed: {e}"))
+            })?;
+            merge(&batch, &mut merged)?;
+        }
+        if merged.seen.len() != partitions {
+            return Err(Error::source(
+                name,
+                format!(
+                    "the cluster at {cluster} reported {} of {partitions} partitions",
+                    merged.seen.len()
+                ),
+            ));
+        }
+        Ok(merged)
+    };
+    let merged = match job.await {
+        Ok(m) => m,
+        Err(e) => {
+            // Parts of the partitions that did finish are whole files but not the whole
+            // output: remove them, so a failed run leaves no output that looks complete.
+            for dir in [&valid_dir, &invalid_dir] {
+                let _ = clear_parts(dir);
+            }
+            return Err(e);
+        }
+    };
     report.valid = merged.valid;
     report.invalid = merged.invalid;
     report.rows_read = merged.valid + merged.invalid;
@@ -289,8 +305,6 @@ pub(crate) async fn transform(
         "ran on the cluster at {cluster}: {partitions} partition(s) from {} file(s), listed in {listed:.2} s",
         source.files().len()
     ));
-    let valid_dir = out_dir.join(format!("{name}_valid_data"));
-    let invalid_dir = out_dir.join(format!("{name}_invalid_data"));
     let shown = |dir: &str| config.output_directory.join(dir).display().to_string();
     report.console.push(format!(
         "Successfully validated {} items from {name}",

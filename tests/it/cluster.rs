@@ -305,3 +305,39 @@ async fn a_large_csv_file_is_cut_into_pieces_at_record_boundaries() {
     assert!(r.stderr.contains(": 4 partition(s)"), "{}", r.stderr);
     same_answers(&w, "cluster", 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_fails_the_source_and_leaves_no_parts() {
+    let w = Workdir::new();
+    split_fixture(&w);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = env(&w, "cluster");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let url = format!("df://127.0.0.1:{port}");
+    let r = run_async(
+        &w,
+        &["run", "--config", "config.json", "--cluster", &url],
+        &env,
+    )
+    .await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "Failed to process orders: source `orders`: the cluster at {url} failed"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !w.join("cluster/orders_valid_data").exists()
+            || std::fs::read_dir(w.join("cluster/orders_valid_data"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
