@@ -276,7 +276,7 @@ async fn a_large_csv_file_is_cut_into_pieces_at_record_boundaries() {
         1,
     );
     w.write("config.json", config);
-    let env = vec![
+    let env = [
         (
             "CONFORM_BENCH_INPUT",
             w.join("in/whole.csv").display().to_string(),
@@ -287,7 +287,7 @@ async fn a_large_csv_file_is_cut_into_pieces_at_record_boundaries() {
     let r = run_async(&w, &["run", "--config", "config.json"], &env_ref).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let url = conform::cluster::standalone(2).await.unwrap();
-    let env = vec![
+    let env = [
         (
             "CONFORM_BENCH_INPUT",
             w.join("in/whole.csv").display().to_string(),
