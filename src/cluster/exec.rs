@@ -6,7 +6,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{
+    Array, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -36,8 +38,10 @@ use crate::mapping::{MappingDocument, compile};
 use crate::plan::Layout;
 use crate::schema::TargetSchema;
 use crate::sink::{InvalidSink, ValidSink};
-use crate::source::csv::{ByteRange, split as csv_split};
+use crate::source::csv::split as csv_split;
+use crate::source::parquet::split as parquet_split;
 use crate::source::{FileSource, with_provenance};
+use crate::source::{Piece, PieceUnit};
 use crate::validate::report::{ErrorCounts, count_errors};
 use crate::validate::{Check, Validator, split};
 
@@ -77,15 +81,16 @@ impl ScanSpec {
     }
 }
 
-/// What one partition reads: a file, or a byte range of one.
+/// What one partition reads: a file, or a piece of one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkItem {
     /// The partition's number in the whole job (names its part files).
     pub part: u32,
     /// The file's path (the same on every executor).
     pub path: String,
-    /// The piece of it, for a CSV file cut at record boundaries; `None` = the whole file.
-    pub range: Option<ByteRange>,
+    /// The piece of it (bytes of a CSV file, row groups of a Parquet file); `None` = the whole
+    /// file.
+    pub range: Option<Piece>,
 }
 
 /// The partitions of a file source: one per file, and uncompressed CSV files larger than
@@ -96,6 +101,7 @@ pub fn work_list(source: &FileSource, split_bytes: u64) -> Result<Vec<WorkItem>>
     for f in source.files() {
         let pieces = match source.format() {
             InputFormat::Csv => csv_split(f, &source.config().csv, split_bytes)?,
+            InputFormat::Parquet => parquet_split(f, split_bytes)?,
             _ => None,
         };
         let path = f.display().to_string();
@@ -122,6 +128,7 @@ pub fn work_list(source: &FileSource, split_bytes: u64) -> Result<Vec<WorkItem>>
 fn work_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("part", DataType::UInt32, false),
+        Field::new("row_groups", DataType::Boolean, true),
         Field::new("path", DataType::Utf8, false),
         Field::new("start", DataType::UInt64, true),
         Field::new("end", DataType::UInt64, true),
@@ -140,6 +147,9 @@ pub fn work_exec(items: &[WorkItem]) -> Result<Arc<dyn ExecutionPlan>> {
                 work_schema(),
                 vec![
                     Arc::new(UInt32Array::from(vec![w.part])),
+                    Arc::new(BooleanArray::from(vec![
+                        w.range.map(|r| r.unit == PieceUnit::RowGroups),
+                    ])),
                     Arc::new(StringArray::from(vec![w.path.as_str()])),
                     Arc::new(UInt64Array::from(vec![w.range.map(|r| r.start)])),
                     Arc::new(UInt64Array::from(vec![w.range.map(|r| r.end)])),
@@ -180,7 +190,14 @@ fn items_of(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<WorkItem>> {
                 col("end")?.as_primitive::<UInt64Type>(),
                 col("first_row")?.as_primitive::<UInt64Type>(),
             );
-            let range = (!start.is_null(0)).then(|| ByteRange {
+            let row_groups = col("row_groups")?.as_boolean();
+            let unit = if !row_groups.is_null(0) && row_groups.value(0) {
+                PieceUnit::RowGroups
+            } else {
+                PieceUnit::Bytes
+            };
+            let range = (!start.is_null(0)).then(|| Piece {
+                unit,
                 start: start.value(0),
                 end: end.value(0),
                 first_row: first.value(0),

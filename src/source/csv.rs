@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BinaryArray, BinaryBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::{FileSource, assemble, open_decompressed};
+use super::{FileSource, Piece, PieceUnit, assemble, open_decompressed};
 use crate::config::CsvOptions;
 use crate::error::{Error, Result};
 
@@ -38,7 +38,7 @@ fn reader(
 fn range_reader(
     path: &std::path::Path,
     opts: &CsvOptions,
-    range: ByteRange,
+    range: Piece,
 ) -> Result<::csv::Reader<Box<dyn std::io::BufRead + Send>>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
@@ -100,27 +100,11 @@ fn header(name: &str, path: &std::path::Path, opts: &CsvOptions) -> Result<Vec<S
     Ok(names)
 }
 
-/// A piece of one uncompressed CSV file: bytes `[start, end)`, starting at a record boundary,
-/// whose first record is record number `first_row` of the file (1-based, header not counted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ByteRange {
-    /// First byte.
-    pub start: u64,
-    /// One past the last byte.
-    pub end: u64,
-    /// Number of the range's first record in the file.
-    pub first_row: u64,
-}
-
 /// Splits a CSV file into ranges of about `target` bytes at record boundaries, found with the
 /// same tokenizer and options the reader uses (quoted fields may hold newlines), so each range
 /// reads the same records with the same numbers as the whole file. `None` for a compressed
 /// file (it cannot be entered in the middle) or one no larger than `target`.
-pub fn split(
-    path: &std::path::Path,
-    opts: &CsvOptions,
-    target: u64,
-) -> Result<Option<Vec<ByteRange>>> {
+pub fn split(path: &std::path::Path, opts: &CsvOptions, target: u64) -> Result<Option<Vec<Piece>>> {
     let lower = path.to_string_lossy().to_ascii_lowercase();
     let len = std::fs::metadata(path)
         .map_err(|e| Error::io("reading", path, e))?
@@ -140,7 +124,8 @@ pub fn split(
         next_row += 1;
         let here = r.position().byte();
         if here - start >= target {
-            ranges.push(ByteRange {
+            ranges.push(Piece {
+                unit: PieceUnit::Bytes,
                 start,
                 end: here,
                 first_row,
@@ -149,7 +134,8 @@ pub fn split(
         }
     }
     if start < len || ranges.is_empty() {
-        ranges.push(ByteRange {
+        ranges.push(Piece {
+            unit: PieceUnit::Bytes,
             start,
             end: len,
             first_row,
@@ -214,7 +200,10 @@ impl CsvBatches {
         let Some(path) = self.source.files().get(self.next_file).cloned() else {
             return Ok(false);
         };
-        let range = self.source.range(self.next_file);
+        let range = self
+            .source
+            .range(self.next_file)
+            .filter(|p| p.unit == PieceUnit::Bytes);
         self.next_file += 1;
         let opts = &self.source.config().csv;
         let data = self.source.data_schema();
@@ -352,7 +341,7 @@ mod tests {
     use arrow::array::{Array, AsArray};
 
     /// (row number, first field) of every record read from the given pieces of `path`.
-    fn read(path: &std::path::Path, pieces: Vec<Option<ByteRange>>) -> Vec<(u64, String)> {
+    fn read(path: &std::path::Path, pieces: Vec<Option<Piece>>) -> Vec<(u64, String)> {
         let opts = CsvOptions::default();
         let schema = infer_schema("t", &[path.to_path_buf()], &opts).unwrap();
         let files = pieces

@@ -14,7 +14,7 @@ pub mod csv;
 mod files;
 pub mod http;
 mod json;
-mod parquet;
+pub mod parquet;
 pub mod postgres;
 pub mod profile;
 
@@ -58,9 +58,8 @@ pub struct FileSource {
     /// The source's own columns (without provenance).
     data_schema: SchemaRef,
     batch_size: usize,
-    /// Per file, the byte range to read (CSV pieces of a cluster partition); empty = whole
-    /// files.
-    ranges: Vec<Option<csv::ByteRange>>,
+    /// Per file, the piece to read (a cluster partition's share); empty = whole files.
+    ranges: Vec<Option<Piece>>,
 }
 
 impl FileSource {
@@ -150,7 +149,7 @@ impl FileSource {
         format: InputFormat,
         csv: crate::config::CsvOptions,
         data_schema: SchemaRef,
-        files: Vec<(PathBuf, Option<csv::ByteRange>)>,
+        files: Vec<(PathBuf, Option<Piece>)>,
         batch_size: usize,
     ) -> FileSource {
         let (files, ranges) = files.into_iter().unzip();
@@ -178,8 +177,8 @@ impl FileSource {
         }
     }
 
-    /// The byte range of file `i` to read (CSV pieces on a cluster), or `None` for all of it.
-    pub(crate) fn range(&self, i: usize) -> Option<csv::ByteRange> {
+    /// The piece of file `i` to read (on a cluster), or `None` for all of it.
+    pub(crate) fn range(&self, i: usize) -> Option<Piece> {
         self.ranges.get(i).copied().flatten()
     }
 
@@ -313,6 +312,31 @@ impl FileSource {
     pub(crate) fn batch_size(&self) -> usize {
         self.batch_size
     }
+}
+
+/// A piece of one file, read by one cluster partition: bytes `[start, end)` of an uncompressed
+/// CSV file (starting at a record boundary), or row groups `[start, end)` of a Parquet file.
+/// `first_row` is the number of its first record in the file (1-based, header not counted), so
+/// provenance is the same as when the whole file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// What `start` and `end` count.
+    pub unit: PieceUnit,
+    /// First byte or row group.
+    pub start: u64,
+    /// One past the last byte or row group.
+    pub end: u64,
+    /// Number of the piece's first record in the file.
+    pub first_row: u64,
+}
+
+/// The unit of a [`Piece`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceUnit {
+    /// Bytes of a CSV file.
+    Bytes,
+    /// Row groups of a Parquet file.
+    RowGroups,
 }
 
 /// Column names of the data may not collide with provenance columns.

@@ -7,7 +7,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::{FileSource, assemble};
+use super::{FileSource, Piece, PieceUnit, assemble};
 use crate::error::{Error, Result};
 
 fn builder(name: &str, path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
@@ -39,6 +39,37 @@ pub(crate) fn infer_schema(name: &str, files: &[PathBuf]) -> Result<SchemaRef> {
     Ok(first)
 }
 
+/// Splits a Parquet file into runs of whole row groups of about `target` compressed bytes,
+/// numbering their first rows from the row counts in the metadata. `None` for a file no larger
+/// than `target` or with a single row group.
+pub fn split(path: &std::path::Path, target: u64) -> Result<Option<Vec<Piece>>> {
+    let meta = builder("(split)", path)?.metadata().clone();
+    let groups = meta.row_groups();
+    let size: u64 = groups
+        .iter()
+        .map(|g| g.compressed_size().max(0) as u64)
+        .sum();
+    if groups.len() < 2 || size <= target {
+        return Ok(None);
+    }
+    let mut pieces = Vec::new();
+    let (mut start, mut bytes, mut first_row, mut next_row) = (0usize, 0u64, 1u64, 1u64);
+    for (i, g) in groups.iter().enumerate() {
+        bytes += g.compressed_size().max(0) as u64;
+        next_row += g.num_rows().max(0) as u64;
+        if bytes >= target || i + 1 == groups.len() {
+            pieces.push(Piece {
+                unit: PieceUnit::RowGroups,
+                start: start as u64,
+                end: i as u64 + 1,
+                first_row,
+            });
+            (start, bytes, first_row) = (i + 1, 0, next_row);
+        }
+    }
+    Ok(Some(pieces))
+}
+
 /// Iterator over the batches of a Parquet source.
 pub(crate) struct ParquetBatches {
     source: FileSource,
@@ -65,11 +96,20 @@ impl super::ReadBatch for ParquetBatches {
                 let Some(path) = self.source.files().get(self.next_file).cloned() else {
                     return Ok(None);
                 };
+                let piece = self
+                    .source
+                    .range(self.next_file)
+                    .filter(|p| p.unit == PieceUnit::RowGroups);
                 self.next_file += 1;
-                let reader = builder(self.source.name(), &path)?
-                    .with_batch_size(self.source.batch_size())
-                    .build()?;
-                self.current = Some((reader, path.display().to_string(), 1));
+                let mut b =
+                    builder(self.source.name(), &path)?.with_batch_size(self.source.batch_size());
+                let mut first_row = 1;
+                if let Some(p) = piece {
+                    b = b.with_row_groups((p.start as usize..p.end as usize).collect());
+                    first_row = p.first_row;
+                }
+                let reader = b.build()?;
+                self.current = Some((reader, path.display().to_string(), first_row));
             }
             let (reader, display, next_row) = self.current.as_mut().expect("opened above");
             match reader.next() {
@@ -92,5 +132,77 @@ impl super::ReadBatch for ParquetBatches {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CsvOptions, InputFormat};
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, UInt64Type};
+    use std::sync::Arc;
+
+    fn read(path: &std::path::Path, pieces: Vec<Option<Piece>>) -> Vec<(u64, i64)> {
+        let schema = infer_schema("t", &[path.to_path_buf()]).unwrap();
+        let files = pieces
+            .into_iter()
+            .map(|p| (path.to_path_buf(), p))
+            .collect();
+        let source = FileSource::for_files(
+            "t",
+            InputFormat::Parquet,
+            CsvOptions::default(),
+            schema,
+            files,
+            64,
+        );
+        let mut out = Vec::new();
+        for b in source.batches().unwrap() {
+            let b = b.unwrap();
+            let x = b.column(0).as_primitive::<Int64Type>();
+            let rows = b
+                .column_by_name(crate::source::ROW_COL)
+                .unwrap()
+                .as_primitive::<UInt64Type>();
+            for i in 0..b.num_rows() {
+                out.push((rows.value(i), x.value(i)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn row_group_pieces_read_the_same_rows_with_the_same_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(100))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            Arc::clone(&schema),
+            Some(props),
+        )
+        .unwrap();
+        let batch = arrow::array::RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(0..1000))],
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let whole = read(&path, vec![None]);
+        assert_eq!(whole.len(), 1000);
+        assert_eq!(whole[999], (1000, 999));
+        let pieces = split(&path, 1).unwrap().unwrap();
+        assert_eq!(pieces.len(), 10, "{pieces:?}");
+        assert_eq!(
+            (pieces[3].start, pieces[3].end, pieces[3].first_row),
+            (3, 4, 301)
+        );
+        assert_eq!(read(&path, pieces.into_iter().map(Some).collect()), whole);
+        assert!(split(&path, 1 << 30).unwrap().is_none());
     }
 }

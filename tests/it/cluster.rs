@@ -341,3 +341,79 @@ async fn an_unreachable_cluster_fails_the_source_and_leaves_no_parts() {
                 .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_file_is_cut_into_runs_of_row_groups() {
+    // The fixture as a Parquet file of text columns with row groups of 100 rows.
+    let w = Workdir::new();
+    split_fixture(&w);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/bench/orders_small.csv");
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(&src)
+        .unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(
+        header
+            .iter()
+            .map(|h| arrow::datatypes::Field::new(h, arrow::datatypes::DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    let columns: Vec<arrow::array::ArrayRef> = (0..header.len())
+        .map(|i| {
+            std::sync::Arc::new(arrow::array::StringArray::from(
+                records
+                    .iter()
+                    .map(|r| r.get(i).filter(|v| !v.is_empty()))
+                    .collect::<Vec<_>>(),
+            )) as arrow::array::ArrayRef
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(100))
+        .build();
+    let mut out = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(w.join("in/whole.parquet")).unwrap(),
+        schema,
+        Some(props),
+    )
+    .unwrap();
+    out.write(&batch).unwrap();
+    out.close().unwrap();
+    let config = w.read("config.json").replacen(
+        "\"output_directory\"",
+        "\"engine\": {\"partition_mb\": 0.001}, \"output_directory\"",
+        1,
+    );
+    w.write("config.json", config);
+    let input = w.join("in/whole.parquet").display().to_string();
+    for (out_dir, extra) in [("local", None), ("cluster", Some(()))] {
+        let out_path = w.join(out_dir).display().to_string();
+        let env = [
+            ("CONFORM_BENCH_INPUT", input.as_str()),
+            ("CONFORM_BENCH_OUT", out_path.as_str()),
+        ];
+        let url;
+        let mut args = vec!["run", "--config", "config.json"];
+        if extra.is_some() {
+            url = conform::cluster::standalone(2).await.unwrap();
+            args.extend(["--cluster", url.as_str()]);
+        }
+        let r = run_async(&w, &args, &env).await;
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        if extra.is_some() {
+            assert!(
+                r.stderr.contains(" partition(s) from 1 file(s)"),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+    let parts = std::fs::read_dir(w.join("cluster/orders_valid_data"))
+        .unwrap()
+        .count();
+    assert!(parts > 3, "row groups become partitions: {parts}");
+    same_answers(&w, "cluster", parts);
+}
