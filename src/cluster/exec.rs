@@ -39,6 +39,7 @@ use crate::plan::Layout;
 use crate::schema::TargetSchema;
 use crate::sink::{InvalidSink, ValidSink};
 use crate::source::csv::split as csv_split;
+use crate::source::json::split as json_split;
 use crate::source::parquet::split as parquet_split;
 use crate::source::{FileSource, with_provenance};
 use crate::source::{Piece, PieceUnit};
@@ -102,7 +103,8 @@ pub fn work_list(source: &FileSource, split_bytes: u64) -> Result<Vec<WorkItem>>
         let pieces = match source.format() {
             InputFormat::Csv => csv_split(f, &source.config().csv, split_bytes)?,
             InputFormat::Parquet => parquet_split(f, split_bytes)?,
-            _ => None,
+            InputFormat::Ndjson => json_split(f, InputFormat::Ndjson, split_bytes)?,
+            InputFormat::Json => None,
         };
         let path = f.display().to_string();
         match pieces {

@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_json_reader::{Decoder, ReaderBuilder};
 use serde_json::Value;
 
-use super::{FileSource, assemble, open_decompressed};
+use super::{FileSource, Piece, PieceUnit, assemble, open_decompressed};
 use crate::config::InputFormat;
 use crate::error::{Error, Result};
 
@@ -46,6 +46,24 @@ impl Records {
             reader: open_decompressed(path)?,
             array: format == InputFormat::Json,
             next: 1,
+            state: ArrayState::Start,
+        })
+    }
+
+    /// The lines of one byte piece of an uncompressed NDJSON file, numbered from the piece's
+    /// first line.
+    fn open_piece(path: &Path, piece: Piece) -> Result<Records> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        f.seek(SeekFrom::Start(piece.start))
+            .map_err(|e| Error::io("reading", path, e))?;
+        Ok(Records {
+            reader: Box::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                f.take(piece.end - piece.start),
+            )),
+            array: false,
+            next: piece.first_row,
             state: ArrayState::Start,
         })
     }
@@ -286,6 +304,57 @@ fn texts_for_scalars(dt: &DataType) -> DataType {
     }
 }
 
+/// Splits an uncompressed NDJSON file into pieces of about `target` bytes at line boundaries,
+/// numbering their first lines as the reader does (blank lines count). `None` for a JSON array,
+/// a compressed file or one no larger than `target`.
+pub fn split(path: &Path, format: InputFormat, target: u64) -> Result<Option<Vec<Piece>>> {
+    let lower = path.to_string_lossy().to_ascii_lowercase();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io("reading", path, e))?
+        .len();
+    if format != InputFormat::Ndjson
+        || lower.ends_with(".gz")
+        || lower.ends_with(".zst")
+        || len <= target
+    {
+        return Ok(None);
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut pos, mut lines) = (0u64, 0u64);
+    let (mut start, mut first_row) = (0u64, 1u64);
+    let mut pieces = Vec::new();
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io("reading", path, e))?;
+        if n == 0 {
+            break;
+        }
+        for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+            lines += 1;
+            let end = pos + i as u64 + 1;
+            if end - start >= target {
+                pieces.push(Piece {
+                    unit: PieceUnit::Bytes,
+                    start,
+                    end,
+                    first_row,
+                });
+                (start, first_row) = (end, lines + 1);
+            }
+        }
+        pos += n as u64;
+    }
+    if start < len || pieces.is_empty() {
+        pieces.push(Piece {
+            unit: PieceUnit::Bytes,
+            start,
+            end: len,
+            first_row,
+        });
+    }
+    Ok(Some(pieces))
+}
+
 /// Iterator over the batches of an NDJSON/JSON source.
 pub(crate) struct JsonBatches {
     source: FileSource,
@@ -383,8 +452,17 @@ impl super::ReadBatch for JsonBatches {
                 let Some(path) = self.source.files().get(self.next_file).cloned() else {
                     return Ok(None);
                 };
+                let piece = self
+                    .source
+                    .range(self.next_file)
+                    .filter(|p| p.unit == PieceUnit::Bytes);
                 self.next_file += 1;
-                let recs = Records::open(&path, self.source.format())?;
+                let recs = match piece {
+                    Some(p) if self.source.format() == InputFormat::Ndjson => {
+                        Records::open_piece(&path, p)?
+                    }
+                    _ => Records::open(&path, self.source.format())?,
+                };
                 self.current = Some((recs, path.display().to_string()));
             }
             let batch_size = self.source.batch_size();
@@ -468,5 +546,43 @@ mod tests {
             got,
             vec![(1, "{\"a\":1}".to_string()), (3, "{\"a\":2}".to_string())]
         );
+    }
+
+    #[test]
+    fn ndjson_pieces_keep_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.ndjson");
+        let mut text = String::new();
+        for i in 0..300 {
+            text.push_str(&format!("{{\"a\":{i},\"b\":\"some text\"}}\n"));
+            if i % 40 == 0 {
+                text.push('\n'); // blank lines count as lines, not records
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let lines = |pieces: Option<Vec<Piece>>| -> Vec<(u64, String)> {
+            let mut out = Vec::new();
+            let mut buf = Vec::new();
+            let mut each = |mut r: Records| {
+                while let Some(row) = r.next_record(&mut buf).unwrap() {
+                    out.push((row, String::from_utf8(buf.clone()).unwrap()));
+                }
+            };
+            match pieces {
+                None => each(Records::open(&path, InputFormat::Ndjson).unwrap()),
+                Some(ps) => {
+                    for p in ps {
+                        each(Records::open_piece(&path, p).unwrap());
+                    }
+                }
+            }
+            out
+        };
+        let pieces = split(&path, InputFormat::Ndjson, 1000).unwrap().unwrap();
+        assert!(pieces.len() > 5, "{pieces:?}");
+        let whole = lines(None);
+        assert_eq!(whole.len(), 300);
+        assert_eq!(lines(Some(pieces)), whole);
+        assert!(split(&path, InputFormat::Json, 10).unwrap().is_none());
     }
 }

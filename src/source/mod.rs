@@ -13,7 +13,7 @@
 pub mod csv;
 mod files;
 pub mod http;
-mod json;
+pub mod json;
 pub mod parquet;
 pub mod postgres;
 pub mod profile;

@@ -261,49 +261,61 @@ async fn scheduler_and_two_executor_processes_give_the_local_answers() {
     same_answers(&w, "cluster", 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_csv_file_is_cut_into_pieces_at_record_boundaries() {
-    // One 103 KB file with quoted multi-line fields, cut into pieces of about 30 KB.
-    let w = Workdir::new();
-    split_fixture(&w);
-    w.copy_testdata("bench/orders_small.csv", "in/whole.csv");
-    for k in 0..3 {
-        std::fs::remove_file(w.join(&format!("in/part-{k}.csv"))).unwrap();
-    }
+/// Runs the job on one fixture file locally and on a standalone cluster that cuts it into
+/// pieces of `partition_mb`; the answers must match. Returns the number of partitions.
+async fn one_file_in_pieces(w: &Workdir, input: &Path, partition_mb: f64) -> usize {
     let config = w.read("config.json").replacen(
         "\"output_directory\"",
-        "\"engine\": {\"partition_mb\": 0.03}, \"output_directory\"",
+        &format!("\"engine\": {{\"partition_mb\": {partition_mb}}}, \"output_directory\""),
         1,
     );
     w.write("config.json", config);
-    let env = [
-        (
-            "CONFORM_BENCH_INPUT",
-            w.join("in/whole.csv").display().to_string(),
-        ),
-        ("CONFORM_BENCH_OUT", w.join("local").display().to_string()),
-    ];
-    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let r = run_async(&w, &["run", "--config", "config.json"], &env_ref).await;
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let input = input.display().to_string();
     let url = conform::cluster::standalone(2).await.unwrap();
-    let env = [
-        (
-            "CONFORM_BENCH_INPUT",
-            w.join("in/whole.csv").display().to_string(),
-        ),
-        ("CONFORM_BENCH_OUT", w.join("cluster").display().to_string()),
-    ];
-    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let r = run_async(
-        &w,
-        &["run", "--config", "config.json", "--cluster", &url],
-        &env_ref,
-    )
-    .await;
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains(": 4 partition(s)"), "{}", r.stderr);
-    same_answers(&w, "cluster", 4);
+    for (out_dir, cluster) in [("local", false), ("cluster", true)] {
+        let out_path = w.join(out_dir).display().to_string();
+        let env = [
+            ("CONFORM_BENCH_INPUT", input.as_str()),
+            ("CONFORM_BENCH_OUT", out_path.as_str()),
+        ];
+        let mut args = vec!["run", "--config", "config.json"];
+        if cluster {
+            args.extend(["--cluster", url.as_str()]);
+        }
+        let r = run_async(w, &args, &env).await;
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        if cluster {
+            assert!(
+                r.stderr.contains(" partition(s) from 1 file(s)"),
+                "{}",
+                r.stderr
+            );
+        }
+    }
+    let parts = std::fs::read_dir(w.join("cluster/orders_valid_data"))
+        .unwrap()
+        .count();
+    same_answers(w, "cluster", parts);
+    parts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_csv_file_is_cut_into_pieces_at_record_boundaries() {
+    // One 124 KB file with quoted multi-line fields, cut into pieces of about 30 KB.
+    let w = Workdir::new();
+    split_fixture(&w);
+    w.copy_testdata("bench/orders_small.csv", "whole.csv");
+    assert_eq!(one_file_in_pieces(&w, &w.join("whole.csv"), 0.03).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_ndjson_file_is_cut_into_pieces_at_line_boundaries() {
+    let w = Workdir::new();
+    split_fixture(&w);
+    w.copy_testdata("bench/orders_small.ndjson", "whole.ndjson");
+    let size = std::fs::metadata(w.join("whole.ndjson")).unwrap().len();
+    let parts = one_file_in_pieces(&w, &w.join("whole.ndjson"), 0.03).await;
+    assert_eq!(parts as u64, size.div_ceil(31_457), "{size} bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,38 +394,6 @@ async fn a_parquet_file_is_cut_into_runs_of_row_groups() {
     .unwrap();
     out.write(&batch).unwrap();
     out.close().unwrap();
-    let config = w.read("config.json").replacen(
-        "\"output_directory\"",
-        "\"engine\": {\"partition_mb\": 0.001}, \"output_directory\"",
-        1,
-    );
-    w.write("config.json", config);
-    let input = w.join("in/whole.parquet").display().to_string();
-    for (out_dir, extra) in [("local", None), ("cluster", Some(()))] {
-        let out_path = w.join(out_dir).display().to_string();
-        let env = [
-            ("CONFORM_BENCH_INPUT", input.as_str()),
-            ("CONFORM_BENCH_OUT", out_path.as_str()),
-        ];
-        let url;
-        let mut args = vec!["run", "--config", "config.json"];
-        if extra.is_some() {
-            url = conform::cluster::standalone(2).await.unwrap();
-            args.extend(["--cluster", url.as_str()]);
-        }
-        let r = run_async(&w, &args, &env).await;
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        if extra.is_some() {
-            assert!(
-                r.stderr.contains(" partition(s) from 1 file(s)"),
-                "{}",
-                r.stderr
-            );
-        }
-    }
-    let parts = std::fs::read_dir(w.join("cluster/orders_valid_data"))
-        .unwrap()
-        .count();
+    let parts = one_file_in_pieces(&w, &w.join("in/whole.parquet"), 0.001).await;
     assert!(parts > 3, "row groups become partitions: {parts}");
-    same_answers(&w, "cluster", parts);
 }
