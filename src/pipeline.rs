@@ -599,6 +599,11 @@ impl Pipeline {
             probe_invalid_share: feedback.map(|f| (f.invalid_share_initial, f.invalid_share_final)),
             repairs,
             expressions: m.map(|m| m.expressions.clone()).unwrap_or_default(),
+            anomalies: report
+                .anomalies
+                .iter()
+                .flat_map(|a| a.flags.iter().map(|f| f.message.clone()))
+                .collect(),
         };
         memory::append_history(&self.config.mappings_dir(), &report.name, &entry)
     }

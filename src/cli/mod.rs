@@ -285,6 +285,9 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 for r in &e.repairs {
                     console.line(&format!("    repair {r}"));
                 }
+                for a in &e.anomalies {
+                    console.line(&format!("    anomaly {a}"));
+                }
             }
             Ok(0)
         }

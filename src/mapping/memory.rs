@@ -141,6 +141,9 @@ pub struct HistoryEntry {
     pub repairs: Vec<String>,
     /// The expressions used, field → expression.
     pub expressions: indexmap::IndexMap<String, Option<String>>,
+    /// The anomaly flags raised on the run's valid rows (their messages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<String>,
 }
 
 fn history_path(dir: &Path, source: &str) -> PathBuf {

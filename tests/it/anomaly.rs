@@ -160,12 +160,27 @@ fn drift_and_new_values_are_flagged_against_the_previous_run() {
         }
     }
     assert_eq!(marked, 40);
-    // Two profiles stored; `history` is unaffected.
+    // Two profiles stored; `history` lists the second run's flags.
     assert_eq!(
         w.read("out/mappings/profiles/orders.ndjson")
             .lines()
             .count(),
         2
+    );
+    let h = w.run(&["history", "orders"]);
+    assert_eq!(h.code, 0, "{}", h.stderr);
+    let lines: Vec<&str> = h.stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("    anomaly status: 40 rows with values not seen")),
+        "{}",
+        h.stdout
+    );
+    assert!(
+        !lines[1].starts_with("    anomaly"),
+        "the first run raised nothing: {}",
+        h.stdout
     );
 }
 
