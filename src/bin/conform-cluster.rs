@@ -109,7 +109,12 @@ async fn run(command: Command) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let server = tokio::spawn(start_server(cluster, addr, Arc::new(config)));
-            announce_when_listening(addr, "scheduler", &format!("df://{host}:{port}")).await;
+            // Announced from a task of its own, so that signals are handled while waiting.
+            tokio::spawn(announce_when_listening(
+                addr,
+                "scheduler",
+                format!("df://{host}:{port}"),
+            ));
             tokio::select! {
                 r = server => r.map_err(|e| e.to_string())?.map_err(|e| e.to_string()),
                 _ = shutdown() => Ok(()),
@@ -144,7 +149,11 @@ async fn run(command: Command) -> Result<(), String> {
                 config.vcores = n.max(1);
             }
             let executor = tokio::spawn(start_executor_process(Arc::new(config)));
-            announce_when_listening(addr, "executor", &format!("{host}:{port}")).await;
+            tokio::spawn(announce_when_listening(
+                addr,
+                "executor",
+                format!("{host}:{port}"),
+            ));
             // The executor process handles Ctrl-C and SIGTERM itself (it tells the scheduler
             // it is leaving); a signal here ends the process if it does not.
             tokio::select! {
@@ -164,7 +173,7 @@ fn config_producer() -> SessionConfig {
 }
 
 /// Prints the ready line once the process accepts TCP connections on `addr`.
-async fn announce_when_listening(addr: SocketAddr, what: &str, at: &str) {
+async fn announce_when_listening(addr: SocketAddr, what: &'static str, at: String) {
     for _ in 0..600 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             #[allow(clippy::print_stdout)]
