@@ -141,7 +141,8 @@ pub struct Flag {
 /// What the anomaly pass found for a source, for `run_summary.json`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AnomalyReport {
-    /// Where the outlier reference came from: `previous run` or `first N rows`.
+    /// Where the outlier reference came from: `previous run`, `first N rows`, or `none (no
+    /// numeric columns)`.
     pub reference: String,
     /// Earlier runs drift was measured against.
     pub compared_runs: usize,
@@ -641,6 +642,8 @@ impl Monitor {
         };
         let reference_from = if need_reference {
             format!("first {} rows", config.reference_rows)
+        } else if previous.is_empty() {
+            "none (no numeric columns)".to_string()
         } else {
             "previous run".to_string()
         };
