@@ -267,7 +267,14 @@ impl ColumnState {
         Ok(())
     }
 
-    fn observe(&mut self, col: &ArrayRef, hashes: &mut Vec<u64>) -> Result<()> {
+    /// Adds a batch's column; `numbers` is the column cast to f64 for a numeric column (cast
+    /// once per batch by the caller, which also judges outliers on it).
+    fn observe(
+        &mut self,
+        col: &ArrayRef,
+        numbers: Option<&Float64Array>,
+        hashes: &mut Vec<u64>,
+    ) -> Result<()> {
         self.nulls += col.null_count() as u64;
         // Text with few values is counted exactly; hashing every value for the sketch is
         // only needed once a column has too many values to count.
@@ -277,7 +284,11 @@ impl ColumnState {
             self.sketch(col.as_ref(), hashes)?;
         }
         match self.measure {
-            Measure::Number => self.observe_numbers(col)?,
+            Measure::Number => {
+                if let Some(f) = numbers {
+                    self.observe_numbers(f);
+                }
+            }
             Measure::Text => {
                 if let Some(counts) = &mut self.counts {
                     let strings = cast(col, &DataType::Utf8)?;
@@ -311,23 +322,30 @@ impl ColumnState {
                 }
             }
             Measure::Temporal => {
+                // One pass for the positions of the smallest and largest non-null values;
+                // only those two are turned into text.
                 let keys = cast(col, &DataType::Int64)?;
                 let keys = keys.as_primitive::<arrow::datatypes::Int64Type>();
-                let (lo, hi) = (
-                    arrow::compute::min(keys)
-                        .map(|v| (v, keys.values().iter().position(|x| *x == v))),
-                    arrow::compute::max(keys)
-                        .map(|v| (v, keys.values().iter().position(|x| *x == v))),
-                );
+                let mut lo: Option<(i64, usize)> = None;
+                let mut hi: Option<(i64, usize)> = None;
+                for (i, v) in keys.iter().enumerate() {
+                    let Some(v) = v else { continue };
+                    if lo.is_none_or(|(m, _)| v < m) {
+                        lo = Some((v, i));
+                    }
+                    if hi.is_none_or(|(m, _)| v > m) {
+                        hi = Some((v, i));
+                    }
+                }
                 let text = |i: usize| -> String {
                     arrow::util::display::array_value_to_string(col, i).unwrap_or_default()
                 };
-                if let Some((v, Some(i))) = lo
+                if let Some((v, i)) = lo
                     && self.tmin.as_ref().is_none_or(|(m, _)| v < *m)
                 {
                     self.tmin = Some((v, text(i)));
                 }
-                if let Some((v, Some(i))) = hi
+                if let Some((v, i)) = hi
                     && self.tmax.as_ref().is_none_or(|(m, _)| v > *m)
                 {
                     self.tmax = Some((v, text(i)));
@@ -338,9 +356,7 @@ impl ColumnState {
         Ok(())
     }
 
-    fn observe_numbers(&mut self, col: &ArrayRef) -> Result<()> {
-        let f = cast(col, &DataType::Float64)?;
-        let f = f.as_primitive::<arrow::datatypes::Float64Type>();
+    fn observe_numbers(&mut self, f: &Float64Array) {
         let (mut n, mut sum) = (0u64, 0.0f64);
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         let start = self.pending.len();
@@ -355,7 +371,7 @@ impl ColumnState {
             self.pending.push(x);
         }
         if n == 0 {
-            return Ok(());
+            return;
         }
         // Chan et al.: combine this batch's mean and squared deviations with the running ones.
         let mean_b = sum / n as f64;
@@ -373,7 +389,6 @@ impl ColumnState {
         if self.pending.len() >= DIGEST_BUFFER {
             self.flush_digest();
         }
-        Ok(())
     }
 
     fn flush_digest(&mut self) {
@@ -584,12 +599,16 @@ pub struct Monitor {
 
 impl Monitor {
     /// A monitor for valid batches of `schema`, judged against the source's earlier profiles
-    /// (oldest first).
+    /// (oldest first; only the last `history_runs` count).
     pub fn new(
         config: &AnomalyConfig,
         schema: SchemaRef,
-        previous: Vec<RunProfile>,
+        mut previous: Vec<RunProfile>,
     ) -> Result<Monitor> {
+        let keep = config.history_runs.max(1);
+        if previous.len() > keep {
+            previous.drain(..previous.len() - keep);
+        }
         let columns = schema
             .fields()
             .iter()
@@ -725,21 +744,18 @@ impl Monitor {
         };
         let mut any = vec![false; n];
         for (i, col) in batch.columns().iter().enumerate() {
-            self.columns[i].observe(col, &mut self.hashes)?;
+            let numbers = (self.columns[i].measure == Measure::Number)
+                .then(|| cast(col, &DataType::Float64))
+                .transpose()?;
+            let numbers = numbers
+                .as_ref()
+                .map(|a| a.as_primitive::<arrow::datatypes::Float64Type>());
+            self.columns[i].observe(col, numbers, &mut self.hashes)?;
             let field = self.schema.field(i).name();
             let rules = &mut self.rules[i];
-            if let Some(r) = rules.reference.filter(|r| r.mad > 0.0) {
-                let f = cast(col, &DataType::Float64)?;
-                let mask = outlier_mask(
-                    f.as_primitive::<arrow::datatypes::Float64Type>(),
-                    r,
-                    self.config.outlier_threshold,
-                );
-                for (k, x) in f
-                    .as_primitive::<arrow::datatypes::Float64Type>()
-                    .iter()
-                    .enumerate()
-                {
+            if let (Some(r), Some(f)) = (rules.reference.filter(|r| r.mad > 0.0), numbers) {
+                let mask = outlier_mask(f, r, self.config.outlier_threshold);
+                for (k, x) in f.iter().enumerate() {
                     if !mask.value(k) {
                         continue;
                     }
@@ -875,12 +891,7 @@ impl Monitor {
                 });
             }
         }
-        let recent: Vec<&RunProfile> = self
-            .previous
-            .iter()
-            .rev()
-            .take(self.config.history_runs.max(1))
-            .collect();
+        let recent: Vec<&RunProfile> = self.previous.iter().rev().collect();
         flags.extend(drift(&profile, &recent, &self.config));
         let report = AnomalyReport {
             reference: self.reference_from,
@@ -1048,19 +1059,24 @@ fn profiles_path(dir: &Path, source: &str) -> PathBuf {
     dir.join("profiles").join(format!("{source}.ndjson"))
 }
 
-/// The source's stored profiles, oldest first (none if it has never run).
-pub fn load_profiles(dir: &Path, source: &str) -> Result<Vec<RunProfile>> {
+/// The source's last `keep` stored profiles, oldest first (none if it has never run).
+pub fn load_profiles(dir: &Path, source: &str, keep: usize) -> Result<Vec<RunProfile>> {
     let p = profiles_path(dir, source);
     let text = match std::fs::read_to_string(&p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(Error::io("reading", p, e)),
     };
-    // A line that does not parse (a run killed mid-append) is skipped, not fatal.
-    Ok(text
+    // A line that does not parse (a run killed mid-append) is skipped, not fatal. Only the
+    // newest lines are parsed: the file grows by one line per run.
+    let mut newest: Vec<RunProfile> = text
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+        .take(keep)
+        .collect();
+    newest.reverse();
+    Ok(newest)
 }
 
 /// Appends a run's profile (one whole line per write).
@@ -1233,5 +1249,37 @@ mod tests {
         assert_eq!(r.reference, "previous run");
         let f: Vec<&Flag> = r.flags.iter().filter(|f| f.rule == "outliers").collect();
         assert_eq!((f.len(), f[0].count), (1, Some(1)), "{f:?}");
+    }
+
+    #[test]
+    fn dates_report_min_and_max_of_the_values_not_of_null_slots() {
+        // A null's slot holds 0 (1970-01-01), the same number as a real value later on.
+        let schema = Arc::new(Schema::new(vec![Field::new("d", DataType::Date32, true)]));
+        let dates = arrow::array::Date32Array::from(vec![None, Some(19_000), Some(0), None]);
+        let b = RecordBatch::try_new(schema, vec![Arc::new(dates)]).unwrap();
+        let (_, p, _) = run(&AnomalyConfig::default(), vec![], vec![b]);
+        let d = &p.columns["d"];
+        assert_eq!(d.min, Some(Value::from("1970-01-01")));
+        assert_eq!(d.max, Some(Value::from("2022-01-08")));
+        assert_eq!(d.nulls, 2);
+    }
+
+    #[test]
+    fn new_values_are_judged_against_the_last_history_runs_only() {
+        let cfg = AnomalyConfig {
+            history_runs: 2,
+            ..Default::default()
+        };
+        let xs: Vec<Option<f64>> = (0..100).map(|i| Some(i as f64)).collect();
+        let profile = |cats: &[&str]| {
+            let c: Vec<&str> = (0..100).map(|i| cats[i % cats.len()]).collect();
+            run(&cfg, vec![], vec![batch(&xs, &c)]).1
+        };
+        // The oldest run had `z`; the two newest did not.
+        let earlier = vec![profile(&["a", "z"]), profile(&["a"]), profile(&["a"])];
+        let (_, _, r) = run(&cfg, earlier, vec![batch(&xs, &vec!["z"; 100])]);
+        assert_eq!(r.compared_runs, 2);
+        let nv = r.flags.iter().find(|f| f.rule == "new_values").unwrap();
+        assert_eq!(nv.count, Some(100));
     }
 }

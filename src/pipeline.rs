@@ -670,7 +670,11 @@ impl Pipeline {
         let invalid_name = format!("{name}_invalid_data.{}", format.invalid_extension());
         let mut stream = self.execute(&prepared).await?;
         let monitor = if self.config.anomalies.enabled {
-            let previous = anomaly::load_profiles(&self.config.mappings_dir(), name)?;
+            let previous = anomaly::load_profiles(
+                &self.config.mappings_dir(),
+                name,
+                self.config.anomalies.history_runs.max(1),
+            )?;
             Some(Monitor::new(
                 &self.config.anomalies,
                 stream.valid_schema(),
@@ -789,26 +793,10 @@ impl Pipeline {
                 .display()
                 .to_string()
         };
-        report.console.push(format!(
-            "Successfully validated {} items from {name}",
-            report.valid
-        ));
-        if report.invalid > 0 {
-            report.console.push(format!(
-                "{} validation errors occurred for {name}.",
-                report.invalid
-            ));
-        }
-        report
-            .console
-            .push(format!("Data saved to {}", shown(&valid_name)));
-        report.outputs.valid = Some(written.valid.display().to_string());
-        if let Some(i) = written.invalid {
-            report
-                .console
-                .push(format!("Data saved to {}", shown(&invalid_name)));
-            report.outputs.invalid = Some(i.display().to_string());
-        }
+        report.saved(
+            (shown(&valid_name), written.valid),
+            written.invalid.map(|i| (shown(&invalid_name), i)),
+        );
         Ok(())
     }
 }
@@ -1093,6 +1081,28 @@ impl SourceReport {
             anomalies: None,
             console: Vec::new(),
             notes: Vec::new(),
+        }
+    }
+
+    /// The closing lines of the source's console block, in the original tool's words, and the
+    /// output paths: `(as shown, path)` of the valid output and of the invalid one if written.
+    pub(crate) fn saved(&mut self, valid: (String, PathBuf), invalid: Option<(String, PathBuf)>) {
+        let name = &self.name;
+        self.console.push(format!(
+            "Successfully validated {} items from {name}",
+            self.valid
+        ));
+        if self.invalid > 0 {
+            self.console.push(format!(
+                "{} validation errors occurred for {name}.",
+                self.invalid
+            ));
+        }
+        self.console.push(format!("Data saved to {}", valid.0));
+        self.outputs.valid = Some(valid.1.display().to_string());
+        if let Some((shown, path)) = invalid {
+            self.console.push(format!("Data saved to {shown}"));
+            self.outputs.invalid = Some(path.display().to_string());
         }
     }
 

@@ -211,6 +211,20 @@ fn items_of(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<WorkItem>> {
     Ok(items)
 }
 
+/// The one input of conform's plan nodes (`node` names the node for the error).
+pub(crate) fn one_input(
+    children: &[Arc<dyn ExecutionPlan>],
+    node: &str,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    match children {
+        [only] => Ok(Arc::clone(only)),
+        _ => Err(datafusion::error::DataFusionError::Internal(format!(
+            "the conform {node} has one input, not {}",
+            children.len()
+        ))),
+    }
+}
+
 fn properties(schema: SchemaRef, partitions: usize) -> Arc<PlanProperties> {
     Arc::new(PlanProperties::new(
         EquivalenceProperties::new(schema),
@@ -344,11 +358,9 @@ impl ExecutionPlan for ScanExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let [work] = <[_; 1]>::try_from(children).map_err(|_| {
-            datafusion::error::DataFusionError::Internal("the conform scan has one input".into())
-        })?;
         Ok(Arc::new(
-            ScanExec::try_new(Arc::clone(&self.spec), work).map_err(external)?,
+            ScanExec::try_new(Arc::clone(&self.spec), one_input(&children, "scan")?)
+                .map_err(external)?,
         ))
     }
 
@@ -490,13 +502,18 @@ impl SinkExec {
     /// A sink over `input` (the plan of [`crate::plan::build`]).
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: Arc<SinkSpec>) -> Result<SinkExec> {
         let parts = Arc::new(SinkParts::try_new(&spec)?);
+        Ok(SinkExec::over(input, spec, parts))
+    }
+
+    /// The sink with its pieces already built: one output row per input partition.
+    fn over(input: Arc<dyn ExecutionPlan>, spec: Arc<SinkSpec>, parts: Arc<SinkParts>) -> SinkExec {
         let n = input.properties().output_partitioning().partition_count();
-        Ok(SinkExec {
+        SinkExec {
             input,
             spec,
             parts,
             props: properties(counts_schema(), n),
-        })
+        }
     }
 
     /// What is sent to the executors.
@@ -540,16 +557,11 @@ impl ExecutionPlan for SinkExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
-            datafusion::error::DataFusionError::Internal("the conform sink has one input".into())
-        })?;
-        let n = input.properties().output_partitioning().partition_count();
-        Ok(Arc::new(SinkExec {
-            input,
-            spec: Arc::clone(&self.spec),
-            parts: Arc::clone(&self.parts),
-            props: properties(counts_schema(), n),
-        }))
+        Ok(Arc::new(SinkExec::over(
+            one_input(&children, "sink")?,
+            Arc::clone(&self.spec),
+            Arc::clone(&self.parts),
+        )))
     }
 
     fn with_new_children(

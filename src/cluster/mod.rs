@@ -58,24 +58,16 @@ impl PhysicalExtensionCodec for ConformCodec {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if let Some(json) = buf.strip_prefix(SCAN_TAG) {
             let spec: ScanSpec = serde_json::from_slice(json).map_err(external)?;
-            let [work] = inputs else {
-                return Err(datafusion::error::DataFusionError::Internal(
-                    "the conform scan has one input".into(),
-                ));
-            };
+            let work = exec::one_input(inputs, "scan")?;
             return Ok(Arc::new(
-                ScanExec::try_new(Arc::new(spec), Arc::clone(work)).map_err(external)?,
+                ScanExec::try_new(Arc::new(spec), work).map_err(external)?,
             ));
         }
         if let Some(json) = buf.strip_prefix(SINK_TAG) {
             let spec: SinkSpec = serde_json::from_slice(json).map_err(external)?;
-            let [input] = inputs else {
-                return Err(datafusion::error::DataFusionError::Internal(
-                    "the conform sink has one input".into(),
-                ));
-            };
+            let input = exec::one_input(inputs, "sink")?;
             return Ok(Arc::new(
-                SinkExec::try_new(Arc::clone(input), Arc::new(spec)).map_err(external)?,
+                SinkExec::try_new(input, Arc::new(spec)).map_err(external)?,
             ));
         }
         self.ballista.try_decode(buf, inputs, ctx, conv)
@@ -198,8 +190,8 @@ struct Merged {
     invalid: u64,
     errors: ErrorCounts,
     invalid_parts: usize,
-    /// Partitions counted: a partition's row may be delivered more than once (the client
-    /// fetches results as tasks finish), but counts only once.
+    /// Partitions counted. Each partition runs once, so its row arrives once; should a retried
+    /// task deliver it again, it still counts once.
     seen: std::collections::BTreeSet<u32>,
 }
 
@@ -305,29 +297,12 @@ pub(crate) async fn transform(
         "ran on the cluster at {cluster}: {partitions} partition(s) from {} file(s), listed in {listed:.2} s",
         source.files().len()
     ));
-    let shown = |dir: &str| config.output_directory.join(dir).display().to_string();
-    report.console.push(format!(
-        "Successfully validated {} items from {name}",
-        report.valid
-    ));
-    if report.invalid > 0 {
-        report.console.push(format!(
-            "{} validation errors occurred for {name}.",
-            report.invalid
-        ));
-    }
-    report.console.push(format!(
-        "Data saved to {}/",
-        shown(&format!("{name}_valid_data"))
-    ));
-    report.outputs.valid = Some(valid_dir.display().to_string());
-    if merged.invalid_parts > 0 {
-        report.console.push(format!(
-            "Data saved to {}/",
-            shown(&format!("{name}_invalid_data"))
-        ));
-        report.outputs.invalid = Some(invalid_dir.display().to_string());
-    }
+    // Directories are shown with a trailing slash: they hold one part per partition.
+    let shown = |dir: &str| format!("{}/", config.output_directory.join(dir).display());
+    report.saved(
+        (shown(&format!("{name}_valid_data")), valid_dir),
+        (merged.invalid_parts > 0).then(|| (shown(&format!("{name}_invalid_data")), invalid_dir)),
+    );
     Ok(())
 }
 

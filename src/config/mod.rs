@@ -403,7 +403,8 @@ pub struct AnomalyConfig {
     pub outlier_threshold: f64,
     /// Valid rows the median and MAD are taken from on a source's first run. Default 10,000.
     pub reference_rows: usize,
-    /// Earlier runs of the same source that drift is measured against. Default 5.
+    /// Earlier runs of the same source that drift and new values are measured against.
+    /// Default 5.
     pub history_runs: usize,
     /// Largest change of a column's null share (absolute, 0–1) that is not drift. Default 0.1.
     pub max_null_share_change: f64,

@@ -4,7 +4,7 @@
 use arrow::array::AsArray;
 use serde_json::Value;
 
-use crate::harness::{Workdir, config};
+use crate::harness::{Run, Workdir, config};
 
 const SCHEMA: &str = r#"{"type": "object", "required": ["order_id", "amount", "status"],
     "properties": {"order_id": {"type": "integer"}, "amount": {"type": "number"},
@@ -50,6 +50,14 @@ fn setup(format: &str) -> Workdir {
     w
 }
 
+/// `conform run`, which must succeed: its output and the summary it wrote.
+fn run_ok(w: &Workdir) -> (Run, Value) {
+    let r = w.run(&["run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary = w.json("out/run_summary.json");
+    (r, summary)
+}
+
 fn flags(summary: &Value) -> Vec<Value> {
     summary["sources"]["orders"]["anomalies"]["flags"]
         .as_array()
@@ -67,9 +75,7 @@ fn flag<'a>(flags: &'a [Value], rule: &str, field: &str) -> Option<&'a Value> {
 fn injected_outliers_are_flagged_and_marked_on_their_rows() {
     let w = setup("ndjson");
     orders(&w, 0.0, 1_000_000, &[500, 1501, 1777], &[]);
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let summary = w.json("out/run_summary.json");
+    let (r, summary) = run_ok(&w);
     let a = &summary["sources"]["orders"]["anomalies"];
     assert_eq!(a["reference"], "first 2000 rows", "{a}");
     assert_eq!(a["rows_flagged"], 3, "{a}");
@@ -105,16 +111,12 @@ fn injected_outliers_are_flagged_and_marked_on_their_rows() {
 fn drift_and_new_values_are_flagged_against_the_previous_run() {
     let w = setup("parquet");
     orders(&w, 0.0, 1_000_000, &[], &[]);
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(flags(&w.json("out/run_summary.json")).is_empty());
+    assert!(flags(&run_ok(&w).1).is_empty());
     // The same source a day later: amounts up by 8 (σ ≈ 6), half the coupons missing, and a
     // status never seen before on 40 rows.
     let refunds: Vec<u32> = (1..=40).map(|k| k * 50).collect();
     orders(&w, 8.0, 2, &[], &refunds);
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let summary = w.json("out/run_summary.json");
+    let (r, summary) = run_ok(&w);
     let a = &summary["sources"]["orders"]["anomalies"];
     assert_eq!(a["reference"], "previous run", "{a}");
     assert_eq!(a["compared_runs"], 1, "{a}");
@@ -196,9 +198,7 @@ fn anomalies_can_be_turned_off() {
         ),
     );
     orders(&w, 0.0, 1_000_000, &[500], &[]);
-    let r = w.run(&["run"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let summary = w.json("out/run_summary.json");
+    let (_, summary) = run_ok(&w);
     assert!(summary["sources"]["orders"].get("anomalies").is_none());
     assert!(!w.join("out/mappings/profiles").exists());
     assert!(

@@ -248,10 +248,17 @@ async fn scheduler_and_two_executor_processes_give_the_local_answers() {
         ]));
     }
     let url = format!("df://127.0.0.1:{sp}");
+    // This time the cluster comes from the config (`engine.cluster`) rather than `--cluster`.
+    let config = w.read("config.json").replacen(
+        "\"output_directory\"",
+        &format!("\"engine\": {{\"cluster\": \"{url}\"}}, \"output_directory\""),
+        1,
+    );
+    w.write("config.json", config);
     // Executors register with the scheduler shortly after they listen; a job submitted before
     // waits for them.
     let started = Instant::now();
-    let r = run(&w, "cluster", &["--cluster", &url]).await;
+    let r = run(&w, "cluster", &[]).await;
     assert!(started.elapsed() < Duration::from_secs(120));
     assert!(
         r.stderr.contains(&format!("ran on the cluster at {url}")),
