@@ -32,7 +32,8 @@ pub fn all() -> Vec<ScalarUDF> {
         udf(Kind::ParseNumber),
         udf(Kind::ParseBool),
         udf(Kind::Clean),
-        udf(Kind::AnyPresent),
+        udf(Kind::RequiredOk),
+        udf(Kind::ConvertedOk),
         udf(Kind::IsFormat),
         udf(Kind::JsonSchemaErrors),
     ]
@@ -76,7 +77,8 @@ enum Kind {
     ParseNumber,
     ParseBool,
     Clean,
-    AnyPresent,
+    RequiredOk,
+    ConvertedOk,
     IsFormat,
     JsonSchemaErrors,
 }
@@ -94,7 +96,7 @@ fn udf(kind: Kind) -> ScalarUDF {
         }
         Kind::IsFormat => Signature::any(2, Volatility::Immutable),
         Kind::JsonSchemaErrors => Signature::any(3, Volatility::Immutable),
-        Kind::TryToDate | Kind::TryToTimestamp | Kind::AnyPresent => {
+        Kind::TryToDate | Kind::TryToTimestamp | Kind::RequiredOk | Kind::ConvertedOk => {
             Signature::variadic_any(Volatility::Immutable)
         }
     };
@@ -109,7 +111,8 @@ impl ScalarUDFImpl for ConformUdf {
             Kind::ParseNumber => "parse_number",
             Kind::ParseBool => "parse_bool",
             Kind::Clean => "clean",
-            Kind::AnyPresent => "any_present",
+            Kind::RequiredOk => "required_ok",
+            Kind::ConvertedOk => "converted_ok",
             Kind::IsFormat => "is_format",
             Kind::JsonSchemaErrors => "json_schema_errors",
         }
@@ -124,7 +127,9 @@ impl ScalarUDFImpl for ConformUdf {
             Kind::TryToDate => DataType::Date32,
             Kind::TryToTimestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Kind::ParseNumber => DataType::Float64,
-            Kind::ParseBool | Kind::AnyPresent | Kind::IsFormat => DataType::Boolean,
+            Kind::ParseBool | Kind::RequiredOk | Kind::ConvertedOk | Kind::IsFormat => {
+                DataType::Boolean
+            }
             Kind::JsonSchemaErrors | Kind::Clean => DataType::Utf8,
         })
     }
@@ -199,25 +204,30 @@ impl ScalarUDFImpl for ConformUdf {
                     .collect();
                 Arc::new(out)
             }
-            Kind::AnyPresent => {
-                let mut present = vec![false; n];
-                for a in &args.args {
-                    let a = a.to_array(n)?;
-                    match a.data_type() {
-                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                            let t = as_text(&ColumnarValue::Array(a), n)?;
-                            for (p, v) in present.iter_mut().zip(t.iter()) {
-                                *p |= v.is_some_and(|v| !v.trim().is_empty());
-                            }
-                        }
-                        _ => {
-                            for (i, p) in present.iter_mut().enumerate() {
-                                *p |= a.is_valid(i);
-                            }
-                        }
+            Kind::RequiredOk | Kind::ConvertedOk => {
+                // (target value, source columns...): a row passes when its value is there, or
+                // else when a source value is present (required) / absent (converted). One
+                // pass that looks at the sources only where the value is null; the same test
+                // written as `v IS NOT NULL OR …` makes DataFusion filter the whole batch for
+                // the few rows where the left side is false.
+                let Some((value, sources)) = args.args.split_first() else {
+                    return exec_err!("{name} needs a value and its source columns");
+                };
+                let value = value.to_array(n)?;
+                let sources = sources
+                    .iter()
+                    .map(|s| s.to_array(n))
+                    .collect::<DfResult<Vec<_>>>()?;
+                let wanted = self.kind == Kind::RequiredOk;
+                let mut ok = arrow::array::BooleanBufferBuilder::new(n);
+                ok.append_n(n, true);
+                if let Some(nulls) = value.logical_nulls() {
+                    for i in (0..n).filter(|&i| nulls.is_null(i)) {
+                        let present = sources.iter().any(|a| is_present(a.as_ref(), i));
+                        ok.set_bit(i, present == wanted);
                     }
                 }
-                Arc::new(BooleanArray::from(present))
+                Arc::new(BooleanArray::new(ok.finish(), None))
             }
             Kind::IsFormat => {
                 let format = literal_strings(&name, &args.args[1..])?
@@ -239,6 +249,20 @@ impl ScalarUDFImpl for ConformUdf {
             }
         };
         Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// Whether a source value counts as given: not null, and for text not blank.
+fn is_present(a: &dyn Array, i: usize) -> bool {
+    use arrow::array::AsArray;
+    if a.is_null(i) {
+        return false;
+    }
+    match a.data_type() {
+        DataType::Utf8 => !a.as_string::<i32>().value(i).trim().is_empty(),
+        DataType::LargeUtf8 => !a.as_string::<i64>().value(i).trim().is_empty(),
+        DataType::Utf8View => !a.as_string_view().value(i).trim().is_empty(),
+        _ => true,
     }
 }
 

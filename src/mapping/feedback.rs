@@ -167,6 +167,7 @@ pub async fn probe(
         let (_, invalid) = split(b, &layout, &validator.checks, &valid_schema)?;
         out.invalid += invalid.len();
         for row in invalid {
+            let record = row.record.to_map();
             let mut seen_fields: Vec<&str> = Vec::new();
             for e in &row.errors {
                 let Some(f) = e.field.as_deref() else {
@@ -187,7 +188,7 @@ pub async fn probe(
                     .unwrap_or(&[]);
                 let value: Vec<String> = sources
                     .iter()
-                    .filter_map(|c| row.record.get(c))
+                    .filter_map(|c| record.get(c))
                     .map(|v| match v {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),

@@ -183,24 +183,23 @@ impl InvalidSink {
 
     /// Appends rows.
     pub fn write(&mut self, rows: &[InvalidRow]) -> Result<()> {
+        let mut buf = Vec::with_capacity(rows.len() * 512);
         for r in rows {
             let sep: &[u8] = match (self.array, self.rows) {
                 (true, 0) => b"\n",
                 (true, _) => b",\n",
                 (false, _) => b"",
             };
-            self.file
-                .write_all(sep)
-                .map_err(|e| Error::io("writing", self.file.path(), e))?;
-            serde_json::to_writer(&mut self.file, r)?;
+            buf.extend_from_slice(sep);
+            r.write_json(&mut buf);
             if !self.array {
-                self.file
-                    .write_all(b"\n")
-                    .map_err(|e| Error::io("writing", self.file.path(), e))?;
+                buf.push(b'\n');
             }
             self.rows += 1;
         }
-        Ok(())
+        self.file
+            .write_all(&buf)
+            .map_err(|e| Error::io("writing", self.file.path(), e))
     }
 
     /// Completes the file and moves it into place.
@@ -211,5 +210,49 @@ impl InvalidSink {
                 .map_err(|e| Error::io("writing", self.file.path(), e))?;
         }
         self.file.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn a_parquet_file_without_rows_has_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("empty.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let sink = ValidSink::create(
+            &dest,
+            OutputFormat::Parquet,
+            &schema,
+            &ParquetOptions::default(),
+        )
+        .unwrap();
+        sink.finish().unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            File::open(&dest).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reader.schema().fields().len(), 1);
+        assert_eq!(reader.metadata().num_row_groups(), 0);
+    }
+
+    #[test]
+    fn a_bad_zstd_level_fails_before_any_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let options = ParquetOptions {
+            zstd_level: 99,
+            ..ParquetOptions::default()
+        };
+        let got = ValidSink::create(
+            &dir.path().join("x.parquet"),
+            OutputFormat::Parquet,
+            &schema,
+            &options,
+        );
+        assert!(got.is_err());
     }
 }

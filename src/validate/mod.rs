@@ -134,16 +134,15 @@ impl Validator {
 
 fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
     let v = crate::mapping::compile::column(&t.name);
-    let present = if sources.is_empty() {
-        lit(false)
-    } else {
-        call_udf(
-            "any_present",
+    // The value, then the source columns it is read from, for the presence checks.
+    let presence = |f: &str| {
+        let mut args = vec![v.clone()];
+        args.extend(
             sources
                 .iter()
-                .map(|s| crate::mapping::compile::column(&format!("{SRC_PREFIX}{s}")))
-                .collect(),
-        )
+                .map(|s| crate::mapping::compile::column(&format!("{SRC_PREFIX}{s}"))),
+        );
+        call_udf(f, args)
     };
     let mut push = |rule: Rule, ok: Expr, detail: Option<Expr>| {
         out.push(Check {
@@ -156,11 +155,13 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
         })
     };
     if t.required {
-        push(
-            Rule::Required,
-            v.clone().is_not_null().or(present.clone()),
-            None,
-        );
+        // With no source mapped, a null value fails.
+        let ok = if sources.is_empty() {
+            v.clone().is_not_null()
+        } else {
+            presence("required_ok")
+        };
+        push(Rule::Required, ok, None);
     }
     let conversion = if matches!(t.kind, FieldKind::Date | FieldKind::DateTime) {
         Rule::DateFormat
@@ -168,11 +169,7 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
         Rule::Type
     };
     if !sources.is_empty() {
-        push(
-            conversion,
-            v.clone().is_not_null().or(present.clone().is_false()),
-            None,
-        );
+        push(conversion, presence("converted_ok"), None);
     }
     let c = &t.constraints;
     let numeric = matches!(t.kind, FieldKind::Integer | FieldKind::Number);
@@ -311,12 +308,12 @@ mod tests {
     use crate::schema::TargetSchema;
     use crate::source::with_provenance;
 
-    /// The rules each value fails, in input order (empty = valid).
-    fn failures(
+    /// The invalid rows of a one-column source `v` mapped as-is onto `f`.
+    fn invalid_rows(
         property: serde_json::Value,
         required: bool,
         values: &[Option<&str>],
-    ) -> Vec<Vec<String>> {
+    ) -> Vec<super::report::InvalidRow> {
         let req = if required { json!(["f"]) } else { json!([]) };
         let target = TargetSchema::try_new(
             &json!({"type": "object", "required": req, "properties": {"f": property}}),
@@ -353,7 +350,7 @@ mod tests {
         let batches = rt
             .block_on(DataFrame::new(ctx.state(), plan).collect())
             .unwrap();
-        let mut out = vec![Vec::new(); n];
+        let mut out = Vec::new();
         for b in &batches {
             let (valid, bad) =
                 split(b, &layout, &validator.checks, &target.valid_arrow_schema()).unwrap();
@@ -362,12 +359,59 @@ mod tests {
                 b.num_rows(),
                 "every row lands on one side"
             );
-            for row in bad {
-                assert!(!row.errors.is_empty(), "an invalid row says why");
-                out[row.row as usize - 1] = row.errors.iter().map(|e| e.rule.clone()).collect();
-            }
+            out.extend(bad);
         }
         out
+    }
+
+    /// The rules each value fails, in input order (empty = valid).
+    fn failures(
+        property: serde_json::Value,
+        required: bool,
+        values: &[Option<&str>],
+    ) -> Vec<Vec<String>> {
+        let mut out = vec![Vec::new(); values.len()];
+        for row in invalid_rows(property, required, values) {
+            assert!(!row.errors.is_empty(), "an invalid row says why");
+            out[row.row as usize - 1] = row.errors.iter().map(|e| e.rule.clone()).collect();
+        }
+        out
+    }
+
+    #[test]
+    fn invalid_rows_keep_their_source_values_and_say_why() {
+        let rows = invalid_rows(
+            json!({"type": "integer"}),
+            true,
+            &[Some("12"), Some("twelve \"12\""), Some("  "), None],
+        );
+        let got: Vec<(u64, String, Vec<String>)> = rows
+            .iter()
+            .map(|r| {
+                let messages = r.errors.iter().map(|e| e.message.clone()).collect();
+                (r.row, r.record.as_json().to_string(), messages)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    2,
+                    r#"{"v":"twelve \"12\""}"#.to_string(),
+                    vec![r#"`f`: "twelve \"12\"" of `v` is not a valid integer"#.to_string()]
+                ),
+                (
+                    3,
+                    r#"{"v":"  "}"#.to_string(),
+                    vec!["`f` is required but the source value is missing".to_string()]
+                ),
+                (
+                    4,
+                    r#"{"v":null}"#.to_string(),
+                    vec!["`f` is required but the source value is missing".to_string()]
+                ),
+            ]
+        );
     }
 
     fn pass_fail(property: serde_json::Value, pass: &str, fail: &str, rule: &str) {

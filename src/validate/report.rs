@@ -25,6 +25,37 @@ pub struct RowError {
     pub message: String,
 }
 
+/// The source values of an invalid row as read: a JSON object, column name → value, in source
+/// column order. Kept as its JSON text, written once from the Arrow columns and copied into
+/// the invalid output as it is; [`Record::to_map`] and [`Record::get`] read it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    json: String,
+}
+
+impl Record {
+    /// The JSON object text.
+    pub fn as_json(&self) -> &str {
+        &self.json
+    }
+
+    /// The values by column name.
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.json).expect("a record is a JSON object written by conform")
+    }
+
+    /// The value of one source column, if the record has it.
+    pub fn get(&self, column: &str) -> Option<Value> {
+        self.to_map().remove(column)
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_map().serialize(s)
+    }
+}
+
 /// One invalid row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InvalidRow {
@@ -33,12 +64,51 @@ pub struct InvalidRow {
     /// 1-based record number in that file.
     pub row: u64,
     /// The source values as read.
-    pub record: Map<String, Value>,
+    pub record: Record,
     /// Raw text of a record that could not be parsed; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<String>,
     /// Everything wrong with the row, in field order then rule order.
     pub errors: Vec<RowError>,
+}
+
+impl InvalidRow {
+    /// Appends the row as one compact JSON object, the same text `serde_json` makes of it, to
+    /// `out` — without taking the record apart and putting it together again.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"source_file\":");
+        push_json_str(out, &self.source_file);
+        out.extend_from_slice(b",\"row\":");
+        out.extend_from_slice(self.row.to_string().as_bytes());
+        out.extend_from_slice(b",\"record\":");
+        out.extend_from_slice(self.record.json.as_bytes());
+        if let Some(raw) = &self.raw {
+            out.extend_from_slice(b",\"raw\":");
+            push_json_str(out, raw);
+        }
+        out.extend_from_slice(b",\"errors\":[");
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"field\":");
+            match &e.field {
+                Some(f) => push_json_str(out, f),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"rule\":");
+            push_json_str(out, &e.rule);
+            out.extend_from_slice(b",\"message\":");
+            push_json_str(out, &e.message);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to memory does not fail");
 }
 
 /// The invalid side of one batch.
@@ -85,6 +155,39 @@ pub fn split(
     Ok((valid, describe_invalid(&invalid, layout, checks)?))
 }
 
+/// The values of one source column of the invalid rows, for their records.
+enum SourceValues<'a> {
+    /// Text, written as JSON strings straight from the array.
+    Text(&'a arrow::array::StringArray),
+    /// Other types, rendered by the Arrow JSON writer.
+    Json(Vec<Value>),
+}
+
+impl SourceValues<'_> {
+    fn write(&self, r: usize, out: &mut Vec<u8>) {
+        match self {
+            SourceValues::Text(a) if a.is_null(r) => out.extend_from_slice(b"null"),
+            SourceValues::Text(a) => push_json_str(out, a.value(r)),
+            SourceValues::Json(v) => {
+                serde_json::to_writer(&mut *out, &v[r]).expect("writing to memory does not fail")
+            }
+        }
+    }
+
+    /// The value as a message shows it (`"text"`), if it is given (not null or blank).
+    fn shown(&self, r: usize) -> Option<String> {
+        match self {
+            SourceValues::Text(a) if a.is_null(r) || a.value(r).trim().is_empty() => None,
+            SourceValues::Text(a) => Some(serde_json::to_string(a.value(r)).unwrap_or_default()),
+            SourceValues::Json(v) => match &v[r] {
+                Value::Null => None,
+                Value::String(t) if t.trim().is_empty() => None,
+                v => Some(v.to_string()),
+            },
+        }
+    }
+}
+
 fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Result<InvalidRows> {
     let n = b.num_rows();
     let files = b.column(layout.file).as_string::<i32>();
@@ -92,24 +195,55 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
     let malformed = b.column(layout.error).as_string::<i32>();
     let raw = b.column(layout.raw).as_string::<i32>();
     let opts = FormatOptions::default();
-    let mut src_json: Vec<Vec<Value>> = layout
+    let values: Vec<SourceValues> = (0..layout.src_columns.len())
+        .map(|i| {
+            let column = b.column(layout.src_start + i);
+            Ok(match column.as_string_opt::<i32>() {
+                Some(text) => SourceValues::Text(text),
+                None => SourceValues::Json(crate::functions::column_to_json(column)?),
+            })
+        })
+        .collect::<Result<_>>()?;
+    // `"name":` of every column, escaped once.
+    let keys: Vec<Vec<u8>> = layout
         .src_columns
         .iter()
-        .enumerate()
-        .map(|(i, _)| crate::functions::column_to_json(b.column(layout.src_start + i)))
-        .collect::<std::result::Result<_, _>>()?;
+        .map(|name| {
+            let mut k = Vec::new();
+            push_json_str(&mut k, name);
+            k.push(b':');
+            k
+        })
+        .collect();
+    // For each check, the positions of its source columns, for `type` messages.
+    let check_sources: Vec<Vec<(usize, &str)>> = checks
+        .iter()
+        .map(|c| {
+            c.sources
+                .iter()
+                .filter_map(|s| {
+                    let i = layout.src_columns.iter().position(|c| c == s)?;
+                    Some((i, s.as_str()))
+                })
+                .collect()
+        })
+        .collect();
     let oks: Vec<&BooleanArray> = (0..checks.len())
         .map(|i| b.column(layout.ok_start + i).as_boolean())
         .collect();
     let mut out = Vec::with_capacity(n);
+    let mut json = Vec::new();
     for r in 0..n {
-        let record: Map<String, Value> = layout
-            .src_columns
-            .iter()
-            .zip(src_json.iter_mut())
-            // Each value is used once: move it out instead of cloning it.
-            .map(|(name, vals)| (name.clone(), std::mem::take(&mut vals[r])))
-            .collect();
+        json.clear();
+        json.push(b'{');
+        for (i, (key, vals)) in keys.iter().zip(&values).enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(key);
+            vals.write(r, &mut json);
+        }
+        json.push(b'}');
         let mut errors = Vec::new();
         if malformed.is_valid(r) {
             errors.push(RowError {
@@ -126,17 +260,25 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
                 let value = show(target, r, &opts);
                 let detail =
                     layout.detail[ci].map(|d| b.column(d).as_string::<i32>().value(r).to_string());
+                let raw_source = || {
+                    check_sources[ci]
+                        .iter()
+                        .find_map(|&(i, name)| Some(format!("{} of `{name}`", values[i].shown(r)?)))
+                        .unwrap_or_else(|| "the source value".into())
+                };
                 errors.push(RowError {
                     field: Some(check.field.clone()),
                     rule: check.rule.name().to_string(),
-                    message: message(check, &value, &record, detail.as_deref()),
+                    message: message(check, &value, raw_source, detail.as_deref()),
                 });
             }
         }
         out.push(InvalidRow {
             source_file: files.value(r).to_string(),
             row: rows.value(r),
-            record,
+            record: Record {
+                json: String::from_utf8(json.clone()).expect("JSON text is UTF-8"),
+            },
             raw: raw.is_valid(r).then(|| raw.value(r).to_string()),
             errors,
         });
@@ -165,24 +307,14 @@ fn num(x: f64) -> String {
     }
 }
 
+/// The message of a failed check; `raw_source` names the first given source value.
 fn message(
     check: &Check,
     value: &str,
-    record: &Map<String, Value>,
+    raw_source: impl Fn() -> String,
     detail: Option<&str>,
 ) -> String {
     let f = &check.field;
-    let raw_source = || {
-        check
-            .sources
-            .iter()
-            .find_map(|s| match record.get(s) {
-                Some(Value::Null) | None => None,
-                Some(Value::String(t)) if t.trim().is_empty() => None,
-                Some(v) => Some(format!("{v} of `{s}`")),
-            })
-            .unwrap_or_else(|| "the source value".into())
-    };
     match &check.rule {
         Rule::Required if check.sources.is_empty() => {
             format!("`{f}` is required but no source column is mapped to it")
@@ -218,5 +350,57 @@ fn message(
         Rule::Const(c) => format!("`{f}` = {value} is not {c}"),
         Rule::Format(fmt) => format!("`{f}` = {value} is not a valid {fmt}"),
         Rule::Schema => format!("`{f}`: {}", detail.unwrap_or("does not match its schema")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(raw: Option<&str>) -> InvalidRow {
+        let record = serde_json::json!({"id": "7", "note": "quote \" tab \t ünïcode \u{1}", "n": null, "x": 1.5});
+        InvalidRow {
+            source_file: "dir/ä \"file\".csv".into(),
+            row: 42,
+            record: Record {
+                json: record.to_string(),
+            },
+            raw: raw.map(str::to_string),
+            errors: vec![
+                RowError {
+                    field: None,
+                    rule: "malformed".into(),
+                    message: "expected 3 fields, found 2".into(),
+                },
+                RowError {
+                    field: Some("id".into()),
+                    rule: "pattern".into(),
+                    message: "`id` = \"7\\n\" does not match".into(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn rows_are_written_as_serde_writes_them() {
+        for r in [row(None), row(Some("a,\"b\"\n"))] {
+            let mut out = Vec::new();
+            r.write_json(&mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&r).unwrap()
+            );
+        }
+        let r = row(None);
+        assert_eq!(
+            r.record.get("note").unwrap(),
+            "quote \" tab \t ünïcode \u{1}"
+        );
+        assert_eq!(r.record.get("n"), Some(Value::Null));
+        assert_eq!(r.record.get("missing"), None);
+        assert_eq!(
+            r.record.to_map().keys().collect::<Vec<_>>(),
+            ["id", "note", "n", "x"]
+        );
     }
 }
