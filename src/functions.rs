@@ -253,7 +253,7 @@ impl ScalarUDFImpl for ConformUdf {
 }
 
 /// Whether a source value counts as given: not null, and for text not blank.
-fn is_present(a: &dyn Array, i: usize) -> bool {
+pub(crate) fn is_present(a: &dyn Array, i: usize) -> bool {
     use arrow::array::AsArray;
     if a.is_null(i) {
         return false;

@@ -240,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_zstd_level_fails_before_any_row() {
+    fn a_bad_zstd_level_fails_when_the_sink_is_created() {
         let dir = tempfile::tempdir().unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let options = ParquetOptions {

@@ -76,10 +76,11 @@ impl InvalidRow {
     /// Appends the row as one compact JSON object, the same text `serde_json` makes of it, to
     /// `out` — without taking the record apart and putting it together again.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
         out.extend_from_slice(b"{\"source_file\":");
         push_json_str(out, &self.source_file);
         out.extend_from_slice(b",\"row\":");
-        out.extend_from_slice(self.row.to_string().as_bytes());
+        write!(out, "{}", self.row).expect("writing to memory does not fail");
         out.extend_from_slice(b",\"record\":");
         out.extend_from_slice(self.record.json.as_bytes());
         if let Some(raw) = &self.raw {
@@ -177,8 +178,8 @@ impl SourceValues<'_> {
     /// The value as a message shows it (`"text"`), if it is given (not null or blank).
     fn shown(&self, r: usize) -> Option<String> {
         match self {
-            SourceValues::Text(a) if a.is_null(r) || a.value(r).trim().is_empty() => None,
-            SourceValues::Text(a) => Some(serde_json::to_string(a.value(r)).unwrap_or_default()),
+            SourceValues::Text(a) => crate::functions::is_present(*a, r)
+                .then(|| serde_json::to_string(a.value(r)).unwrap_or_default()),
             SourceValues::Json(v) => match &v[r] {
                 Value::Null => None,
                 Value::String(t) if t.trim().is_empty() => None,
@@ -232,9 +233,9 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
         .map(|i| b.column(layout.ok_start + i).as_boolean())
         .collect();
     let mut out = Vec::with_capacity(n);
-    let mut json = Vec::new();
+    let mut last_len = 0;
     for r in 0..n {
-        json.clear();
+        let mut json = Vec::with_capacity(last_len);
         json.push(b'{');
         for (i, (key, vals)) in keys.iter().zip(&values).enumerate() {
             if i > 0 {
@@ -244,6 +245,7 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
             vals.write(r, &mut json);
         }
         json.push(b'}');
+        last_len = json.len();
         let mut errors = Vec::new();
         if malformed.is_valid(r) {
             errors.push(RowError {
@@ -277,7 +279,7 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
             source_file: files.value(r).to_string(),
             row: rows.value(r),
             record: Record {
-                json: String::from_utf8(json.clone()).expect("JSON text is UTF-8"),
+                json: String::from_utf8(json).expect("JSON text is UTF-8"),
             },
             raw: raw.is_valid(r).then(|| raw.value(r).to_string()),
             errors,
