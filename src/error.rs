@@ -77,9 +77,13 @@ pub enum Error {
     /// An error serialising or parsing JSON outside of a source's data.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
-    /// The run was interrupted (Ctrl-C).
+    /// The run was interrupted (Ctrl-C, SIGTERM).
     #[error("interrupted")]
     Interrupted,
+    /// A stage of a source's pipeline stopped because the stage it feeds or reads from
+    /// stopped; that stage's own error says why.
+    #[error("a pipeline stage stopped early")]
+    Closed,
 }
 
 impl Error {

@@ -31,7 +31,16 @@ fn main() -> ExitCode {
         }
     });
     // Dropping the runtime drops unfinished sinks, which removes their temporary files.
-    drop(runtime);
+    if matches!(result, Err(conform::Error::Interrupted)) {
+        // After a signal, threads still blocked in a request or a retry's sleep find the
+        // runtime gone, which tokio reports as a panic while they unwind (dropping their
+        // sinks). The user asked to stop: that is expected, not news. Async work is cancelled
+        // at once; blocked threads get a moment to unwind before the process exits.
+        std::panic::set_hook(Box::new(|_| {}));
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    } else {
+        drop(runtime);
+    }
     match result {
         Ok(code) => ExitCode::from(code),
         Err(conform::Error::Interrupted) => {

@@ -533,6 +533,16 @@ impl Pipeline {
         })
     }
 
+    /// Removes the temporary files that killed runs left in the output and mappings
+    /// directories (see [`crate::sink::remove_stale_temp_files`]); returns them.
+    pub fn remove_stale_temp_files(&self) -> Vec<PathBuf> {
+        let mut removed = crate::sink::remove_stale_temp_files(&self.config.output_dir());
+        removed.extend(crate::sink::remove_stale_temp_files(
+            &self.config.mappings_dir(),
+        ));
+        removed
+    }
+
     /// Runs one source end to end, writing its outputs. Never panics on bad data; errors fail
     /// this source only and are reported in the returned report.
     pub async fn run_source(
@@ -721,7 +731,7 @@ impl Pipeline {
                 }
                 // The sender went away without `Done`: the run failed; the sinks are dropped
                 // and their temporary files removed.
-                Err(Error::Interrupted)
+                Err(Error::Closed)
             })
         };
         // The anomaly monitor runs on a thread of its own between the plan and the writer, so
@@ -739,12 +749,16 @@ impl Pipeline {
             let (v, bad) = match item {
                 Ok(x) => x,
                 Err(e) => {
+                    // What was read before the failure is reported, consistently with the
+                    // valid and invalid counts (nothing was written: the outputs are dropped).
+                    report.rows_read = rows_read;
                     drop(tx);
                     let _ = writer.await;
                     return Err(e);
                 }
             };
             rows_read += (v.num_rows() + bad.len()) as u64;
+            report.rows_read = rows_read;
             report.valid += v.num_rows() as u64;
             report.invalid += bad.len() as u64;
             crate::validate::report::count_errors(&bad, &mut report.errors);
@@ -771,9 +785,14 @@ impl Pipeline {
             .await
             .map_err(|e| Error::source(name, format!("writer thread failed: {e}")))
             .and_then(|r| r);
-        // A failing monitor stops the writer too; its own error says why.
-        let anomalies = anomalies?;
-        let written = written?;
+        // A failing stage stops its neighbours, which then report `Closed`: the error that
+        // says why is the other one (a full disk under the writer, a monitor failure).
+        let (anomalies, written) = match (anomalies, written) {
+            (Err(Error::Closed), Err(w)) => return Err(w),
+            (Err(a), _) => return Err(a),
+            (_, Err(w)) => return Err(w),
+            (Ok(a), Ok(w)) => (a, w),
+        };
         report.rows_read = rows_read;
         report.timings.transform_s = t1.elapsed().as_secs_f64();
         if let Some((profile, anomalies)) = anomalies {
@@ -847,7 +866,7 @@ fn monitor_stage(
 ) -> tokio::task::JoinHandle<Result<Option<(RunProfile, AnomalyReport)>>> {
     tokio::task::spawn_blocking(move || {
         let empty = RecordBatch::new_empty(monitor.output_schema());
-        let send = |m: Message| to_writer.blocking_send(m).map_err(|_| Error::Interrupted);
+        let send = |m: Message| to_writer.blocking_send(m).map_err(|_| Error::Closed);
         while let Some(msg) = from_plan.blocking_recv() {
             match msg {
                 Message::Batch(v, bad) => {
@@ -872,7 +891,7 @@ fn monitor_stage(
             }
         }
         // The plan side went away without `Done`: the run failed.
-        Err(Error::Interrupted)
+        Err(Error::Closed)
     })
 }
 

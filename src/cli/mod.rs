@@ -311,6 +311,9 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
             let out_dir = pipeline.config().output_dir();
             std::fs::create_dir_all(&out_dir)
                 .map_err(|e| Error::io("creating directory", &out_dir, e))?;
+            for stale in pipeline.remove_stale_temp_files() {
+                tracing::info!(file = %stale.display(), "Removed a temporary file left by a killed run.");
+            }
             let show_bar = match progress {
                 Progress::Always => true,
                 Progress::Never => false,

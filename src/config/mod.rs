@@ -327,6 +327,12 @@ pub struct HttpOptions {
     pub max_retries: u32,
     /// Extra request headers (not secrets: use `credentials`).
     pub headers: BTreeMap<String, String>,
+    /// Follow a `Link` next page on another origin (scheme, host, port), without credentials.
+    /// Default false: such a link fails the source, naming both origins.
+    pub allow_cross_origin_pages: bool,
+    /// Safety limit on the pages one walk requests; reaching it fails the source with a clear
+    /// error (`pagination.max_pages` is the quiet, intended stop). Default 100,000.
+    pub max_pages: u64,
 }
 
 impl Default for HttpOptions {
@@ -335,6 +341,8 @@ impl Default for HttpOptions {
             timeout_s: 30.0,
             max_retries: 3,
             headers: BTreeMap::new(),
+            allow_cross_origin_pages: false,
+            max_pages: 100_000,
         }
     }
 }
@@ -483,6 +491,31 @@ pub struct SourceConfig {
     pub credentials: BTreeMap<String, Secret>,
     /// A mapping document to use for this source instead of generating one.
     pub mapping: Option<PathBuf>,
+    /// Largest record, from the config's `limits.max_record_bytes`.
+    #[serde(skip, default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+fn default_max_record_bytes() -> usize {
+    crate::limits::DEFAULT_MAX_RECORD_BYTES
+}
+
+/// Limits on input sizes.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest record (a CSV record, a JSON line or array element) in bytes; a longer record is
+    /// a malformed row whose values are not kept, and is never held in memory whole.
+    /// Default 16 MiB.
+    pub max_record_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_record_bytes: crate::limits::DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
 }
 
 /// The whole configuration.
@@ -516,6 +549,9 @@ pub struct Config {
     /// Where plans run (locally, or on a Ballista cluster).
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Limits on input sizes.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The sources, in the order they are processed. Filled from the JSON object in order.
     #[serde(skip)]
     pub data_sources: Vec<(String, SourceConfig)>,
@@ -571,6 +607,29 @@ impl Config {
             allow_loose_object_property_names: false,
             allow_trailing_commas: true,
         };
+        // The parsers and schema walks recurse: nesting is bounded before any of them runs.
+        let depth = crate::limits::json_text_depth(text.as_bytes());
+        if depth > crate::limits::MAX_CONFIG_DEPTH {
+            return Err(Error::config(
+                "",
+                format!(
+                    "nested {depth} levels deep; a config file may nest at most {} levels",
+                    crate::limits::MAX_CONFIG_DEPTH
+                ),
+            ));
+        }
+        let ast = jsonc_parser::parse_to_ast(
+            text,
+            &jsonc_parser::CollectOptions {
+                comments: jsonc_parser::CommentCollectionStrategy::Off,
+                tokens: false,
+            },
+            &opts,
+        )
+        .map_err(|e| Error::config("", format!("not valid JSON: {e}")))?;
+        if let Some(jsonc_parser::ast::Value::Object(top)) = &ast.value {
+            duplicate_keys(top, "")?;
+        }
         let mut value = jsonc_parser::parse_to_serde_value(text, &opts)
             .map_err(|e| Error::config("", format!("not valid JSON: {e}")))?
             .ok_or_else(|| Error::config("", "the file is empty"))?;
@@ -591,8 +650,16 @@ impl Config {
                 "must be an object of source name → source settings",
             ));
         };
+        if sources.is_empty() {
+            return Err(Error::config(
+                "data_sources",
+                "no sources: add at least one source",
+            ));
+        }
         for (name, v) in sources {
-            let src: SourceConfig = deserialize_at(&format!("data_sources.{name}"), v)?;
+            check_source_name(&name)?;
+            let mut src: SourceConfig = deserialize_at(&format!("data_sources.{name}"), v)?;
+            src.max_record_bytes = config.limits.max_record_bytes;
             let at = format!("data_sources.{name}");
             let kinds = [
                 src.path.is_some(),
@@ -635,6 +702,12 @@ impl Config {
         }
         if config.batch_size == 0 {
             return Err(Error::config("batch_size", "must be at least 1"));
+        }
+        if config.limits.max_record_bytes < 1024 {
+            return Err(Error::config(
+                "limits.max_record_bytes",
+                "must be at least 1024",
+            ));
         }
         if config.parquet.row_group_size == 0 {
             return Err(Error::config(
@@ -718,6 +791,71 @@ impl Config {
     pub fn source_names(&self) -> Vec<String> {
         self.data_sources.iter().map(|(n, _)| n.clone()).collect()
     }
+}
+
+/// Longest source name.
+const MAX_SOURCE_NAME: usize = 128;
+
+/// A source name becomes part of file names (`NAME_valid_data.json`, `NAME.mapping.json`) and is
+/// printed on the console, so it must be a safe file-name component: letters, digits, `_`, `-`
+/// and `.`, not starting with `.`, at most 128 characters.
+fn check_source_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SOURCE_NAME
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        return Ok(());
+    }
+    // The name is shown escaped: it may hold control characters that would forge console lines.
+    Err(Error::config(
+        "data_sources",
+        format!(
+            "invalid source name {}: a source name is used in file names and must be 1–{MAX_SOURCE_NAME} letters, digits, `_`, `-` or `.`, not starting with `.`",
+            crate::limits::shorten(&format!("{name:?}"), 80)
+        ),
+    ))
+}
+
+/// A key written twice in one object is an error, not "the last one wins": in
+/// `data_sources` it would silently drop a source.
+fn duplicate_keys(obj: &jsonc_parser::ast::Object<'_>, path: &str) -> Result<()> {
+    // An explicit stack: nesting is bounded, but recursion depth should not depend on input.
+    let mut stack = vec![(obj, path.to_string())];
+    while let Some((obj, path)) = stack.pop() {
+        let mut seen = std::collections::HashSet::new();
+        for prop in &obj.properties {
+            let key = prop.name.as_str();
+            let at = if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            };
+            if !seen.insert(key) {
+                return Err(Error::config(
+                    crate::limits::shorten(&at, 200),
+                    "this key is written twice in the same object",
+                ));
+            }
+            let mut value = &prop.value;
+            // Objects inside arrays (`enum`, `items` lists) are checked too.
+            let mut arrays = Vec::new();
+            loop {
+                match value {
+                    jsonc_parser::ast::Value::Object(o) => stack.push((o, at.clone())),
+                    jsonc_parser::ast::Value::Array(a) => arrays.extend(a.elements.iter()),
+                    _ => {}
+                }
+                match arrays.pop() {
+                    Some(v) => value = v,
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deserializes `value`, reporting an error with its full key path under `prefix`.

@@ -184,6 +184,26 @@ pub fn compile_field(
             text: None,
         });
     };
+    // Parsing and every tree walk after it recurse; an oversized expression is refused first,
+    // and never echoed whole.
+    if text.len() > crate::limits::MAX_EXPR_BYTES {
+        return Err(format!(
+            "the expression is {} bytes long; an expression may be at most {} bytes (`{}`)",
+            text.len(),
+            crate::limits::MAX_EXPR_BYTES,
+            crate::limits::shorten(text, 60)
+        ));
+    }
+    let depth = crate::limits::expr_depth(text);
+    if depth > crate::limits::MAX_EXPR_DEPTH {
+        return Err(format!(
+            "the expression nests {depth} levels deep (parentheses, CASE and chained operators); an expression may nest at most {} levels (`{}`)",
+            crate::limits::MAX_EXPR_DEPTH,
+            crate::limits::shorten(text, 60)
+        ));
+    }
+    let shown = crate::limits::shorten(text, 200);
+    let text_for_messages = shown.as_str();
     let df_schema = DFSchema::try_from(source.clone()).map_err(|e| e.to_string())?;
     let parsed = ctx
         .parse_sql_expr(text, &df_schema)
@@ -191,9 +211,15 @@ pub fn compile_field(
             // The parser resolves columns; answer with conform's wording and suggestion.
             datafusion::error::DataFusionError::SchemaError(err, _) => match err.as_ref() {
                 SchemaError::FieldNotFound { field, .. } => unknown_column(&field.name, source),
-                _ => format!("cannot parse `{text}`: {}", strip_df(&e.to_string())),
+                _ => format!(
+                    "cannot parse `{text_for_messages}`: {}",
+                    strip_df(&e.to_string())
+                ),
             },
-            _ => format!("cannot parse `{text}`: {}", strip_df(&e.to_string())),
+            _ => format!(
+                "cannot parse `{text_for_messages}`: {}",
+                strip_df(&e.to_string())
+            ),
         })?;
     let mut sources: Vec<String> = Vec::new();
     let mut problem: Option<String> = None;
@@ -223,6 +249,15 @@ pub fn compile_field(
                         return Ok(TreeNodeRecursion::Stop);
                     }
                 }
+                Expr::Cast(Cast { field, .. }) | Expr::TryCast(TryCast { field, .. })
+                    if matches!(
+                        field.data_type(),
+                        DataType::Decimal32(_, s) | DataType::Decimal64(_, s) | DataType::Decimal128(_, s) | DataType::Decimal256(_, s) if *s < 0
+                    ) =>
+                {
+                    problem = Some("a DECIMAL with a negative scale is not supported; use a scale of 0 or more (`DECIMAL(12, 2)`)".into());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
                 Expr::AggregateFunction(_) | Expr::WindowFunction(_) => {
                     problem = Some("aggregate and window functions are not allowed: a mapping computes each row from that row".into());
                     return Ok(TreeNodeRecursion::Stop);
@@ -246,25 +281,38 @@ pub fn compile_field(
     let guarded = guard_division(parsed).map_err(|e| e.to_string())?;
     let coerced = guarded
         .rewrite(&mut TypeCoercionRewriter::new(&df_schema))
-        .map_err(|e| format!("type error in `{text}`: {}", strip_df(&e.to_string())))?
+        .map_err(|e| {
+            format!(
+                "type error in `{text_for_messages}`: {}",
+                strip_df(&e.to_string())
+            )
+        })?
         .data;
     let total = try_casts(coerced).map_err(|e| e.to_string())?;
-    let actual = total
-        .get_type(&df_schema)
-        .map_err(|e| format!("type error in `{text}`: {}", strip_df(&e.to_string())))?;
+    let actual = total.get_type(&df_schema).map_err(|e| {
+        format!(
+            "type error in `{text_for_messages}`: {}",
+            strip_df(&e.to_string())
+        )
+    })?;
     let expr = if &actual == target_type {
         total
     } else if actual == DataType::Null || arrow::compute::can_cast_types(&actual, target_type) {
         Expr::TryCast(TryCast::new(Box::new(total), target_type.clone()))
     } else {
         return Err(format!(
-            "`{text}` gives {actual}, which cannot be converted to {target_type}"
+            "`{text_for_messages}` gives {actual}, which cannot be converted to {target_type}"
         ));
     };
     // Plan it now so that anything DataFusion would reject fails here, before data flows.
     ctx.state()
         .create_physical_expr(expr.clone(), &df_schema)
-        .map_err(|e| format!("cannot plan `{text}`: {}", strip_df(&e.to_string())))?;
+        .map_err(|e| {
+            format!(
+                "cannot plan `{text_for_messages}`: {}",
+                strip_df(&e.to_string())
+            )
+        })?;
     Ok(CompiledField {
         name: name.to_string(),
         expr: expr.alias(name),

@@ -180,6 +180,15 @@ const FALLBACK_KEYWORDS: &[&str] = &[
 impl TargetSchema {
     /// Checks the schema against the JSON Schema meta-schema and builds the target fields.
     pub fn try_new(raw: &Value) -> Result<TargetSchema> {
+        // Validation and the field walk recurse: bound the nesting first.
+        let depth = crate::limits::value_depth(raw);
+        if depth > crate::limits::MAX_SCHEMA_DEPTH {
+            return Err(Error::Schema(format!(
+                "nested {depth} levels deep; a schema may nest at most {} levels of JSON (about {} nested object fields)",
+                crate::limits::MAX_SCHEMA_DEPTH,
+                crate::limits::MAX_SCHEMA_DEPTH / 2
+            )));
+        }
         if let Err(e) = jsonschema::meta::validate(raw) {
             return Err(Error::Schema(format!(
                 "not a valid JSON Schema: {e} (at `{}`)",

@@ -82,6 +82,45 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Removes the temporary files (`.NAME.tmp-PID-N`) that a killed conform process left in
+/// `dir`: those whose process is gone. Files of a live process (another run writing to the
+/// same directory) and files of any other naming are left alone. Returns the files removed.
+/// Where processes cannot be looked up (no `/proc`), nothing is removed.
+pub fn remove_stale_temp_files(dir: &Path) -> Vec<PathBuf> {
+    let proc = Path::new("/proc/self");
+    if !proc.exists() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_file_pid) else {
+            continue;
+        };
+        if pid == own || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// The process id in a temporary file name of [`AtomicFile`]'s pattern, `.NAME.tmp-PID-N`.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (stem, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (!stem.is_empty() && digits(pid) && digits(n)).then(|| pid.parse().ok())?
+}
+
 /// Writes a whole small file atomically.
 pub fn atomic_write(dest: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(dest)?;
@@ -91,7 +130,15 @@ pub fn atomic_write(dest: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Where valid rows go: shaped like arrow's `RecordBatchWriter` (`write`, then `finish`).
-pub enum ValidSink {
+/// A failed write names the file and keeps the operating system's error
+/// (`No space left on device`).
+pub struct ValidSink {
+    dest: PathBuf,
+    writer: ValidWriter,
+}
+
+/// The writer of one valid-rows format.
+enum ValidWriter {
     /// One JSON array, streamed batch by batch.
     Json(arrow::json::Writer<AtomicFile, JsonArray>),
     /// One JSON object per line.
@@ -109,22 +156,28 @@ impl ValidSink {
         parquet: &ParquetOptions,
     ) -> Result<ValidSink> {
         let file = AtomicFile::create(dest)?;
-        Ok(match format {
-            OutputFormat::Json => ValidSink::Json(WriterBuilder::new().build::<_, JsonArray>(file)),
+        let writer = match format {
+            OutputFormat::Json => {
+                ValidWriter::Json(WriterBuilder::new().build::<_, JsonArray>(file))
+            }
             OutputFormat::Ndjson => {
-                ValidSink::Ndjson(WriterBuilder::new().build::<_, LineDelimited>(file))
+                ValidWriter::Ndjson(WriterBuilder::new().build::<_, LineDelimited>(file))
             }
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::try_new(parquet.zstd_level)?))
                     .set_max_row_group_row_count(Some(parquet.row_group_size))
                     .build();
-                ValidSink::Parquet(Box::new(ArrowWriter::try_new(
+                ValidWriter::Parquet(Box::new(ArrowWriter::try_new(
                     file,
                     Arc::clone(schema),
                     Some(props),
                 )?))
             }
+        };
+        Ok(ValidSink {
+            dest: dest.to_path_buf(),
+            writer,
         })
     }
 
@@ -133,29 +186,48 @@ impl ValidSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        match self {
-            ValidSink::Json(w) => w.write(batch)?,
-            ValidSink::Ndjson(w) => w.write(batch)?,
-            ValidSink::Parquet(w) => w.write(batch)?,
-        }
-        Ok(())
+        let result = match &mut self.writer {
+            ValidWriter::Json(w) => w.write(batch).map_err(Error::from),
+            ValidWriter::Ndjson(w) => w.write(batch).map_err(Error::from),
+            ValidWriter::Parquet(w) => w.write(batch).map_err(Error::from),
+        };
+        result.map_err(|e| write_error(&self.dest, e))
     }
 
     /// Completes the file and moves it into place.
     pub fn finish(self) -> Result<PathBuf> {
-        let file = match self {
-            ValidSink::Json(mut w) => {
-                w.finish()?; // writes `[]` when there were no rows, as the original tool did
+        let dest = self.dest;
+        let file = match self.writer {
+            ValidWriter::Json(mut w) => {
+                // Writes `[]` when there were no rows, as the original tool did.
+                w.finish().map_err(|e| write_error(&dest, e.into()))?;
                 w.into_inner()
             }
-            ValidSink::Ndjson(mut w) => {
-                w.finish()?;
+            ValidWriter::Ndjson(mut w) => {
+                w.finish().map_err(|e| write_error(&dest, e.into()))?;
                 w.into_inner()
             }
-            ValidSink::Parquet(w) => w.into_inner()?,
+            ValidWriter::Parquet(w) => w.into_inner().map_err(|e| write_error(&dest, e.into()))?,
         };
         file.commit()
     }
+}
+
+/// A writer's error as an I/O error on `dest` when an I/O error is at its root, so that the
+/// message says which file and what the system said.
+fn write_error(dest: &Path, e: Error) -> Error {
+    let io = match e {
+        Error::Arrow(arrow::error::ArrowError::IoError(_, io)) => io,
+        Error::Parquet(parquet::errors::ParquetError::External(inner)) => {
+            match inner.downcast::<std::io::Error>() {
+                Ok(io) => *io,
+                Err(other) => std::io::Error::other(other.to_string()),
+            }
+        }
+        Error::Io { source, .. } => source,
+        other => return other,
+    };
+    Error::io("writing", dest, io)
 }
 
 /// Where invalid rows go: a JSON array or NDJSON of `{source_file, row, record, errors}`.
@@ -217,6 +289,28 @@ impl InvalidSink {
 mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn temp_files_of_dead_processes_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid above the kernel's maximum (2^22) never names a live process.
+        let dead = dir.path().join(".s_valid_data.json.tmp-4194400-0");
+        let live = dir
+            .path()
+            .join(format!(".s_valid_data.json.tmp-{}-3", std::process::id()));
+        let other = dir.path().join(".notes.tmp-1-x");
+        let plain = dir.path().join("s_valid_data.json");
+        for p in [&dead, &live, &other, &plain] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let removed = remove_stale_temp_files(dir.path());
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists() && plain.exists());
+        assert_eq!(temp_file_pid(".a.b.tmp-12-3"), Some(12));
+        assert_eq!(temp_file_pid("a.tmp-12-3"), None);
+        assert_eq!(temp_file_pid(".a.tmp-12-"), None);
+    }
 
     #[test]
     fn a_parquet_file_without_rows_has_the_schema() {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BinaryArray, BinaryBuilder, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use super::limit::{CsvLimit, oversized, oversized_message};
 use super::{FileSource, Piece, PieceUnit, assemble, open_decompressed};
 use crate::config::CsvOptions;
 use crate::error::{Error, Result};
@@ -25,13 +26,19 @@ fn delimiter(path: &std::path::Path, opts: &CsvOptions) -> u8 {
 fn reader(
     path: &std::path::Path,
     opts: &CsvOptions,
+    max_record: usize,
 ) -> Result<::csv::Reader<Box<dyn std::io::BufRead + Send>>> {
+    let limited: Box<dyn std::io::BufRead + Send> = Box::new(CsvLimit::new(
+        open_decompressed(path)?,
+        delimiter(path, opts),
+        max_record,
+    ));
     Ok(::csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .delimiter(delimiter(path, opts))
         .buffer_capacity(1 << 16)
-        .from_reader(open_decompressed(path)?))
+        .from_reader(limited))
 }
 
 /// A reader of one byte range of an uncompressed file.
@@ -39,14 +46,16 @@ fn range_reader(
     path: &std::path::Path,
     opts: &CsvOptions,
     range: Piece,
+    max_record: usize,
 ) -> Result<::csv::Reader<Box<dyn std::io::BufRead + Send>>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
     f.seek(SeekFrom::Start(range.start))
         .map_err(|e| Error::io("reading", path, e))?;
-    let piece: Box<dyn std::io::BufRead + Send> = Box::new(std::io::BufReader::with_capacity(
-        1 << 20,
-        f.take(range.end - range.start),
+    let piece: Box<dyn std::io::BufRead + Send> = Box::new(CsvLimit::new(
+        std::io::BufReader::with_capacity(1 << 20, f.take(range.end - range.start)),
+        delimiter(path, opts),
+        max_record,
     ));
     Ok(::csv::ReaderBuilder::new()
         .has_headers(false)
@@ -57,14 +66,19 @@ fn range_reader(
 }
 
 /// The header of one file (or `column_N` names when there is none).
-fn header(name: &str, path: &std::path::Path, opts: &CsvOptions) -> Result<Vec<String>> {
+fn header(
+    name: &str,
+    path: &std::path::Path,
+    opts: &CsvOptions,
+    max_record: usize,
+) -> Result<Vec<String>> {
     if let Some(c) = opts.delimiter.filter(|c| !c.is_ascii()) {
         return Err(Error::source(
             name,
             format!("CSV delimiter {c:?} must be one ASCII character"),
         ));
     }
-    let mut r = reader(path, opts)?;
+    let mut r = reader(path, opts, max_record)?;
     let mut rec = ::csv::ByteRecord::new();
     let got = r
         .read_byte_record(&mut rec)
@@ -72,10 +86,20 @@ fn header(name: &str, path: &std::path::Path, opts: &CsvOptions) -> Result<Vec<S
     if !got {
         return Ok(vec![]);
     }
+    if let Some(size) = rec.get(0).and_then(oversized) {
+        return Err(Error::source(
+            name,
+            format!(
+                "{}: the first line is {size} bytes long, over `limits.max_record_bytes` ({max_record})",
+                path.display()
+            ),
+        ));
+    }
     if !opts.has_header {
         return Ok((1..=rec.len()).map(|i| format!("column_{i}")).collect());
     }
     let mut names = Vec::with_capacity(rec.len());
+    let mut seen = std::collections::HashSet::with_capacity(rec.len());
     for (i, f) in rec.iter().enumerate() {
         let s = std::str::from_utf8(f).map_err(|_| {
             Error::source(
@@ -89,7 +113,7 @@ fn header(name: &str, path: &std::path::Path, opts: &CsvOptions) -> Result<Vec<S
         } else {
             s.to_string()
         };
-        if names.contains(&s) {
+        if !seen.insert(s.clone()) {
             return Err(Error::source(
                 name,
                 format!("{}: the header names column `{s}` twice", path.display()),
@@ -112,7 +136,13 @@ pub fn split(path: &std::path::Path, opts: &CsvOptions, target: u64) -> Result<O
     if lower.ends_with(".gz") || lower.ends_with(".zst") || len <= target {
         return Ok(None);
     }
-    let mut r = reader(path, opts)?;
+    // Byte positions must be the file's own, so this reader has no record limit.
+    let mut r = ::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter(path, opts))
+        .buffer_capacity(1 << 16)
+        .from_reader(open_decompressed(path)?);
     let mut rec = ::csv::ByteRecord::new();
     let bad = |e: ::csv::Error| Error::source("(split)", format!("{}: {e}", path.display()));
     if opts.has_header {
@@ -145,11 +175,17 @@ pub fn split(path: &std::path::Path, opts: &CsvOptions, target: u64) -> Result<O
 }
 
 /// The union of the files' headers, in first-seen order; every column is text.
-pub(crate) fn infer_schema(name: &str, files: &[PathBuf], opts: &CsvOptions) -> Result<SchemaRef> {
+pub(crate) fn infer_schema(
+    name: &str,
+    files: &[PathBuf],
+    opts: &CsvOptions,
+    max_record: usize,
+) -> Result<SchemaRef> {
     let mut names: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for f in files {
-        for h in header(name, f, opts)? {
-            if !names.contains(&h) {
+        for h in header(name, f, opts, max_record)? {
+            if seen.insert(h.clone()) {
                 names.push(h);
             }
         }
@@ -207,18 +243,27 @@ impl CsvBatches {
         self.next_file += 1;
         let opts = &self.source.config().csv;
         let data = self.source.data_schema();
-        let names = header(self.source.name(), &path, opts)?;
+        let max_record = self.source.config().max_record_bytes;
+        let names = header(self.source.name(), &path, opts, max_record)?;
+        // A map, not `index_of` per name: a file may have tens of thousands of columns.
+        let index: std::collections::HashMap<&str, usize> = data
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name().as_str(), i))
+            .collect();
         let positions = names
             .iter()
             .map(|n| {
-                data.index_of(n)
+                *index
+                    .get(n.as_str())
                     .expect("the schema is the union of all headers")
             })
             .collect();
         let (reader, next_row) = match range {
-            Some(r) => (range_reader(&path, opts, r)?, r.first_row),
+            Some(r) => (range_reader(&path, opts, r, max_record)?, r.first_row),
             None => {
-                let mut reader = reader(&path, opts)?;
+                let mut reader = reader(&path, opts, max_record)?;
                 if opts.has_header {
                     let mut skip = ::csv::ByteRecord::new();
                     reader.read_byte_record(&mut skip).map_err(|e| {
@@ -247,6 +292,7 @@ impl super::ReadBatch for CsvBatches {
             let ncols = self.schema.fields().len() - super::PROVENANCE.len();
             let batch_size = self.source.batch_size();
             let name = self.source.name().to_string();
+            let max_record = self.source.config().max_record_bytes;
             let file = self.current.as_mut().expect("opened above");
             // Fields are collected as bytes and checked for UTF-8 once per column and batch
             // (`try_from_binary`), far cheaper than a check per field.
@@ -267,6 +313,14 @@ impl super::ReadBatch for CsvBatches {
                 }
                 let mut problem: Option<String> = None;
                 let expected = file.positions.len();
+                if let Some(size) = rec.get(0).and_then(oversized) {
+                    // Skipped as it streamed by: a malformed row with no values.
+                    builders.iter_mut().for_each(BinaryBuilder::append_null);
+                    rows.push(file.next_row);
+                    file.next_row += 1;
+                    errors.push(Some(oversized_message(size, max_record)));
+                    continue;
+                }
                 if rec.len() != expected {
                     problem = Some(format!("expected {expected} fields, found {}", rec.len()));
                 }
@@ -343,7 +397,7 @@ mod tests {
     /// (row number, first field) of every record read from the given pieces of `path`.
     fn read(path: &std::path::Path, pieces: Vec<Option<Piece>>) -> Vec<(u64, String)> {
         let opts = CsvOptions::default();
-        let schema = infer_schema("t", &[path.to_path_buf()], &opts).unwrap();
+        let schema = infer_schema("t", &[path.to_path_buf()], &opts, 1 << 24).unwrap();
         let files = pieces
             .into_iter()
             .map(|r| (path.to_path_buf(), r))

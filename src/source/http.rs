@@ -18,8 +18,7 @@ use serde_json::Value;
 use super::json::{decode_records, schema_of_objects};
 use crate::config::{HttpOptions, Pagination, Secret, SourceConfig};
 use crate::error::{Error, Result};
-use crate::mapping::llm::display_url;
-use crate::mapping::llm::transport::{backoff, retry_after, without_url};
+use crate::net::{backoff, display_url, origin, retry_after, same_origin, without_url};
 
 /// Records read to infer an HTTP source's columns (over the first pages).
 const INFER_RECORDS: usize = 1000;
@@ -35,7 +34,12 @@ enum Auth {
     Basic(String, Secret),
     Bearer(Secret),
     Header(String, Secret),
+    /// A query parameter added to each request (never part of a shown URL).
+    Query(String, Secret),
 }
+
+/// Redirects a request follows at most.
+const MAX_REDIRECTS: usize = 10;
 
 /// An HTTP source's settings, checked.
 #[derive(Debug, Clone)]
@@ -46,11 +50,13 @@ pub struct HttpSpec {
     pagination: Option<Pagination>,
     options: HttpOptions,
     auth: Auth,
+    client: reqwest::Client,
 }
 
 impl HttpSpec {
     /// Checks the source's settings; credentials pick the auth style: `username` + `password`
-    /// (basic), `token` (bearer) or `header` + `key` (an API-key header).
+    /// (basic), `token` (bearer), `header` + `key` (an API-key header) or `query` + `key` (an
+    /// API-key query parameter).
     pub fn try_new(name: &str, config: &SourceConfig) -> Result<HttpSpec> {
         let raw = config.url.as_deref().unwrap_or_default();
         let url = Url::parse(raw).map_err(|e| {
@@ -68,13 +74,22 @@ impl HttpSpec {
             }
             ["token"] => Auth::Bearer(c["token"].clone()),
             ["header", "key"] => Auth::Header(c["header"].expose().to_string(), c["key"].clone()),
+            ["key", "query"] => Auth::Query(c["query"].expose().to_string(), c["key"].clone()),
             _ => {
                 return Err(Error::config(
                     format!("data_sources.{name}.credentials"),
-                    "an HTTP source takes `username` + `password` (basic auth), `token` (bearer) or `header` + `key` (API-key header)",
+                    "an HTTP source takes `username` + `password` (basic auth), `token` (bearer), `header` + `key` (API-key header) or `query` + `key` (API-key query parameter)",
                 ));
             }
         };
+        if let Auth::Query(q, _) = &auth
+            && q.trim().is_empty()
+        {
+            return Err(Error::config(
+                format!("data_sources.{name}.credentials.query"),
+                "must name the query parameter that carries the key",
+            ));
+        }
         if let Auth::Header(h, _) = &auth
             && reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err()
         {
@@ -83,6 +98,7 @@ impl HttpSpec {
                 "not a valid HTTP header name",
             ));
         }
+        let client = client(name, &config.http, &url, !matches!(auth, Auth::None))?;
         Ok(HttpSpec {
             name: name.to_string(),
             url,
@@ -90,6 +106,7 @@ impl HttpSpec {
             pagination: config.pagination.clone(),
             options: config.http.clone(),
             auth,
+            client,
         })
     }
 
@@ -98,30 +115,35 @@ impl HttpSpec {
         display_url(self.url.as_str())
     }
 
-    fn client(&self) -> Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(self.options.timeout_s.max(0.001)))
-            .build()
-            .map_err(|e| Error::source(&self.name, format!("cannot build an HTTP client: {e}")))
-    }
-
     /// One GET with retries on 429, 5xx, timeouts and connection errors (honouring
     /// `Retry-After`). 401/403 are [`Error::Credentials`]; other failures name the URL.
-    async fn get(&self, url: &Url) -> Result<(Vec<u8>, reqwest::header::HeaderMap)> {
-        let client = self.client()?;
+    /// Credentials go only to the configured origin: `credentialed` is false for a page on
+    /// another origin (followed only when `http.allow_cross_origin_pages` is set).
+    async fn get(
+        &self,
+        url: &Url,
+        credentialed: bool,
+    ) -> Result<(Vec<u8>, reqwest::header::HeaderMap)> {
+        let client = &self.client;
         let shown = display_url(url.as_str());
         let mut attempt = 0u32;
         loop {
-            let mut req = client.get(url.clone()).header("accept", "application/json");
+            let mut target = url.clone();
+            if credentialed && let Auth::Query(q, k) = &self.auth {
+                target.query_pairs_mut().append_pair(q, k.expose());
+            }
+            let mut req = client.get(target).header("accept", "application/json");
             for (k, v) in &self.options.headers {
                 req = req.header(k, v);
             }
-            req = match &self.auth {
-                Auth::None => req,
-                Auth::Basic(u, p) => req.basic_auth(u, Some(p.expose())),
-                Auth::Bearer(t) => req.bearer_auth(t.expose()),
-                Auth::Header(h, k) => req.header(h.as_str(), k.expose()),
-            };
+            if credentialed {
+                req = match &self.auth {
+                    Auth::None | Auth::Query(..) => req,
+                    Auth::Basic(u, p) => req.basic_auth(u, Some(p.expose())),
+                    Auth::Bearer(t) => req.bearer_auth(t.expose()),
+                    Auth::Header(h, k) => req.header(h.as_str(), k.expose()),
+                };
+            }
             let outcome = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
@@ -188,6 +210,38 @@ impl HttpSpec {
     }
 }
 
+/// The source's HTTP client. A credentialed source follows redirects only within its origin:
+/// reqwest drops `Authorization` on a cross-origin redirect but keeps custom headers such as
+/// `X-Api-Key`, and a query-parameter key would travel with the URL, so such redirects are
+/// refused with the two origins named.
+fn client(
+    name: &str,
+    options: &HttpOptions,
+    url: &Url,
+    credentialed: bool,
+) -> Result<reqwest::Client> {
+    let home = url.clone();
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else if credentialed && !same_origin(attempt.url(), &home) {
+            let msg = format!(
+                "refused a redirect from {} to {}: credentials are sent only to the configured origin",
+                origin(&home),
+                origin(attempt.url())
+            );
+            attempt.error(msg)
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs_f64(options.timeout_s.max(0.001)))
+        .redirect(policy)
+        .build()
+        .map_err(|e| Error::source(name, format!("cannot build an HTTP client: {e}")))
+}
+
 /// The `rel="next"` target of a `Link` header.
 fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
     headers
@@ -238,12 +292,19 @@ pub(crate) struct Page {
     pub records: std::result::Result<Vec<Value>, (String, String)>,
 }
 
-/// Walks the pages of a source.
+/// Walks the pages of a source. Every walk ends: a URL, cursor or page body seen before ends
+/// it with a warning, `pagination.max_pages` ends it quietly, and the safety limit
+/// `http.max_pages` ends it with an error.
 pub(crate) struct Pager {
     spec: Arc<HttpSpec>,
     next: Next,
     fetched: u64,
     bad_in_a_row: u32,
+    /// URLs (link paging) or cursors already requested.
+    seen: std::collections::HashSet<String>,
+    /// Hash of the previous page's body: an API that ignores the page or offset parameter
+    /// answers the same full page for ever.
+    last_body: Option<u64>,
 }
 
 impl Pager {
@@ -259,7 +320,27 @@ impl Pager {
             next,
             fetched: 0,
             bad_in_a_row: 0,
+            seen: std::collections::HashSet::new(),
+            last_body: None,
         }
+    }
+
+    /// Ends the walk with a warning when this page's URL or cursor was requested before.
+    fn repeats(&mut self) -> bool {
+        let key = match &self.next {
+            Next::Url(u) => u.to_string(),
+            Next::Cursor(Some(c)) => format!("cursor {c}"),
+            _ => return false,
+        };
+        if self.seen.insert(key) {
+            return false;
+        }
+        let what = match &self.next {
+            Next::Url(u) => format!("the next page link repeats {}", display_url(u.as_str())),
+            _ => "the next cursor repeats one already followed".to_string(),
+        };
+        tracing::warn!(source = %self.spec.name, pages = self.fetched, "{what}; the source ends here.");
+        true
     }
 
     fn url_for(&self, next: &Next) -> Option<Url> {
@@ -315,11 +396,32 @@ impl Pager {
         {
             return Ok(None);
         }
+        if self.repeats() {
+            return Ok(None);
+        }
         let Some(url) = self.url_for(&self.next) else {
             return Ok(None);
         };
-        let (body, headers) = self.spec.get(&url).await?;
+        if self.fetched >= self.spec.options.max_pages {
+            return Err(Error::source(
+                &self.spec.name,
+                format!(
+                    "stopped after {} pages at {} (the `http.max_pages` safety limit); set `pagination.max_pages` to read fewer pages or raise `http.max_pages`",
+                    self.fetched,
+                    display_url(url.as_str())
+                ),
+            ));
+        }
+        let credentialed = same_origin(&url, &self.spec.url);
+        let (body, headers) = self.spec.get(&url, credentialed).await?;
         self.fetched += 1;
+        let body_hash = {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(&body)
+        };
+        let same_body = self.last_body.replace(body_hash) == Some(body_hash);
+        let paged = matches!(self.next, Next::Page(_) | Next::Offset(_));
         let parsed: std::result::Result<Value, String> =
             serde_json::from_slice(&body).map_err(|e| format!("not valid JSON: {e}"));
         let records = parsed.and_then(|v| {
@@ -336,6 +438,9 @@ impl Pager {
             }
         });
         let count = records.as_ref().map(Vec::len).ok();
+        // The same full page twice: the API ignores the paging parameter; its records were
+        // already read, so the walk ends without them.
+        let repeated = paged && same_body && count.is_some_and(|n| n > 0);
         self.bad_in_a_row = if count.is_none() {
             self.bad_in_a_row + 1
         } else {
@@ -352,9 +457,27 @@ impl Pager {
         self.next = match (&self.next, &self.spec.pagination) {
             (_, None) => Next::Done,
             (_, Some(Pagination::Link { .. })) => match next_link(&headers) {
-                Some(n) => url.join(&n).map(Next::Url).unwrap_or(Next::Done),
+                Some(n) => match url.join(&n) {
+                    Ok(next) if same_origin(&next, &self.spec.url) => Next::Url(next),
+                    Ok(next) if self.spec.options.allow_cross_origin_pages => {
+                        tracing::warn!(source = %self.spec.name, from = %origin(&self.spec.url), to = %origin(&next), "The next page is on another origin; it is requested without credentials.");
+                        Next::Url(next)
+                    }
+                    Ok(next) => {
+                        return Err(Error::source(
+                            &self.spec.name,
+                            format!(
+                                "the next page link leads from {} to another origin, {}; credentials are sent only to the configured origin (set `http.allow_cross_origin_pages` to follow such links without credentials)",
+                                origin(&self.spec.url),
+                                origin(&next)
+                            ),
+                        ));
+                    }
+                    Err(_) => Next::Done,
+                },
                 None => Next::Done,
             },
+            (Next::Page(_) | Next::Offset(_), _) if repeated => Next::Done,
             (Next::Page(n), Some(Pagination::Page { size, .. })) => {
                 if short(*size) {
                     Next::Done
@@ -382,6 +505,10 @@ impl Pager {
             }
             _ => Next::Done,
         };
+        if repeated {
+            tracing::warn!(source = %self.spec.name, pages = self.fetched, "A page repeats the previous page word for word: the API ignores the paging parameter; the source ends here.");
+            return Ok(None);
+        }
         let records = records.map_err(|e| (e, String::from_utf8_lossy(&body).into_owned()));
         Ok(Some(Page {
             url: display_url(url.as_str()),
@@ -483,7 +610,8 @@ impl super::ReadBatch for HttpBatches {
                     text.push(b'\n');
                     rows.push(row);
                 }
-                let (columns, errors, raw) = decode_records(&self.data_schema, &text, &spans)?;
+                let (columns, errors, raw) =
+                    decode_records(&self.data_schema, &text, &spans, vec![None; spans.len()])?;
                 let url = url.clone();
                 return super::assemble(&self.schema, columns, &url, rows, errors, raw).map(Some);
             }

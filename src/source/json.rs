@@ -15,6 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_json_reader::{Decoder, ReaderBuilder};
 use serde_json::Value;
 
+use super::limit::read_line_limited;
 use super::{FileSource, Piece, PieceUnit, assemble, open_decompressed};
 use crate::config::InputFormat;
 use crate::error::{Error, Result};
@@ -31,6 +32,10 @@ pub(crate) struct Records {
     /// Number of the next record (1-based line for NDJSON, element index for an array).
     next: u64,
     state: ArrayState,
+    /// Longest record kept; a longer one is measured, not kept.
+    max_record: usize,
+    /// The size of the last record when it was over `max_record` (its bytes were dropped).
+    pub(crate) oversized: Option<u64>,
 }
 
 #[derive(PartialEq)]
@@ -41,18 +46,20 @@ enum ArrayState {
 }
 
 impl Records {
-    pub(crate) fn open(path: &Path, format: InputFormat) -> Result<Records> {
+    pub(crate) fn open(path: &Path, format: InputFormat, max_record: usize) -> Result<Records> {
         Ok(Records {
             reader: open_decompressed(path)?,
             array: format == InputFormat::Json,
             next: 1,
             state: ArrayState::Start,
+            max_record,
+            oversized: None,
         })
     }
 
     /// The lines of one byte piece of an uncompressed NDJSON file, numbered from the piece's
     /// first line.
-    fn open_piece(path: &Path, piece: Piece) -> Result<Records> {
+    fn open_piece(path: &Path, piece: Piece, max_record: usize) -> Result<Records> {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
         f.seek(SeekFrom::Start(piece.start))
@@ -65,22 +72,29 @@ impl Records {
             array: false,
             next: piece.first_row,
             state: ArrayState::Start,
+            max_record,
+            oversized: None,
         })
     }
 
     /// The next record, or None at the end. Errors are I/O errors only.
     pub(crate) fn next_record(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Option<u64>> {
         buf.clear();
+        self.oversized = None;
         if self.array {
             return self.next_element(buf);
         }
         loop {
-            let n = self.reader.read_until(b'\n', buf)?;
+            let (n, over) = read_line_limited(&mut self.reader, buf, self.max_record)?;
             if n == 0 {
                 return Ok(None);
             }
             let row = self.next;
             self.next += 1;
+            if over.is_some() {
+                self.oversized = over;
+                return Ok(Some(row));
+            }
             if buf.iter().all(u8::is_ascii_whitespace) {
                 buf.clear();
                 continue; // A blank line is not a record.
@@ -140,7 +154,18 @@ impl Records {
         }
         self.skip_ws()?;
         let (mut depth, mut in_string, mut escaped) = (0i64, false, false);
+        let mut size = 0u64;
+        let limit = self.max_record as u64;
         loop {
+            size += 1;
+            if size > limit && self.oversized.is_none() {
+                // Measured from here on, not kept.
+                self.oversized = Some(size);
+                *buf = Vec::new();
+            }
+            if let Some(s) = &mut self.oversized {
+                *s = size;
+            }
             let Some(b) = self.read_byte()? else {
                 self.state = ArrayState::Done;
                 return Ok(if buf.is_empty() {
@@ -150,7 +175,9 @@ impl Records {
                 });
             };
             if in_string {
-                buf.push(b);
+                if self.oversized.is_none() {
+                    buf.push(b);
+                }
                 if escaped {
                     escaped = false;
                 } else if b == b'\\' {
@@ -167,7 +194,7 @@ impl Records {
                 b']' => {
                     self.state = ArrayState::Done;
                     trim_end(buf);
-                    return Ok(if buf.is_empty() {
+                    return Ok(if buf.is_empty() && self.oversized.is_none() {
                         None
                     } else {
                         Some(self.take_number())
@@ -179,7 +206,9 @@ impl Records {
                 }
                 _ => {}
             }
-            buf.push(b);
+            if self.oversized.is_none() {
+                buf.push(b);
+            }
         }
     }
 
@@ -202,12 +231,13 @@ pub(crate) fn infer_schema(
     name: &str,
     files: &[PathBuf],
     format: InputFormat,
+    max_record: usize,
 ) -> Result<SchemaRef> {
     let mut objects: Vec<Value> = Vec::new();
     let mut buf = Vec::new();
     let mut records = 0usize;
     for f in files {
-        let mut recs = Records::open(f, format)?;
+        let mut recs = Records::open(f, format, max_record)?;
         let mut seen = 0;
         while seen < INFER_RECORDS {
             let Some(_) = recs
@@ -391,14 +421,28 @@ pub(crate) type Decoded = (Vec<ArrayRef>, Vec<Option<String>>, Vec<Option<String
 
 /// Decodes JSON records (`text[span]` each) into `data_schema`'s columns: all at once when they
 /// are well formed, else one by one so that each bad record becomes a null row with its error
-/// and raw text while its neighbours are kept.
+/// and raw text while its neighbours are kept. `known` holds the errors already known (an
+/// oversized record, whose span is empty); a record nested deeper than
+/// [`MAX_DATA_DEPTH`](crate::limits::MAX_DATA_DEPTH) is refused before any decoder sees it.
 pub(crate) fn decode_records(
     data_schema: &SchemaRef,
     text: &[u8],
     spans: &[std::ops::Range<usize>],
+    mut known: Vec<Option<String>>,
 ) -> Result<Decoded> {
     let n = spans.len();
-    let fast = {
+    for (span, err) in spans.iter().zip(known.iter_mut()) {
+        if err.is_none() && crate::limits::too_deep(&text[span.clone()]) {
+            *err = Some(format!(
+                "the record nests deeper than {} levels",
+                crate::limits::MAX_DATA_DEPTH
+            ));
+        }
+    }
+    let any_known = known.iter().any(Option::is_some);
+    let fast = if any_known {
+        None
+    } else {
         let mut d = decoder(data_schema, n)?;
         d.decode(text)
             .and_then(|_| d.flush())
@@ -420,8 +464,14 @@ pub(crate) fn decode_records(
             .map(|f| new_null_array(f.data_type(), 1))
             .collect(),
     )?;
-    for span in spans {
+    for (span, known) in spans.iter().zip(known) {
         let bytes = &text[span.clone()];
+        if let Some(msg) = known {
+            pieces.push(null_row.clone());
+            errors.push(Some(msg));
+            raw.push((!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned()));
+            continue;
+        }
         let mut d = decoder(data_schema, 1)?;
         let decoded = match d.decode(bytes).and_then(|_| d.flush()) {
             Ok(Some(b)) if b.num_rows() == 1 => Ok(b),
@@ -457,11 +507,12 @@ impl super::ReadBatch for JsonBatches {
                     .range(self.next_file)
                     .filter(|p| p.unit == PieceUnit::Bytes);
                 self.next_file += 1;
+                let max_record = self.source.config().max_record_bytes;
                 let recs = match piece {
                     Some(p) if self.source.format() == InputFormat::Ndjson => {
-                        Records::open_piece(&path, p)?
+                        Records::open_piece(&path, p, max_record)?
                     }
-                    _ => Records::open(&path, self.source.format())?,
+                    _ => Records::open(&path, self.source.format(), max_record)?,
                 };
                 self.current = Some((recs, path.display().to_string()));
             }
@@ -471,7 +522,9 @@ impl super::ReadBatch for JsonBatches {
             let mut text = Vec::with_capacity(batch_size * 128);
             let mut spans = Vec::with_capacity(batch_size);
             let mut rows = Vec::with_capacity(batch_size);
+            let mut known = Vec::with_capacity(batch_size);
             let mut buf = Vec::new();
+            let max_record = self.source.config().max_record_bytes;
             while rows.len() < batch_size {
                 let Some(row) = recs
                     .next_record(&mut buf)
@@ -484,12 +537,16 @@ impl super::ReadBatch for JsonBatches {
                 spans.push(start..text.len());
                 text.push(b'\n');
                 rows.push(row);
+                known.push(
+                    recs.oversized
+                        .map(|size| super::limit::oversized_message(size, max_record)),
+                );
             }
             if rows.is_empty() {
                 self.current = None;
                 continue;
             }
-            let (columns, errors, raw) = decode_records(&self.data_schema, &text, &spans)?;
+            let (columns, errors, raw) = decode_records(&self.data_schema, &text, &spans, known)?;
             return assemble(&self.schema, columns, &display, rows, errors, raw).map(Some);
         }
     }
@@ -512,7 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x");
         std::fs::write(&p, text).unwrap();
-        let mut r = Records::open(&p, format).unwrap();
+        let mut r = Records::open(&p, format, 1 << 24).unwrap();
         let mut buf = Vec::new();
         let mut out = Vec::new();
         while let Some(n) = r.next_record(&mut buf).unwrap() {
@@ -569,10 +626,10 @@ mod tests {
                 }
             };
             match pieces {
-                None => each(Records::open(&path, InputFormat::Ndjson).unwrap()),
+                None => each(Records::open(&path, InputFormat::Ndjson, 1 << 24).unwrap()),
                 Some(ps) => {
                     for p in ps {
-                        each(Records::open_piece(&path, p).unwrap());
+                        each(Records::open_piece(&path, p, 1 << 24).unwrap());
                     }
                 }
             }

@@ -14,6 +14,7 @@ pub mod csv;
 mod files;
 pub mod http;
 pub mod json;
+pub(crate) mod limit;
 pub mod parquet;
 pub mod postgres;
 pub mod profile;
@@ -123,8 +124,12 @@ impl FileSource {
             })?,
         };
         let data_schema = match format {
-            InputFormat::Csv => csv::infer_schema(name, &files, &config.csv)?,
-            InputFormat::Ndjson | InputFormat::Json => json::infer_schema(name, &files, format)?,
+            InputFormat::Csv => {
+                csv::infer_schema(name, &files, &config.csv, config.max_record_bytes)?
+            }
+            InputFormat::Ndjson | InputFormat::Json => {
+                json::infer_schema(name, &files, format, config.max_record_bytes)?
+            }
             InputFormat::Parquet => parquet::infer_schema(name, &files)?,
         };
         check_reserved(name, &data_schema)?;
@@ -171,6 +176,8 @@ impl FileSource {
                 csv,
                 credentials: Default::default(),
                 mapping: None,
+                // The cluster codec does not carry the limit yet: executors use the default.
+                max_record_bytes: crate::limits::DEFAULT_MAX_RECORD_BYTES,
             },
             data_schema,
             batch_size,

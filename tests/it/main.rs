@@ -1,6 +1,7 @@
 //! Integration tests: the real `conform` binary on fixtures in `testdata/`, checking the files
 //! it writes. One test binary (faster to link) with a small `Workdir` harness.
 
+mod adversarial;
 mod anomaly;
 mod bench_job;
 mod cli;

@@ -77,17 +77,7 @@ impl std::fmt::Debug for LlmMapper {
     }
 }
 
-/// A URL for messages: user-info (credentials) removed.
-pub fn display_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string().trim_end_matches('/').to_string()
-        }
-        Err(_) => "(invalid URL)".into(),
-    }
-}
+use crate::net::display_url;
 
 impl LlmMapper {
     /// A mapper for the configured endpoint. Fails if no key and no base URL is configured
@@ -150,7 +140,7 @@ impl LlmMapper {
                 }
                 format!("HTTP {}: {}", a.status_code, msg.trim())
             }
-            OpenAIError::Reqwest(r) => transport::without_url(&r),
+            OpenAIError::Reqwest(r) => crate::net::without_url(&r),
             OpenAIError::JSONDeserialize(err, _) => {
                 format!("the response is not a chat completion ({err})")
             }

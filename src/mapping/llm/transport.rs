@@ -4,7 +4,6 @@
 //! async-openai accepts any tower service as its transport; this is that service. Its own retry
 //! layer has a fixed attempt count, no jitter and does not retry timeouts, so it is replaced.
 
-use std::hash::{BuildHasher, Hasher};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,10 +12,7 @@ use async_openai::middleware::HttpRequestFactory;
 use futures::future::BoxFuture;
 use reqwest::{Response, StatusCode};
 
-/// First backoff delay; doubled per attempt.
-const BASE_DELAY: Duration = Duration::from_millis(250);
-/// Longest backoff delay (and longest `Retry-After` honoured).
-const MAX_DELAY: Duration = Duration::from_secs(60);
+use crate::net::{backoff, retry_after, without_url};
 
 /// A reqwest client that retries what is worth retrying.
 #[derive(Clone, Debug)]
@@ -42,40 +38,6 @@ impl RetryingHttp {
 /// Whether a response status is worth another attempt.
 fn retryable_status(s: StatusCode) -> bool {
     s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error()
-}
-
-/// `Retry-After` as seconds or an HTTP date, at most 60 s.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let wait = match v.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
-        Ok(_) => return None,
-        Err(_) => {
-            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-        }
-    };
-    Some(wait.min(MAX_DELAY))
-}
-
-/// Backoff before retry number `attempt` (0-based): exponential, capped, with jitter between
-/// half and the whole delay so that many clients do not retry in lockstep.
-pub fn backoff(attempt: u32) -> Duration {
-    let full = BASE_DELAY
-        .saturating_mul(2u32.saturating_pow(attempt))
-        .min(MAX_DELAY);
-    // A fresh RandomState is randomly seeded: enough randomness for jitter without a crate.
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let frac = 0.5 + (r % 1000) as f64 / 2000.0;
-    full.mul_f64(frac)
 }
 
 impl tower::Service<HttpRequestFactory> for RetryingHttp {
@@ -116,48 +78,5 @@ impl tower::Service<HttpRequestFactory> for RetryingHttp {
                 tokio::time::sleep(wait).await;
             }
         })
-    }
-}
-
-/// A reqwest error's text without its URL (which may carry credentials in its user-info part).
-pub fn without_url(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_decode() {
-        "could not decode the response"
-    } else if e.is_body() {
-        "the response body failed"
-    } else {
-        "request failed"
-    };
-    let mut source = std::error::Error::source(e);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
-    if detail.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {detail}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for a in 0..20 {
-            let d = backoff(a);
-            let full = BASE_DELAY
-                .saturating_mul(2u32.saturating_pow(a))
-                .min(MAX_DELAY);
-            assert!(d >= full / 2 && d <= full, "attempt {a}: {d:?} vs {full:?}");
-        }
-        assert!(backoff(30) <= MAX_DELAY);
     }
 }

@@ -39,11 +39,17 @@ pub fn all() -> Vec<ScalarUDF> {
     ]
 }
 
-/// Registers every conform function on a session.
+mod guard;
+
+pub use guard::GUARDED;
+
+/// Registers every conform function on a session, and the allow-listed built-ins in their
+/// guarded form (row-level try semantics, bounded output).
 pub fn register_all(ctx: &SessionContext) {
     for f in all() {
         ctx.register_udf(f);
     }
+    guard::register(ctx);
 }
 
 /// Names and signatures of the conform functions, for documentation and prompts.

@@ -1,0 +1,278 @@
+//! Row-level try semantics for DataFusion's built-in functions in the mapping allow-list.
+//!
+//! Built-ins fail a whole batch on one bad value (`make_date` with month 13, `chr` out of
+//! range, `abs` of the smallest integer, a regex pattern read from a column holding `(`). Each
+//! allow-listed built-in is registered under its own name as a wrapper that evaluates the batch
+//! and, only when that fails, evaluates it again row by row: a row whose call fails gets null,
+//! so the validator reports that field on that row and the batch goes on. Functions whose
+//! output size follows an argument (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`) get
+//! null instead of a result over [`MAX_VALUE_BYTES`], before anything is allocated.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, new_null_array};
+use arrow::datatypes::{DataType, FieldRef, Int64Type};
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature,
+};
+use datafusion::prelude::SessionContext;
+
+use crate::limits::MAX_VALUE_BYTES;
+
+type DfResult<T> = datafusion::error::Result<T>;
+
+/// Built-ins of the allow-list that can fail on a value, or grow their output with one.
+pub const GUARDED: &[&str] = &[
+    "lower",
+    "upper",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "concat",
+    "concat_ws",
+    "substr",
+    "substring",
+    "left",
+    "right",
+    "lpad",
+    "rpad",
+    "replace",
+    "regexp_replace",
+    "regexp_like",
+    "split_part",
+    "initcap",
+    "length",
+    "char_length",
+    "character_length",
+    "octet_length",
+    "reverse",
+    "repeat",
+    "strpos",
+    "starts_with",
+    "ends_with",
+    "translate",
+    "ascii",
+    "chr",
+    "contains",
+    "to_hex",
+    "nullif",
+    "abs",
+    "round",
+    "floor",
+    "ceil",
+    "trunc",
+    "power",
+    "pow",
+    "sqrt",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "exp",
+    "signum",
+    "greatest",
+    "least",
+    "date_part",
+    "date_trunc",
+    "to_char",
+    "make_date",
+    "from_unixtime",
+    "array_element",
+];
+
+/// Replaces each guarded built-in on the session by its guarded form, under the same name (so
+/// plans, `explain` and the cluster's function registry see the usual names).
+pub fn register(ctx: &SessionContext) {
+    for name in GUARDED {
+        if let Some(inner) = ctx.state().scalar_functions().get(*name).cloned() {
+            let any: &dyn std::any::Any = inner.inner().as_ref();
+            if any.is::<Guarded>() {
+                continue;
+            }
+            ctx.register_udf(ScalarUDF::new_from_impl(Guarded { inner }));
+        }
+    }
+}
+
+/// A built-in with row-level try semantics.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Guarded {
+    inner: Arc<ScalarUDF>,
+}
+
+impl ScalarUDFImpl for Guarded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn schema_name(&self, args: &[datafusion::prelude::Expr]) -> DfResult<String> {
+        self.inner.inner().schema_name(args)
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        self.inner.inner().return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        // A row that fails is null, so the result is always nullable.
+        let f = self.inner.return_field_from_args(args)?;
+        Ok(Arc::new(f.as_ref().clone().with_nullable(true)))
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn short_circuits(&self) -> bool {
+        self.inner.short_circuits()
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        size_guard(self.name(), &mut args.args, n)?;
+        match call(&self.inner, args.clone()) {
+            Ok(v) => Ok(v),
+            Err(_) => by_row(&self.inner, args),
+        }
+    }
+}
+
+/// One call; a panic inside a built-in is an error like any other.
+fn call(f: &ScalarUDF, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| f.invoke_with_args(args))) {
+        Ok(r) => r,
+        Err(_) => Err(DataFusionError::Execution(format!("{} panicked", f.name()))),
+    }
+}
+
+/// The batch again, one row at a time; failing rows are null.
+fn by_row(f: &ScalarUDF, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+    let n = args.number_rows;
+    let out_type = args.return_field.data_type().clone();
+    let all_scalar = args
+        .args
+        .iter()
+        .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+    if all_scalar {
+        // Every row is the same call, and it failed.
+        return Ok(ColumnarValue::Scalar(ScalarValue::try_from(&out_type)?));
+    }
+    let mut pieces: Vec<ArrayRef> = Vec::with_capacity(n);
+    for i in 0..n {
+        let one = args
+            .args
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Array(arr) => ColumnarValue::Array(arr.slice(i, 1)),
+                ColumnarValue::Scalar(s) => ColumnarValue::Scalar(s.clone()),
+            })
+            .collect();
+        let row_args = ScalarFunctionArgs {
+            args: one,
+            arg_fields: args.arg_fields.clone(),
+            number_rows: 1,
+            return_field: Arc::clone(&args.return_field),
+            config_options: Arc::clone(&args.config_options),
+        };
+        let piece = call(f, row_args)
+            .and_then(|v| v.into_array(1))
+            .ok()
+            .filter(|a| a.len() == 1 && a.data_type() == &out_type)
+            .unwrap_or_else(|| new_null_array(&out_type, 1));
+        pieces.push(piece);
+    }
+    let refs: Vec<&dyn Array> = pieces.iter().map(AsRef::as_ref).collect();
+    Ok(ColumnarValue::Array(arrow::compute::concat(&refs)?))
+}
+
+/// Nulls every argument of the rows whose result would exceed [`MAX_VALUE_BYTES`], so the
+/// function returns null for them without building the result (some size their output buffer
+/// from the length arguments of all rows, so the text alone is not enough).
+fn size_guard(name: &str, args: &mut [ColumnarValue], n: usize) -> DfResult<()> {
+    let limit = MAX_VALUE_BYTES as i128;
+    let too_big: Vec<bool> = match name {
+        // repeat(text, count): len · count bytes.
+        "repeat" if args.len() == 2 => {
+            let lens = byte_lengths(&args[0], n)?;
+            let counts = integers(&args[1], n)?;
+            (0..n)
+                .map(|i| match (lens[i], counts[i]) {
+                    (Some(l), Some(c)) => (l as i128) * (c.max(0) as i128) > limit,
+                    _ => false,
+                })
+                .collect()
+        }
+        // lpad/rpad(text, length[, fill]): up to 4 bytes per character of `length`.
+        "lpad" | "rpad" if args.len() >= 2 => {
+            let lengths = integers(&args[1], n)?;
+            lengths
+                .iter()
+                .map(|l| l.is_some_and(|l| (l as i128) * 4 > limit))
+                .collect()
+        }
+        // replace(text, from, to) and regexp_replace(text, pattern, to, …): at worst `to`
+        // between every two characters (an empty pattern).
+        "replace" | "regexp_replace" if args.len() >= 3 => {
+            let lens = byte_lengths(&args[0], n)?;
+            let tos = byte_lengths(&args[2], n)?;
+            (0..n)
+                .map(|i| match (lens[i], tos[i]) {
+                    (Some(l), Some(t)) => (l as i128 + 1) * (t as i128) + l as i128 > limit,
+                    _ => false,
+                })
+                .collect()
+        }
+        _ => return Ok(()),
+    };
+    if !too_big.iter().any(|b| *b) {
+        return Ok(());
+    }
+    let mask = BooleanArray::from(too_big);
+    for arg in args.iter_mut() {
+        let arr = arg.to_array(n)?;
+        *arg = ColumnarValue::Array(arrow::compute::nullif(&arr, &mask)?);
+    }
+    Ok(())
+}
+
+/// Byte length of each row's text (None for null or non-text).
+fn byte_lengths(v: &ColumnarValue, n: usize) -> DfResult<Vec<Option<usize>>> {
+    let arr = v.to_array(n)?;
+    if !matches!(
+        arr.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Ok(vec![None; n]);
+    }
+    let lens = arrow::compute::kernels::length::length(&arr)?;
+    let lens = arrow::compute::cast(&lens, &DataType::Int64)?;
+    let lens = arrow::array::AsArray::as_primitive::<Int64Type>(lens.as_ref());
+    Ok(lens.iter().map(|l| l.map(|l| l.max(0) as usize)).collect())
+}
+
+/// Each row's integer argument (None for null or not a number).
+fn integers(v: &ColumnarValue, n: usize) -> DfResult<Vec<Option<i64>>> {
+    let arr = v.to_array(n)?;
+    if !arr.data_type().is_numeric() {
+        return Ok(vec![None; n]);
+    }
+    let ints = arrow::compute::cast(&arr, &DataType::Int64)?;
+    let ints = arrow::array::AsArray::as_primitive::<Int64Type>(ints.as_ref());
+    Ok(ints.iter().collect())
+}

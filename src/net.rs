@@ -1,0 +1,230 @@
+//! Network helpers that every layer may use and that use nothing above them: retry timing
+//! (exponential backoff with jitter, `Retry-After`), error text without URLs, origins, and URLs
+//! made safe to show (no user-info, no secret query values).
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use reqwest::Url;
+
+/// First backoff delay; doubled per attempt.
+pub(crate) const BASE_DELAY: Duration = Duration::from_millis(250);
+/// Longest backoff delay (and longest `Retry-After` honoured).
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// Query parameters whose values are secrets wherever they appear (compared without case and
+/// without `-`/`_`): their values are shown as `***`.
+const SECRET_PARAMS: &[&str] = &[
+    "apikey",
+    "key",
+    "token",
+    "accesstoken",
+    "authtoken",
+    "refreshtoken",
+    "idtoken",
+    "auth",
+    "sig",
+    "signature",
+    "secret",
+    "clientsecret",
+    "password",
+    "passwd",
+    "pwd",
+    "session",
+    "sessionid",
+    "sessiontoken",
+    "credential",
+    "credentials",
+    "xamzsignature",
+    "xamzcredential",
+    "xamzsecuritytoken",
+    "code",
+];
+
+/// Whether a query parameter's value must never be shown.
+pub fn is_secret_param(name: &str) -> bool {
+    let key: String = name
+        .chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect();
+    SECRET_PARAMS.contains(&key.as_str())
+}
+
+/// A URL for messages, logs and outputs: user-info removed and the values of well-known secret
+/// query parameters replaced by `***` (`?api_key=***&page=2`).
+pub fn display_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            if u.query().is_some() {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_param(&k) {
+                            "***".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                if pairs.iter().any(|(_, v)| v == "***") {
+                    // Rebuilt by hand so that `***` stays readable instead of `%2A%2A%2A`.
+                    let query = pairs
+                        .iter()
+                        .map(|(k, v)| {
+                            if v == "***" {
+                                format!("{}=***", encode(k))
+                            } else {
+                                format!("{}={}", encode(k), encode(v))
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("&");
+                    u.set_query(Some(&query));
+                }
+            }
+            u.to_string().trim_end_matches('/').to_string()
+        }
+        Err(_) => "(invalid URL)".into(),
+    }
+}
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The origin of a URL as RFC 6454 defines it: scheme, host and port (the scheme's default
+/// port when none is written). Credentials belong to one origin.
+pub fn origin(url: &Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+/// Whether two URLs share an origin.
+pub fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// `Retry-After` as seconds or an HTTP date, at most 60 s.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let wait = match v.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return None,
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_DELAY))
+}
+
+/// Backoff before retry number `attempt` (0-based): exponential, capped, with jitter between
+/// half and the whole delay so that many clients do not retry in lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    let full = BASE_DELAY
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(MAX_DELAY);
+    // A fresh RandomState is randomly seeded: enough randomness for jitter without a crate.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let frac = 0.5 + (r % 1000) as f64 / 2000.0;
+    full.mul_f64(frac)
+}
+
+/// A reqwest error's text without its URL (which may carry credentials in its user-info part).
+pub fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_decode() {
+        "could not decode the response"
+    } else if e.is_body() {
+        "the response body failed"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for a in 0..20 {
+            let d = backoff(a);
+            let full = BASE_DELAY
+                .saturating_mul(2u32.saturating_pow(a))
+                .min(MAX_DELAY);
+            assert!(d >= full / 2 && d <= full, "attempt {a}: {d:?} vs {full:?}");
+        }
+        assert!(backoff(30) <= MAX_DELAY);
+    }
+
+    #[test]
+    fn secret_query_values_and_user_info_are_not_shown() {
+        let shown = display_url(
+            "https://u:pw@api.example/v1/items?api_key=K1&page=2&Access-Token=T2&sig=S3",
+        );
+        assert_eq!(
+            shown,
+            "https://api.example/v1/items?api_key=***&page=2&Access-Token=***&sig=***"
+        );
+        for secret in ["K1", "T2", "S3", "pw"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_eq!(
+            display_url("http://127.0.0.1:8080/a?page=2&q=x%20y"),
+            "http://127.0.0.1:8080/a?page=2&q=x%20y",
+            "a URL without secrets is unchanged"
+        );
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(same_origin(
+            &u("http://127.0.0.1:80/a"),
+            &u("http://127.0.0.1/b?c")
+        ));
+        assert!(!same_origin(
+            &u("http://127.0.0.1:81/a"),
+            &u("http://127.0.0.1:82/a")
+        ));
+        assert!(!same_origin(
+            &u("http://127.0.0.1/a"),
+            &u("http://127.0.0.2/a")
+        ));
+        assert!(!same_origin(&u("http://h/a"), &u("https://h/a")));
+        assert_eq!(origin(&u("https://h/x")), "https://h:443");
+    }
+}
