@@ -112,10 +112,8 @@ pub fn expr_depth(text: &str) -> usize {
                 }
             }
             b'(' => chains.push(0),
-            b')' => {
-                if chains.len() > 1 {
-                    chains.pop();
-                }
+            b')' if chains.len() > 1 => {
+                chains.pop();
             }
             b',' => *chains.last_mut().expect("one level") = 0,
             b'+' | b'-' | b'*' | b'/' | b'%' | b'=' | b'<' | b'>' | b'|' | b'&' | b'^' => {
@@ -133,10 +131,8 @@ pub fn expr_depth(text: &str) -> usize {
                 let word = text[start..=i].to_ascii_uppercase();
                 match word.as_str() {
                     "CASE" => chains.push(0),
-                    "END" => {
-                        if chains.len() > 1 {
-                            chains.pop();
-                        }
+                    "END" if chains.len() > 1 => {
+                        chains.pop();
                     }
                     "WHEN" | "THEN" | "ELSE" => *chains.last_mut().expect("one level") = 0,
                     "AND" | "OR" | "LIKE" | "ILIKE" | "IS" => {

@@ -13,7 +13,7 @@ use datafusion::prelude::{Expr, lit};
 use crate::error::Result;
 use crate::mapping::CompiledMapping;
 use crate::mapping::compile::column;
-use crate::source::{ERROR_COL, FILE_COL, RAW_COL, ROW_COL};
+use crate::source::{ERROR_COL, FILE_COL, RAW_COL, RECORD_COL, ROW_COL};
 use crate::validate::{SRC_PREFIX, Validator};
 
 /// Name of the row-is-valid column.
@@ -30,9 +30,9 @@ pub struct Layout {
     pub ok_start: usize,
     /// Column of each check's detail text, if it has one.
     pub detail: Vec<Option<usize>>,
-    /// First pass-through source column.
-    pub src_start: usize,
-    /// Source column names, in source order.
+    /// The struct column of all source values (see [`RECORD_COL`]).
+    pub record: usize,
+    /// Source column names, in source order (the record's fields).
     pub src_columns: Vec<String>,
     /// Provenance columns.
     pub file: usize,
@@ -68,13 +68,25 @@ pub fn build(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let provenance = [FILE_COL, ROW_COL, ERROR_COL, RAW_COL];
+    let provenance = [FILE_COL, ROW_COL, ERROR_COL, RAW_COL, RECORD_COL];
     let targets: Vec<String> = mapping.fields.iter().map(|f| f.name.clone()).collect();
-    // 1. Mapping: target fields, plus the source columns as read (for errors and the invalid
-    //    output), plus provenance.
+    // 1. Mapping: target fields, plus the source columns the checks read (as read, for the
+    //    presence checks), plus provenance with the whole record for the invalid output.
     let mut p1: Vec<Expr> = mapping.fields.iter().map(|f| f.expr.clone()).collect();
+    let mut checked: Vec<&str> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in validator
+        .checks
+        .iter()
+        .flat_map(|c| c.sources.iter())
+        .chain(mapping.fields.iter().flat_map(|f| f.sources.iter()))
+    {
+        if seen.insert(s.as_str()) {
+            checked.push(s);
+        }
+    }
     p1.extend(
-        src_columns
+        checked
             .iter()
             .map(|s| column(s).alias(format!("{SRC_PREFIX}{s}"))),
     );
@@ -101,11 +113,6 @@ pub fn build(
             None => detail.push(None),
         }
     }
-    let src_start = p2.len();
-    for s in &src_columns {
-        let name = format!("{SRC_PREFIX}{s}");
-        p2.push((column(&name), name));
-    }
     let prov_start = p2.len();
     p2.extend(provenance.iter().map(|c| (column(c), c.to_string())));
     // 3. The verdict, from the masks already computed (a separate projection, so the masks are
@@ -123,7 +130,7 @@ pub fn build(
         targets,
         ok_start,
         detail,
-        src_start,
+        record: prov_start + 4,
         src_columns,
         file: prov_start,
         row: prov_start + 1,

@@ -272,16 +272,26 @@ impl TableProvider for ScanTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        // The plan reads every column (the invalid output echoes the whole record).
-        if projection.is_some_and(|p| p.len() != self.schema.fields().len()) {
-            return Err(datafusion::error::DataFusionError::Internal(
-                "the conform scan reads all columns".into(),
-            ));
-        }
         let work = work_exec(&self.items).map_err(external)?;
-        Ok(Arc::new(
-            ScanExec::try_new(Arc::clone(&self.spec), work).map_err(external)?,
-        ))
+        let scan: Arc<dyn ExecutionPlan> =
+            Arc::new(ScanExec::try_new(Arc::clone(&self.spec), work).map_err(external)?);
+        // The readers produce every column (the record column shares their buffers); the plan
+        // needs only the mapped ones and the record, so a projection picks them.
+        match projection {
+            Some(p) if p.len() != self.schema.fields().len() => {
+                let exprs = p.iter().map(|&i| {
+                    let name = self.schema.field(i).name().clone();
+                    let col: Arc<dyn datafusion::physical_plan::PhysicalExpr> = Arc::new(
+                        datafusion::physical_expr::expressions::Column::new(&name, i),
+                    );
+                    (col, name)
+                });
+                Ok(Arc::new(
+                    datafusion::physical_plan::projection::ProjectionExec::try_new(exprs, scan)?,
+                ))
+            }
+            _ => Ok(scan),
+        }
     }
 }
 

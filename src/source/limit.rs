@@ -271,8 +271,9 @@ mod tests {
 
     #[test]
     fn a_quote_inside_an_unquoted_field_is_data() {
+        // Were the quote to open a quoted field, the two lines would be one record over 8 bytes.
         let text = b"ab\"c,d\ne,f\n";
-        assert_eq!(through(text, 5), text.to_vec());
+        assert_eq!(through(text, 8), text.to_vec());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod profile;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{ArrayRef, RecordBatch, StringArray, StructArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -42,8 +42,14 @@ pub const ERROR_COL: &str = "__error";
 /// Raw text of a record that could not be parsed into columns.
 pub const RAW_COL: &str = "__raw";
 
+/// All the source's columns as one struct column: what the invalid output shows of a row.
+/// Carried through the plan as one column, so that a source with tens of thousands of columns
+/// costs the planner one column, not tens of thousands (DataFusion resolves columns by name
+/// with linear searches, which makes wide projections quadratic).
+pub const RECORD_COL: &str = "__record";
+
 /// Names reserved for provenance.
-pub const PROVENANCE: [&str; 4] = [FILE_COL, ROW_COL, ERROR_COL, RAW_COL];
+pub const PROVENANCE: [&str; 5] = [FILE_COL, ROW_COL, ERROR_COL, RAW_COL, RECORD_COL];
 
 /// A configured source: one or more files of one format, or an HTTP JSON API.
 #[derive(Debug, Clone)]
@@ -391,6 +397,8 @@ pub fn with_provenance(data: &Schema) -> SchemaRef {
     fields.push(Field::new(ROW_COL, DataType::UInt64, false));
     fields.push(Field::new(ERROR_COL, DataType::Utf8, true));
     fields.push(Field::new(RAW_COL, DataType::Utf8, true));
+    let data: Vec<Field> = fields[..data.fields().len()].to_vec();
+    fields.push(Field::new(RECORD_COL, DataType::Struct(data.into()), false));
     Arc::new(Schema::new(fields))
 }
 
@@ -404,12 +412,28 @@ pub(crate) fn assemble(
     raw: Vec<Option<String>>,
 ) -> Result<RecordBatch> {
     let n = rows.len();
+    // The struct shares the data columns' buffers.
+    let record: ArrayRef = match schema.field_with_name(RECORD_COL)?.data_type() {
+        DataType::Struct(fields) if fields.is_empty() => {
+            Arc::new(StructArray::new_empty_fields(n, None))
+        }
+        DataType::Struct(fields) => {
+            Arc::new(StructArray::try_new(fields.clone(), columns.clone(), None)?)
+        }
+        other => {
+            return Err(Error::source(
+                "(internal)",
+                format!("the record column has type {other}"),
+            ));
+        }
+    };
     columns.push(Arc::new(StringArray::from_iter_values(
         std::iter::repeat_n(file, n),
     )));
     columns.push(Arc::new(UInt64Array::from(rows)));
     columns.push(Arc::new(StringArray::from(errors)));
     columns.push(Arc::new(StringArray::from(raw)));
+    columns.push(record);
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 

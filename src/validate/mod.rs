@@ -296,7 +296,7 @@ mod tests {
 
     use std::sync::Arc;
 
-    use arrow::array::{RecordBatch, StringArray, UInt64Array};
+    use arrow::array::StringArray;
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::{MemTable, provider_as_source};
     use datafusion::logical_expr::LogicalPlanBuilder;
@@ -329,15 +329,13 @@ mod tests {
         let validator = Validator::new(&target, &mapping);
         let schema = with_provenance(&data);
         let n = values.len();
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(StringArray::from(values.to_vec())),
-                Arc::new(StringArray::from(vec!["t.csv"; n])),
-                Arc::new(UInt64Array::from((1..=n as u64).collect::<Vec<_>>())),
-                Arc::new(StringArray::from(vec![None::<&str>; n])),
-                Arc::new(StringArray::from(vec![None::<&str>; n])),
-            ],
+        let batch = crate::source::assemble(
+            &schema,
+            vec![Arc::new(StringArray::from(values.to_vec()))],
+            "t.csv",
+            (1..=n as u64).collect(),
+            vec![None; n],
+            vec![None; n],
         )
         .unwrap();
         let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap();

@@ -196,9 +196,10 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
     let malformed = b.column(layout.error).as_string::<i32>();
     let raw = b.column(layout.raw).as_string::<i32>();
     let opts = FormatOptions::default();
+    let record = b.column(layout.record).as_struct();
     let values: Vec<SourceValues> = (0..layout.src_columns.len())
         .map(|i| {
-            let column = b.column(layout.src_start + i);
+            let column = record.column(i);
             Ok(match column.as_string_opt::<i32>() {
                 Some(text) => SourceValues::Text(text),
                 None => SourceValues::Json(crate::functions::column_to_json(column)?),
@@ -217,15 +218,18 @@ fn describe_invalid(b: &RecordBatch, layout: &Layout, checks: &[Check]) -> Resul
         })
         .collect();
     // For each check, the positions of its source columns, for `type` messages.
+    let position: std::collections::HashMap<&str, usize> = layout
+        .src_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
     let check_sources: Vec<Vec<(usize, &str)>> = checks
         .iter()
         .map(|c| {
             c.sources
                 .iter()
-                .filter_map(|s| {
-                    let i = layout.src_columns.iter().position(|c| c == s)?;
-                    Some((i, s.as_str()))
-                })
+                .filter_map(|s| Some((*position.get(s.as_str())?, s.as_str())))
                 .collect()
         })
         .collect();

@@ -601,7 +601,7 @@ fn a_full_disk_fails_the_source_with_the_system_error_and_the_file() {
         .arg(&out)
         .output();
     if !matches!(&mounted, Ok(o) if o.status.success()) {
-        println!("skipped: a small tmpfs cannot be mounted here (the test needs root)");
+        eprintln!("skipped: a small tmpfs cannot be mounted here (the test needs root)");
         return;
     }
     struct Unmount(std::path::PathBuf);
