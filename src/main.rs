@@ -11,6 +11,11 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli::init_logging(&cli);
+    // Cluster processes run until stopped and handle their signals themselves.
+    #[cfg(feature = "ballista")]
+    if let cli::Command::Cluster { command } = cli.command {
+        return cli::cluster::main(command);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 
+#[cfg(feature = "ballista")]
+pub mod cluster;
+
 use conform::config::OutputFormat;
 use conform::{Config, Error, MapperChoice, Pipeline};
 
@@ -165,6 +168,13 @@ pub enum Command {
         #[arg(long, short = 'c', default_value = "config.json")]
         config: PathBuf,
     },
+    /// Run a Ballista scheduler or executor for `run --cluster`.
+    #[cfg(feature = "ballista")]
+    Cluster {
+        /// Which process.
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
 }
 
 /// `--progress` values.
@@ -242,6 +252,12 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
         closed: false,
     };
     match cli.command {
+        // `main` starts cluster processes before any of this; nothing to do here.
+        #[cfg(feature = "ballista")]
+        Command::Cluster { .. } => Err(Error::config(
+            "cluster",
+            "cluster processes are started directly by the binary",
+        )),
         Command::Schema { config } => {
             let config = Config::load(&config)?;
             let target = conform::TargetSchema::try_new(&config.internal_schema)?;

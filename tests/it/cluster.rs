@@ -1,5 +1,5 @@
 //! The benchmark job on a Ballista cluster gives the same rows as the local run: in Ballista's
-//! standalone mode (scheduler and executor in this process) and with real `conform-cluster`
+//! standalone mode (scheduler and executor in this process) and with real `conform cluster`
 //! scheduler and executor processes.
 
 use std::collections::BTreeMap;
@@ -194,9 +194,10 @@ fn free_port_pair() -> u16 {
     }
 }
 
-/// Starts `conform-cluster ARGS` and waits for its ready line.
+/// Starts `conform cluster ARGS` and waits for its ready line.
 fn start(args: &[String]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_conform-cluster"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conform"))
+        .arg("cluster")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -214,8 +215,8 @@ fn start(args: &[String]) -> Process {
     });
     let line = rx
         .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("conform-cluster {args:?} did not get ready"));
-    assert!(line.starts_with("conform-cluster "), "{line}");
+        .unwrap_or_else(|_| panic!("conform cluster {args:?} did not get ready"));
+    assert!(line.starts_with("conform cluster "), "{line}");
     Process(child)
 }
 

@@ -1,6 +1,8 @@
-//! `conform-cluster`: the Apache DataFusion Ballista scheduler and executor processes with
-//! conform's functions and plan nodes registered, so that `conform run --cluster df://HOST:PORT`
-//! can send them a source's plan.
+//! `conform cluster scheduler|executor`: the Apache DataFusion Ballista scheduler and executor
+//! processes with conform's functions and plan nodes registered, so that
+//! `conform run --cluster df://HOST:PORT` can send them a source's plan. They live in the one
+//! `conform` binary (built with the `ballista` feature): one link of DataFusion and Ballista
+//! instead of two.
 //!
 //! Both run in the foreground until SIGTERM or Ctrl-C and print one line when they accept
 //! connections.
@@ -15,23 +17,13 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use conform::cluster::{ConformCodec, function_registry, session_state};
 use datafusion::prelude::SessionConfig;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "conform-cluster",
-    version,
-    about = "Ballista scheduler and executor processes for conform"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
+/// The cluster's processes.
 #[derive(Debug, Subcommand)]
-enum Command {
+pub enum ClusterCommand {
     /// Start a scheduler: it plans submitted jobs into tasks and hands them to executors.
     Scheduler {
         /// Address to listen on.
@@ -64,37 +56,30 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+/// Runs a cluster process until it stops or a signal ends it; the exit code.
+pub fn main(command: ClusterCommand) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("conform-cluster: cannot start the runtime: {e}");
+            eprintln!("conform cluster: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("conform-cluster: {e}");
+            eprintln!("conform cluster: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> Result<(), String> {
+async fn run(command: ClusterCommand) -> Result<(), String> {
     match command {
-        Command::Scheduler { host, port } => {
+        ClusterCommand::Scheduler { host, port } => {
             let addr: SocketAddr = format!("{host}:{port}")
                 .parse()
                 .map_err(|e| format!("bad address {host}:{port}: {e}"))?;
@@ -120,7 +105,7 @@ async fn run(command: Command) -> Result<(), String> {
                 _ = shutdown() => Ok(()),
             }
         }
-        Command::Executor {
+        ClusterCommand::Executor {
             scheduler_host,
             scheduler_port,
             host,
@@ -178,13 +163,13 @@ async fn announce_when_listening(addr: SocketAddr, what: &'static str, at: Strin
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             #[allow(clippy::print_stdout)]
             {
-                println!("conform-cluster {what} ready on {at}");
+                println!("conform cluster {what} ready on {at}");
             }
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("conform-cluster: the {what} is not accepting connections on {addr} after 60 s");
+    eprintln!("conform cluster: the {what} is not accepting connections on {addr} after 60 s");
 }
 
 /// Ctrl-C or SIGTERM.
