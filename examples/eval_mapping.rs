@@ -1,4 +1,4 @@
-//! Scores a mapper on schema-matching cases (see `conform::mapping::eval`).
+//! Scores a mapper on schema-matching cases (see `conform::pipeline::eval`).
 //!
 //! `cargo run --example eval_mapping -- [DIR] [--mapper heuristic|llm]`; the LLM mapper reads
 //! its endpoint from OPENAI_API_KEY / OPENAI_BASE_URL and the model from CONFORM_EVAL_MODEL.
@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use conform::MapperChoice;
-use conform::mapping::eval::{Score, evaluate_all};
+use conform::pipeline::eval::{Score, evaluate_all};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -31,6 +31,8 @@ pub mod anomaly;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod format;
+pub mod fs;
 pub mod functions;
 pub mod limits;
 pub mod mapping;
@@ -40,6 +42,8 @@ pub mod plan;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod split;
+pub mod sql;
 pub mod summary;
 pub mod validate;
 

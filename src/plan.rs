@@ -3,7 +3,7 @@
 //!
 //! The plan only uses DataFusion expressions and the functions in [`crate::functions`], so the
 //! same plan can run on a local `SessionContext` or be shipped to another engine. The valid/
-//! invalid split is a filter on `__valid`; locally [`crate::validate::split`] does it per batch
+//! invalid split is a filter on `__valid`; locally [`crate::split::split`] does it per batch
 //! and builds error lists for the invalid side.
 
 use arrow::datatypes::Schema;

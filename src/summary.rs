@@ -91,6 +91,6 @@ impl RunSummary {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
-        crate::sink::atomic_write(&dir.join("run_summary.json"), text.as_bytes())
+        crate::fs::atomic_write(&dir.join("run_summary.json"), text.as_bytes())
     }
 }

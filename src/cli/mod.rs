@@ -323,6 +323,9 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 config.output_directory = std::env::current_dir().map(|c| c.join(&d)).unwrap_or(d);
             }
             let pipeline = common.pipeline(config)?.with_cluster(cluster)?;
+            #[cfg(feature = "ballista")]
+            let pipeline =
+                pipeline.with_remote_engine(std::sync::Arc::new(conform::cluster::Ballista));
             let names = selected(&pipeline, &common.sources)?;
             let out_dir = pipeline.config().output_dir();
             std::fs::create_dir_all(&out_dir)
@@ -458,12 +461,12 @@ async fn per_source(
                         p.document_path.display()
                     )),
                 }
-                console.line(conform::mapping::explain::table(&p.document).trim_end());
+                console.line(conform::pipeline::explain::table(&p.document).trim_end());
             }
             Mode::Diff => {
                 let stored = conform::mapping::MappingDocument::load(&p.document_path).ok();
                 let text = match &stored {
-                    Some(old) => conform::mapping::explain::diff(old, &p.document),
+                    Some(old) => conform::pipeline::explain::diff(old, &p.document),
                     None => format!(
                         "no stored mapping at {}; everything would be new\n",
                         p.document_path.display()
@@ -486,7 +489,7 @@ async fn per_source(
                 ));
             }
             Mode::Explain => {
-                console.line(conform::mapping::explain::explain(&p).trim_end());
+                console.line(conform::pipeline::explain::explain(&p).trim_end());
             }
         }
     }

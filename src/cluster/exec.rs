@@ -43,8 +43,9 @@ use crate::source::json::split as json_split;
 use crate::source::parquet::split as parquet_split;
 use crate::source::{FileSource, with_provenance};
 use crate::source::{Piece, PieceUnit};
+use crate::split::split;
 use crate::validate::report::{ErrorCounts, count_errors};
-use crate::validate::{Check, Validator, split};
+use crate::validate::{Check, Validator};
 
 type DfResult<T> = datafusion::error::Result<T>;
 

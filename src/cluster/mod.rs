@@ -197,6 +197,22 @@ struct Merged {
 
 /// Runs a prepared file source on the cluster: builds and submits the plan, merges the
 /// partitions' counts into `report`.
+/// Runs file sources on a Ballista cluster: the pipeline's [`RemoteEngine`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ballista;
+
+impl crate::pipeline::RemoteEngine for Ballista {
+    fn transform<'a>(
+        &'a self,
+        pipeline: &'a Pipeline,
+        prepared: &'a PreparedSource,
+        address: &'a str,
+        report: &'a mut SourceReport,
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(transform(pipeline, prepared, address, report))
+    }
+}
+
 pub(crate) async fn transform(
     pipeline: &Pipeline,
     prepared: &PreparedSource,

@@ -242,7 +242,7 @@ impl ScalarUDFImpl for ConformUdf {
                 let text = as_text(&args.args[0], n)?;
                 let out: BooleanArray = text
                     .iter()
-                    .map(|v| v.map(|v| crate::validate::format::check(&format, v)))
+                    .map(|v| v.map(|v| crate::format::check(&format, v)))
                     .collect();
                 Arc::new(out)
             }

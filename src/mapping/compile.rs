@@ -14,7 +14,8 @@ use datafusion::logical_expr::{BinaryExpr, ExprSchemable, Operator};
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
 use datafusion::prelude::{Expr, SessionContext, ident, lit};
 
-use super::{MappingDocument, names::similarity};
+use super::MappingDocument;
+use super::names::{edit_distance, similarity};
 use crate::error::{Error, Result};
 use crate::schema::TargetSchema;
 
@@ -387,31 +388,6 @@ fn unknown_column(name: &str, source: &Schema) -> String {
         "No column named `{name}`.{hint} Valid columns are {}.",
         list(&cols)
     )
-}
-
-/// Edit distance counting an adjacent transposition as one edit (optimal string alignment).
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 /// DataFusion prefixes messages with its error kind; users need only the message.

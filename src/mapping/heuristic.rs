@@ -40,15 +40,7 @@ impl Mapper for HeuristicMapper {
     }
 }
 
-/// Quotes an identifier for DataFusion SQL.
-pub fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a string literal for DataFusion SQL.
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+use crate::sql::{literal, quote};
 
 /// How well values of this shape can become the target kind, 0..1.
 fn type_fit(kind: &FieldKind, p: &ColumnProfile) -> f64 {

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::heuristic::quote;
 use super::names::tokens;
 use super::{FieldMapping, MappingDocument};
 use crate::error::{Error, Result};
+use crate::sql::quote;
 
 /// A repair that fixed a column once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,7 +80,7 @@ pub fn remember(
     });
     let mut text = serde_json::to_string_pretty(&all)?;
     text.push('\n');
-    crate::sink::atomic_write(&repairs_path(dir), text.as_bytes())
+    crate::fs::atomic_write(&repairs_path(dir), text.as_bytes())
 }
 
 /// Applies learned repairs to a new document: a field reading one column whose key matches a

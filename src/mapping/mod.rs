@@ -5,9 +5,6 @@
 //! it into DataFusion expressions, once, before any data flows.
 
 pub mod compile;
-pub mod eval;
-pub mod explain;
-pub mod feedback;
 pub mod heuristic;
 pub mod llm;
 pub mod memory;
@@ -120,7 +117,7 @@ impl MappingDocument {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
-        crate::sink::atomic_write(path, text.as_bytes())
+        crate::fs::atomic_write(path, text.as_bytes())
     }
 
     /// Target fields left unmapped.

@@ -646,7 +646,7 @@ fn token_similarity(t: &str, u: &str) -> f64 {
     if short.len() >= 3 && long.starts_with(short) {
         return 0.7;
     }
-    if short.len() >= 5 && super::compile::edit_distance(t, u) <= 1 {
+    if short.len() >= 5 && edit_distance(t, u) <= 1 {
         return 0.8;
     }
     // Shared stem: `admit`/`admission`, `measure`/`measurement`.
@@ -692,6 +692,31 @@ pub fn token_list_similarity(ta: &[String], tb: &[String]) -> f64 {
     let wa: f64 = ta.iter().map(|t| weight(t)).sum();
     let wb: f64 = tb.iter().map(|t| weight(t)).sum();
     ((covered(ta, tb) + covered(tb, ta)) / (wa + wb)).min(1.0)
+}
+
+/// Edit distance counting an adjacent transposition as one edit (optimal string alignment).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]

@@ -374,7 +374,7 @@ fn target_field(name: &str, sub: &Value, path: &str) -> Result<TargetField> {
     if let Some(f) = constraints
         .format
         .as_ref()
-        .filter(|f| !crate::validate::format::is_known(f))
+        .filter(|f| !crate::format::is_known(f))
     {
         // An unknown format is an annotation in draft 2020-12: keep it, check nothing.
         tracing::warn!(

@@ -26,7 +26,7 @@ use tokio_postgres::{Client, NoTls, Row};
 use super::http::run_sync;
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
-use crate::mapping::heuristic::quote;
+use crate::sql::quote;
 
 /// A PostgreSQL source's connection settings and query, checked.
 #[derive(Clone)]

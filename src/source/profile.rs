@@ -183,10 +183,7 @@ fn semantic(values: &[&str]) -> Option<&'static str> {
         return None;
     }
     ["email", "uuid", "ipv4", "uri"].into_iter().find(|f| {
-        let ok = values
-            .iter()
-            .filter(|v| crate::validate::format::check(f, v))
-            .count();
+        let ok = values.iter().filter(|v| crate::format::check(f, v)).count();
         ok * 10 >= values.len() * 8
     })
 }

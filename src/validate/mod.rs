@@ -2,7 +2,6 @@
 //! and field ("masks"), evaluated per batch inside the source's plan. A row is valid when every
 //! mask is true; per-row error lists are built only for invalid rows ([`report`]).
 
-pub mod format;
 pub mod report;
 
 use datafusion::prelude::{Expr, lit};
@@ -11,7 +10,7 @@ use serde_json::Value;
 use crate::mapping::CompiledMapping;
 use crate::schema::{FieldKind, TargetField, TargetSchema};
 
-pub use report::{InvalidRows, RowError, split};
+pub use report::{InvalidRows, RowError};
 
 /// Prefix of the pass-through copies of source columns inside a plan (they may share names with
 /// target fields).
@@ -259,7 +258,11 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
             .unwrap_or(lit(false));
         push(Rule::Const(value.clone()), unless_null(&v, ok), None);
     }
-    if let Some(f) = c.format.as_ref().filter(|f| stringy && format::is_known(f)) {
+    if let Some(f) = c
+        .format
+        .as_ref()
+        .filter(|f| stringy && crate::format::is_known(f))
+    {
         let call = call_udf("is_format", vec![v.clone(), lit(f.clone())]);
         push(Rule::Format(f.clone()), unless_null(&v, call), None);
     }
@@ -303,10 +306,11 @@ mod tests {
     use datafusion::prelude::DataFrame;
     use serde_json::json;
 
-    use super::{Validator, split};
+    use super::Validator;
     use crate::mapping::{MappingDocument, compile};
     use crate::schema::TargetSchema;
     use crate::source::with_provenance;
+    use crate::split::split;
 
     /// The invalid rows of a one-column source `v` mapped as-is onto `f`.
     fn invalid_rows(

@@ -10,6 +10,7 @@ mod cluster;
 mod feedback;
 mod harness;
 mod http;
+mod layers;
 mod llm;
 mod matching;
 mod messy;

@@ -2,7 +2,7 @@
 //! evaluation `scripts/eval_mapping` prints).
 
 use conform::MapperChoice;
-use conform::mapping::eval::{Score, evaluate_all};
+use conform::pipeline::eval::{Score, evaluate_all};
 
 #[tokio::test]
 async fn heuristic_mapper_scores_at_least_0_9_f1_on_the_matching_cases() {

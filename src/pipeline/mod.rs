@@ -3,6 +3,10 @@
 //! channels, so memory is bounded by a few batches whatever the input size. Nothing here prints:
 //! progress goes to a callback and the result is a [`SourceReport`].
 
+pub mod eval;
+pub mod explain;
+pub mod feedback;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,7 +27,6 @@ use serde::Serialize;
 use crate::anomaly::{self, AnomalyReport, Monitor, RunProfile};
 use crate::config::{Config, LlmFallback, OutputFormat};
 use crate::error::{Error, Result};
-use crate::mapping::feedback::FeedbackReport;
 use crate::mapping::heuristic::HeuristicMapper;
 use crate::mapping::llm::{LlmMapper, LlmUsage};
 use crate::mapping::memory;
@@ -34,8 +37,10 @@ use crate::plan::Layout;
 use crate::schema::TargetSchema;
 use crate::sink::{InvalidSink, ValidSink};
 use crate::source::{FileSource, profile::profile};
+use crate::split::split;
+use crate::validate::Validator;
 use crate::validate::report::InvalidRow;
-use crate::validate::{Validator, split};
+use feedback::FeedbackReport;
 
 /// Rows sampled for mapping.
 pub const SAMPLE_ROWS: usize = 1000;
@@ -106,6 +111,8 @@ pub struct Pipeline {
     frozen: bool,
     /// Ballista scheduler (`df://host:port`) file sources run on, if any.
     cluster: Option<String>,
+    /// The engine that runs them there (see [`Pipeline::with_remote_engine`]).
+    remote: Option<Arc<dyn RemoteEngine>>,
 }
 
 impl Pipeline {
@@ -119,8 +126,16 @@ impl Pipeline {
             llm: tokio::sync::OnceCell::new(),
             frozen: false,
             cluster: config.engine.cluster.clone(),
+            remote: None,
             config: Arc::new(config),
         })
+    }
+
+    /// The engine that runs file sources when a cluster is configured (`engine.cluster`,
+    /// [`Pipeline::with_cluster`]); with the `ballista` feature, `conform::cluster::Ballista`.
+    pub fn with_remote_engine(mut self, engine: Arc<dyn RemoteEngine>) -> Pipeline {
+        self.remote = Some(engine);
+        self
     }
 
     /// Production mode: every source needs a pinned mapping document made for its current
@@ -390,7 +405,7 @@ impl Pipeline {
                         MapperKind::Llm => Some(self.llm().await?),
                         _ => None,
                     };
-                    let feedback = crate::mapping::feedback::Loop {
+                    let feedback = feedback::Loop {
                         ctx: &self.ctx,
                         target: &self.target,
                         request: &request,
@@ -534,10 +549,10 @@ impl Pipeline {
     }
 
     /// Removes the temporary files that killed runs left in the output and mappings
-    /// directories (see [`crate::sink::remove_stale_temp_files`]); returns them.
+    /// directories (see [`crate::fs::remove_stale_temp_files`]); returns them.
     pub fn remove_stale_temp_files(&self) -> Vec<PathBuf> {
-        let mut removed = crate::sink::remove_stale_temp_files(&self.config.output_dir());
-        removed.extend(crate::sink::remove_stale_temp_files(
+        let mut removed = crate::fs::remove_stale_temp_files(&self.config.output_dir());
+        removed.extend(crate::fs::remove_stale_temp_files(
             &self.config.mappings_dir(),
         ));
         removed
@@ -820,29 +835,35 @@ impl Pipeline {
     }
 }
 
+/// Runs a prepared file source's plan on another engine and writes its outputs: a cluster.
+/// Defined here and implemented above (`crate::cluster`), so the pipeline does not depend on
+/// the engines it can hand work to.
+pub trait RemoteEngine: Send + Sync {
+    /// Transforms `prepared` on the engine at `address`, filling `report`.
+    fn transform<'a>(
+        &'a self,
+        pipeline: &'a Pipeline,
+        prepared: &'a PreparedSource,
+        address: &'a str,
+        report: &'a mut SourceReport,
+    ) -> futures::future::BoxFuture<'a, Result<()>>;
+}
+
 impl Pipeline {
-    #[cfg(feature = "ballista")]
     async fn transform_on_cluster(
         &self,
         prepared: &PreparedSource,
         cluster: &str,
         report: &mut SourceReport,
     ) -> Result<()> {
-        crate::cluster::transform(self, prepared, cluster, report).await
-    }
-
-    #[cfg(not(feature = "ballista"))]
-    async fn transform_on_cluster(
-        &self,
-        _prepared: &PreparedSource,
-        _cluster: &str,
-        _report: &mut SourceReport,
-    ) -> Result<()> {
-        // `with_cluster` refuses a cluster in builds without the feature.
-        Err(Error::config(
-            "engine.cluster",
-            "this conform was built without cluster support",
-        ))
+        match &self.remote {
+            Some(engine) => engine.transform(self, prepared, cluster, report).await,
+            // `with_cluster` refuses a cluster in builds without the feature.
+            None => Err(Error::config(
+                "engine.cluster",
+                "this conform was built without cluster support",
+            )),
+        }
     }
 }
 

@@ -16,12 +16,13 @@ use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::heuristic::{literal, quote};
-use super::{MappingDocument, compile};
 use crate::error::Result;
+use crate::mapping::{MappingDocument, compile};
 use crate::schema::{FieldKind, TargetField, TargetSchema};
 use crate::source::profile::detect_formats;
-use crate::validate::{Validator, split};
+use crate::split::split;
+use crate::sql::{literal, quote};
+use crate::validate::Validator;
 
 /// The digest's rule for a mapped field that is mostly null after conversion.
 pub const MOSTLY_NULL: &str = "mostly_null";
@@ -111,7 +112,7 @@ impl Probe {
                 .iter()
                 .map(|e| {
                     if redact {
-                        super::llm::prompt::mask(e)
+                        crate::mapping::llm::prompt::mask(e)
                     } else {
                         e.clone()
                     }
@@ -355,7 +356,7 @@ pub struct Loop<'a> {
     /// Settings.
     pub config: &'a crate::config::FeedbackConfig,
     /// The model, for LLM-made documents.
-    pub llm: Option<&'a super::llm::LlmMapper>,
+    pub llm: Option<&'a crate::mapping::llm::LlmMapper>,
     /// Mask sample values in what goes to the model.
     pub redact: bool,
 }
@@ -366,7 +367,7 @@ impl Loop<'_> {
     pub async fn run(
         &self,
         doc: MappingDocument,
-        usage: &mut Option<super::llm::LlmUsage>,
+        usage: &mut Option<crate::mapping::llm::LlmUsage>,
     ) -> Result<(MappingDocument, FeedbackReport)> {
         let data_schema = self.request.source_schema.as_ref();
         let mut best = doc;
@@ -486,7 +487,7 @@ impl Loop<'_> {
                     .values()
                     .flat_map(|f| f.sources.iter().map(String::as_str))
                     .collect();
-                candidates.extend(super::heuristic::fill_ins(
+                candidates.extend(crate::mapping::heuristic::fill_ins(
                     t,
                     current,
                     self.request.profiles,

@@ -4,8 +4,8 @@
 use datafusion::prelude::Expr;
 use datafusion::sql::unparser::expr_to_sql;
 
+use super::PreparedSource;
 use crate::mapping::MappingDocument;
-use crate::pipeline::PreparedSource;
 
 fn sql(e: &Expr) -> String {
     // Aliases are shown by the caller; unparse the expression under them.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::{MapperChoice, Pipeline};
 use crate::error::{Error, Result};
-use crate::pipeline::{MapperChoice, Pipeline};
 
 /// Pairs found, missed and wrongly proposed for one case.
 #[derive(Debug, Clone, Default)]
