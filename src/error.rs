@@ -9,8 +9,10 @@ use std::path::PathBuf;
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can stop a command or a source.
+/// Everything that can stop a command or a source. New kinds may be added: match with a
+/// wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The configuration file is missing, malformed or inconsistent.
     #[error("config {path}: {message}")]
@@ -84,6 +86,9 @@ pub enum Error {
     /// stopped; that stage's own error says why.
     #[error("a pipeline stage stopped early")]
     Closed,
+    /// A broken invariant of conform itself (a bug), not a problem of the input.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {

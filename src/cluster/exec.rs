@@ -171,7 +171,7 @@ pub fn work_exec(items: &[WorkItem]) -> Result<Arc<dyn ExecutionPlan>> {
 
 /// The work items of an in-memory work list, one per partition.
 fn items_of(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<WorkItem>> {
-    let internal = |m: &str| Error::source("(cluster)", format!("internal: {m}"));
+    let internal = |m: &str| Error::Internal(format!("cluster: {m}"));
     let exec = (plan.as_ref() as &dyn std::any::Any)
         .downcast_ref::<DataSourceExec>()
         .ok_or_else(|| internal("the scan's input is not a work list"))?;

@@ -509,10 +509,10 @@ impl Pipeline {
             .partition_count();
         if got != n {
             // Round-robin order can only be restored if the plan kept the partitions as dealt.
-            return Err(Error::source(
-                p.source.name(),
-                format!("internal: the plan has {got} partitions, expected {n}"),
-            ));
+            return Err(Error::Internal(format!(
+                "the plan of source `{}` has {got} partitions, expected {n}",
+                p.source.name()
+            )));
         }
         let layout = Arc::new(layout);
         let checks = Arc::new(p.validator.checks.clone());
@@ -1018,7 +1018,7 @@ impl PartitionStream for OnceStream {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::source("(internal)", format!("a reader thread failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("a reader thread failed: {e}")))?
 }
 
 /// Where a source's mapping came from.

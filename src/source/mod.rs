@@ -421,10 +421,9 @@ pub(crate) fn assemble(
             Arc::new(StructArray::try_new(fields.clone(), columns.clone(), None)?)
         }
         other => {
-            return Err(Error::source(
-                "(internal)",
-                format!("the record column has type {other}"),
-            ));
+            return Err(Error::Internal(format!(
+                "the record column has type {other}"
+            )));
         }
     };
     columns.push(Arc::new(StringArray::from_iter_values(
