@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use conform::{Config, MapperChoice, Pipeline};
+use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> conform::Result<()> {

@@ -13,6 +13,7 @@
 //! ```no_run
 //! # async fn demo() -> conform::Result<()> {
 //! use conform::{Config, MapperChoice, Pipeline};
+//! use futures::StreamExt;
 //!
 //! let config = Config::load(std::path::Path::new("config.json"))?;
 //! let pipeline = Pipeline::try_new(config)?;

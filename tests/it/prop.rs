@@ -5,6 +5,7 @@
 use proptest::prelude::*;
 
 use conform::{Config, MapperChoice, Pipeline};
+use futures::StreamExt;
 
 fn cell() -> impl Strategy<Value = String> {
     prop_oneof![

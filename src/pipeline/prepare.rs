@@ -1,0 +1,275 @@
+//! Preparing a source: the stored-document policy, the mapper choice with the LLM fallback,
+//! learned repairs and the feedback loop, ending in a compiled [`PreparedSource`].
+
+use super::*;
+
+impl Pipeline {
+    /// Opens, samples and maps a source, then compiles the mapping and the validator.
+    pub async fn prepare(&self, name: &str, choice: MapperChoice) -> Result<PreparedSource> {
+        self.prepare_with(name, choice, false).await
+    }
+
+    /// As [`Pipeline::prepare`], but always generates a new mapping (for `map --diff`): the
+    /// stored document is neither used nor changed.
+    pub async fn prepare_fresh(&self, name: &str, choice: MapperChoice) -> Result<PreparedSource> {
+        self.prepare_with(name, choice, true).await
+    }
+
+    /// Picks the stored document if it settles the mapping (pinned, or made for these columns
+    /// under `auto`), else generates one.
+    fn stored_document(
+        &self,
+        name: &str,
+        choice: MapperChoice,
+        path: &std::path::Path,
+        fp: &str,
+    ) -> Result<Option<MappingDocument>> {
+        let explicit = self
+            .config
+            .source(name)
+            .and_then(|s| s.mapping.as_ref())
+            .is_some();
+        let stored = if path.exists() {
+            Some(MappingDocument::load(path)?)
+        } else {
+            None
+        };
+        let shown = path.display();
+        if self.frozen {
+            return match stored {
+                Some(d) if d.pinned && d.source_fingerprint == fp => Ok(Some(d)),
+                Some(d) if !d.pinned => Err(Error::mapping(
+                    name,
+                    format!(
+                        "--frozen runs only reviewed mappings: {shown} is not pinned (review it, then set \"pinned\": true)"
+                    ),
+                )),
+                Some(d) => Err(Error::mapping(
+                    name,
+                    format!(
+                        "--frozen: the source's columns changed since {shown} was pinned (fingerprint {} → {fp}); map again, review and pin",
+                        d.source_fingerprint
+                    ),
+                )),
+                None => Err(Error::mapping(
+                    name,
+                    format!(
+                        "--frozen: there is no mapping document at {shown}; run `conform map`, review it and pin it"
+                    ),
+                )),
+            };
+        }
+        if explicit || choice == MapperChoice::File {
+            let Some(d) = stored else {
+                return Err(Error::mapping(
+                    name,
+                    format!("there is no mapping document at {shown}"),
+                ));
+            };
+            if d.source_fingerprint != fp {
+                tracing::warn!(source = name, document = %shown, "The mapping document was made for different source columns; using it as configured.");
+            }
+            return Ok(Some(d));
+        }
+        Ok(match stored {
+            Some(d) if d.source_fingerprint == fp && (d.pinned || choice == MapperChoice::Auto) => {
+                Some(d)
+            }
+            Some(d) if d.source_fingerprint != fp => {
+                tracing::warn!(source = name, document = %shown, "The source's columns changed since the stored mapping was made (fingerprint {} → {fp}); mapping again.", d.source_fingerprint);
+                None
+            }
+            _ => None,
+        })
+    }
+
+    async fn prepare_with(
+        &self,
+        name: &str,
+        choice: MapperChoice,
+        fresh: bool,
+    ) -> Result<PreparedSource> {
+        // Opening and sampling read files or call a server: off the async threads, so that
+        // other sources proceed meanwhile.
+        let source = {
+            let (config, name) = (Arc::clone(&self.config), name.to_string());
+            blocking(move || Pipeline::open_with(&config, &name)).await?
+        };
+        let path = self.mapping_path(name);
+        let fp = fingerprint(&source.data_schema());
+        let stored = if fresh {
+            None
+        } else {
+            self.stored_document(name, choice, &path, &fp)?
+        };
+        let mut feedback_report = None;
+        let mut learned_applied = Vec::new();
+        let (document, llm, origin, save_to) = match stored {
+            Some(doc) => {
+                let how = if doc.pinned { "pinned" } else { "stored" };
+                let origin = format!("using the {how} mapping {}", path.display());
+                (doc, None, origin, None)
+            }
+            None => {
+                // One read serves the mapper's sample and the feedback probe (a second read of
+                // an HTTP or database source would cost another round of requests).
+                let probe_rows = if self.config.feedback.enabled {
+                    self.config.feedback.probe_rows.max(1)
+                } else {
+                    0
+                };
+                let head = {
+                    let source = source.clone();
+                    let n = SAMPLE_ROWS.max(probe_rows);
+                    blocking(move || source.sample(n)).await?
+                };
+                let sample = head.slice(0, SAMPLE_ROWS.min(head.num_rows()));
+                let profiles = profile(&sample);
+                let request = MappingRequest {
+                    source: name,
+                    target: &self.target,
+                    source_schema: source.data_schema(),
+                    sample: &sample,
+                    profiles: &profiles,
+                };
+                let use_llm = match choice {
+                    MapperChoice::Llm => true,
+                    MapperChoice::Auto => self.config.llm.configured(),
+                    MapperChoice::Heuristic | MapperChoice::File => false,
+                };
+                let (proposal, origin) = if use_llm {
+                    let llm = self.llm().await?;
+                    match llm.map(&request).await {
+                        Ok(p) => {
+                            let o = format!(
+                                "mapping with the LLM (model {} at {})",
+                                llm.model(),
+                                llm.endpoint()
+                            );
+                            (p, o)
+                        }
+                        Err(e) if self.config.llm.fallback == LlmFallback::Heuristic => {
+                            tracing::warn!(source = name, error = %e, "The LLM could not map the source; using the heuristic mapper (llm.fallback).");
+                            let p = HeuristicMapper.map(&request).await?;
+                            (
+                                p,
+                                format!("mapping with the heuristic mapper (LLM failed: {e})"),
+                            )
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    let why = if choice == MapperChoice::Auto {
+                        " (no LLM endpoint configured)"
+                    } else {
+                        ""
+                    };
+                    let p = HeuristicMapper.map(&request).await?;
+                    (p, format!("mapping with the heuristic mapper{why}"))
+                };
+                tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), "Generated a mapping.");
+                let mut proposal = proposal;
+                // Repairs learned on earlier runs (of any source) for columns like these.
+                for f in compile(
+                    &self.ctx,
+                    &proposal.document,
+                    &source.data_schema(),
+                    &self.target,
+                )?
+                .fields
+                {
+                    if let Some(m) = proposal.document.fields.get_mut(&f.name) {
+                        m.sources = f.sources;
+                    }
+                }
+                let learned = memory::load_repairs(&self.config.mappings_dir())?;
+                learned_applied = memory::apply(&mut proposal.document, &learned)
+                    .into_iter()
+                    .map(|(field, r)| {
+                        format!(
+                            "{field}: {} (learned from `{}`)",
+                            r.template, r.learned_from
+                        )
+                    })
+                    .collect();
+                if self.config.feedback.enabled {
+                    let rows = head.slice(0, probe_rows.min(head.num_rows()));
+                    let llm = match proposal.document.mapper {
+                        MapperKind::Llm => Some(self.llm().await?),
+                        _ => None,
+                    };
+                    let feedback = feedback::Loop {
+                        ctx: &self.ctx,
+                        target: &self.target,
+                        request: &request,
+                        rows: &rows,
+                        config: &self.config.feedback,
+                        llm: llm.as_deref(),
+                        redact: self.config.llm.redact_samples,
+                    };
+                    let (doc, report) = feedback.run(proposal.document, &mut proposal.llm).await?;
+                    // Kept repairs are remembered for the next source with such a column.
+                    for round in report.rounds.iter().filter(|r| r.kept) {
+                        for (field, change) in &round.changes {
+                            let (Some(after), Some([column])) = (
+                                change.after.as_deref(),
+                                doc.fields.get(field).map(|m| m.sources.as_slice()),
+                            ) else {
+                                continue;
+                            };
+                            memory::remember(
+                                &self.config.mappings_dir(),
+                                name,
+                                field,
+                                column,
+                                after,
+                                &change.why,
+                            )?;
+                        }
+                    }
+                    proposal.document = doc;
+                    feedback_report = Some(report);
+                }
+                // A reviewed document is never overwritten: the new proposal goes beside it.
+                let pinned_exists = MappingDocument::load(&path).is_ok_and(|d| d.pinned);
+                let save_to = if pinned_exists {
+                    let beside = path.with_extension("proposed.json");
+                    tracing::warn!(source = name, pinned = %path.display(), proposal = %beside.display(), "A pinned mapping exists; the new proposal is written beside it for review.");
+                    beside
+                } else {
+                    path.clone()
+                };
+                (proposal.document, proposal.llm, origin, Some(save_to))
+            }
+        };
+        let mapping = compile(&self.ctx, &document, &source.data_schema(), &self.target)?;
+        // The document records the columns each expression reads, as the compiler found them.
+        let mut document = document;
+        for f in &mapping.fields {
+            if let Some(m) = document.fields.get_mut(&f.name) {
+                m.sources = f.sources.clone();
+            }
+        }
+        let validator = Validator::new(&self.target, &mapping);
+        Ok(PreparedSource {
+            source,
+            document,
+            document_path: path,
+            stored: save_to.is_none(),
+            save_to,
+            llm,
+            feedback: feedback_report,
+            learned_applied,
+            origin,
+            mapping,
+            validator,
+        })
+    }
+}
+
+/// Runs blocking work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("a reader thread failed: {e}")))?
+}
