@@ -13,6 +13,7 @@ use conform::config::{OutputFormat, ParquetOptions};
 use conform::sink::{InvalidSink, ValidSink};
 use conform::validate::report::InvalidRow;
 use conform::{Config, MapperChoice, Pipeline};
+use futures::StreamExt;
 
 const ROWS: usize = 50_000;
 
