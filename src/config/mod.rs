@@ -4,15 +4,20 @@
 //! string is replaced from the environment (a missing variable is an error naming it), and
 //! `//`/`/* */` comments and trailing commas are accepted.
 
+mod checks;
+mod llm;
 mod secret;
+mod sources;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use checks::{check_source_name, duplicate_keys, interpolate};
+pub use llm::{LlmConfig, LlmFallback};
 pub use secret::Secret;
+pub use sources::{CsvOptions, HttpOptions, InputFormat, Pagination, PostgresConfig, SourceConfig};
 
 use crate::error::{Error, Result};
 
@@ -62,39 +67,6 @@ impl std::str::FromStr for OutputFormat {
     }
 }
 
-/// Format of a file source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InputFormat {
-    /// Comma-separated values with a header line (RFC 4180).
-    Csv,
-    /// One JSON object per line.
-    Ndjson,
-    /// One JSON array of objects.
-    Json,
-    /// Apache Parquet.
-    Parquet,
-}
-
-impl InputFormat {
-    /// Infers the format from a file name, looking through `.gz`/`.zst` suffixes.
-    pub fn from_path(path: &Path) -> Option<InputFormat> {
-        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-        let name = name
-            .strip_suffix(".gz")
-            .or_else(|| name.strip_suffix(".zst"))
-            .unwrap_or(&name);
-        let ext = name.rsplit_once('.')?.1;
-        match ext {
-            "csv" | "tsv" => Some(InputFormat::Csv),
-            "ndjson" | "jsonl" => Some(InputFormat::Ndjson),
-            "json" => Some(InputFormat::Json),
-            "parquet" | "pq" => Some(InputFormat::Parquet),
-            _ => None,
-        }
-    }
-}
-
 /// Parquet output settings.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -112,260 +84,6 @@ impl Default for ParquetOptions {
             zstd_level: 3,
         }
     }
-}
-
-/// CSV reading options of a source.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CsvOptions {
-    /// Field delimiter, one ASCII character. Default `,` (`\t` for `.tsv` files).
-    pub delimiter: Option<char>,
-    /// Whether the first line names the columns. Default true.
-    pub has_header: bool,
-}
-
-impl Default for CsvOptions {
-    fn default() -> Self {
-        CsvOptions {
-            delimiter: None,
-            has_header: true,
-        }
-    }
-}
-
-/// What to do when the language model cannot produce a mapping for a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LlmFallback {
-    /// The source fails with the model's error. Default.
-    #[default]
-    None,
-    /// The heuristic mapper maps the source instead, with a warning.
-    Heuristic,
-}
-
-/// The `llm` object: an OpenAI-compatible chat-completions endpoint that proposes mappings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LlmConfig {
-    /// Model name. Default `gpt-4o-mini`.
-    pub model: String,
-    /// API base URL ending in `/v1`, e.g. a local vLLM/Ollama/llama.cpp server. Default: OpenAI.
-    pub base_url: Option<String>,
-    /// API key; usually `${OPENAI_API_KEY}`. Never logged or written anywhere.
-    pub api_key: Option<Secret>,
-    /// Sampling temperature. Default 0, for repeatable mappings.
-    pub temperature: f32,
-    /// Seconds before one request is abandoned (and retried). Default 60.
-    pub timeout_s: f64,
-    /// Retries of one request on 429, 5xx, timeouts and connection errors. Default 3.
-    pub max_retries: u32,
-    /// Sample rows shown to the model. Default 20.
-    pub sample_rows: usize,
-    /// Send column shapes and masked examples instead of real values. Default false.
-    pub redact_samples: bool,
-    /// Follow-up rounds that send compile errors back to the model. Default 2.
-    pub max_repairs: u32,
-    /// `none` (default) or `heuristic`: what to do when the model fails.
-    pub fallback: LlmFallback,
-    /// Most LLM requests in flight at once, over all sources. Default 4.
-    pub max_concurrent: usize,
-}
-
-impl Default for LlmConfig {
-    fn default() -> Self {
-        LlmConfig {
-            model: "gpt-4o-mini".into(),
-            base_url: None,
-            api_key: None,
-            temperature: 0.0,
-            timeout_s: 60.0,
-            max_retries: 3,
-            sample_rows: 20,
-            redact_samples: false,
-            max_repairs: 2,
-            fallback: LlmFallback::None,
-            max_concurrent: 4,
-        }
-    }
-}
-
-impl LlmConfig {
-    /// Whether an endpoint is configured: a key or a base URL. `--mapper auto` then uses the
-    /// model.
-    pub fn configured(&self) -> bool {
-        self.api_key.is_some() || self.base_url.is_some()
-    }
-
-    /// `OPENAI_API_KEY` and `OPENAI_BASE_URL` override the file's values (blank values are
-    /// ignored, as is a blank key in the file).
-    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
-        let set = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-        if let Some(k) = set(env("OPENAI_API_KEY")) {
-            self.api_key = Some(Secret::new(k));
-        }
-        if let Some(u) = set(env("OPENAI_BASE_URL")) {
-            self.base_url = Some(u);
-        }
-        if self
-            .api_key
-            .as_ref()
-            .is_some_and(|k| k.expose().trim().is_empty())
-        {
-            self.api_key = None;
-        }
-        if self.base_url.as_ref().is_some_and(|u| u.trim().is_empty()) {
-            self.base_url = None;
-        }
-    }
-
-    fn check(&self) -> Result<()> {
-        let bad = |key: &str, msg: &str| Err(Error::config(format!("llm.{key}"), msg));
-        if self.model.trim().is_empty() {
-            return bad("model", "must not be empty");
-        }
-        if !(0.0..=2.0).contains(&self.temperature) {
-            return bad("temperature", "must be between 0 and 2");
-        }
-        if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
-            return bad("timeout_s", "must be a positive number of seconds");
-        }
-        if self.max_concurrent == 0 {
-            return bad("max_concurrent", "must be at least 1");
-        }
-        if let Some(u) = &self.base_url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
-            return bad("base_url", "must start with http:// or https://");
-        }
-        Ok(())
-    }
-}
-
-/// How an HTTP source's pages follow one another.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Pagination {
-    /// Follow the `Link: <…>; rel="next"` response header.
-    Link {
-        /// Stop after this many pages.
-        max_pages: Option<u64>,
-    },
-    /// `?page=1,2,…` until a short or empty page.
-    Page {
-        /// Query parameter of the page number. Default `page`.
-        #[serde(default = "default_page_param")]
-        param: String,
-        /// Query parameter of the page size, if the API takes one.
-        size_param: Option<String>,
-        /// Page size: sent with `size_param`; a page with fewer records is the last.
-        size: Option<u64>,
-        /// Stop after this many pages.
-        max_pages: Option<u64>,
-    },
-    /// `?offset=0,size,2·size,…&limit=size` until a short or empty page.
-    Offset {
-        /// Query parameter of the offset. Default `offset`.
-        #[serde(default = "default_offset_param")]
-        param: String,
-        /// Query parameter of the page size. Default `limit`.
-        #[serde(default = "default_limit_param")]
-        size_param: String,
-        /// Records per page. Default 100.
-        #[serde(default = "default_page_size")]
-        size: u64,
-        /// Stop after this many pages.
-        max_pages: Option<u64>,
-    },
-    /// `?cursor=…` with the next cursor read from each response body.
-    Cursor {
-        /// Query parameter of the cursor. Default `cursor`.
-        #[serde(default = "default_cursor_param")]
-        param: String,
-        /// Dot path of the next cursor in the body (`meta.next_cursor`); null or absent = last.
-        cursor_path: String,
-        /// Stop after this many pages.
-        max_pages: Option<u64>,
-    },
-}
-
-fn default_page_param() -> String {
-    "page".into()
-}
-fn default_offset_param() -> String {
-    "offset".into()
-}
-fn default_limit_param() -> String {
-    "limit".into()
-}
-fn default_cursor_param() -> String {
-    "cursor".into()
-}
-fn default_page_size() -> u64 {
-    100
-}
-
-impl Pagination {
-    /// The page limit, if any.
-    pub fn max_pages(&self) -> Option<u64> {
-        match self {
-            Pagination::Link { max_pages }
-            | Pagination::Page { max_pages, .. }
-            | Pagination::Offset { max_pages, .. }
-            | Pagination::Cursor { max_pages, .. } => *max_pages,
-        }
-    }
-}
-
-/// Request settings of an HTTP source.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpOptions {
-    /// Seconds before a request is abandoned (and retried). Default 30.
-    pub timeout_s: f64,
-    /// Retries of a request on 429, 5xx, timeouts and connection errors. Default 3.
-    pub max_retries: u32,
-    /// Extra request headers (not secrets: use `credentials`).
-    pub headers: BTreeMap<String, String>,
-    /// Follow a `Link` next page on another origin (scheme, host, port), without credentials.
-    /// Default false: such a link fails the source, naming both origins.
-    pub allow_cross_origin_pages: bool,
-    /// Safety limit on the pages one walk requests; reaching it fails the source with a clear
-    /// error (`pagination.max_pages` is the quiet, intended stop). Default 100,000.
-    pub max_pages: u64,
-}
-
-impl Default for HttpOptions {
-    fn default() -> Self {
-        HttpOptions {
-            timeout_s: 30.0,
-            max_retries: 3,
-            headers: BTreeMap::new(),
-            allow_cross_origin_pages: false,
-            max_pages: 100_000,
-        }
-    }
-}
-
-/// A PostgreSQL source: a query (or a whole table) read through a server-side cursor.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// Server host. Default `localhost`.
-    pub host: Option<String>,
-    /// Server port. Default 5432.
-    pub port: Option<u16>,
-    /// Database name. Default: the user name.
-    pub database: Option<String>,
-    /// The query whose rows are the source's records.
-    pub query: Option<String>,
-    /// A table (optionally `schema.table`) read whole; instead of `query`.
-    pub table: Option<String>,
-    /// A connection string (`host=… user=… password=…` or `postgresql://…`) instead of the
-    /// separate keys; treated as a secret.
-    pub dsn: Option<Secret>,
-    /// Seconds to wait for a connection. Default 10.
-    pub connect_timeout_s: Option<f64>,
 }
 
 /// The feedback loop that validates a new mapping on a probe and repairs it.
@@ -462,42 +180,6 @@ impl Default for EngineConfig {
             partition_mb: 128.0,
         }
     }
-}
-
-/// One entry of `data_sources`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// File or glob pattern; relative paths are resolved against the config file's directory.
-    pub path: Option<String>,
-    /// An HTTP(S) JSON API returning records.
-    pub url: Option<String>,
-    /// Dot path of the records array in each response body (`data.items`); default: the body.
-    pub records: Option<String>,
-    /// How pages follow one another; absent = one request.
-    pub pagination: Option<Pagination>,
-    /// Request settings of an HTTP source.
-    #[serde(default)]
-    pub http: HttpOptions,
-    /// A PostgreSQL query or table.
-    pub postgres: Option<PostgresConfig>,
-    /// `csv`, `ndjson`, `json` or `parquet`; inferred from the extension when absent.
-    pub format: Option<InputFormat>,
-    /// CSV reading options.
-    #[serde(default)]
-    pub csv: CsvOptions,
-    /// Credentials for the source (`username`, `password`, `token`, …). Never printed.
-    #[serde(default)]
-    pub credentials: BTreeMap<String, Secret>,
-    /// A mapping document to use for this source instead of generating one.
-    pub mapping: Option<PathBuf>,
-    /// Largest record, from the config's `limits.max_record_bytes`.
-    #[serde(skip, default = "default_max_record_bytes")]
-    pub max_record_bytes: usize,
-}
-
-fn default_max_record_bytes() -> usize {
-    crate::limits::DEFAULT_MAX_RECORD_BYTES
 }
 
 /// Limits on input sizes.
@@ -793,71 +475,6 @@ impl Config {
     }
 }
 
-/// Longest source name.
-const MAX_SOURCE_NAME: usize = 128;
-
-/// A source name becomes part of file names (`NAME_valid_data.json`, `NAME.mapping.json`) and is
-/// printed on the console, so it must be a safe file-name component: letters, digits, `_`, `-`
-/// and `.`, not starting with `.`, at most 128 characters.
-fn check_source_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_SOURCE_NAME
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        return Ok(());
-    }
-    // The name is shown escaped: it may hold control characters that would forge console lines.
-    Err(Error::config(
-        "data_sources",
-        format!(
-            "invalid source name {}: a source name is used in file names and must be 1–{MAX_SOURCE_NAME} letters, digits, `_`, `-` or `.`, not starting with `.`",
-            crate::limits::shorten(&format!("{name:?}"), 80)
-        ),
-    ))
-}
-
-/// A key written twice in one object is an error, not "the last one wins": in
-/// `data_sources` it would silently drop a source.
-fn duplicate_keys(obj: &jsonc_parser::ast::Object<'_>, path: &str) -> Result<()> {
-    // An explicit stack: nesting is bounded, but recursion depth should not depend on input.
-    let mut stack = vec![(obj, path.to_string())];
-    while let Some((obj, path)) = stack.pop() {
-        let mut seen = std::collections::HashSet::new();
-        for prop in &obj.properties {
-            let key = prop.name.as_str();
-            let at = if path.is_empty() {
-                key.to_string()
-            } else {
-                format!("{path}.{key}")
-            };
-            if !seen.insert(key) {
-                return Err(Error::config(
-                    crate::limits::shorten(&at, 200),
-                    "this key is written twice in the same object",
-                ));
-            }
-            let mut value = &prop.value;
-            // Objects inside arrays (`enum`, `items` lists) are checked too.
-            let mut arrays = Vec::new();
-            loop {
-                match value {
-                    jsonc_parser::ast::Value::Object(o) => stack.push((o, at.clone())),
-                    jsonc_parser::ast::Value::Array(a) => arrays.extend(a.elements.iter()),
-                    _ => {}
-                }
-                match arrays.pop() {
-                    Some(v) => value = v,
-                    None => break,
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Deserializes `value`, reporting an error with its full key path under `prefix`.
 fn deserialize_at<T: serde::de::DeserializeOwned>(prefix: &str, value: Value) -> Result<T> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -869,66 +486,6 @@ fn deserialize_at<T: serde::de::DeserializeOwned>(prefix: &str, value: Value) ->
         };
         Error::config(path, e.into_inner().to_string())
     })
-}
-
-/// Replaces `${VAR}` in every string of the tree; `$${` escapes a literal `${`.
-fn interpolate(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
-    match v {
-        Value::String(s) if s.contains('$') => *s = expand(s, path, env)?,
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                interpolate(item, &format!("{path}[{i}]"), env)?;
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map.iter_mut() {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                interpolate(item, &p, env)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-fn expand(s: &str, path: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i..];
-        if let Some(tail) = after.strip_prefix("$${") {
-            out.push_str("${");
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix("${") {
-            let end = tail
-                .find('}')
-                .ok_or_else(|| Error::config(path, format!("unterminated `${{` in {s:?}")))?;
-            let name = &tail[..end];
-            let valid =
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(Error::config(
-                    path,
-                    format!("`${{{name}}}` is not a valid environment variable reference"),
-                ));
-            }
-            let value = env(name).ok_or_else(|| {
-                Error::config(path, format!("environment variable `{name}` is not set"))
-            })?;
-            out.push_str(&value);
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = &after[1..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -997,7 +554,10 @@ mod tests {
 
     #[test]
     fn escaped_dollar_is_literal() {
-        assert_eq!(expand("a$${b}$c", "", &|_| None).unwrap(), "a${b}$c");
+        assert_eq!(
+            checks::expand("a$${b}$c", "", &|_| None).unwrap(),
+            "a${b}$c"
+        );
     }
 
     #[test]

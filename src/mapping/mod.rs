@@ -9,6 +9,7 @@ pub mod heuristic;
 pub mod llm;
 pub mod memory;
 pub mod names;
+mod vocabulary;
 
 use std::path::Path;
 
