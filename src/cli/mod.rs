@@ -8,6 +8,7 @@ use futures::StreamExt;
 
 #[cfg(feature = "ballista")]
 pub mod cluster;
+mod console;
 
 use conform::config::OutputFormat;
 use conform::{Config, Error, MapperChoice, Pipeline};
@@ -375,13 +376,13 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
             while let Some(report) = running.next().await {
                 let name = &report.name;
                 for n in &report.notes {
-                    note(quiet, name, n);
+                    note(quiet, name, &console::note(n));
                 }
                 if !reports.is_empty() {
                     console.line("");
                 }
-                for l in &report.console {
-                    console.line(l);
+                for l in console::block(&report) {
+                    console.line(&l);
                 }
                 if let Some(e) = &report.error {
                     eprintln!("conform: source `{name}` failed: {e}");
@@ -440,7 +441,7 @@ async fn per_source(
                 continue;
             }
         };
-        note(quiet, name, &p.origin);
+        note(quiet, name, &console::origin(&p.origin));
         if i > 0 && !matches!(mode, Mode::Check) {
             console.line("");
         }
@@ -472,7 +473,7 @@ async fn per_source(
                         p.document_path.display()
                     ),
                 };
-                console.line(&format!("{name}: {}", p.origin));
+                console.line(&format!("{name}: {}", console::origin(&p.origin)));
                 console.line(text.trim_end());
             }
             Mode::Check => {

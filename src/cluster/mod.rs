@@ -309,10 +309,12 @@ pub(crate) async fn transform(
     report.invalid = merged.invalid;
     report.rows_read = merged.valid + merged.invalid;
     report.errors = merged.errors;
-    report.notes.push(format!(
-        "ran on the cluster at {cluster}: {partitions} partition(s) from {} file(s), listed in {listed:.2} s",
-        source.files().len()
-    ));
+    report.notes.push(crate::pipeline::Note::Cluster {
+        address: cluster.to_string(),
+        partitions,
+        files: source.files().len(),
+        listed_s: listed,
+    });
     // Directories are shown with a trailing slash: they hold one part per partition.
     let shown = |dir: &str| format!("{}/", config.output_directory.join(dir).display());
     report.saved(

@@ -106,8 +106,10 @@ impl Pipeline {
         let mut learned_applied = Vec::new();
         let (document, llm, origin, save_to) = match stored {
             Some(doc) => {
-                let how = if doc.pinned { "pinned" } else { "stored" };
-                let origin = format!("using the {how} mapping {}", path.display());
+                let origin = MappingOrigin::Stored {
+                    path: path.clone(),
+                    pinned: doc.pinned,
+                };
                 (doc, None, origin, None)
             }
             None => {
@@ -141,11 +143,10 @@ impl Pipeline {
                     let llm = self.llm().await?;
                     match llm.map(&request).await {
                         Ok(p) => {
-                            let o = format!(
-                                "mapping with the LLM (model {} at {})",
-                                llm.model(),
-                                llm.endpoint()
-                            );
+                            let o = MappingOrigin::Llm {
+                                model: llm.model().to_string(),
+                                endpoint: llm.endpoint().to_string(),
+                            };
                             (p, o)
                         }
                         Err(e) if self.config.llm.fallback == LlmFallback::Heuristic => {
@@ -153,19 +154,17 @@ impl Pipeline {
                             let p = HeuristicMapper.map(&request).await?;
                             (
                                 p,
-                                format!("mapping with the heuristic mapper (LLM failed: {e})"),
+                                MappingOrigin::LlmFallback {
+                                    error: e.to_string(),
+                                },
                             )
                         }
                         Err(e) => return Err(e),
                     }
                 } else {
-                    let why = if choice == MapperChoice::Auto {
-                        " (no LLM endpoint configured)"
-                    } else {
-                        ""
-                    };
                     let p = HeuristicMapper.map(&request).await?;
-                    (p, format!("mapping with the heuristic mapper{why}"))
+                    let no_endpoint = choice == MapperChoice::Auto;
+                    (p, MappingOrigin::Heuristic { no_endpoint })
                 };
                 tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), "Generated a mapping.");
                 let mut proposal = proposal;

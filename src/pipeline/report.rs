@@ -51,13 +51,76 @@ pub struct Outputs {
     pub invalid: Option<String>,
 }
 
+/// Whether a source ran to the end (`ok`) or stopped (`failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It ran to the end; its outputs are written.
+    Ok,
+    /// It stopped; `error` says why.
+    Failed,
+}
+
+impl Status {
+    /// `ok` or `failed`, as the summary and the history write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// How far a source got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Stage {
+    /// Opening and mapping it.
+    #[default]
+    Loading,
+    /// Its mapping is ready; rows are being transformed.
+    Transforming,
+    /// Its outputs are written.
+    Saved,
+}
+
+/// Why a source failed, as far as its presentation differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The source rejected its credentials.
+    Credentials,
+    /// Anything else (`error` says what).
+    Other,
+}
+
+/// Something worth telling about how a source ran (the CLI shows notes on stderr).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    /// Where the mapping came from.
+    Origin(MappingOrigin),
+    /// A cluster was configured but this source is not made of files, so it ran here.
+    RanLocally,
+    /// It ran on a cluster.
+    Cluster {
+        /// The scheduler.
+        address: String,
+        /// Partitions made.
+        partitions: usize,
+        /// Files listed.
+        files: usize,
+        /// Seconds the listing took.
+        listed_s: f64,
+    },
+    /// An anomaly flag raised on the valid rows.
+    Anomaly(String),
+}
+
 /// What happened to one source; also its entry in `run_summary.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceReport {
     /// Source name.
     pub name: String,
     /// `ok` or `failed`.
-    pub status: String,
+    pub status: Status,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -78,19 +141,26 @@ pub struct SourceReport {
     /// Outliers, drift and new values found in the valid rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anomalies: Option<AnomalyReport>,
-    /// The console block, line by line (printed by the CLI).
+    /// How far it got.
     #[serde(skip)]
-    pub console: Vec<String>,
-    /// Notes for stderr (where the mapping came from).
+    pub stage: Stage,
+    /// Why it failed, when it did.
     #[serde(skip)]
-    pub notes: Vec<String>,
+    pub failure: Option<FailureKind>,
+    /// The outputs as the config names them (relative to the config's directory): the valid
+    /// file and the invalid one if written.
+    #[serde(skip)]
+    pub shown_outputs: Option<(String, Option<String>)>,
+    /// Notes on how it ran.
+    #[serde(skip)]
+    pub notes: Vec<Note>,
 }
 
 impl SourceReport {
     pub(super) fn new(name: &str) -> Self {
         SourceReport {
             name: name.to_string(),
-            status: "ok".into(),
+            status: Status::Ok,
             error: None,
             rows_read: 0,
             valid: 0,
@@ -100,35 +170,24 @@ impl SourceReport {
             mapping: None,
             outputs: Outputs::default(),
             anomalies: None,
-            console: Vec::new(),
+            stage: Stage::Loading,
+            failure: None,
+            shown_outputs: None,
             notes: Vec::new(),
         }
     }
 
-    /// The closing lines of the source's console block, in the original tool's words, and the
-    /// output paths: `(as shown, path)` of the valid output and of the invalid one if written.
+    /// The outputs are written: `(as shown, path)` of the valid output and of the invalid one
+    /// if written.
     pub(crate) fn saved(&mut self, valid: (String, PathBuf), invalid: Option<(String, PathBuf)>) {
-        let name = &self.name;
-        self.console.push(format!(
-            "Successfully validated {} items from {name}",
-            self.valid
-        ));
-        if self.invalid > 0 {
-            self.console.push(format!(
-                "{} validation errors occurred for {name}.",
-                self.invalid
-            ));
-        }
-        self.console.push(format!("Data saved to {}", valid.0));
+        self.stage = Stage::Saved;
         self.outputs.valid = Some(valid.1.display().to_string());
-        if let Some((shown, path)) = invalid {
-            self.console.push(format!("Data saved to {shown}"));
-            self.outputs.invalid = Some(path.display().to_string());
-        }
+        self.outputs.invalid = invalid.as_ref().map(|(_, p)| p.display().to_string());
+        self.shown_outputs = Some((valid.0, invalid.map(|(shown, _)| shown)));
     }
 
     /// Whether the source ran to the end.
     pub fn ok(&self) -> bool {
-        self.status == "ok"
+        self.status == Status::Ok
     }
 }

@@ -24,20 +24,13 @@ impl Pipeline {
     ) -> SourceReport {
         let started = Instant::now();
         let mut report = SourceReport::new(name);
-        report.console.push("*".repeat(40));
-        report
-            .console
-            .push(format!("Starting to process for {name}"));
-        report.console.push(format!("Loading raw data for {name}"));
         let result = self.run_inner(name, choice, progress, &mut report).await;
         if let Err(e) = result {
-            // The original tool's wording for a source whose credentials are rejected.
-            let line = match &e {
-                Error::Credentials { .. } => format!("Invalid credentials for {name}"),
-                _ => format!("Failed to process {name}: {e}"),
-            };
-            report.console.push(line);
-            report.status = "failed".into();
+            report.failure = Some(match &e {
+                Error::Credentials { .. } => FailureKind::Credentials,
+                _ => FailureKind::Other,
+            });
+            report.status = Status::Failed;
             report.error = Some(e.to_string());
         }
         report.timings.total_s = started.elapsed().as_secs_f64();
@@ -70,7 +63,7 @@ impl Pipeline {
         }
         let entry = memory::HistoryEntry {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            status: report.status.clone(),
+            status: report.status.as_str().to_string(),
             fingerprint: m.map(|m| m.fingerprint.clone()),
             mapper: m.map(|m| m.mapper.as_str().to_string()),
             stored: m.is_some_and(|m| m.stored),
@@ -99,7 +92,7 @@ impl Pipeline {
         let t0 = Instant::now();
         let prepared = self.prepare(name, choice).await?;
         prepared.save()?;
-        report.notes.push(prepared.origin.clone());
+        report.notes.push(Note::Origin(prepared.origin.clone()));
         report.mapping = Some(MappingInfo {
             mapper: prepared.document.mapper,
             stored: prepared.stored,
@@ -128,10 +121,7 @@ impl Pipeline {
                 .collect(),
         });
         report.timings.mapping_s = t0.elapsed().as_secs_f64();
-        report.console.push(format!("Generated Mapping for {name}"));
-        report
-            .console
-            .push(format!("Transforming data from {name}"));
+        report.stage = Stage::Transforming;
         let t1 = Instant::now();
         if let Some(cluster) = self.cluster.as_deref() {
             if prepared.source.is_files() {
@@ -140,10 +130,7 @@ impl Pipeline {
                 report.timings.transform_s = t1.elapsed().as_secs_f64();
                 return Ok(());
             }
-            report.notes.push(
-                "runs locally: only file sources run on a cluster (HTTP and PostgreSQL sources are read here)"
-                    .into(),
-            );
+            report.notes.push(Note::RanLocally);
         }
         let format = self.config.output_format;
         let out_dir = self.config.output_dir();
@@ -268,7 +255,7 @@ impl Pipeline {
         report.timings.transform_s = t1.elapsed().as_secs_f64();
         if let Some((profile, anomalies)) = anomalies {
             for f in &anomalies.flags {
-                report.notes.push(format!("anomaly: {}", f.message));
+                report.notes.push(Note::Anomaly(f.message.clone()));
             }
             report.anomalies = Some(anomalies);
             // The profile becomes the reference of later runs only once the outputs exist.
