@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::mapping::{MappingDocument, compile};
 use crate::plan::Layout;
 use crate::schema::TargetSchema;
-use crate::sink::{InvalidSink, ValidSink};
+use crate::sink::SplitWriter;
 use crate::source::csv::split as csv_split;
 use crate::source::json::split as json_split;
 use crate::source::parquet::split as parquet_split;
@@ -621,9 +621,13 @@ async fn write_partition(
     let invalid_path = spec
         .invalid_dir()
         .join(format!("{part}.{}", spec.format.invalid_extension()));
-    let mut valid =
-        ValidSink::create(&valid_path, spec.format, &parts.valid_schema, &spec.parquet)?;
-    let mut invalid: Option<InvalidSink> = None;
+    let mut out = SplitWriter::create(
+        &valid_path,
+        &invalid_path,
+        spec.format,
+        &parts.valid_schema,
+        &spec.parquet,
+    )?;
     let (mut n_valid, mut n_invalid) = (0u64, 0u64);
     let mut errors = ErrorCounts::new();
     while let Some(batch) = input.next().await {
@@ -631,22 +635,10 @@ async fn write_partition(
         let (v, bad) = split(&batch, &parts.layout, &parts.checks, &parts.valid_schema)?;
         n_valid += v.num_rows() as u64;
         n_invalid += bad.len() as u64;
-        valid.write(&v)?;
         count_errors(&bad, &mut errors);
-        if !bad.is_empty() {
-            if invalid.is_none() {
-                invalid = Some(InvalidSink::create(
-                    &invalid_path,
-                    spec.format == OutputFormat::Json,
-                )?);
-            }
-            invalid.as_mut().expect("created above").write(&bad)?;
-        }
+        out.write(&v, &bad)?;
     }
-    valid.finish()?;
-    if let Some(i) = invalid {
-        i.finish()?;
-    }
+    out.finish()?;
     let errors = serde_json::to_string(&errors).unwrap_or_else(|_| "{}".into());
     Ok(RecordBatch::try_new(
         counts_schema(),

@@ -32,7 +32,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::anomaly::{self, AnomalyReport, Monitor, RunProfile};
-use crate::config::{Config, LlmFallback, OutputFormat};
+use crate::config::{Config, LlmFallback};
 use crate::error::{Error, Result};
 use crate::mapping::heuristic::HeuristicMapper;
 use crate::mapping::llm::{LlmMapper, LlmUsage};
@@ -42,7 +42,6 @@ use crate::mapping::{
 };
 use crate::plan::Layout;
 use crate::schema::TargetSchema;
-use crate::sink::{InvalidSink, ValidSink};
 use crate::source::{FileSource, profile::profile};
 use crate::split::split;
 use crate::validate::Validator;

@@ -2,6 +2,7 @@
 //! threads of their own, the report, and the source's history.
 
 use super::*;
+use crate::sink::{SplitWriter, Written};
 
 impl Pipeline {
     /// Removes the temporary files that killed runs left in the output and mappings
@@ -161,30 +162,17 @@ impl Pipeline {
             let invalid_path = out_dir.join(&invalid_name);
             let parquet = self.config.parquet.clone();
             tokio::task::spawn_blocking(move || -> Result<Written> {
-                let mut valid = ValidSink::create(&valid_path, format, &valid_schema, &parquet)?;
-                let mut invalid: Option<InvalidSink> = None;
+                let mut out = SplitWriter::create(
+                    &valid_path,
+                    &invalid_path,
+                    format,
+                    &valid_schema,
+                    &parquet,
+                )?;
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
-                        Message::Batch(v, bad) => {
-                            valid.write(&v)?;
-                            if !bad.is_empty() {
-                                if invalid.is_none() {
-                                    invalid = Some(InvalidSink::create(
-                                        &invalid_path,
-                                        format == OutputFormat::Json,
-                                    )?);
-                                }
-                                invalid.as_mut().expect("created above").write(&bad)?;
-                            }
-                        }
-                        Message::Done => {
-                            let v = valid.finish()?;
-                            let i = invalid.map(InvalidSink::finish).transpose()?;
-                            return Ok(Written {
-                                valid: v,
-                                invalid: i,
-                            });
-                        }
+                        Message::Batch(v, bad) => out.write(&v, &bad)?,
+                        Message::Done => return out.finish(),
                     }
                 }
                 // The sender went away without `Done`: the run failed; the sinks are dropped
@@ -281,11 +269,6 @@ impl Pipeline {
 enum Message {
     Batch(RecordBatch, Vec<InvalidRow>),
     Done,
-}
-
-struct Written {
-    valid: PathBuf,
-    invalid: Option<PathBuf>,
 }
 
 /// The anomaly monitor's thread: takes split batches from the plan, profiles the valid rows

@@ -18,6 +18,66 @@ use crate::error::{Error, Result};
 use crate::fs::AtomicFile;
 use crate::validate::report::InvalidRow;
 
+/// The two outputs of one split stream: the valid rows' file, and the invalid rows' file
+/// created on the first invalid row (a source or partition without invalid rows writes none).
+/// The local run's writer stage and each cluster partition write through it.
+pub struct SplitWriter {
+    valid: ValidSink,
+    invalid: Option<InvalidSink>,
+    invalid_path: PathBuf,
+    invalid_array: bool,
+}
+
+/// The files a [`SplitWriter`] completed.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The valid rows' file.
+    pub valid: PathBuf,
+    /// The invalid rows' file, if any row was invalid.
+    pub invalid: Option<PathBuf>,
+}
+
+impl SplitWriter {
+    /// Opens the valid output at `valid_path` in `format`; invalid rows will go to
+    /// `invalid_path` (a JSON array for `json` output, else NDJSON).
+    pub fn create(
+        valid_path: &Path,
+        invalid_path: &Path,
+        format: OutputFormat,
+        valid_schema: &SchemaRef,
+        parquet: &ParquetOptions,
+    ) -> Result<SplitWriter> {
+        Ok(SplitWriter {
+            valid: ValidSink::create(valid_path, format, valid_schema, parquet)?,
+            invalid: None,
+            invalid_path: invalid_path.to_path_buf(),
+            invalid_array: format == OutputFormat::Json,
+        })
+    }
+
+    /// Appends one split batch.
+    pub fn write(&mut self, valid: &RecordBatch, invalid: &[InvalidRow]) -> Result<()> {
+        self.valid.write(valid)?;
+        if invalid.is_empty() {
+            return Ok(());
+        }
+        let sink = match &mut self.invalid {
+            Some(sink) => sink,
+            None => self
+                .invalid
+                .insert(InvalidSink::create(&self.invalid_path, self.invalid_array)?),
+        };
+        sink.write(invalid)
+    }
+
+    /// Completes both files and moves them into place. Dropped instead, it leaves nothing.
+    pub fn finish(self) -> Result<Written> {
+        let valid = self.valid.finish()?;
+        let invalid = self.invalid.map(InvalidSink::finish).transpose()?;
+        Ok(Written { valid, invalid })
+    }
+}
+
 /// Where valid rows go: shaped like arrow's `RecordBatchWriter` (`write`, then `finish`).
 /// A failed write names the file and keeps the operating system's error
 /// (`No space left on device`).
