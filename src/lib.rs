@@ -27,6 +27,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod anomaly;
 #[cfg(feature = "ballista")]
 pub mod cluster;

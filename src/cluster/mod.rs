@@ -197,7 +197,7 @@ struct Merged {
 
 /// Runs a prepared file source on the cluster: builds and submits the plan, merges the
 /// partitions' counts into `report`.
-/// Runs file sources on a Ballista cluster: the pipeline's [`RemoteEngine`].
+/// Runs file sources on a Ballista cluster: the pipeline's [`RemoteEngine`](crate::pipeline::RemoteEngine).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ballista;
 
