@@ -51,16 +51,26 @@ pub const RECORD_COL: &str = "__record";
 /// Names reserved for provenance.
 pub const PROVENANCE: [&str; 5] = [FILE_COL, ROW_COL, ERROR_COL, RAW_COL, RECORD_COL];
 
-/// A configured source: one or more files of one format, or an HTTP JSON API.
+/// What a source reads.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// Files (`path`), listed in `files`.
+    Files,
+    /// An HTTP JSON API (`url`); `files` is empty.
+    Http(Arc<http::HttpSpec>),
+    /// A PostgreSQL query (`postgres`); `files` is empty.
+    Postgres(Arc<postgres::PgSpec>),
+}
+
+/// A configured source: one or more files of one format, an HTTP JSON API or a PostgreSQL
+/// query.
 #[derive(Debug, Clone)]
 pub struct FileSource {
     name: String,
     files: Vec<PathBuf>,
     format: InputFormat,
-    /// Set for an HTTP source (`url`); `files` is then empty.
-    http: Option<Arc<http::HttpSpec>>,
-    /// Set for a PostgreSQL source (`postgres`); `files` is then empty.
-    pg: Option<Arc<postgres::PgSpec>>,
+    /// Files, an HTTP API or a database.
+    kind: Kind,
     config: SourceConfig,
     /// The source's own columns (without provenance).
     data_schema: SchemaRef,
@@ -87,8 +97,7 @@ impl FileSource {
                 name: name.to_string(),
                 files: vec![],
                 format: InputFormat::Json,
-                http: Some(spec),
-                pg: None,
+                kind: Kind::Http(spec),
                 config: config.clone(),
                 data_schema,
                 batch_size,
@@ -104,8 +113,7 @@ impl FileSource {
                 name: name.to_string(),
                 files: vec![],
                 format: InputFormat::Parquet,
-                http: None,
-                pg: Some(spec),
+                kind: Kind::Postgres(spec),
                 config: config.clone(),
                 data_schema,
                 batch_size,
@@ -143,8 +151,7 @@ impl FileSource {
             name: name.to_string(),
             files,
             format,
-            http: None,
-            pg: None,
+            kind: Kind::Files,
             config: config.clone(),
             data_schema,
             batch_size,
@@ -169,8 +176,7 @@ impl FileSource {
             files,
             ranges,
             format,
-            http: None,
-            pg: None,
+            kind: Kind::Files,
             config: SourceConfig {
                 path: None,
                 url: None,
@@ -197,7 +203,7 @@ impl FileSource {
 
     /// Whether the source reads files (not an HTTP API or a database).
     pub fn is_files(&self) -> bool {
-        self.http.is_none() && self.pg.is_none()
+        matches!(self.kind, Kind::Files)
     }
 
     /// The source's name.
@@ -212,10 +218,10 @@ impl FileSource {
 
     /// Where the data comes from, for messages: the URL, or the file count.
     pub fn location(&self) -> String {
-        match (&self.http, &self.pg) {
-            (Some(h), _) => h.display(),
-            (_, Some(p)) => p.display().to_string(),
-            _ => format!("{} file(s)", self.files.len()),
+        match &self.kind {
+            Kind::Http(h) => h.display(),
+            Kind::Postgres(p) => p.display().to_string(),
+            Kind::Files => format!("{} file(s)", self.files.len()),
         }
     }
 
@@ -237,7 +243,7 @@ impl FileSource {
     /// Opens a blocking iterator over all batches.
     pub fn batches(&self) -> Result<BatchIter> {
         let schema = self.schema();
-        if let Some(spec) = &self.http {
+        if let Kind::Http(spec) = &self.kind {
             return Ok(BatchIter {
                 inner: Box::new(http::HttpBatches::new(
                     Arc::clone(spec),
@@ -248,7 +254,7 @@ impl FileSource {
                 failed: false,
             });
         }
-        if let Some(spec) = &self.pg {
+        if let Kind::Postgres(spec) = &self.kind {
             return Ok(BatchIter {
                 inner: Box::new(postgres::PgBatches::new(
                     Arc::clone(spec),
