@@ -62,6 +62,13 @@ pub struct ScanSpec {
     pub batch_size: usize,
     /// The source's columns (without provenance), as fixed on the client.
     pub data_schema: Vec<u8>,
+    /// `limits.max_record_bytes` of the client's config.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+fn default_max_record_bytes() -> usize {
+    crate::limits::DEFAULT_MAX_RECORD_BYTES
 }
 
 impl ScanSpec {
@@ -79,6 +86,7 @@ impl ScanSpec {
             csv: source.config().csv.clone(),
             batch_size: source.batch_size(),
             data_schema: encode_schema(&source.data_schema())?,
+            max_record_bytes: source.config().max_record_bytes,
         })
     }
 }
@@ -402,7 +410,8 @@ impl ExecutionPlan for ScanExec {
             Arc::clone(&self.data_schema),
             vec![(PathBuf::from(&item.path), item.range)],
             self.spec.batch_size,
-        );
+        )
+        .with_max_record_bytes(self.spec.max_record_bytes);
         // One reader thread per partition, at most two batches ahead.
         source
             .streams(1, 2)

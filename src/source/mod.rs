@@ -188,12 +188,18 @@ impl FileSource {
                 csv,
                 credentials: Default::default(),
                 mapping: None,
-                // The cluster codec does not carry the limit yet: executors use the default.
                 max_record_bytes: crate::limits::DEFAULT_MAX_RECORD_BYTES,
             },
             data_schema,
             batch_size,
         }
+    }
+
+    /// The largest record read whole (`limits.max_record_bytes`); a cluster partition gets the
+    /// client's value through its scan spec.
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> FileSource {
+        self.config.max_record_bytes = bytes;
+        self
     }
 
     /// The piece of file `i` to read (on a cluster), or `None` for all of it.

@@ -405,3 +405,27 @@ async fn a_parquet_file_is_cut_into_runs_of_row_groups() {
     let parts = one_file_in_pieces(&w, &w.join("in/whole.parquet"), 0.001).await;
     assert!(parts > 3, "row groups become partitions: {parts}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_limit_reaches_the_executors() {
+    let w = Workdir::new();
+    let big = "x".repeat(200_000);
+    w.write("s.csv", format!("id,name\n1,a\n2,\"{big}\"\n3,c\n"));
+    // Absolute paths: the in-process executor does not share the binary's working directory.
+    let config = serde_json::json!({
+        "output_directory": w.join("out"),
+        "output_format": "ndjson",
+        "limits": {"max_record_bytes": 65536},
+        "data_sources": {"s": {"path": w.join("s.csv")}},
+        "internal_schema": {"type": "object", "properties": {
+            "id": {"type": "integer"}, "name": {"type": "string"}}}
+    });
+    w.write("config.json", config.to_string());
+    let url = conform::cluster::standalone(1).await.unwrap();
+    let r = run_async(&w, &["run", "--cluster", &url], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("ran on the cluster"), "{}", r.stderr);
+    let part = w.read("out/s_invalid_data/part-00000.ndjson");
+    assert!(part.contains("65536-byte limit"), "{part}");
+    assert!(part.len() < 10_000, "the record's values are not kept");
+}
