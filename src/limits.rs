@@ -18,6 +18,8 @@ pub const MAX_EXPR_DEPTH: usize = 64;
 /// Largest text one function call may produce for one row (`repeat`, `lpad`, `rpad`, …);
 /// a larger result is null, and the row invalid.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Default largest HTTP response body, `limits.max_page_bytes`.
+pub const DEFAULT_MAX_PAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Default largest record (CSV record, JSON line or element), `limits.max_record_bytes`.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 

@@ -190,12 +190,16 @@ pub struct LimitsConfig {
     /// a malformed row whose values are not kept, and is never held in memory whole.
     /// Default 16 MiB.
     pub max_record_bytes: usize,
+    /// Largest HTTP response body in bytes; a larger page fails its source, and is never held
+    /// in memory whole. Default 256 MiB.
+    pub max_page_bytes: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_record_bytes: crate::limits::DEFAULT_MAX_RECORD_BYTES,
+            max_page_bytes: crate::limits::DEFAULT_MAX_PAGE_BYTES,
         }
     }
 }
@@ -342,6 +346,7 @@ impl Config {
             check_source_name(&name)?;
             let mut src: SourceConfig = deserialize_at(&format!("data_sources.{name}"), v)?;
             src.max_record_bytes = config.limits.max_record_bytes;
+            src.max_page_bytes = config.limits.max_page_bytes;
             let at = format!("data_sources.{name}");
             let kinds = [
                 src.path.is_some(),
@@ -384,6 +389,12 @@ impl Config {
         }
         if config.batch_size == 0 {
             return Err(Error::config("batch_size", "must be at least 1"));
+        }
+        if config.limits.max_page_bytes < 1024 {
+            return Err(Error::config(
+                "limits.max_page_bytes",
+                "must be at least 1024",
+            ));
         }
         if config.limits.max_record_bytes < 1024 {
             return Err(Error::config(

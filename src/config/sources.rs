@@ -215,6 +215,13 @@ pub struct SourceConfig {
     /// Largest record, from the config's `limits.max_record_bytes`.
     #[serde(skip, default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// Largest HTTP response body, from the config's `limits.max_page_bytes`.
+    #[serde(skip, default = "default_max_page_bytes")]
+    pub max_page_bytes: usize,
+}
+
+fn default_max_page_bytes() -> usize {
+    crate::limits::DEFAULT_MAX_PAGE_BYTES
 }
 
 fn default_max_record_bytes() -> usize {

@@ -51,6 +51,8 @@ pub struct HttpSpec {
     options: HttpOptions,
     auth: Auth,
     client: reqwest::Client,
+    /// Largest response body (`limits.max_page_bytes`).
+    max_page_bytes: usize,
 }
 
 impl HttpSpec {
@@ -107,6 +109,7 @@ impl HttpSpec {
             options: config.http.clone(),
             auth,
             client,
+            max_page_bytes: config.max_page_bytes,
         })
     }
 
@@ -149,8 +152,8 @@ impl HttpSpec {
                     let status = resp.status();
                     if status.is_success() {
                         let headers = resp.headers().clone();
-                        match resp.bytes().await {
-                            Ok(b) => return Ok((b.to_vec(), headers)),
+                        match self.body(resp, &shown).await? {
+                            Ok(b) => return Ok((b, headers)),
                             Err(e) if e.is_timeout() && attempt < self.options.max_retries => {
                                 Err(without_url(&e))
                             }
@@ -206,6 +209,45 @@ impl HttpSpec {
             tracing::warn!(source = %self.name, url = %shown, attempt = attempt + 1, wait_s = wait.as_secs_f64(), "HTTP request failed; retrying.");
             attempt += 1;
             tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl HttpSpec {
+    /// A response body, read chunk by chunk up to `limits.max_page_bytes`: a larger page fails
+    /// the source (it is never held whole). The inner error is a transport error to retry or
+    /// report.
+    async fn body(
+        &self,
+        mut resp: reqwest::Response,
+        shown: &str,
+    ) -> Result<std::result::Result<Vec<u8>, reqwest::Error>> {
+        let max = self.max_page_bytes;
+        let too_big = |n: u64| {
+            Error::source(
+                &self.name,
+                format!(
+                    "the page {shown} is larger than {max} bytes ({n} bytes or more); raise `limits.max_page_bytes` or ask the API for smaller pages"
+                ),
+            )
+        };
+        if let Some(n) = resp.content_length()
+            && n > max as u64
+        {
+            return Err(too_big(n));
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    if body.len() + c.len() > max {
+                        return Err(too_big((body.len() + c.len()) as u64));
+                    }
+                    body.extend_from_slice(&c);
+                }
+                Ok(None) => return Ok(Ok(body)),
+                Err(e) => return Ok(Err(e)),
+            }
         }
     }
 }

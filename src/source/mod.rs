@@ -189,6 +189,7 @@ impl FileSource {
                 credentials: Default::default(),
                 mapping: None,
                 max_record_bytes: crate::limits::DEFAULT_MAX_RECORD_BYTES,
+                max_page_bytes: crate::limits::DEFAULT_MAX_PAGE_BYTES,
             },
             data_schema,
             batch_size,

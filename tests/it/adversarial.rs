@@ -798,3 +798,37 @@ fn an_oversized_record_is_malformed_and_its_neighbours_survive() {
         assert!(w.read(&format!("out/{src}_invalid_data.ndjson")).len() < 10_000);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_page_fails_its_source_only() {
+    let s = MockServer::start().await;
+    let big: Vec<Value> = (1..=5_000)
+        .map(|i| json!({"id": i, "name": "x".repeat(50)}))
+        .collect();
+    Mock::given(path("/big"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(Value::Array(big)))
+        .mount(&s)
+        .await;
+    Mock::given(path("/small"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(items(1, 2)))
+        .mount(&s)
+        .await;
+    let u = s.uri();
+    let w = Workdir::new();
+    w.write(
+        "config.json",
+        config(
+            &format!(r#"{{"big": {{"url": "{u}/big"}}, "small": {{"url": "{u}/small"}}}}"#),
+            SCHEMA,
+            r#""output_format": "ndjson", "limits": {"max_page_bytes": 65536},"#,
+        ),
+    );
+    let r = run(&w, &["run"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("larger than 65536 bytes") && r.stderr.contains("max_page_bytes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(ids(&w, "small"), vec![1, 2]);
+}
