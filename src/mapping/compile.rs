@@ -222,6 +222,27 @@ pub fn compile_field(
                 strip_df(&e.to_string())
             ),
         })?;
+    // Some SQL forms (`SUBSTRING(x FROM 2)`, `substr`, `EXTRACT`, `POSITION`) are planned
+    // with DataFusion's own function objects, bypassing the session's registry: point every
+    // guarded built-in at the session's guarded form.
+    let parsed = parsed
+        .transform_up(|e| {
+            Ok(match e {
+                Expr::ScalarFunction(f) if crate::functions::GUARDED.contains(&f.func.name()) => {
+                    match datafusion::execution::FunctionRegistry::udf(ctx, f.func.name()) {
+                        Ok(guarded) => Transformed::yes(Expr::ScalarFunction(
+                            datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                                guarded, f.args,
+                            ),
+                        )),
+                        Err(_) => Transformed::no(Expr::ScalarFunction(f)),
+                    }
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .map_err(|e| e.to_string())?
+        .data;
     let mut sources: Vec<String> = Vec::new();
     let mut problem: Option<String> = None;
     parsed
@@ -234,6 +255,49 @@ pub fn compile_field(
                     }
                     if !sources.contains(&c.name) {
                         sources.push(c.name.clone());
+                    }
+                }
+                Expr::ScalarFunction(f)
+                    if matches!(f.func.name(), "try_to_date" | "try_to_timestamp") =>
+                {
+                    // Formats are read once per batch, so they must be literal text, and valid.
+                    let mut formats = Vec::new();
+                    for a in f.args.iter().skip(1) {
+                        match a {
+                            Expr::Literal(
+                                ScalarValue::Utf8(Some(s))
+                                | ScalarValue::LargeUtf8(Some(s))
+                                | ScalarValue::Utf8View(Some(s)),
+                                _,
+                            ) => formats.push(s.clone()),
+                            _ => {
+                                problem = Some(format!(
+                                    "the formats of `{}` must be string literals ('%Y-%m-%d')",
+                                    f.func.name()
+                                ));
+                                return Ok(TreeNodeRecursion::Stop);
+                            }
+                        }
+                    }
+                    if f.args.is_empty() {
+                        problem = Some(format!("`{}` needs a value", f.func.name()));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    if let Err(e) = crate::functions::DateFormats::new(&formats) {
+                        problem = Some(format!("`{}`: {e}", f.func.name()));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Expr::ScalarFunction(f) if f.func.name() == "from_unixtime" && f.args.len() > 1 => {
+                    // The time zone makes the result's type, so it must be a literal that names one.
+                    let valid = matches!(
+                        &f.args[1],
+                        Expr::Literal(ScalarValue::Utf8(Some(s)), _)
+                            if s.parse::<arrow::array::timezone::Tz>().is_ok()
+                    );
+                    if !valid {
+                        problem = Some("the time zone of `from_unixtime` must be a literal time zone name ('UTC', 'Europe/Paris', '+02:00')".into());
+                        return Ok(TreeNodeRecursion::Stop);
                     }
                 }
                 Expr::ScalarFunction(f) => {
@@ -305,7 +369,20 @@ pub fn compile_field(
             "`{text_for_messages}` gives {actual}, which cannot be converted to {target_type}"
         ));
     };
-    // Plan it now so that anything DataFusion would reject fails here, before data flows.
+    // Plan it now so that anything DataFusion would reject fails here, before data flows:
+    // the optimizer's simplification (constant folding, rewrites such as `coalesce` → CASE),
+    // then the physical expression.
+    let simplify = datafusion::logical_expr::simplify::SimplifyContext::builder()
+        .with_schema(std::sync::Arc::new(df_schema.clone()))
+        .build();
+    datafusion::optimizer::simplify_expressions::ExprSimplifier::new(simplify)
+        .simplify(expr.clone())
+        .map_err(|e| {
+            format!(
+                "cannot plan `{text_for_messages}`: {}",
+                strip_df(&e.to_string())
+            )
+        })?;
     ctx.state()
         .create_physical_expr(expr.clone(), &df_schema)
         .map_err(|e| {

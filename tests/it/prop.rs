@@ -236,3 +236,90 @@ proptest! {
         evaluate(&text);
     }
 }
+
+/// Every allow-listed function, called with hostile arguments of every arity it might take,
+/// either is refused when the mapping compiles or evaluates without failing the batch: one bad
+/// value makes a row invalid, never the whole batch.
+#[test]
+fn every_allowed_function_survives_hostile_arguments() {
+    use arrow::array::{RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Schema::new(vec![
+        Field::new("a", DataType::Utf8, true),
+        Field::new("b", DataType::Utf8, true),
+    ]);
+    let batch = RecordBatch::try_new(
+        std::sync::Arc::new(schema.clone()),
+        vec![
+            std::sync::Arc::new(StringArray::from(vec![
+                Some("12"),
+                Some("("),
+                None,
+                Some("-9223372036854775808"),
+                Some("2024-02-30"),
+            ])),
+            std::sync::Arc::new(StringArray::from(vec![
+                Some("%Y-%m-%d"),
+                Some("x"),
+                Some(""),
+                None,
+                Some("300000000"),
+            ])),
+        ],
+    )
+    .unwrap();
+    let args = [
+        "\"a\"",
+        "\"b\"",
+        "'('",
+        "0",
+        "-9223372036854775808",
+        "300000000",
+        "NULL",
+        "'2024-13-45'",
+        "CAST(\"a\" AS BIGINT)",
+    ];
+    let ctx = conform::mapping::compile::session();
+    let mut calls = vec![];
+    for f in conform::mapping::compile::ALLOWED_FUNCTIONS {
+        calls.push(format!("{f}()"));
+        for x in args {
+            calls.push(format!("{f}({x})"));
+            for y in args {
+                calls.push(format!("{f}({x}, {y})"));
+            }
+            calls.push(format!("{f}({x}, \"b\", 300000000)"));
+            calls.push(format!("{f}(\"a\", {x}, \"b\")"));
+        }
+    }
+    // Evaluated as the pipeline does: a plan through DataFusion's optimizer (which, for
+    // example, turns `coalesce` into CASE), over a batch of hostile values.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut compiled = 0;
+    for text in &calls {
+        for target in [DataType::Utf8, DataType::Int64] {
+            let Ok(f) =
+                conform::mapping::compile::compile_field(&ctx, &schema, "t", &target, Some(text))
+            else {
+                continue;
+            };
+            compiled += 1;
+            let out = rt.block_on(async {
+                ctx.read_batch(batch.clone())?
+                    .select(vec![f.expr])?
+                    .collect()
+                    .await
+            });
+            assert!(
+                out.is_ok(),
+                "`{text}` as {target} failed the batch: {:?}",
+                out.err()
+            );
+            let rows: usize = out.unwrap().iter().map(|b| b.num_rows()).sum();
+            assert_eq!(rows, 5, "{text}");
+        }
+    }
+    assert!(compiled > 500, "only {compiled} calls compiled");
+}
