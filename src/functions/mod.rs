@@ -41,7 +41,86 @@ pub fn all() -> Vec<ScalarUDF> {
 
 mod guard;
 
-pub use guard::GUARDED;
+pub use guard::is_guarded;
+
+/// Functions a mapping expression may call: pure, deterministic, and row-level.
+pub const ALLOWED_FUNCTIONS: &[&str] = &[
+    // conform's own try-variants and cleaning functions
+    "try_to_date",
+    "try_to_timestamp",
+    "parse_number",
+    "parse_bool",
+    "clean",
+    // strings
+    "lower",
+    "upper",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "concat",
+    "concat_ws",
+    "substr",
+    "substring",
+    "left",
+    "right",
+    "lpad",
+    "rpad",
+    "replace",
+    "regexp_replace",
+    "regexp_like",
+    "split_part",
+    "initcap",
+    "length",
+    "char_length",
+    "character_length",
+    "octet_length",
+    "reverse",
+    "repeat",
+    "strpos",
+    "starts_with",
+    "ends_with",
+    "translate",
+    "ascii",
+    "chr",
+    "contains",
+    "to_hex",
+    // null handling
+    "nullif",
+    "coalesce",
+    "nvl",
+    "nvl2",
+    "ifnull",
+    // numbers
+    "abs",
+    "round",
+    "floor",
+    "ceil",
+    "trunc",
+    "power",
+    "pow",
+    "sqrt",
+    "ln",
+    "log",
+    "log10",
+    "log2",
+    "exp",
+    "signum",
+    "greatest",
+    "least",
+    // dates
+    "date_part",
+    "date_trunc",
+    "to_char",
+    "make_date",
+    "from_unixtime",
+    // nested values
+    "get_field",
+    "named_struct",
+    "struct",
+    "make_array",
+    "array_element",
+];
 
 /// Registers every conform function on a session, and the allow-listed built-ins in their
 /// guarded form (row-level try semantics, bounded output).

@@ -19,84 +19,7 @@ use super::names::{edit_distance, similarity};
 use crate::error::{Error, Result};
 use crate::schema::TargetSchema;
 
-/// Functions a mapping expression may call: pure, deterministic, and row-level.
-pub const ALLOWED_FUNCTIONS: &[&str] = &[
-    // conform's own try-variants and cleaning functions
-    "try_to_date",
-    "try_to_timestamp",
-    "parse_number",
-    "parse_bool",
-    "clean",
-    // strings
-    "lower",
-    "upper",
-    "trim",
-    "btrim",
-    "ltrim",
-    "rtrim",
-    "concat",
-    "concat_ws",
-    "substr",
-    "substring",
-    "left",
-    "right",
-    "lpad",
-    "rpad",
-    "replace",
-    "regexp_replace",
-    "regexp_like",
-    "split_part",
-    "initcap",
-    "length",
-    "char_length",
-    "character_length",
-    "octet_length",
-    "reverse",
-    "repeat",
-    "strpos",
-    "starts_with",
-    "ends_with",
-    "translate",
-    "ascii",
-    "chr",
-    "contains",
-    "to_hex",
-    // null handling
-    "nullif",
-    "coalesce",
-    "nvl",
-    "nvl2",
-    "ifnull",
-    // numbers
-    "abs",
-    "round",
-    "floor",
-    "ceil",
-    "trunc",
-    "power",
-    "pow",
-    "sqrt",
-    "ln",
-    "log",
-    "log10",
-    "log2",
-    "exp",
-    "signum",
-    "greatest",
-    "least",
-    // dates
-    "date_part",
-    "date_trunc",
-    "to_char",
-    "make_date",
-    "from_unixtime",
-    // nested values
-    "get_field",
-    "named_struct",
-    "struct",
-    "make_array",
-    "array_element",
-];
+pub use crate::functions::ALLOWED_FUNCTIONS;
 
 /// One compiled target field.
 #[derive(Debug, Clone)]
@@ -228,7 +151,7 @@ pub fn compile_field(
     let parsed = parsed
         .transform_up(|e| {
             Ok(match e {
-                Expr::ScalarFunction(f) if crate::functions::GUARDED.contains(&f.func.name()) => {
+                Expr::ScalarFunction(f) if crate::functions::is_guarded(f.func.name()) => {
                     match datafusion::execution::FunctionRegistry::udf(ctx, f.func.name()) {
                         Ok(guarded) => Transformed::yes(Expr::ScalarFunction(
                             datafusion::logical_expr::expr::ScalarFunction::new_udf(

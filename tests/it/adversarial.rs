@@ -9,18 +9,9 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{Run, Workdir, config, walk};
+use crate::harness::{ITEMS_SCHEMA, Run, Workdir, config, ids, items, walk};
 
-const SCHEMA: &str = r#"{"type": "object", "required": ["id", "name"],
-    "properties": {"id": {"type": "integer"}, "name": {"type": "string", "minLength": 1}}}"#;
-
-fn items(from: u64, to: u64) -> Value {
-    Value::Array(
-        (from..=to)
-            .map(|i| json!({"id": i, "name": format!("n{i}")}))
-            .collect(),
-    )
-}
+const SCHEMA: &str = ITEMS_SCHEMA;
 
 fn workdir(sources: &str) -> Workdir {
     let w = Workdir::new();
@@ -33,13 +24,6 @@ fn workdir(sources: &str) -> Workdir {
 
 async fn run(w: &Workdir, args: &[&str]) -> Run {
     crate::harness::run_async(w, args, &[]).await
-}
-
-fn ids(w: &Workdir, source: &str) -> Vec<u64> {
-    w.ndjson(&format!("out/{source}_valid_data.ndjson"))
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect()
 }
 
 /// A server on 127.0.0.1 and one on 127.0.0.2: two hosts, two origins.

@@ -191,3 +191,24 @@ pub fn completion(content: &str) -> serde_json::Value {
         "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
     })
 }
+
+/// The schema of the HTTP tests' records: `{id, name}`, both required.
+pub const ITEMS_SCHEMA: &str = r#"{"type": "object", "required": ["id", "name"],
+    "properties": {"id": {"type": "integer"}, "name": {"type": "string", "minLength": 1}}}"#;
+
+/// Records `{id: i, name: "n<i>"}` for `i` in `from..=to`, as an API page returns them.
+pub fn items(from: u64, to: u64) -> serde_json::Value {
+    serde_json::Value::Array(
+        (from..=to)
+            .map(|i| serde_json::json!({"id": i, "name": format!("n{i}")}))
+            .collect(),
+    )
+}
+
+/// The `id`s of a source's valid NDJSON output under `out/`.
+pub fn ids(w: &Workdir, source: &str) -> Vec<u64> {
+    w.ndjson(&format!("out/{source}_valid_data.ndjson"))
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect()
+}

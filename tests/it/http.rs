@@ -3,24 +3,15 @@
 
 use std::io::Write;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use wiremock::matchers::{
     basic_auth, bearer_token, header, method, path, query_param, query_param_is_missing,
 };
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{Run, Workdir, config};
+use crate::harness::{ITEMS_SCHEMA, Run, Workdir, config, ids, items};
 
-const SCHEMA: &str = r#"{"type": "object", "required": ["id", "name"],
-    "properties": {"id": {"type": "integer"}, "name": {"type": "string", "minLength": 1}}}"#;
-
-fn items(from: u64, to: u64) -> Value {
-    Value::Array(
-        (from..=to)
-            .map(|i| json!({"id": i, "name": format!("n{i}")}))
-            .collect(),
-    )
-}
+const SCHEMA: &str = ITEMS_SCHEMA;
 
 fn workdir(sources: &str) -> Workdir {
     let w = Workdir::new();
@@ -38,13 +29,6 @@ fn workdir(sources: &str) -> Workdir {
 
 async fn run(w: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Run {
     crate::harness::run_async(w, args, env).await
-}
-
-fn ids(w: &Workdir, source: &str) -> Vec<u64> {
-    w.ndjson(&format!("out/{source}_valid_data.ndjson"))
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

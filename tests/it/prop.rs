@@ -163,7 +163,11 @@ fn expression() -> impl Strategy<Value = String> {
     })
 }
 
-fn evaluate(text: &str) {
+/// Two text columns `a` and `b` of hostile values, one row per pair.
+fn hostile_batch(
+    a: &[Option<&str>],
+    b: &[Option<&str>],
+) -> (arrow::datatypes::Schema, arrow::array::RecordBatch) {
     use arrow::array::{RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     let schema = Schema::new(vec![
@@ -173,21 +177,20 @@ fn evaluate(text: &str) {
     let batch = RecordBatch::try_new(
         std::sync::Arc::new(schema.clone()),
         vec![
-            std::sync::Arc::new(StringArray::from(vec![
-                Some("12"),
-                Some("("),
-                None,
-                Some("-9223372036854775808"),
-            ])),
-            std::sync::Arc::new(StringArray::from(vec![
-                Some("2024-01-31"),
-                Some("x"),
-                Some(""),
-                None,
-            ])),
+            std::sync::Arc::new(StringArray::from(a.to_vec())),
+            std::sync::Arc::new(StringArray::from(b.to_vec())),
         ],
     )
     .unwrap();
+    (schema, batch)
+}
+
+fn evaluate(text: &str) {
+    use arrow::datatypes::DataType;
+    let (schema, batch) = hostile_batch(
+        &[Some("12"), Some("("), None, Some("-9223372036854775808")],
+        &[Some("2024-01-31"), Some("x"), Some(""), None],
+    );
     let ctx = conform::mapping::compile::session();
     for target in [
         DataType::Utf8,
@@ -242,32 +245,23 @@ proptest! {
 /// value makes a row invalid, never the whole batch.
 #[test]
 fn every_allowed_function_survives_hostile_arguments() {
-    use arrow::array::{RecordBatch, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
-    let schema = Schema::new(vec![
-        Field::new("a", DataType::Utf8, true),
-        Field::new("b", DataType::Utf8, true),
-    ]);
-    let batch = RecordBatch::try_new(
-        std::sync::Arc::new(schema.clone()),
-        vec![
-            std::sync::Arc::new(StringArray::from(vec![
-                Some("12"),
-                Some("("),
-                None,
-                Some("-9223372036854775808"),
-                Some("2024-02-30"),
-            ])),
-            std::sync::Arc::new(StringArray::from(vec![
-                Some("%Y-%m-%d"),
-                Some("x"),
-                Some(""),
-                None,
-                Some("300000000"),
-            ])),
+    use arrow::datatypes::DataType;
+    let (schema, batch) = hostile_batch(
+        &[
+            Some("12"),
+            Some("("),
+            None,
+            Some("-9223372036854775808"),
+            Some("2024-02-30"),
         ],
-    )
-    .unwrap();
+        &[
+            Some("%Y-%m-%d"),
+            Some("x"),
+            Some(""),
+            None,
+            Some("300000000"),
+        ],
+    );
     let args = [
         "\"a\"",
         "\"b\"",
