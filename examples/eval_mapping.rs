@@ -1,7 +1,12 @@
-//! Scores a mapper on schema-matching cases (see `conform::pipeline::eval`).
+//! Scores a mapper on schema-matching case groups (see `conform::pipeline::eval`).
 //!
-//! `cargo run --example eval_mapping -- [DIR] [--mapper heuristic|llm]`; the LLM mapper reads
-//! its endpoint from OPENAI_API_KEY / OPENAI_BASE_URL and the model from CONFORM_EVAL_MODEL.
+//! `cargo run --example eval_mapping -- [DIR ...] [--mapper heuristic|llm] [--summary]`
+//!
+//! Without directories it scores the three groups under `testdata/matching`: the hand-made
+//! cases, `real/` (public tables) and `frozen/` (public tables set aside, never tuned on). Each
+//! group gets precision, recall and F1 over (field, column) pairs, Recall@GT and MRR of the
+//! ranked candidates, and the mapping time per case. The LLM mapper reads its endpoint from
+//! OPENAI_API_KEY / OPENAI_BASE_URL and the model from CONFORM_EVAL_MODEL.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +16,10 @@ use conform::pipeline::eval::{Score, evaluate_all};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let mut dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/matching"));
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/matching"));
+    let mut dirs: Vec<PathBuf> = Vec::new();
     let mut choice = MapperChoice::Heuristic;
+    let mut summary = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -24,45 +31,75 @@ async fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             },
-            _ => dir = PathBuf::from(a),
+            "--summary" => summary = true,
+            _ => dirs.push(PathBuf::from(a)),
         }
+    }
+    if dirs.is_empty() {
+        dirs = vec![root.clone(), root.join("real"), root.join("frozen")];
     }
     let mut llm = serde_json::json!({});
     if let Ok(m) = std::env::var("CONFORM_EVAL_MODEL") {
         llm["model"] = m.into();
     }
-    let results = match evaluate_all(&dir, choice, &llm).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("eval_mapping: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
     let mut out = std::io::stdout().lock();
+    let mut totals = Vec::new();
+    for dir in &dirs {
+        let results = match evaluate_all(dir, choice, &llm).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("eval_mapping: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        };
+        let group = std::path::absolute(dir)
+            .unwrap_or_else(|_| dir.clone())
+            .strip_prefix(&root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("hand-made")
+            .to_string();
+        if !summary {
+            let _ = writeln!(
+                out,
+                "\n== {group}\n{:<34} {:>4} {:>4} {:>4}  {:>6} {:>7}",
+                "case", "tp", "fp", "fn", "F1", "seconds"
+            );
+            for r in &results {
+                let s = Score::of(std::slice::from_ref(r));
+                let _ = writeln!(
+                    out,
+                    "{:<34} {:>4} {:>4} {:>4}  {:>6.3} {:>7.3}",
+                    r.name, r.true_positives, r.false_positives, r.false_negatives, s.f1, r.seconds
+                );
+                for m in &r.mistakes {
+                    let _ = writeln!(out, "    {m}");
+                }
+            }
+        }
+        totals.push((group, results));
+    }
     let _ = writeln!(
         out,
-        "{:<34} {:>4} {:>4} {:>4}  {:>6}",
-        "case", "tp", "fp", "fn", "F1"
+        "\n{:<10} {:>5} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9} {:>9}",
+        "group", "cases", "precision", "recall", "F1", "Recall@GT", "MRR", "mean s", "max s"
     );
-    for r in &results {
-        let s = Score::of(std::slice::from_ref(r));
+    for (group, results) in &totals {
+        let s = Score::of(results);
         let _ = writeln!(
             out,
-            "{:<34} {:>4} {:>4} {:>4}  {:>6.3}",
-            r.name, r.true_positives, r.false_positives, r.false_negatives, s.f1
+            "{:<10} {:>5} {:>9.3} {:>6.3} {:>6.3} {:>9.3} {:>6.3} {:>9.3} {:>9.3}",
+            group,
+            results.len(),
+            s.precision,
+            s.recall,
+            s.f1,
+            s.recall_at_gt,
+            s.mrr,
+            s.mean_seconds,
+            s.max_seconds
         );
-        for m in &r.mistakes {
-            let _ = writeln!(out, "    {m}");
-        }
     }
-    let s = Score::of(&results);
-    let _ = writeln!(
-        out,
-        "\n{} cases: precision {:.3}  recall {:.3}  F1 {:.3}",
-        results.len(),
-        s.precision,
-        s.recall,
-        s.f1
-    );
     std::process::ExitCode::SUCCESS
 }

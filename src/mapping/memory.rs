@@ -107,7 +107,9 @@ pub fn apply(doc: &mut MappingDocument, repairs: &[LearnedRepair]) -> Vec<(Strin
                         "{} (learned repair from source `{}`: {})",
                         m.rationale, r.learned_from, r.why
                     ),
-                    error: None,
+                    // The learned repair replaces the conversion, so the alternatives and any
+                    // value table described the old expression.
+                    ..FieldMapping::unmapped()
                 };
                 applied.push((field.clone(), r.clone()));
             }

@@ -67,6 +67,30 @@ pub struct FieldMapping {
     /// Why a proposed expression was rejected (the field is then unmapped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Share of the sample's values that the expression's value table (an enum's `CASE`)
+    /// turns into allowed values; absent when the field has no table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_coverage: Option<f64>,
+    /// The next best expressions, best first, so that a reviewer can switch with one edit
+    /// (copy a candidate's `expr` into `expr`). Ignored when the mapping is compiled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
+}
+
+/// An alternative to a field's chosen expression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    /// The expression this alternative would use.
+    pub expr: String,
+    /// The column(s) it reads.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// The matcher's score, 0..1 (the chosen expression's confidence is on the same scale).
+    pub score: f64,
+    /// The evidence for it.
+    #[serde(default)]
+    pub why: String,
 }
 
 impl FieldMapping {
@@ -78,6 +102,8 @@ impl FieldMapping {
             confidence: 0.0,
             rationale: String::new(),
             error: None,
+            value_coverage: None,
+            candidates: vec![],
         }
     }
 }

@@ -165,8 +165,15 @@ fn abbreviates(short: &str, long: &str) -> bool {
 }
 
 /// How well two canonical tokens match, 0..1.
-fn token_similarity(t: &str, u: &str) -> f64 {
+pub fn token_similarity(t: &str, u: &str) -> f64 {
     if t == u {
+        return 1.0;
+    }
+    // Years written with two or four digits: `85` = `1985`, `00` = `2000`.
+    if t.len() + u.len() == 6
+        && t.bytes().chain(u.bytes()).all(|b| b.is_ascii_digit())
+        && (t.ends_with(u) || u.ends_with(t))
+    {
         return 1.0;
     }
     if matches!((t, u), ("id", "number") | ("number", "id")) {

@@ -227,7 +227,7 @@ pub(super) const SYNONYMS: &[(&str, &[&str])] = &[
     (
         "city",
         &[
-            "city", "town", "locality", "ville", "ciudad", "stadt", "ort", "citta", "cidade",
+            "city", "town", "locality", "municipality", "ville", "ciudad", "stadt", "ort", "citta", "cidade",
             "plaats",
         ],
     ),

@@ -23,9 +23,19 @@ pub struct CaseResult {
     pub false_negatives: usize,
     /// One line per wrong field: `field: expected [..], got [..]`.
     pub mistakes: Vec<String>,
+    /// Expected (field, column) pairs: the ground truth's size.
+    pub ground_truth: usize,
+    /// Expected pairs among the `ground_truth` best-scored pairs of the ranked candidates.
+    pub hits_at_ground_truth: usize,
+    /// 1/rank of the first expected column in each mapped field's ranked candidates (0 when
+    /// absent), for fields with an expected column.
+    pub reciprocal_ranks: Vec<f64>,
+    /// Wall time of mapping the case.
+    pub seconds: f64,
 }
 
-/// Precision, recall and F1.
+/// Precision, recall and F1 of the chosen mapping; Recall@GT and MRR of the ranked
+/// candidates; mapping time.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Score {
     /// Share of proposed pairs that are right.
@@ -34,6 +44,15 @@ pub struct Score {
     pub recall: f64,
     /// Harmonic mean of the two.
     pub f1: f64,
+    /// Share of expected pairs among the |ground truth| best-scored candidate pairs of each
+    /// case (the schema-matching literature's Recall@GT).
+    pub recall_at_gt: f64,
+    /// Mean reciprocal rank of the first right column in each field's ranked candidates.
+    pub mrr: f64,
+    /// Mean mapping time per case, seconds.
+    pub mean_seconds: f64,
+    /// Slowest case, seconds.
+    pub max_seconds: f64,
 }
 
 impl Score {
@@ -50,10 +69,25 @@ impl Score {
         } else {
             2.0 * precision * recall / (precision + recall)
         };
+        let gt: usize = results.iter().map(|r| r.ground_truth).sum();
+        let hits: usize = results.iter().map(|r| r.hits_at_ground_truth).sum();
+        let rr: Vec<f64> = results
+            .iter()
+            .flat_map(|r| r.reciprocal_ranks.iter().copied())
+            .collect();
+        let n = results.len().max(1) as f64;
         Score {
             precision,
             recall,
             f1,
+            recall_at_gt: ratio(hits, gt),
+            mrr: if rr.is_empty() {
+                1.0
+            } else {
+                rr.iter().sum::<f64>() / rr.len() as f64
+            },
+            mean_seconds: results.iter().map(|r| r.seconds).sum::<f64>() / n,
+            max_seconds: results.iter().map(|r| r.seconds).fold(0.0, f64::max),
         }
     }
 }
@@ -71,6 +105,15 @@ fn source_file(dir: &Path) -> Result<PathBuf> {
     ))
 }
 
+/// Removes a directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
     Ok(serde_json::from_str(&text)?)
@@ -78,14 +121,29 @@ fn read_json(path: &Path) -> Result<Value> {
 
 /// Maps one case with `choice` and compares the columns each field reads with the expected ones.
 pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Result<CaseResult> {
+    // Source paths in the config are relative to the config's directory, so the case
+    // directory itself must not be relative too.
+    let dir = &std::path::absolute(dir).map_err(|e| Error::io("resolving", dir, e))?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let schema = read_json(&dir.join("target.schema.json"))?;
     let expected = read_json(&dir.join("expected.json"))?;
+    // A fresh output directory per case: repairs learned while mapping one case (kept under
+    // `mappings/`) must not leak into the next.
+    let out_dir = std::env::temp_dir().join(format!(
+        "conform-eval-{}-{}-{}",
+        std::process::id(),
+        name,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    let _cleanup = RemoveOnDrop(out_dir.clone());
     let config = json!({
-        "output_directory": std::env::temp_dir(),
+        "output_directory": out_dir,
         "data_sources": {"source": {"path": source_file(dir)?}},
         "internal_schema": schema,
         "llm": llm,
@@ -93,11 +151,16 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
     let config =
         crate::Config::from_str_with_env(&config.to_string(), dir, &|k| std::env::var(k).ok())?;
     let pipeline = Pipeline::try_new(config)?;
+    let started = std::time::Instant::now();
     let prepared = pipeline.prepare_fresh("source", choice).await?;
+    let seconds = started.elapsed().as_secs_f64();
     let mut result = CaseResult {
         name,
+        seconds,
         ..Default::default()
     };
+    // Every ranked pair: the chosen column first, then the alternatives.
+    let mut pairs: Vec<(f64, String, String)> = Vec::new();
     let Value::Object(expected) = expected else {
         return Err(Error::config(
             dir.join("expected.json").display().to_string(),
@@ -121,16 +184,55 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
             .unwrap_or_default();
         want.sort();
         got.sort();
+        let m = prepared.document.fields.get(field);
+        let mut ranked: Vec<(f64, Vec<String>)> = Vec::new();
+        if let Some(m) = m {
+            if m.expr.is_some() {
+                ranked.push((m.confidence, m.sources.clone()));
+            }
+            ranked.extend(m.candidates.iter().map(|c| (c.score, c.sources.clone())));
+        }
+        for (score, cols) in &ranked {
+            for c in cols {
+                pairs.push((*score, field.clone(), c.clone()));
+            }
+        }
+        if !want.is_empty() {
+            result.ground_truth += want.len();
+            let rank = ranked
+                .iter()
+                .position(|(_, cols)| cols.iter().any(|c| want.contains(c)));
+            result
+                .reciprocal_ranks
+                .push(rank.map_or(0.0, |r| 1.0 / (r + 1) as f64));
+        }
         let hits = got.iter().filter(|g| want.contains(g)).count();
         result.true_positives += hits;
         result.false_positives += got.len() - hits;
         result.false_negatives += want.len() - hits;
         if got != want {
-            result
-                .mistakes
-                .push(format!("{field}: expected {want:?}, got {got:?}"));
+            let alternatives: Vec<String> = ranked
+                .iter()
+                .map(|(s, c)| format!("{}:{s:.2}", c.join("+")))
+                .collect();
+            result.mistakes.push(format!(
+                "{field}: expected {want:?}, got {got:?} (ranked {})",
+                alternatives.join(" ")
+            ));
         }
     }
+    // Recall@GT: the |GT| best pairs over all fields.
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    result.hits_at_ground_truth = pairs
+        .iter()
+        .take(result.ground_truth)
+        .filter(|(_, f, c)| {
+            expected
+                .get(f.as_str())
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(c.as_str())))
+        })
+        .count();
     Ok(result)
 }
 
@@ -148,7 +250,28 @@ pub async fn evaluate_all(
     dirs.sort();
     let mut out = Vec::with_capacity(dirs.len());
     for d in dirs {
-        out.push(evaluate_case(&d, choice, llm).await?);
+        // A case that cannot be mapped at all counts as all pairs missed, with the reason.
+        let r = match evaluate_case(&d, choice, llm).await {
+            Ok(r) => r,
+            Err(e) => {
+                let expected = read_json(&d.join("expected.json")).unwrap_or_default();
+                let missed = expected
+                    .as_object()
+                    .map(|o| o.values().filter_map(Value::as_array).map(Vec::len).sum())
+                    .unwrap_or(0);
+                CaseResult {
+                    name: d
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    false_negatives: missed,
+                    ground_truth: missed,
+                    mistakes: vec![format!("could not be mapped: {e}")],
+                    ..Default::default()
+                }
+            }
+        };
+        out.push(r);
     }
     Ok(out)
 }

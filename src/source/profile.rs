@@ -7,13 +7,20 @@ use chrono::{NaiveDate, NaiveDateTime};
 
 /// Date formats tried on sample values, most common first.
 pub const DATE_FORMATS: &[&str] = &[
-    "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%Y%m%d",
+    "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%Y%m%d", "%m/%d/%y",
+    "%d/%m/%y", "%b %d %Y", "%d %b %Y", "%B %d, %Y", "%d-%b-%Y",
 ];
 
 /// Date-time formats tried on sample values, most common first.
 pub const DATETIME_FORMATS: &[&str] = &[
     "%Y-%m-%dT%H:%M:%S",
     "%Y-%m-%dT%H:%M:%S%.f",
+    // UTC designator and numeric offsets (RFC 3339): `1971-10-20T00:00:00Z`, `…+02:00`.
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%Y-%m-%dT%H:%M:%S%.fZ",
+    "%Y-%m-%dT%H:%M:%S%:z",
+    "%Y-%m-%dT%H:%M:%S%.f%:z",
+    "%Y-%m-%d %H:%M:%S%:z",
     "%Y-%m-%d %H:%M:%S",
     "%Y-%m-%d %H:%M:%S%.f",
     "%Y-%m-%dT%H:%M",
@@ -76,6 +83,14 @@ pub struct ColumnProfile {
     pub examples: Vec<String>,
     /// Number of distinct non-blank values in the sample.
     pub distinct: usize,
+    /// Non-blank values in the sample.
+    pub non_blank: usize,
+    /// The most frequent distinct values (up to [`TOP_VALUES`]) with their counts, most
+    /// frequent first: the evidence for enum value tables and value overlap.
+    #[serde(skip)]
+    pub top_values: Vec<(String, usize)>,
+    /// Mean number of words per non-blank value (sentences vs codes).
+    pub mean_words: f64,
     /// What most text values are, when recognisable: `email`, `uuid`, `ipv4` or `uri`.
     pub semantic: Option<&'static str>,
 }
@@ -103,6 +118,9 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
         mixed_case: false,
         examples: vec![],
         distinct: 0,
+        non_blank: 0,
+        top_values: vec![],
+        mean_words: 0.0,
         semantic: None,
     };
     if matches!(
@@ -137,7 +155,14 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
         .collect();
     let mut distinct: Vec<&str> = values.clone();
     distinct.sort_unstable();
+    let top_values = top_values(&distinct);
     distinct.dedup();
+    let mean_words = if values.is_empty() {
+        0.0
+    } else {
+        values.iter().map(|v| v.split_whitespace().count()).sum::<usize>() as f64
+            / values.len() as f64
+    };
     let examples = distinct.iter().take(5).map(|s| s.to_string()).collect();
     let padded = raw.iter().any(|v| v.trim() != *v && !v.trim().is_empty());
     let has_upper = values.iter().any(|v| v.chars().any(char::is_uppercase));
@@ -172,8 +197,31 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
         semantic: semantic_of,
         examples,
         distinct: distinct.len(),
+        non_blank: values.len(),
+        top_values,
+        mean_words,
         ..base
     }
+}
+
+/// Distinct values kept per column with their counts.
+pub const TOP_VALUES: usize = 64;
+
+/// The most frequent values of a sorted list, with counts (ties in value order).
+fn top_values(sorted: &[&str]) -> Vec<(String, usize)> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for v in sorted {
+        match counts.last_mut() {
+            Some((last, n)) if last == v => *n += 1,
+            _ => counts.push((v, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counts
+        .into_iter()
+        .take(TOP_VALUES)
+        .map(|(v, n)| (v.to_string(), n))
+        .collect()
 }
 
 /// The kind of text most values are (80% or more), checked with the validator's own format
@@ -330,6 +378,24 @@ mod tests {
             text_shape(&["31/01/2023", "01/02/2023"]),
             ValueShape::Date {
                 formats: vec!["%d/%m/%Y".into()]
+            }
+        );
+        assert_eq!(
+            text_shape(&["1971-10-20T00:00:00Z", "2001-02-03T04:05:06Z"]),
+            ValueShape::DateTime {
+                formats: vec!["%Y-%m-%dT%H:%M:%SZ".into()]
+            }
+        );
+        assert_eq!(
+            text_shape(&["2001-02-03T04:05:06+02:00"]),
+            ValueShape::DateTime {
+                formats: vec!["%Y-%m-%dT%H:%M:%S%:z".into()]
+            }
+        );
+        assert_eq!(
+            text_shape(&["1/11/99", "10/18/99"]),
+            ValueShape::Date {
+                formats: vec!["%m/%d/%y".into()]
             }
         );
         assert_eq!(

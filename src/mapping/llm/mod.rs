@@ -304,7 +304,7 @@ impl LlmMapper {
                                     sources: vec![],
                                     confidence: e.confidence.unwrap_or(0.5),
                                     rationale: e.rationale.unwrap_or_default(),
-                                    error: None,
+                                    ..FieldMapping::unmapped()
                                 };
                             }
                             None => {

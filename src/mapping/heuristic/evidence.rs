@@ -1,0 +1,728 @@
+//! Evidence that a source column feeds a target field, computed from facts gathered once per
+//! field and once per column (a 736-field target against a 20,000-column source compares facts,
+//! it does not tokenise names again for each pair).
+//!
+//! Three kinds of evidence: the *names* (tokens, acronyms such as `FTHG` for "full time home
+//! goals", abbreviations such as `sibsp` for "siblings/spouses"), the target's *description*
+//! (words of the column that the description uses, weighted by how rare they are among the
+//! target's descriptions, units such as `_cm` for "centimeters") and the *values* (type, date
+//! formats, the schema's `format`, `pattern`, `enum`, `examples` and ranges, emptiness,
+//! constants, and the value shape the field's role expects: identifiers, names, sentences, URLs).
+
+use std::collections::{HashMap, HashSet};
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::values::{Affix, EnumIndex, ValueTable, normalise, table};
+use crate::mapping::names::{canonical, token_list_similarity, tokens, unit, words};
+use crate::schema::{FieldKind, TargetField};
+use crate::source::{ColumnProfile, ValueShape};
+
+/// What a field's name says its values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Identifiers: distinct short codes (`id`, `key`).
+    Id,
+    /// Codes: short tokens that may repeat (`code`, `symbol`, `abbreviation`).
+    Code,
+    /// Names and labels: a few words.
+    Name,
+    /// Free text: sentences (`description`, `definition`, `comment`).
+    LongText,
+    /// Links.
+    Url,
+    /// Nothing in particular.
+    Any,
+}
+
+fn role_of(ws: &[String]) -> Role {
+    let last = ws.last().map(String::as_str).unwrap_or("");
+    let has = |xs: &[&str]| ws.iter().any(|w| xs.contains(&w.as_str()));
+    if has(&["url", "link", "uri", "website", "homepage", "href"]) {
+        Role::Url
+    } else if has(&[
+        "description",
+        "definition",
+        "comment",
+        "comments",
+        "note",
+        "notes",
+        "summary",
+        "remark",
+        "remarks",
+        "abstract",
+    ]) {
+        Role::LongText
+    } else if matches!(last, "id" | "key" | "identifier" | "uuid" | "guid") {
+        Role::Id
+    } else if matches!(
+        last,
+        "code" | "symbol" | "abbr" | "abbreviation" | "abbrev" | "ticker" | "iso"
+    ) {
+        Role::Code
+    } else if matches!(last, "name" | "title" | "label") {
+        Role::Name
+    } else {
+        Role::Any
+    }
+}
+
+/// Facts about one target field, gathered once.
+pub struct FieldFacts<'a> {
+    /// The field.
+    pub field: &'a TargetField,
+    /// Canonical tokens of the name and of the `title`.
+    pub tokens: Vec<String>,
+    title_tokens: Vec<String>,
+    /// Lower-case words of the name (stop words dropped), for acronyms.
+    name_words: Vec<String>,
+    /// Lower-case words of the title and description, for acronyms.
+    desc_words: Vec<String>,
+    /// Canonical tokens of the description.
+    desc_tokens: HashSet<String>,
+    /// What the name says the values are.
+    pub role: Role,
+    /// The enum, indexed.
+    pub enums: Option<EnumIndex>,
+    pattern: Option<Regex>,
+    /// Normalised `examples` of the schema.
+    examples: HashSet<String>,
+    /// A string field with no constraint on its values: anything fits, so only strong name
+    /// evidence may match it.
+    pub untyped: bool,
+}
+
+const STOP: &[&str] = &[
+    "the", "of", "on", "in", "a", "an", "to", "for", "by", "and", "or", "at", "is", "are", "was",
+    "with", "as", "from", "this", "that", "be", "it", "its", "per", "e", "g", "i", "eg", "ie",
+];
+
+fn plain_words(text: &str, limit: usize) -> Vec<String> {
+    words(text)
+        .into_iter()
+        .filter(|w| !STOP.contains(&w.as_str()))
+        .take(limit)
+        .collect()
+}
+
+/// Words for acronyms: function words stay (`mpg` = miles *per* gallon), articles go.
+fn acronym_words(text: &str, limit: usize) -> Vec<String> {
+    words(text)
+        .into_iter()
+        .filter(|w| !matches!(w.as_str(), "the" | "a" | "an"))
+        .take(limit)
+        .collect()
+}
+
+/// Words with unit abbreviations also spelled out (`pct` → `percent`), so that a glued name
+/// such as `winpercent` splits over them.
+fn with_units(ws: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(ws.len());
+    for w in ws {
+        let long = UNIT_WORDS.iter().find(|(a, _)| *a == w).map(|(_, l)| l.to_string());
+        out.push(w);
+        out.extend(long);
+    }
+    out
+}
+
+impl<'a> FieldFacts<'a> {
+    /// Facts of `field`.
+    pub fn of(field: &'a TargetField) -> FieldFacts<'a> {
+        let title = field.schema.get("title").and_then(Value::as_str);
+        let desc = [title, field.description.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(". ");
+        let name_words = plain_words(&field.name, 12);
+        let desc_tokens = tokens(&desc).into_iter().collect();
+        let examples: HashSet<String> = field
+            .schema
+            .get("examples")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|v| normalise(&super::values::text(v)))
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let c = &field.constraints;
+        let pattern = c.pattern.as_deref().and_then(|p| Regex::new(p).ok());
+        let untyped = matches!(field.kind, FieldKind::String | FieldKind::Json)
+            && c.enum_values.is_none()
+            && c.const_value.is_none()
+            && c.format.is_none()
+            && pattern.is_none()
+            && examples.is_empty()
+            && c.min_length.is_none()
+            && c.max_length.is_none();
+        let mut role_words = name_words.clone();
+        if let Some(t) = title {
+            role_words.extend(plain_words(t, 12));
+        }
+        FieldFacts {
+            tokens: tokens(&field.name),
+            title_tokens: title.map(tokens).unwrap_or_default(),
+            role: role_of(&name_words),
+            desc_words: acronym_words(&desc, 48),
+            name_words: with_units(name_words),
+            desc_tokens,
+            enums: EnumIndex::of(field),
+            pattern,
+            examples,
+            untyped,
+            field,
+        }
+    }
+}
+
+/// Facts about one source column, gathered once.
+pub struct ColumnFacts<'a> {
+    /// The column's profile.
+    pub profile: &'a ColumnProfile,
+    /// Canonical tokens of the name.
+    pub tokens: Vec<String>,
+    /// Tokens matched against descriptions: the name's tokens and its unit spelled out.
+    desc_keys: Vec<String>,
+    /// The name as one lower-case word, when it is one (`FTHG`, `sibsp`).
+    word: Option<String>,
+    /// Lower-case words of the name, units spelled out.
+    name_words: Vec<String>,
+    /// The prefix or suffix its values share.
+    pub affix: Affix,
+    /// Normalised top values.
+    norm_values: HashSet<String>,
+    /// A column the loading pipeline adds (`_loaded_at`, `etl_batch`).
+    pub metadata: bool,
+}
+
+/// Unit abbreviations and the words descriptions use for them.
+const UNIT_WORDS: &[(&str, &str)] = &[
+    ("cm", "centimeter"),
+    ("mm", "millimeter"),
+    ("km", "kilometer"),
+    ("m", "meter"),
+    ("kg", "kilogram"),
+    ("g", "gram"),
+    ("lb", "pound"),
+    ("lbs", "pound"),
+    ("ft", "feet"),
+    ("mi", "mile"),
+    ("pct", "percent"),
+    ("usd", "dollar"),
+    ("s", "second"),
+    ("sec", "second"),
+    ("ms", "millisecond"),
+    ("min", "minute"),
+    ("c", "celsius"),
+    ("f", "fahrenheit"),
+];
+
+impl<'a> ColumnFacts<'a> {
+    /// Facts of a profiled column.
+    pub fn of(profile: &'a ColumnProfile) -> ColumnFacts<'a> {
+        let ws = words(&profile.name);
+        let tokens = tokens(&profile.name);
+        let mut desc_keys = tokens.clone();
+        if let Some(u) = unit(&profile.name)
+            && let Some((_, w)) = UNIT_WORDS.iter().find(|(a, _)| *a == u)
+        {
+            desc_keys.push(canonical(w));
+        }
+        let word = match ws.as_slice() {
+            [w] if (2..=12).contains(&w.len()) && w.chars().all(|c| c.is_ascii_alphabetic()) => {
+                Some(w.clone())
+            }
+            _ => None,
+        };
+        let metadata = profile.name.starts_with('_')
+            || ws.iter().any(|w| {
+                matches!(
+                    w.as_str(),
+                    "etl" | "loaded" | "ingested" | "ingest" | "batch" | "sdc" | "dw" | "audit"
+                )
+            });
+        ColumnFacts {
+            tokens,
+            desc_keys,
+            word,
+            name_words: with_units(plain_words(&profile.name, 12)),
+            affix: Affix::of(profile),
+            norm_values: profile
+                .top_values
+                .iter()
+                .map(|(v, _)| normalise(v))
+                .collect(),
+            metadata,
+            profile,
+        }
+    }
+
+    fn has_values(&self) -> bool {
+        self.profile.non_blank > 0
+    }
+
+    fn constant(&self) -> bool {
+        self.profile.distinct == 1 && self.profile.non_blank >= 3
+    }
+}
+
+/// How rare each description token is among the target's fields: rarer tokens are better
+/// evidence (every clinical description says "patient"; few say "centimeters").
+pub struct Rarity(HashMap<String, f64>, f64);
+
+impl Rarity {
+    /// Document frequencies over the fields' descriptions.
+    pub fn of(fields: &[FieldFacts<'_>]) -> Rarity {
+        let mut df: HashMap<String, usize> = HashMap::new();
+        for f in fields {
+            for t in &f.desc_tokens {
+                *df.entry(t.clone()).or_default() += 1;
+            }
+        }
+        let n = fields.len().max(1) as f64;
+        let idf = df
+            .into_iter()
+            .map(|(t, d)| (t, (1.0 + n / d as f64).ln()))
+            .collect();
+        Rarity(idf, (1.0 + n).ln())
+    }
+
+    fn weight(&self, t: &str) -> f64 {
+        self.0.get(t).copied().unwrap_or(self.1)
+    }
+}
+
+/// Whether `w` splits into pieces that begin words of `list` in order (at most `gap` words
+/// skipped between pieces): `fthg` in "full time home team goals", `sibsp` in "siblings
+/// spouses". Returns the words used.
+fn pieces(w: &[u8], list: &[String], gap: usize, min_pieces: usize) -> Option<Vec<usize>> {
+    fn go(
+        w: &[u8],
+        list: &[String],
+        from: usize,
+        gap: usize,
+        used: &mut Vec<usize>,
+        min: usize,
+    ) -> bool {
+        if w.is_empty() {
+            return used.len() >= min;
+        }
+        let last = if used.is_empty() {
+            list.len()
+        } else {
+            (from + gap + 1).min(list.len())
+        };
+        for j in from..last {
+            let word = list[j].as_bytes();
+            let common = w.iter().zip(word).take_while(|(a, b)| a == b).count();
+            // Longest piece first, so `sib|sp` is tried before `s|i|b…`.
+            for k in (1..=common).rev() {
+                used.push(j);
+                if go(&w[k..], list, j + 1, gap, used, min) {
+                    return true;
+                }
+                used.pop();
+            }
+        }
+        false
+    }
+    let mut used = Vec::new();
+    go(w, list, 0, gap, &mut used, min_pieces).then_some(used)
+}
+
+/// A glued word split into at least two whole words (or word prefixes of four letters or more)
+/// from the field's name and description.
+fn glued<'w>(w: &'w str, name: &[String], desc: &[String]) -> Option<Vec<&'w str>> {
+    fn go<'w>(w: &'w str, vocab: &[&String], out: &mut Vec<&'w str>) -> bool {
+        if w.is_empty() {
+            return out.len() >= 2;
+        }
+        for v in vocab {
+            let k = (1..=w.len().min(v.len()))
+                .rev()
+                .find(|&k| w.as_bytes()[..k] == v.as_bytes()[..k])
+                .unwrap_or(0);
+            // The whole word, or a prefix of at least four letters (`wafer` of `wafers`).
+            if k >= 3 && (k == v.len() || k >= 4) {
+                out.push(&w[..k]);
+                if go(&w[k..], vocab, out) {
+                    return true;
+                }
+                out.pop();
+            }
+        }
+        false
+    }
+    let vocab: Vec<&String> = name.iter().chain(desc).filter(|v| v.len() >= 3).collect();
+    let mut out = Vec::new();
+    go(w, &vocab, &mut out).then_some(out)
+}
+
+/// Name evidence: tokens, title, acronyms and abbreviations.
+pub fn name_score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> f64 {
+    let mut s = token_list_similarity(&f.tokens, &c.tokens);
+    if !f.title_tokens.is_empty() {
+        s = s.max(token_list_similarity(&f.title_tokens, &c.tokens));
+    }
+    if s >= 0.75 {
+        return s;
+    }
+    // A field named by one glued word over the column's words: `TMAX` = temp max.
+    if let [fw] = f.name_words.as_slice()
+        && (2..=12).contains(&fw.len())
+        && c.name_words.len() >= 2
+        && let Some(used) = pieces(fw.as_bytes(), &c.name_words, 0, 2)
+        && (used.len() < fw.len() || used.first() == Some(&0))
+    {
+        let share = used.len() as f64 / c.name_words.len() as f64;
+        s = s.max(0.5 + 0.25 * share.min(1.0));
+    }
+    let Some(w) = &c.word else {
+        return s;
+    };
+    let b = w.as_bytes();
+    // A glued column name split into whole words of the field's name or description:
+    // `winpercent` = win percent, `crispedricewafer` = crisped rice wafer(s).
+    if w.len() >= 6
+        && let Some(parts) = glued(w, &f.name_words, &f.desc_words)
+    {
+        let ts: Vec<String> = parts.iter().map(|p| canonical(p)).collect();
+        let by_name = token_list_similarity(&f.tokens, &ts);
+        let found = ts.iter().filter(|t| f.desc_tokens.contains(*t)).count() as f64;
+        s = s.max(by_name).max(0.8 * found / ts.len() as f64);
+    }
+    // Pieces of the field's own name words: `HS` = home shots, `sibsp` = siblings spouses.
+    if let Some(used) = pieces(b, &f.name_words, 0, 2) {
+        let all_single = used.len() == b.len();
+        let first_word = used.first() == Some(&0);
+        if !all_single || first_word {
+            let share = used.len() as f64 / f.name_words.len().max(1) as f64;
+            s = s.max(0.5 + 0.25 * share.min(1.0));
+        }
+    }
+    // An acronym of three or more letters over the description: `FTHG`.
+    if b.len() >= 3
+        && let Some(used) = pieces(b, &f.desc_words, 1, 3)
+        && used.len() == b.len()
+    {
+        s = s.max(0.7);
+    }
+    s
+}
+
+/// Description evidence: the share of the column's (rarity-weighted) tokens that the field's
+/// title or description uses, when at least one of them is not a generic word.
+pub fn description_score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity) -> f64 {
+    if f.desc_tokens.is_empty() || c.desc_keys.is_empty() {
+        return 0.0;
+    }
+    // How well each column token is found in the description: exactly, or as a prefix
+    // (`temp` in "temperature", `max` in "maximum").
+    let best = |t: &str| {
+        if f.desc_tokens.contains(t) {
+            1.0
+        } else if t.len() >= 3 {
+            f.desc_tokens
+                .iter()
+                .map(|u| if u.starts_with(t) { 0.8 } else { 0.0 })
+                .fold(0.0, f64::max)
+        } else {
+            0.0
+        }
+    };
+    let total: f64 = c.desc_keys.iter().map(|t| rarity.weight(t)).sum();
+    let mut found = 0.0;
+    let mut specific = false;
+    let mut matched = 0usize;
+    for t in &c.desc_keys {
+        let b = best(t);
+        if b > 0.0 {
+            found += b * rarity.weight(t);
+            matched += 1;
+            specific |= !GENERIC_WORDS.contains(&t.as_str());
+        }
+    }
+    if !specific || total == 0.0 {
+        return 0.0;
+    }
+    // Mostly how much of the column the description explains; a little of how much of the
+    // description the column covers, which separates `Region Name` from `Sub-region Name`
+    // for "sub-region name".
+    let coverage = matched as f64 / f.desc_tokens.len().max(1) as f64;
+    0.8 * (0.85 * found / total + 0.15 * coverage.min(1.0))
+}
+
+/// Whether every token of the column is a token of the field's name: `age` for
+/// `age_at_diagnosis` (such a column may feed several fields).
+pub fn contained(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> bool {
+    !c.tokens.is_empty() && c.tokens.iter().all(|t| f.tokens.contains(t))
+}
+
+/// Whether the field and the column share a token exactly (not only by prefix or
+/// abbreviation).
+pub fn shares_token(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> bool {
+    c.tokens
+        .iter()
+        .any(|t| f.tokens.contains(t) || f.title_tokens.contains(t))
+}
+
+const GENERIC_WORDS: &[&str] = &[
+    "id", "number", "name", "date", "code", "value", "type", "count", "total", "amount", "year",
+];
+
+/// Name words of the column that neither the field's name nor its description explains
+/// (`fat` in `Fat_fraction` against "number of fractions … radiation doses").
+pub fn unexplained(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> bool {
+    if f.desc_tokens.is_empty() {
+        return false;
+    }
+    c.tokens.iter().any(|t| {
+        !GENERIC_WORDS.contains(&t.as_str())
+            && !f.desc_tokens.contains(t)
+            && !f.tokens.iter().any(|u| u == t || u.starts_with(t.as_str()))
+    })
+}
+
+/// What the values say.
+#[derive(Debug, Clone, Default)]
+pub struct ValueEvidence {
+    /// How well they fit, 0..1.
+    pub fit: f64,
+    /// They identify the field on their own (the enum's values, e-mails for `format: email`,
+    /// dates for a date field, values matching the pattern or the schema's examples).
+    pub strong: bool,
+    /// They contradict it (an enum none of them is, a pattern none matches, text for a number,
+    /// a constant for an identifier, no values at all).
+    pub veto: bool,
+    /// Why, for the rationale.
+    pub note: &'static str,
+    /// The enum value table, when the field has an enum.
+    pub table: Option<ValueTable>,
+}
+
+fn type_fit(kind: &FieldKind, p: &ColumnProfile) -> f64 {
+    use ValueShape as S;
+    match (kind, &p.shape) {
+        (_, S::Empty) => 0.5,
+        (FieldKind::Integer, S::Integer) => 1.0,
+        (FieldKind::Integer, S::Number | S::FormattedNumber) => 0.6,
+        (FieldKind::Integer, S::Boolean) if p.data_type != "Boolean" => 0.6,
+        (FieldKind::Number, S::Integer | S::Number | S::FormattedNumber) => 1.0,
+        (FieldKind::Boolean, S::Boolean) => 1.0,
+        (FieldKind::Date | FieldKind::DateTime, S::Date { .. } | S::DateTime { .. }) => 1.0,
+        // Text that is not (mostly) dates may be dirty dates: the validator reports them.
+        (FieldKind::Date | FieldKind::DateTime, S::Text) => 0.3,
+        (FieldKind::String | FieldKind::Json, S::Text) => 1.0,
+        (FieldKind::String | FieldKind::Json, _) => 0.7,
+        (FieldKind::Object(_) | FieldKind::Array(_), S::Nested) => 1.0,
+        (FieldKind::Integer | FieldKind::Number, S::Boolean) => 0.3,
+        _ => 0.1,
+    }
+}
+
+fn share(p: &ColumnProfile, hits: impl Fn(&str) -> bool) -> f64 {
+    let mut n = 0usize;
+    let mut h = 0usize;
+    for (v, c) in &p.top_values {
+        n += c;
+        if hits(v) {
+            h += c;
+        }
+    }
+    if n == 0 { 0.0 } else { h as f64 / n as f64 }
+}
+
+fn looks_like_url(v: &str) -> bool {
+    let l = v.trim().to_ascii_lowercase();
+    l.starts_with("http://")
+        || l.starts_with("https://")
+        || l.starts_with("www.")
+        || l.starts_with('/')
+        || l.starts_with("\\/")
+}
+
+/// Value evidence for a column as the source of a field.
+pub fn value_evidence(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> ValueEvidence {
+    let t = f.field;
+    let p = c.profile;
+    let mut ev = ValueEvidence {
+        fit: type_fit(&t.kind, p),
+        ..Default::default()
+    };
+    if !c.has_values() {
+        ev.veto = true;
+        ev.note = "has no values in the sample";
+        return ev;
+    }
+    // The schema's format, including the date types.
+    let format = match t.kind {
+        FieldKind::Date => Some("date"),
+        FieldKind::DateTime => Some("date-time"),
+        _ => t.constraints.format.as_deref(),
+    };
+    match format {
+        Some(fmt @ ("email" | "uuid" | "ipv4" | "uri")) => {
+            if p.semantic == Some(fmt) {
+                ev.fit = 1.0;
+                ev.strong = true;
+                ev.note = "values have the field's format";
+            } else if fmt == "uri" && share(p, looks_like_url) >= 0.8 {
+                ev.fit = 0.9;
+                ev.note = "values look like links";
+            } else if matches!(p.shape, ValueShape::Text) {
+                ev.fit = 0.4;
+            } else {
+                ev.veto = true;
+                ev.note = "values are not of the field's format";
+            }
+        }
+        Some("date" | "date-time") => match p.shape {
+            ValueShape::Date { .. } | ValueShape::DateTime { .. } => {
+                ev.fit = 1.0;
+                ev.strong = true;
+                ev.note = "values are dates";
+            }
+            ValueShape::Text => ev.fit = 0.3,
+            _ => {
+                ev.veto = true;
+                ev.note = "values are not dates";
+            }
+        },
+        _ => {}
+    }
+    if let Some(index) = &f.enums {
+        let tab = table(index, p, &c.affix);
+        let cov = tab.coverage;
+        let text_values = index.strings() && p.distinct >= 2;
+        if cov >= 0.8 {
+            ev.fit = 1.0;
+            ev.strong = true;
+            ev.note = "values are the field's allowed values";
+        } else if cov >= 0.5 {
+            ev.fit = ev.fit.max(0.8);
+            ev.note = "most values are the field's allowed values";
+        } else if cov < 0.2 && (text_values || !index.strings()) {
+            ev.veto = true;
+            ev.note = "values are not the field's allowed values";
+        } else {
+            ev.fit *= 0.6;
+        }
+        if !index.strings() && !tab.entries.is_empty() {
+            // Labels for a numeric enum cannot be converted by the expression; a column
+            // holding the codes themselves is the better source.
+            ev.fit *= 0.7;
+            ev.strong = false;
+        }
+        ev.table = Some(tab);
+    }
+    if let Some(re) = &f.pattern {
+        let s = share(p, |v| re.is_match(v));
+        if s >= 0.8 {
+            ev.fit = ev.fit.max(0.9);
+            ev.strong = true;
+            ev.note = "values match the field's pattern";
+        } else if s < 0.2 {
+            ev.veto = true;
+            ev.note = "values do not match the field's pattern";
+        }
+    }
+    if !f.examples.is_empty() {
+        let overlap = c.norm_values.intersection(&f.examples).count();
+        if overlap >= 2 || (overlap == 1 && f.examples.len() == 1) {
+            ev.fit = ev.fit.max(0.9);
+            ev.strong = true;
+            ev.note = "values overlap the field's examples";
+        }
+    }
+    let c_ = &t.constraints;
+    if matches!(t.kind, FieldKind::Integer | FieldKind::Number)
+        && (c_.minimum.is_some() || c_.maximum.is_some())
+    {
+        let lo = c_.minimum.unwrap_or(f64::NEG_INFINITY);
+        let hi = c_.maximum.unwrap_or(f64::INFINITY);
+        let in_range = share(
+            p,
+            |v| {
+                crate::functions::parse_number_str(v)
+                    .or_else(|| v.trim().parse().ok())
+                    .is_some_and(|x: f64| x >= lo && x <= hi)
+            },
+        );
+        if in_range < 0.5 {
+            ev.fit *= 0.4;
+            ev.note = "values are outside the field's range";
+        }
+    }
+    if c.constant() && t.constraints.const_value.is_none() {
+        if matches!(f.role, Role::Id | Role::Name | Role::Code) {
+            ev.veto = true;
+            ev.note = "holds one constant value, not identifiers";
+        } else if !ev.strong {
+            ev.fit *= 0.5;
+        }
+    }
+    role_fit(f, p, &mut ev);
+    if ev.fit < 0.2 && !ev.strong {
+        ev.veto = true;
+        if ev.note.is_empty() {
+            ev.note = "values cannot become the field's type";
+        }
+    }
+    ev
+}
+
+/// The value shape the field's role expects: identifiers are mostly distinct single tokens,
+/// names a few words, free text sentences, links URLs.
+fn role_fit(f: &FieldFacts<'_>, p: &ColumnProfile, ev: &mut ValueEvidence) {
+    let distinct_ratio = p.distinct as f64 / p.non_blank.max(1) as f64;
+    let text = matches!(p.shape, ValueShape::Text);
+    let many = p.non_blank >= 10;
+    match f.role {
+        Role::Id if many && distinct_ratio < 0.5 => ev.fit *= 0.6,
+        Role::Id | Role::Code if p.mean_words > 2.0 => ev.fit *= 0.5,
+        Role::Name if text && p.mean_words > 8.0 => ev.fit *= 0.5,
+        Role::Name if !text && matches!(f.field.kind, FieldKind::String) => ev.fit *= 0.7,
+        Role::LongText if text && p.mean_words >= 4.0 => ev.fit = ev.fit.max(1.0),
+        Role::LongText if p.mean_words < 2.0 => ev.fit *= 0.6,
+        Role::Url if share(p, looks_like_url) >= 0.8 => {
+            ev.fit = 1.0;
+            ev.strong = true;
+            ev.note = "values are links";
+        }
+        Role::Url if text => ev.fit *= 0.5,
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(ws: &[&str]) -> Vec<String> {
+        ws.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn acronyms_and_abbreviations_split_over_words() {
+        let desc = list(&["full", "time", "home", "team", "goals"]);
+        assert!(pieces(b"fthg", &desc, 1, 3).is_some());
+        assert!(pieces(b"ftag", &desc, 1, 3).is_none());
+        assert!(pieces(b"sibsp", &list(&["siblings", "spouses", "aboard"]), 0, 2).is_some());
+        assert!(pieces(b"parch", &list(&["parents", "children", "aboard"]), 0, 2).is_some());
+        assert!(pieces(b"hs", &list(&["home", "shots"]), 0, 2).is_some());
+        assert!(pieces(b"xyz", &desc, 1, 3).is_none());
+    }
+
+    #[test]
+    fn roles_from_names() {
+        assert_eq!(role_of(&list(&["patient", "id"])), Role::Id);
+        assert_eq!(role_of(&list(&["field", "description"])), Role::LongText);
+        assert_eq!(role_of(&list(&["resource", "name"])), Role::Name);
+        assert_eq!(role_of(&list(&["home", "page", "url"])), Role::Url);
+        assert_eq!(role_of(&list(&["age"])), Role::Any);
+    }
+}

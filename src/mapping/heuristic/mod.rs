@@ -1,0 +1,408 @@
+//! The offline mapper: a ranked matcher over names, descriptions and values, no network.
+//!
+//! For every target field it scores every source column ([`evidence`]): name evidence (tokens,
+//! synonyms, acronyms, abbreviations), description evidence (the field's title/description,
+//! weighted by how rare its words are among the target's fields) and value evidence (type,
+//! date formats, `format`, `pattern`, `enum` with a value table, `examples`, ranges, emptiness,
+//! constants, the shape the field's role expects). Vetoes come first: values that contradict the
+//! field rule the column out whatever its name. Assignment then takes the best pairs greedily —
+//! one column per field, a column serving two fields only when both pairs are strong — and a
+//! field stays unmapped below a threshold. Each field's mapping keeps its next best columns as
+//! ranked `candidates`, and the conversion the sample calls for ([`convert`]).
+
+mod convert;
+mod evidence;
+mod values;
+
+use futures::future::BoxFuture;
+use indexmap::IndexMap;
+
+use self::convert::conversion;
+use self::evidence::{
+    ColumnFacts, FieldFacts, Rarity, Role, ValueEvidence, contained, description_score,
+    name_score, shares_token, unexplained, value_evidence,
+};
+use super::names::{token_list_similarity, tokens};
+use super::{
+    Candidate, FieldMapping, Mapper, MapperKind, MappingDocument, MappingRequest, Proposal,
+    fingerprint,
+};
+use crate::error::Result;
+use crate::schema::{FieldKind, TargetField};
+use crate::source::{ColumnProfile, ValueShape};
+use crate::sql::quote;
+
+/// A pair scoring at least this maps the field.
+const ACCEPT: f64 = 0.5;
+/// A column feeds several fields only when every pair scores at least this.
+const SHARE: f64 = 0.7;
+/// Alternatives kept per field in the document.
+const ALTERNATIVES: usize = 3;
+/// Pairs below this are not worth showing as alternatives.
+const SHOW: f64 = 0.25;
+
+/// The offline heuristic mapper.
+#[derive(Debug, Default, Clone)]
+pub struct HeuristicMapper;
+
+impl Mapper for HeuristicMapper {
+    fn kind(&self) -> MapperKind {
+        MapperKind::Heuristic
+    }
+
+    fn map<'a>(&'a self, request: &'a MappingRequest<'a>) -> BoxFuture<'a, Result<Proposal>> {
+        Box::pin(async move {
+            Ok(Proposal {
+                document: self.map_now(request),
+                llm: None,
+            })
+        })
+    }
+}
+
+/// One scored (field, column) pair.
+#[derive(Debug, Clone)]
+struct Pair {
+    score: f64,
+    column: usize,
+    /// The pair rests on the values, not the name.
+    value_led: bool,
+    /// The column's words are all words of the field's name, and its values fit well: such
+    /// a column may feed several fields (`age` → `age_at_diagnosis`, `age_at_index`).
+    shareable: bool,
+    why: String,
+    values: ValueEvidence,
+}
+
+/// Scores one pair; `None` when the values rule the column out or nothing points to it.
+fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) -> Option<Pair> {
+    let name = name_score(f, c);
+    let desc = description_score(f, c, rarity);
+    let lex = name.max(desc);
+    // Value evidence is what can identify a column whose name says nothing; skip computing it
+    // when neither the name nor the field's constraints could lead anywhere.
+    let value_led_possible = f.enums.is_some()
+        || f.field.constraints.pattern.is_some()
+        || f.field.schema.get("examples").is_some()
+        || f.field.constraints.format.is_some()
+        || matches!(f.field.kind, FieldKind::Date | FieldKind::DateTime)
+        || f.role == Role::Url;
+    if lex < SHOW / 2.0 && !value_led_possible {
+        return None;
+    }
+    let v = value_evidence(f, c);
+    if v.veto {
+        return None;
+    }
+    let value_led = lex < ACCEPT;
+    let mut s = if !value_led {
+        0.7 * lex + 0.3 * v.fit
+    } else if v.strong {
+        0.35 + 0.3 * v.fit + 0.3 * lex
+    } else {
+        0.6 * lex + 0.2 * v.fit
+    };
+    if lex < 0.9 && unexplained(f, c) {
+        // A word of the column that neither the field's name nor its description mentions
+        // (`fat` in `Fat_fraction` against a count of radiation fractions).
+        s *= 0.8;
+    }
+    if f.untyped && lex < 0.65 && !v.strong && !shares_token(f, c) {
+        // Any value fits an unconstrained text field, so a weak partial name match is noise.
+        s = s.min(ACCEPT - 0.05);
+    }
+    if c.metadata && lex < 0.9 {
+        s *= 0.7;
+    }
+    if std::env::var("CONFORM_DEBUG_MATCH").is_ok_and(|v| f.field.name == v) {
+        eprintln!("{} <- {}: name {name:.2} desc {desc:.2} fit {:.2} strong {} note {:?} score {s:.2}", f.field.name, c.profile.name, v.fit, v.strong, v.note);
+    }
+    let by = if name >= 0.99 {
+        "has the field's name"
+    } else if desc > name && desc >= ACCEPT {
+        "matches the field's description"
+    } else if lex >= ACCEPT {
+        "matches by name"
+    } else {
+        "is identified by its values"
+    };
+    let why = if v.note.is_empty() {
+        format!("column `{}` {by}", c.profile.name)
+    } else {
+        format!("column `{}` {by}; {}", c.profile.name, v.note)
+    };
+    (s >= SHOW).then_some(Pair {
+        score: (s.min(1.0) * 100.0).round() / 100.0,
+        column: ci,
+        value_led: value_led && v.strong,
+        shareable: contained(f, c) && v.fit >= 0.9 && s >= SHARE,
+        why,
+        values: v,
+    })
+}
+
+impl HeuristicMapper {
+    /// Maps without awaiting anything.
+    pub fn map_now(&self, req: &MappingRequest<'_>) -> MappingDocument {
+        let fields: Vec<FieldFacts<'_>> = req.target.fields.iter().map(FieldFacts::of).collect();
+        let columns: Vec<ColumnFacts<'_>> = req.profiles.iter().map(ColumnFacts::of).collect();
+        let rarity = Rarity::of(&fields);
+        // Ranked pairs per field, best first.
+        let ranked: Vec<Vec<Pair>> = fields
+            .iter()
+            .map(|f| {
+                let mut ps: Vec<Pair> = columns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(ci, c)| score(f, c, &rarity, ci))
+                    .collect();
+                ps.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.column.cmp(&b.column)));
+                ps.truncate(ALTERNATIVES + 4);
+                ps
+            })
+            .collect();
+        let chosen = assign(&fields, &columns, &ranked);
+        let mut used = vec![false; columns.len()];
+        for c in chosen.iter().flatten() {
+            used[c.column] = true;
+        }
+        let mut out = IndexMap::new();
+        for (fi, f) in fields.iter().enumerate() {
+            let t = f.field;
+            let alternatives = |skip: Option<usize>| -> Vec<Candidate> {
+                ranked[fi]
+                    .iter()
+                    .filter(|p| Some(p.column) != skip)
+                    .take(ALTERNATIVES)
+                    .map(|p| {
+                        let col = columns[p.column].profile;
+                        Candidate {
+                            expr: conversion(t, col, p.values.table.as_ref()).0,
+                            sources: vec![col.name.clone()],
+                            score: p.score,
+                            why: p.why.clone(),
+                        }
+                    })
+                    .collect()
+            };
+            let m = match &chosen[fi] {
+                Some(p) => {
+                    let col = columns[p.column].profile;
+                    let table = p.values.table.as_ref();
+                    let (expr, how) = conversion(t, col, table);
+                    let shared = chosen
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, o)| *i != fi && o.as_ref().is_some_and(|o| o.column == p.column))
+                        .map(|(i, _)| fields[i].field.name.as_str())
+                        .collect::<Vec<_>>();
+                    let also = if shared.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (the column also feeds `{}`)", shared.join("`, `"))
+                    };
+                    FieldMapping {
+                        expr: Some(expr.clone()),
+                        sources: vec![col.name.clone()],
+                        confidence: p.score,
+                        rationale: format!("{}; {how}{also}", p.why),
+                        value_coverage: table
+                            .filter(|_| expr.starts_with("CASE"))
+                            .map(|t| (t.coverage * 100.0).round() / 100.0),
+                        candidates: alternatives(Some(p.column)),
+                        ..FieldMapping::unmapped()
+                    }
+                }
+                None => match full_name(t, req.profiles, &used) {
+                    Some(m) => m,
+                    None => FieldMapping {
+                        rationale: "no source column matches this field by name or values".into(),
+                        candidates: alternatives(None),
+                        ..FieldMapping::unmapped()
+                    },
+                },
+            };
+            out.insert(t.name.clone(), m);
+        }
+        MappingDocument {
+            source: req.source.to_string(),
+            source_fingerprint: fingerprint(&req.source_schema),
+            mapper: MapperKind::Heuristic,
+            pinned: false,
+            model: None,
+            fields: out,
+        }
+    }
+}
+
+/// The best consistent set of pairs: greedily by score, one column per field; a column serves
+/// a second field only when both pairs are strong; a field identified by values alone is left
+/// unmapped when another column's values identify it as well.
+fn assign(
+    fields: &[FieldFacts<'_>],
+    columns: &[ColumnFacts<'_>],
+    ranked: &[Vec<Pair>],
+) -> Vec<Option<Pair>> {
+    let mut all: Vec<(usize, &Pair)> = ranked
+        .iter()
+        .enumerate()
+        .flat_map(|(fi, ps)| ps.iter().map(move |p| (fi, p)))
+        .filter(|(_, p)| p.score >= ACCEPT)
+        .collect();
+    all.sort_by(|a, b| {
+        b.1.score
+            .total_cmp(&a.1.score)
+            .then(a.0.cmp(&b.0))
+            .then(a.1.column.cmp(&b.1.column))
+    });
+    let mut chosen: Vec<Option<Pair>> = vec![None; fields.len()];
+    let mut users: Vec<Vec<bool>> = vec![Vec::new(); columns.len()];
+    for (fi, p) in all {
+        if chosen[fi].is_some() {
+            continue;
+        }
+        let free = users[p.column].is_empty();
+        let shareable = p.shareable && users[p.column].iter().all(|shared| *shared);
+        if !free && !shareable {
+            continue;
+        }
+        if p.value_led {
+            // Values alone pick a column only when no other free column's values fit as well.
+            let rival = ranked[fi].iter().any(|q| {
+                q.column != p.column
+                    && q.value_led
+                    && users[q.column].is_empty()
+                    && q.score >= p.score - 0.05
+            });
+            if rival {
+                continue;
+            }
+        }
+        users[p.column].push(p.shareable);
+        chosen[fi] = Some(p.clone());
+    }
+    // A boolean or date field still unmapped takes the one remaining column of that kind.
+    for (fi, f) in fields.iter().enumerate() {
+        if chosen[fi].is_some() {
+            continue;
+        }
+        let kind_fits = |c: &ColumnFacts<'_>| match f.field.kind {
+            FieldKind::Boolean => matches!(c.profile.shape, ValueShape::Boolean),
+            FieldKind::Date | FieldKind::DateTime => matches!(
+                c.profile.shape,
+                ValueShape::Date { .. } | ValueShape::DateTime { .. }
+            ),
+            _ => false,
+        };
+        let free: Vec<usize> = (0..columns.len())
+            .filter(|&ci| users[ci].is_empty() && !columns[ci].metadata && kind_fits(&columns[ci]))
+            .collect();
+        if let [only] = free.as_slice() {
+            let c = &columns[*only];
+            let lex = token_list_similarity(&f.tokens, &c.tokens);
+            let values = value_evidence(f, c);
+            if values.veto {
+                continue;
+            }
+            users[*only].push(false);
+            chosen[fi] = Some(Pair {
+                score: ((0.5 + 0.3 * lex) * 100.0).round() / 100.0,
+                column: *only,
+                value_led: true,
+                shareable: false,
+                why: format!(
+                    "column `{}` is the only column whose values fit",
+                    c.profile.name
+                ),
+                values,
+            });
+        }
+    }
+    chosen
+}
+
+/// Fill-ins for a mapped field whose conversion loses values: `coalesce(current, other)` over
+/// unused columns of the same kind as the current one — the same value shape, and shared values
+/// or a closely related name — whose name relates to the field (at most 3, best first).
+/// Unrelated columns are never merged into a field.
+pub fn fill_ins(
+    t: &TargetField,
+    current: &str,
+    current_column: &str,
+    profiles: &[ColumnProfile],
+    used: &[&str],
+) -> Vec<(String, String)> {
+    let Some(cur) = profiles.iter().find(|p| p.name == current_column) else {
+        return vec![];
+    };
+    let f = FieldFacts::of(t);
+    let cur_values: std::collections::HashSet<String> = cur
+        .top_values
+        .iter()
+        .map(|(v, _)| values::normalise(v))
+        .collect();
+    let same_shape = |p: &ColumnProfile| {
+        std::mem::discriminant(&p.shape) == std::mem::discriminant(&cur.shape)
+    };
+    let mut scored: Vec<(f64, &ColumnProfile)> = profiles
+        .iter()
+        .filter(|p| !used.contains(&p.name.as_str()) && p.name != cur.name && p.non_blank > 0)
+        .filter(|p| same_shape(p))
+        .filter_map(|p| {
+            let c = ColumnFacts::of(p);
+            if c.metadata || value_evidence(&f, &c).veto {
+                return None;
+            }
+            let overlap = p
+                .top_values
+                .iter()
+                .filter(|(v, _)| cur_values.contains(&values::normalise(v)))
+                .count() as f64
+                / p.top_values.len().max(1) as f64;
+            let related = token_list_similarity(&tokens(&cur.name), &c.tokens);
+            let name = name_score(&f, &c);
+            (name >= ACCEPT && (overlap >= 0.2 || related >= 0.75))
+                .then_some((name * 0.6 + overlap.max(related) * 0.4, p))
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, p)| {
+            let (expr, how) = conversion(t, p, None);
+            (
+                format!("coalesce({current}, {expr})"),
+                format!("values lost: filled from column `{}` of the same kind ({how})", p.name),
+            )
+        })
+        .collect()
+}
+
+/// A `name`/`full_name` target built from unused first- and last-name columns.
+fn full_name(t: &TargetField, profiles: &[ColumnProfile], used: &[bool]) -> Option<FieldMapping> {
+    if !matches!(t.kind, FieldKind::String) || !tokens(&t.name).contains(&"name".to_string()) {
+        return None;
+    }
+    let find = |want: &str| {
+        profiles.iter().enumerate().find(|(i, p)| {
+            !used[*i] && {
+                let tk = tokens(&p.name);
+                tk.iter().any(|x| x == want || x == &format!("{want}name"))
+            }
+        })
+    };
+    let (_, first) = find("first")?;
+    let (_, last) = find("last")?;
+    Some(FieldMapping {
+        expr: Some(format!(
+            "nullif(concat_ws(' ', clean({}), clean({})), '')",
+            quote(&first.name),
+            quote(&last.name)
+        )),
+        sources: vec![first.name.clone(), last.name.clone()],
+        confidence: 0.7,
+        rationale: format!("full name joined from `{}` and `{}`", first.name, last.name),
+        ..FieldMapping::unmapped()
+    })
+}
