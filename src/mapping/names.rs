@@ -170,7 +170,7 @@ pub fn token_similarity(t: &str, u: &str) -> f64 {
         return 1.0;
     }
     // Years written with two or four digits: `85` = `1985`, `00` = `2000`.
-    if t.len() + u.len() == 6
+    if matches!((t.len(), u.len()), (2, 4) | (4, 2))
         && t.bytes().chain(u.bytes()).all(|b| b.is_ascii_digit())
         && (t.ends_with(u) || u.ends_with(t))
     {
@@ -287,5 +287,7 @@ mod tests {
         assert!(similarity("mrch_nm", "merchant_name") > 0.5);
         assert!(similarity("QTY_ON_HAND", "stock_quantity") >= 0.5);
         assert!(similarity("apellido", "last_name") > similarity("nombre", "last_name"));
+        assert!(similarity("incidents_85_99", "incidents_1985_1999") > 0.99);
+        assert!(similarity("col_9", "col_19999") < 0.99);
     }
 }

@@ -208,21 +208,6 @@ pub async fn probe(
     }
     for (name, n) in layout.targets.iter().zip(nulls) {
         let mapped = doc.fields.get(name).is_some_and(|m| m.expr.is_some());
-        // Only values the conversion loses count: a field whose source is itself sparse is
-        // not failing (an optional field may be mostly empty), and merging other columns
-        // into it would only invent data.
-        let sources = mapping
-            .fields
-            .iter()
-            .find(|c| &c.name == name)
-            .map(|c| c.sources.as_slice())
-            .unwrap_or(&[]);
-        let source_blank = sources
-            .iter()
-            .map(|c| rows.num_rows() - column_text(rows, c).iter().filter(|v| !v.trim().is_empty()).count())
-            .min()
-            .unwrap_or(0);
-        let n = n.saturating_sub(source_blank);
         if mapped && out.rows > 0 && n as f64 > max_null_ratio * out.rows as f64 {
             let d = fields.entry(name.clone()).or_default();
             d.rules.insert(MOSTLY_NULL.into(), n);

@@ -3,7 +3,7 @@
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
-use chrono::{NaiveDate, NaiveDateTime};
+use chrono::{Datelike, NaiveDate, NaiveDateTime};
 
 /// Date formats tried on sample values, most common first.
 pub const DATE_FORMATS: &[&str] = &[
@@ -131,6 +131,7 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
         return ColumnProfile {
             shape: ValueShape::Nested,
             null_share: ratio(nulls, col.len()),
+            non_blank: col.len() - nulls,
             ..base
         };
     }
@@ -272,11 +273,14 @@ pub fn detect_formats(values: &[&str], date_only: bool) -> Vec<String> {
 
 /// Formats (from `candidates`) that parse at least one value, ordered by how many they parse.
 fn matching_formats(values: &[&str], candidates: &[&str], date_only: bool) -> (Vec<String>, usize) {
+    // chrono's `%Y` accepts any number of digits, so `1/11/99` would be the year 99 under
+    // `%m/%d/%Y`; a four-digit-year format must read a year of four digits.
+    let plausible = |f: &str, year: i32| !f.contains("%Y") || year >= 1000;
     let parses = |v: &str, f: &str| {
         if date_only {
-            NaiveDate::parse_from_str(v, f).is_ok()
+            NaiveDate::parse_from_str(v, f).is_ok_and(|d| plausible(f, d.year()))
         } else {
-            NaiveDateTime::parse_from_str(v, f).is_ok()
+            NaiveDateTime::parse_from_str(v, f).is_ok_and(|d| plausible(f, d.year()))
         }
     };
     let mut scored: Vec<(usize, usize, &str)> = candidates

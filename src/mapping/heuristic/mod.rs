@@ -117,9 +117,7 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
     if std::env::var("CONFORM_DEBUG_MATCH").is_ok_and(|v| f.field.name == v) {
         eprintln!("{} <- {}: name {name:.2} desc {desc:.2} fit {:.2} strong {} note {:?} score {s:.2}", f.field.name, c.profile.name, v.fit, v.strong, v.note);
     }
-    let by = if name >= 0.99 {
-        "has the field's name"
-    } else if desc > name && desc >= ACCEPT {
+    let by = if desc > name && desc >= ACCEPT {
         "matches the field's description"
     } else if lex >= ACCEPT {
         "matches by name"
@@ -359,10 +357,12 @@ pub fn fill_ins(
                 .filter(|(v, _)| cur_values.contains(&values::normalise(v)))
                 .count() as f64
                 / p.top_values.len().max(1) as f64;
-            let related = token_list_similarity(&tokens(&cur.name), &c.tokens);
+            // The field's words all in the column's name, and values that identify the field
+            // (`contact_email` for `email`), or values shared with the current column.
+            let names_it = f.tokens.iter().all(|t| c.tokens.contains(t));
             let name = name_score(&f, &c);
-            (name >= ACCEPT && (overlap >= 0.2 || related >= 0.75))
-                .then_some((name * 0.6 + overlap.max(related) * 0.4, p))
+            let kind = overlap >= 0.2 || (names_it && value_evidence(&f, &c).strong);
+            (name >= ACCEPT && kind).then_some((name * 0.6 + overlap * 0.4, p))
         })
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
