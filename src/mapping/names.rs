@@ -183,7 +183,7 @@ pub fn token_similarity(t: &str, u: &str) -> f64 {
     if short.len() >= 3 && long.starts_with(short) {
         return 0.7;
     }
-    if short.len() >= 5 && edit_distance(t, u) <= 1 {
+    if short.len() >= 5 && long.len() - short.len() <= 1 && edit_distance(t, u) <= 1 {
         return 0.8;
     }
     // Shared stem: `admit`/`admission`, `measure`/`measurement`.

@@ -101,6 +101,22 @@ pub fn table(doc: &MappingDocument) -> String {
         );
         out.push_str(line.trim_end());
         out.push('\n');
+        if let Some(cov) = m.value_coverage {
+            out.push_str(&format!(
+                "  {:tw$}   value table covers {:.0}% of the sample's values\n",
+                "",
+                cov * 100.0
+            ));
+        }
+        // The ranked alternatives, so that a reviewer can switch with one edit.
+        let alts: Vec<String> = m
+            .candidates
+            .iter()
+            .map(|c| format!("{} ({:.2})", c.sources.join(", "), c.score))
+            .collect();
+        if !alts.is_empty() {
+            out.push_str(&format!("  {:tw$}   or: {}\n", "", alts.join("; ")));
+        }
     }
     out
 }

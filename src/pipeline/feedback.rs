@@ -457,10 +457,8 @@ impl Loop<'_> {
     ) -> Result<(MappingDocument, IndexMap<String, Change>)> {
         let data_schema = self.request.source_schema.as_ref();
         let mut best = doc.clone();
-        // A row may fail on several fields, so a repair is judged by its own field's failures
-        // (fewer) and the invalid rows overall (not more); the round as a whole must then
-        // raise the valid share to be kept.
-        let mut best_invalid = current.invalid;
+        // A repair is judged by its own field's failures (fewer, with the field checked
+        // alone); the round as a whole must then raise the probe's valid share to be kept.
         let mut changes = IndexMap::new();
         for (field, d) in &current.fields {
             let mostly_null = d.rules.contains_key(MOSTLY_NULL);
@@ -495,20 +493,48 @@ impl Loop<'_> {
                     &used,
                 ));
             }
+            // Trials plan this field alone: on a wide target, re-planning every field's
+            // conversion and checks for each trial would cost far more than the repair.
+            let alone = self.target.only(&[field.as_str()]);
+            let limit = self.config.max_null_ratio;
+            let failing = |p: &Probe| p.fields.get(field).map_or(0, |d| d.rows + d.nulls);
+            let one = |expr: Option<String>| {
+                let mut doc = best.clone();
+                doc.fields.retain(|k, _| k == field);
+                doc.fields[field].expr = expr;
+                doc
+            };
+            let Ok(before) = probe(
+                self.ctx,
+                &alone,
+                data_schema,
+                self.rows,
+                &one(m.expr.clone()),
+                limit,
+            )
+            .await
+            else {
+                continue;
+            };
             for (expr, why) in candidates {
                 if m.expr.as_deref() == Some(expr.as_str()) {
                     continue;
                 }
-                let mut trial = best.clone();
-                trial.fields[field].expr = Some(expr.clone());
-                let limit = self.config.max_null_ratio;
-                let Ok(p) =
-                    probe(self.ctx, self.target, data_schema, self.rows, &trial, limit).await
+                let Ok(p) = probe(
+                    self.ctx,
+                    &alone,
+                    data_schema,
+                    self.rows,
+                    &one(Some(expr.clone())),
+                    limit,
+                )
+                .await
                 else {
                     continue;
                 };
-                let failing = |p: &Probe| p.fields.get(field).map_or(0, |d| d.rows + d.nulls);
-                if failing(&p) < d.rows + d.nulls && p.invalid <= best_invalid {
+                if failing(&p) < failing(&before) {
+                    let mut trial = best.clone();
+                    trial.fields[field].expr = Some(expr.clone());
                     changes.insert(
                         field.clone(),
                         Change {
@@ -520,7 +546,6 @@ impl Loop<'_> {
                     trial.fields[field].rationale =
                         format!("{} (repaired: {why})", best.fields[field].rationale);
                     best = trial;
-                    best_invalid = p.invalid;
                     break;
                 }
             }

@@ -248,6 +248,25 @@ impl TargetSchema {
         ))
     }
 
+    /// The schema restricted to the named top-level fields (in schema order): what a check of
+    /// a few fields needs, without planning all of a wide schema.
+    pub fn only(&self, names: &[&str]) -> TargetSchema {
+        let fields: Vec<TargetField> = self
+            .fields
+            .iter()
+            .filter(|f| names.contains(&f.name.as_str()))
+            .cloned()
+            .collect();
+        let mut raw = self.raw.clone();
+        if let Some(props) = raw.get_mut("properties").and_then(Value::as_object_mut) {
+            props.retain(|k, _| names.contains(&k.as_str()));
+        }
+        if let Some(req) = raw.get_mut("required").and_then(Value::as_array_mut) {
+            req.retain(|v| v.as_str().is_some_and(|k| names.contains(&k)));
+        }
+        TargetSchema { fields, raw }
+    }
+
     /// Looks a field up by name.
     pub fn field(&self, name: &str) -> Option<&TargetField> {
         self.fields.iter().find(|f| f.name == name)

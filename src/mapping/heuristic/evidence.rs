@@ -91,6 +91,8 @@ pub struct FieldFacts<'a> {
     /// A string field with no constraint on its values: anything fits, so only strong name
     /// evidence may match it.
     pub untyped: bool,
+    /// The name is the role word alone (`name`, `definition`, `url`).
+    pub generic_role: bool,
 }
 
 const STOP: &[&str] = &[
@@ -168,6 +170,7 @@ impl<'a> FieldFacts<'a> {
             title_tokens: title.map(tokens).unwrap_or_default(),
             role: role_of(&name_words),
             desc_words: acronym_words(&desc, 48),
+            generic_role: name_words.len() == 1 && role_of(&name_words) != Role::Any,
             name_words: with_units(name_words),
             desc_tokens,
             enums: EnumIndex::of(field),
@@ -509,6 +512,8 @@ fn type_fit(kind: &FieldKind, p: &ColumnProfile) -> f64 {
     match (kind, &p.shape) {
         (_, S::Empty) => 0.5,
         (FieldKind::Integer, S::Integer) => 1.0,
+        // Decimals with fractions are not counts; `12.0` is.
+        (FieldKind::Integer, S::Number) if fractional(p) => 0.15,
         (FieldKind::Integer, S::Number | S::FormattedNumber) => 0.6,
         (FieldKind::Integer, S::Boolean) if p.data_type != "Boolean" => 0.6,
         (FieldKind::Number, S::Integer | S::Number | S::FormattedNumber) => 1.0,
@@ -522,6 +527,15 @@ fn type_fit(kind: &FieldKind, p: &ColumnProfile) -> f64 {
         (FieldKind::Integer | FieldKind::Number, S::Boolean) => 0.3,
         _ => 0.1,
     }
+}
+
+/// Most values have a non-zero fractional part.
+fn fractional(p: &ColumnProfile) -> bool {
+    share(p, |v| {
+        v.trim()
+            .parse::<f64>()
+            .is_ok_and(|x| x.is_finite() && x.fract() != 0.0)
+    }) >= 0.5
 }
 
 fn share(p: &ColumnProfile, hits: impl Fn(&str) -> bool) -> f64 {
@@ -681,6 +695,30 @@ fn role_fit(f: &FieldFacts<'_>, p: &ColumnProfile, ev: &mut ValueEvidence) {
     let distinct_ratio = p.distinct as f64 / p.non_blank.max(1) as f64;
     let text = matches!(p.shape, ValueShape::Text);
     let many = p.non_blank >= 10;
+    // A field named by its role alone (`name`, `definition`, as in a data dictionary) can be
+    // recognised from the values when the column's own name says nothing (`Field`,
+    // `column_0`): distinct short labels for a name, sentences for a definition.
+    if f.generic_role && text && p.non_blank >= 5 {
+        match f.role {
+            Role::Name
+                if p.mean_words <= 3.0
+                    && distinct_ratio >= 0.9
+                    && p.top_values.iter().all(|(v, _)| !v.ends_with('.')) =>
+            {
+                ev.fit = 1.0;
+                ev.strong = true;
+                ev.note = "values are distinct short names";
+                return;
+            }
+            Role::LongText if p.mean_words >= 5.0 => {
+                ev.fit = 1.0;
+                ev.strong = true;
+                ev.note = "values are sentences";
+                return;
+            }
+            _ => {}
+        }
+    }
     match f.role {
         Role::Id if many && distinct_ratio < 0.5 => ev.fit *= 0.6,
         Role::Id | Role::Code if p.mean_words > 2.0 => ev.fit *= 0.5,

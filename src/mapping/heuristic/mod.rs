@@ -86,7 +86,8 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
         || f.field.schema.get("examples").is_some()
         || f.field.constraints.format.is_some()
         || matches!(f.field.kind, FieldKind::Date | FieldKind::DateTime)
-        || f.role == Role::Url;
+        || f.role == Role::Url
+        || f.generic_role;
     if lex < SHOW / 2.0 && !value_led_possible {
         return None;
     }
@@ -406,3 +407,6 @@ fn full_name(t: &TargetField, profiles: &[ColumnProfile], used: &[bool]) -> Opti
         ..FieldMapping::unmapped()
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+//! The matcher on small tables that reproduce what went wrong on real public tables.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::{Value, json};
+
+use super::{HeuristicMapper, fill_ins};
+use crate::mapping::{MappingDocument, MappingRequest};
+use crate::schema::TargetSchema;
+use crate::source::profile::profile;
+
+fn batch(columns: &[(&str, Vec<&str>)]) -> RecordBatch {
+    let schema = Schema::new(
+        columns
+            .iter()
+            .map(|(n, _)| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    );
+    let arrays: Vec<ArrayRef> = columns
+        .iter()
+        .map(|(_, v)| {
+            Arc::new(StringArray::from(
+                v.iter()
+                    .map(|s| (!s.is_empty()).then_some(*s))
+                    .collect::<Vec<_>>(),
+            )) as ArrayRef
+        })
+        .collect();
+    RecordBatch::try_new(Arc::new(schema), arrays).unwrap()
+}
+
+fn map(properties: Value, columns: &[(&str, Vec<&str>)]) -> MappingDocument {
+    let target =
+        TargetSchema::try_new(&json!({"type": "object", "properties": properties})).unwrap();
+    let sample = batch(columns);
+    let profiles = profile(&sample);
+    let req = MappingRequest {
+        source: "s",
+        target: &target,
+        source_schema: sample.schema(),
+        sample: &sample,
+        profiles: &profiles,
+    };
+    HeuristicMapper.map_now(&req)
+}
+
+fn sources(doc: &MappingDocument, field: &str) -> Vec<String> {
+    doc.fields[field].sources.clone()
+}
+
+fn repeat<'a>(values: &[&'a str], n: usize) -> Vec<&'a str> {
+    values.iter().copied().cycle().take(n).collect()
+}
+
+#[test]
+fn iso_timestamps_with_a_utc_designator_feed_a_date_time_field() {
+    let doc = map(
+        json!({"birthDate": {"type": "string", "format": "date-time"}}),
+        &[(
+            "birthDate",
+            vec!["1971-10-20T00:00:00Z", "1980-01-02T00:00:00Z", ""],
+        )],
+    );
+    assert_eq!(sources(&doc, "birthDate"), ["birthDate"]);
+    let expr = doc.fields["birthDate"].expr.as_deref().unwrap();
+    assert!(expr.contains("%Y-%m-%dT%H:%M:%SZ"), "{expr}");
+}
+
+#[test]
+fn empty_columns_and_constants_are_not_evidence() {
+    let doc = map(
+        json!({
+            "format": {"type": "string"},
+            "key": {"type": "string"},
+        }),
+        &[
+            ("Data format", vec![""; 8]),
+            ("Dataset ID", repeat(&["ds-001"], 8)),
+        ],
+    );
+    assert!(doc.fields["format"].expr.is_none(), "{doc:?}");
+    assert!(doc.fields["key"].expr.is_none(), "{doc:?}");
+}
+
+#[test]
+fn enum_values_win_over_a_partial_name_match_of_another_type() {
+    let doc = map(
+        json!({
+            "days_to_lost_to_followup": {"type": "integer",
+                "description": "Days between diagnosis and the last contact before loss to follow-up"},
+            "lost_followup_status": {"type": "string", "enum": ["No", "Unknown", "Yes"]},
+        }),
+        &[("Lost to follow-up", repeat(&["Yes", "No", "no", "Present"], 12))],
+    );
+    assert_eq!(
+        sources(&doc, "lost_followup_status"),
+        ["Lost to follow-up"],
+        "{doc:?}"
+    );
+    assert!(doc.fields["days_to_lost_to_followup"].expr.is_none());
+    let m = &doc.fields["lost_followup_status"];
+    assert!(m.expr.as_deref().unwrap().starts_with("CASE"), "{m:?}");
+    assert_eq!(m.value_coverage, Some(1.0));
+}
+
+#[test]
+fn descriptions_and_units_decide_between_similar_names() {
+    let doc = map(
+        json!({
+            "tumor_largest_dimension_diameter": {"type": "number",
+                "description": "The largest dimension of the tumor, in centimeters"},
+            "number_of_fractions": {"type": "integer",
+                "description": "Number of radiation doses (fractions) delivered"},
+            "weight": {"type": "number"},
+        }),
+        &[
+            ("tumor_size_cm", repeat(&["1.5", "2.25", "3"], 9)),
+            ("Fat_fraction", repeat(&["0.12", "0.3", "0.08"], 9)),
+        ],
+    );
+    assert_eq!(
+        sources(&doc, "tumor_largest_dimension_diameter"),
+        ["tumor_size_cm"],
+        "{doc:?}"
+    );
+    assert!(doc.fields["number_of_fractions"].expr.is_none(), "{doc:?}");
+}
+
+#[test]
+fn value_shapes_decide_generic_names() {
+    let doc = map(
+        json!({
+            "name": {"type": "string", "description": "The name of the field"},
+            "definition": {"type": "string", "description": "What the field means"},
+        }),
+        &[
+            ("Resource Name", repeat(&["Building permits"], 10)),
+            (
+                "Field",
+                vec![
+                    "permit_id",
+                    "issued_on",
+                    "address",
+                    "ward",
+                    "fee_usd",
+                    "status",
+                    "applicant",
+                    "contractor",
+                    "valuation",
+                    "units",
+                ],
+            ),
+            (
+                "Field Description",
+                repeat(
+                    &[
+                        "The date on which the permit was issued by the city",
+                        "Street address of the building the permit applies to",
+                    ],
+                    10,
+                ),
+            ),
+        ],
+    );
+    assert_eq!(sources(&doc, "name"), ["Field"], "{doc:?}");
+    assert_eq!(sources(&doc, "definition"), ["Field Description"], "{doc:?}");
+}
+
+#[test]
+fn one_column_may_feed_several_fields_when_both_are_strong() {
+    let doc = map(
+        json!({
+            "age_at_diagnosis": {"type": "integer"},
+            "age_at_index": {"type": "integer"},
+        }),
+        &[("age", repeat(&["54", "61", "47"], 9))],
+    );
+    assert_eq!(sources(&doc, "age_at_diagnosis"), ["age"]);
+    assert_eq!(sources(&doc, "age_at_index"), ["age"]);
+    assert!(
+        doc.fields["age_at_index"].rationale.contains("also feeds"),
+        "{doc:?}"
+    );
+}
+
+#[test]
+fn untyped_fields_need_more_than_a_weak_partial_name_match() {
+    let doc = map(
+        json!({"id": {"type": "string"}, "programs": {"type": "string"}}),
+        &[
+            ("idx", vec!["a1", "b2", "c3"]),
+            ("PR_PGR", vec!["x", "y", "z"]),
+        ],
+    );
+    assert!(doc.fields["id"].expr.is_none(), "{doc:?}");
+    assert!(doc.fields["programs"].expr.is_none(), "{doc:?}");
+    // They are still offered, ranked, for a reviewer.
+    assert_eq!(doc.fields["id"].candidates[0].sources, ["idx"]);
+}
+
+#[test]
+fn ranked_candidates_keep_the_alternatives() {
+    let doc = map(
+        json!({"email": {"type": "string", "format": "email"}}),
+        &[
+            ("email", vec!["a@example.com", "b@example.com"]),
+            ("contact_email", vec!["c@example.com", "d@example.com"]),
+        ],
+    );
+    let m = &doc.fields["email"];
+    assert_eq!(m.sources, ["email"]);
+    assert_eq!(m.candidates[0].sources, ["contact_email"]);
+    assert!(m.candidates[0].score <= m.confidence);
+    assert!(m.candidates[0].expr.contains("contact_email"));
+}
+
+#[test]
+fn fill_ins_only_merge_columns_of_the_fields_kind() {
+    let target = TargetSchema::try_new(&json!({"type": "object", "properties": {
+        "fatherName": {"type": "string"},
+        "religionLabel": {"type": "string"},
+        "email": {"type": "string", "format": "email"},
+    }}))
+    .unwrap();
+    let sample = batch(&[
+        ("fatherLabel", vec!["John Lennon", "", "", "", ""]),
+        ("twitterNameLabel", vec!["@a", "@b", "@c", "@d", "@e"]),
+        ("religionLabel", vec!["Buddhism", "", "", "", ""]),
+        ("genreLabel", vec!["rock", "pop", "jazz", "folk", "soul"]),
+        ("email", vec!["old@example.com", "", "", "", ""]),
+        (
+            "contact_email",
+            vec![
+                "p1@example.com",
+                "p2@example.com",
+                "p3@example.com",
+                "p4@example.com",
+                "p5@example.com",
+            ],
+        ),
+    ]);
+    let profiles = profile(&sample);
+    let field = |n: &str| target.field(n).unwrap();
+    assert!(
+        fill_ins(
+            field("fatherName"),
+            "clean(\"fatherLabel\")",
+            "fatherLabel",
+            &profiles,
+            &["fatherLabel"]
+        )
+        .is_empty()
+    );
+    assert!(
+        fill_ins(
+            field("religionLabel"),
+            "clean(\"religionLabel\")",
+            "religionLabel",
+            &profiles,
+            &["religionLabel"]
+        )
+        .is_empty()
+    );
+    let email = fill_ins(
+        field("email"),
+        "lower(clean(\"email\"))",
+        "email",
+        &profiles,
+        &["email"],
+    );
+    assert_eq!(email.len(), 1, "{email:?}");
+    assert!(email[0].0.contains("contact_email"));
+}
