@@ -183,7 +183,7 @@ pub fn token_similarity(t: &str, u: &str) -> f64 {
     if short.len() >= 3 && long.starts_with(short) {
         return 0.7;
     }
-    if short.len() >= 5 && long.len() - short.len() <= 1 && edit_distance(t, u) <= 1 {
+    if short.len() >= 5 && long.len() - short.len() <= 1 && within_one_edit(t, u) {
         return 0.8;
     }
     // Shared stem: `admit`/`admission`, `measure`/`measurement`.
@@ -229,6 +229,29 @@ pub fn token_list_similarity(ta: &[String], tb: &[String]) -> f64 {
     let wa: f64 = ta.iter().map(|t| weight(t)).sum();
     let wb: f64 = tb.iter().map(|t| weight(t)).sum();
     ((covered(ta, tb) + covered(tb, ta)) / (wa + wb)).min(1.0)
+}
+
+/// Whether two words differ by at most one edit (insertion, deletion, substitution or
+/// adjacent transposition), in one pass.
+fn within_one_edit(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    if long.len() - short.len() > 1 {
+        return false;
+    }
+    let Some(i) = short.iter().zip(long).position(|(x, y)| x != y) else {
+        return true;
+    };
+    if short.len() == long.len() {
+        // One substitution, or one transposition of neighbours.
+        short[i + 1..] == long[i + 1..]
+            || (i + 1 < short.len()
+                && short[i] == long[i + 1]
+                && short[i + 1] == long[i]
+                && short[i + 2..] == long[i + 2..])
+    } else {
+        short[i..] == long[i + 1..]
+    }
 }
 
 /// Edit distance counting an adjacent transposition as one edit (optimal string alignment).
@@ -289,5 +312,14 @@ mod tests {
         assert!(similarity("apellido", "last_name") > similarity("nombre", "last_name"));
         assert!(similarity("incidents_85_99", "incidents_1985_1999") > 0.99);
         assert!(similarity("col_9", "col_19999") < 0.99);
+        for (a, b) in [
+            ("address", "adress"),
+            ("receive", "recieve"),
+            ("status", "statuz"),
+            ("kitten", "sitting"),
+            ("abc", "abcde"),
+        ] {
+            assert_eq!(within_one_edit(a, b), edit_distance(a, b) <= 1, "{a} {b}");
+        }
     }
 }

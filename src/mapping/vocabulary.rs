@@ -227,7 +227,16 @@ pub(super) const SYNONYMS: &[(&str, &[&str])] = &[
     (
         "city",
         &[
-            "city", "town", "locality", "municipality", "ville", "ciudad", "stadt", "ort", "citta", "cidade",
+            "city",
+            "town",
+            "locality",
+            "municipality",
+            "ville",
+            "ciudad",
+            "stadt",
+            "ort",
+            "citta",
+            "cidade",
             "plaats",
         ],
     ),
@@ -455,6 +464,9 @@ pub(super) const GENERIC: &[&str] = &[
     "amount",
     "category",
     "is",
+    // Linked-data exports suffix every column with these (`genreLabel`, `religionLabel`).
+    "label",
+    "type",
 ];
 
 /// Abbreviations that stand for several words.

@@ -8,8 +8,19 @@ use chrono::format::{Item, Parsed, StrftimeItems};
 
 /// Date formats tried on sample values, most common first.
 pub const DATE_FORMATS: &[&str] = &[
-    "%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%Y%m%d", "%m/%d/%y",
-    "%d/%m/%y", "%b %d %Y", "%d %b %Y", "%B %d, %Y", "%d-%b-%Y",
+    "%Y-%m-%d",
+    "%d/%m/%Y",
+    "%m/%d/%Y",
+    "%Y/%m/%d",
+    "%d.%m.%Y",
+    "%d-%m-%Y",
+    "%Y%m%d",
+    "%m/%d/%y",
+    "%d/%m/%y",
+    "%b %d %Y",
+    "%d %b %Y",
+    "%B %d, %Y",
+    "%d-%b-%Y",
 ];
 
 /// Date-time formats tried on sample values, most common first.
@@ -162,7 +173,10 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
     let mean_words = if values.is_empty() {
         0.0
     } else {
-        values.iter().map(|v| v.split_whitespace().count()).sum::<usize>() as f64
+        values
+            .iter()
+            .map(|v| v.split_whitespace().count())
+            .sum::<usize>() as f64
             / values.len() as f64
     };
     let examples = distinct.iter().take(5).map(|s| s.to_string()).collect();
@@ -276,59 +290,85 @@ pub fn detect_formats(values: &[&str], date_only: bool) -> Vec<String> {
 fn matching_formats(values: &[&str], candidates: &[&str], date_only: bool) -> (Vec<String>, usize) {
     // chrono's `%Y` accepts any number of digits, so `1/11/99` would be the year 99 under
     // `%m/%d/%Y`; a four-digit-year format must read a year of four digits.
-    let plausible = |f: &str, year: i32| !f.contains("%Y") || year >= 1000;
+    let four_digit: Vec<bool> = candidates.iter().map(|f| f.contains("%Y")).collect();
     // Each format is parsed into chrono items once: parsing the format string again for every
     // value was most of the time spent profiling a wide sample.
     let items: Vec<Vec<Item<'_>>> = candidates
         .iter()
         .map(|f| StrftimeItems::new(f).collect())
         .collect();
-    let index = |f: &str| candidates.iter().position(|c| *c == f).unwrap_or(0);
-    let parses = |v: &str, f: &str| {
+    let parses = |v: &str, fi: usize| {
         // Every format needs digits and a length of 6 to 35 characters.
         if !(6..=35).contains(&v.len()) || !v.bytes().any(|b| b.is_ascii_digit()) {
             return false;
         }
         let mut parsed = Parsed::new();
-        if chrono::format::parse(&mut parsed, v, items[index(f)].iter()).is_err() {
+        if chrono::format::parse(&mut parsed, v, items[fi].iter()).is_err() {
             return false;
         }
-        if date_only {
-            parsed
-                .to_naive_date()
-                .is_ok_and(|d| plausible(f, d.year()))
+        let year = if date_only {
+            parsed.to_naive_date().map(|d| d.year())
         } else {
-            parsed
-                .to_naive_datetime_with_offset(0)
-                .is_ok_and(|d| plausible(f, d.year()))
-        }
+            parsed.to_naive_datetime_with_offset(0).map(|d| d.year())
+        };
+        year.is_ok_and(|y| !four_digit[fi] || y >= 1000)
     };
-    let mut scored: Vec<(usize, usize, &str)> = candidates
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (values.iter().filter(|v| parses(v, f)).count(), i, *f))
-        .filter(|(n, _, _)| *n > 0)
+    // Distinct values with their counts: a column repeats its dates.
+    let mut distinct: Vec<&str> = values.to_vec();
+    distinct.sort_unstable();
+    let mut counted: Vec<(&str, usize)> = Vec::new();
+    for v in distinct {
+        match counted.last_mut() {
+            Some((last, n)) if *last == v => *n += 1,
+            _ => counted.push((v, 1)),
+        }
+    }
+    // parse[f][i]: format f parses distinct value i.
+    let parse: Vec<Vec<bool>> = (0..candidates.len())
+        .map(|fi| counted.iter().map(|(v, _)| parses(v, fi)).collect())
+        .collect();
+    let mut scored: Vec<(usize, usize)> = (0..candidates.len())
+        .map(|fi| {
+            let n: usize = counted
+                .iter()
+                .zip(&parse[fi])
+                .filter(|(_, ok)| **ok)
+                .map(|((_, c), _)| c)
+                .sum();
+            (n, fi)
+        })
+        .filter(|(n, _)| *n > 0)
         .collect();
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     // Greedy cover: a format is kept only if it parses a value the kept ones do not. This drops
     // the twin of a day-first/month-first pair (both parse 01/02/2023) and formats that chrono
     // treats as supersets (`%.f` also accepts no fraction).
-    let mut kept: Vec<&str> = Vec::new();
-    let mut done = vec![false; values.len()];
-    for (_, _, f) in &scored {
+    let mut kept: Vec<usize> = Vec::new();
+    let mut done = vec![false; counted.len()];
+    for (_, fi) in &scored {
         let mut adds = false;
-        for (i, v) in values.iter().enumerate() {
-            if !done[i] && parses(v, f) {
+        for (i, ok) in parse[*fi].iter().enumerate() {
+            if !done[i] && *ok {
                 done[i] = true;
                 adds = true;
             }
         }
         if adds {
-            kept.push(f);
+            kept.push(*fi);
         }
     }
-    let covered = done.iter().filter(|d| **d).count();
-    (kept.into_iter().map(str::to_string).collect(), covered)
+    let covered = counted
+        .iter()
+        .zip(&done)
+        .filter(|(_, d)| **d)
+        .map(|((_, c), _)| c)
+        .sum();
+    (
+        kept.into_iter()
+            .map(|fi| candidates[fi].to_string())
+            .collect(),
+        covered,
+    )
 }
 
 fn text_shape(values: &[&str]) -> ValueShape {

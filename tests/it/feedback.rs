@@ -306,3 +306,46 @@ fn a_mapped_field_that_is_mostly_null_is_filled_from_an_unused_column() {
     assert_eq!(rows[0]["email"], "person1@example.com");
     assert_eq!(rows[9]["email"], "old10@example.com");
 }
+
+#[test]
+fn a_sparse_field_is_never_filled_from_a_column_of_another_kind() {
+    // `religionLabel` is filled on one row in ten; `genreLabel` is full but holds music genres.
+    // Merging them would invent data: the field stays as it is and no round is kept.
+    let w = Workdir::new();
+    let mut csv = String::from("id,religionLabel,genreLabel\n");
+    for i in 1..=500u32 {
+        let religion = if i % 10 == 0 { "Buddhism" } else { "" };
+        let genre = ["rock", "jazz", "folk", "soul"][i as usize % 4];
+        csv.push_str(&format!("{i},{religion},{genre}\n"));
+    }
+    w.write("artists.csv", csv);
+    w.write(
+        "config.json",
+        config(
+            r#"{"artists": {"path": "artists.csv"}}"#,
+            r#"{"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"},
+                "religionLabel": {"type": ["string", "null"]}}}"#,
+            r#""output_format": "ndjson","#,
+        ),
+    );
+    let r = w.run(&["run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let summary = w.json("out/run_summary.json");
+    let fb = &summary["sources"]["artists"]["mapping"]["feedback"];
+    assert_eq!(
+        fb["digest"]["religionLabel"]["rules"]["mostly_null"], 450,
+        "{fb}"
+    );
+    let kept = fb["rounds"]
+        .as_array()
+        .map(|rs| rs.iter().any(|r| r["kept"] == true))
+        .unwrap_or(false);
+    assert!(!kept, "{fb}");
+    let doc = w.json("out/mappings/artists.mapping.json");
+    let expr = doc["fields"]["religionLabel"]["expr"].as_str().unwrap();
+    assert!(!expr.contains("genreLabel"), "{expr}");
+    let rows = w.ndjson("out/artists_valid_data.ndjson");
+    assert_eq!(rows.len(), 500);
+    assert_eq!(rows[9]["religionLabel"], "Buddhism");
+    assert!(rows[0]["religionLabel"].is_null());
+}

@@ -77,7 +77,8 @@ fn enum_values_are_mapped_by_a_reviewable_table_and_unknown_ones_stay_invalid() 
     let r = w.run(&["map"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.stdout.contains("value table covers 83% of the sample's values"),
+        r.stdout
+            .contains("value table covers 83% of the sample's values"),
         "{}",
         r.stdout
     );
@@ -96,5 +97,8 @@ fn enum_values_are_mapped_by_a_reviewable_table_and_unknown_ones_stay_invalid() 
     let invalid = w.ndjson("out/chars_invalid_data.ndjson");
     assert_eq!(invalid.len(), 1);
     let msg = invalid[0]["errors"].to_string();
-    assert!(msg.contains("No Dual Identity") && msg.contains("identity"), "{msg}");
+    assert!(
+        msg.contains("No Dual Identity") && msg.contains("identity"),
+        "{msg}"
+    );
 }

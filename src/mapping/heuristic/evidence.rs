@@ -122,7 +122,10 @@ fn acronym_words(text: &str, limit: usize) -> Vec<String> {
 fn with_units(ws: Vec<String>) -> Vec<String> {
     let mut out = Vec::with_capacity(ws.len());
     for w in ws {
-        let long = UNIT_WORDS.iter().find(|(a, _)| *a == w).map(|(_, l)| l.to_string());
+        let long = UNIT_WORDS
+            .iter()
+            .find(|(a, _)| *a == w)
+            .map(|(_, l)| l.to_string());
         out.push(w);
         out.extend(long);
     }
@@ -196,7 +199,8 @@ pub struct ColumnFacts<'a> {
     name_words: Vec<String>,
     /// The prefix or suffix its values share.
     pub affix: Affix,
-    /// Normalised top values.
+    /// Normalised top values, in profile order, and as a set.
+    norm_top: Vec<String>,
     norm_values: HashSet<String>,
     /// A column the loading pipeline adds (`_loaded_at`, `etl_batch`).
     pub metadata: bool,
@@ -241,6 +245,11 @@ impl<'a> ColumnFacts<'a> {
             }
             _ => None,
         };
+        let norm_top: Vec<String> = profile
+            .top_values
+            .iter()
+            .map(|(v, _)| normalise(v))
+            .collect();
         let metadata = profile.name.starts_with('_')
             || ws.iter().any(|w| {
                 matches!(
@@ -254,11 +263,8 @@ impl<'a> ColumnFacts<'a> {
             word,
             name_words: with_units(plain_words(&profile.name, 12)),
             affix: Affix::of(profile),
-            norm_values: profile
-                .top_values
-                .iter()
-                .map(|(v, _)| normalise(v))
-                .collect(),
+            norm_values: norm_top.iter().cloned().collect(),
+            norm_top,
             metadata,
             profile,
         }
@@ -490,6 +496,9 @@ pub fn unexplained(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> bool {
     })
 }
 
+/// The note of a constant column's veto.
+pub const CONSTANT: &str = "holds one constant value, not identifiers";
+
 /// What the values say.
 #[derive(Debug, Clone, Default)]
 pub struct ValueEvidence {
@@ -609,7 +618,7 @@ pub fn value_evidence(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> ValueEvidence 
         _ => {}
     }
     if let Some(index) = &f.enums {
-        let tab = table(index, p, &c.affix);
+        let tab = table(index, p, &c.norm_top, &c.affix);
         let cov = tab.coverage;
         let text_values = index.strings() && p.distinct >= 2;
         if cov >= 0.8 {
@@ -658,14 +667,11 @@ pub fn value_evidence(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> ValueEvidence 
     {
         let lo = c_.minimum.unwrap_or(f64::NEG_INFINITY);
         let hi = c_.maximum.unwrap_or(f64::INFINITY);
-        let in_range = share(
-            p,
-            |v| {
-                crate::functions::parse_number_str(v)
-                    .or_else(|| v.trim().parse().ok())
-                    .is_some_and(|x: f64| x >= lo && x <= hi)
-            },
-        );
+        let in_range = share(p, |v| {
+            crate::functions::parse_number_str(v)
+                .or_else(|| v.trim().parse().ok())
+                .is_some_and(|x: f64| x >= lo && x <= hi)
+        });
         if in_range < 0.5 {
             ev.fit *= 0.4;
             ev.note = "values are outside the field's range";
@@ -674,7 +680,7 @@ pub fn value_evidence(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> ValueEvidence 
     if c.constant() && t.constraints.const_value.is_none() {
         if matches!(f.role, Role::Id | Role::Name | Role::Code) {
             ev.veto = true;
-            ev.note = "holds one constant value, not identifiers";
+            ev.note = CONSTANT;
         } else if !ev.strong {
             ev.fit *= 0.5;
         }

@@ -19,7 +19,7 @@ use indexmap::IndexMap;
 
 use self::convert::conversion;
 use self::evidence::{
-    ColumnFacts, FieldFacts, Rarity, Role, ValueEvidence, contained, description_score,
+    CONSTANT, ColumnFacts, FieldFacts, Rarity, Role, ValueEvidence, contained, description_score,
     name_score, shares_token, unexplained, value_evidence,
 };
 use super::names::{token_list_similarity, tokens};
@@ -70,7 +70,8 @@ struct Pair {
     /// The column's words are all words of the field's name, and its values fit well: such
     /// a column may feed several fields (`age` → `age_at_diagnosis`, `age_at_index`).
     shareable: bool,
-    why: String,
+    /// What the name or description says (`matches by name`).
+    by: &'static str,
     values: ValueEvidence,
 }
 
@@ -91,7 +92,14 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
     if lex < SHOW / 2.0 && !value_led_possible {
         return None;
     }
-    let v = value_evidence(f, c);
+    let mut v = value_evidence(f, c);
+    if v.veto && v.note == CONSTANT && name >= 0.99 {
+        // A constant under the field's own name is a sample that happens to hold one value
+        // (`country` = `USA` throughout), not a resource-level label.
+        v.veto = false;
+        v.fit = 0.5;
+        v.note = "";
+    }
     if v.veto {
         return None;
     }
@@ -116,7 +124,10 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
         s *= 0.7;
     }
     if std::env::var("CONFORM_DEBUG_MATCH").is_ok_and(|v| f.field.name == v) {
-        eprintln!("{} <- {}: name {name:.2} desc {desc:.2} fit {:.2} strong {} note {:?} score {s:.2}", f.field.name, c.profile.name, v.fit, v.strong, v.note);
+        eprintln!(
+            "{} <- {}: name {name:.2} desc {desc:.2} fit {:.2} strong {} note {:?} score {s:.2}",
+            f.field.name, c.profile.name, v.fit, v.strong, v.note
+        );
     }
     let by = if desc > name && desc >= ACCEPT {
         "matches the field's description"
@@ -125,19 +136,26 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
     } else {
         "is identified by its values"
     };
-    let why = if v.note.is_empty() {
-        format!("column `{}` {by}", c.profile.name)
-    } else {
-        format!("column `{}` {by}; {}", c.profile.name, v.note)
-    };
     (s >= SHOW).then_some(Pair {
         score: (s.min(1.0) * 100.0).round() / 100.0,
         column: ci,
         value_led: value_led && v.strong,
         shareable: contained(f, c) && v.fit >= 0.9 && s >= SHARE,
-        why,
+        by,
         values: v,
     })
+}
+
+impl Pair {
+    /// The evidence in words, for the rationale.
+    fn why(&self, columns: &[ColumnFacts<'_>]) -> String {
+        let name = &columns[self.column].profile.name;
+        if self.values.note.is_empty() {
+            format!("column `{name}` {}", self.by)
+        } else {
+            format!("column `{name}` {}; {}", self.by, self.values.note)
+        }
+    }
 }
 
 impl HeuristicMapper {
@@ -179,7 +197,7 @@ impl HeuristicMapper {
                             expr: conversion(t, col, p.values.table.as_ref()).0,
                             sources: vec![col.name.clone()],
                             score: p.score,
-                            why: p.why.clone(),
+                            why: p.why(&columns),
                         }
                     })
                     .collect()
@@ -192,7 +210,9 @@ impl HeuristicMapper {
                     let shared = chosen
                         .iter()
                         .enumerate()
-                        .filter(|(i, o)| *i != fi && o.as_ref().is_some_and(|o| o.column == p.column))
+                        .filter(|(i, o)| {
+                            *i != fi && o.as_ref().is_some_and(|o| o.column == p.column)
+                        })
                         .map(|(i, _)| fields[i].field.name.as_str())
                         .collect::<Vec<_>>();
                     let also = if shared.is_empty() {
@@ -204,7 +224,7 @@ impl HeuristicMapper {
                         expr: Some(expr.clone()),
                         sources: vec![col.name.clone()],
                         confidence: p.score,
-                        rationale: format!("{}; {how}{also}", p.why),
+                        rationale: format!("{}; {how}{also}", p.why(&columns)),
                         value_coverage: table
                             .filter(|_| expr.starts_with("CASE"))
                             .map(|t| (t.coverage * 100.0).round() / 100.0),
@@ -309,11 +329,8 @@ fn assign(
                 column: *only,
                 value_led: true,
                 shareable: false,
-                why: format!(
-                    "column `{}` is the only column whose values fit",
-                    c.profile.name
-                ),
-                values,
+                by: "is the only column whose values fit",
+                values: ValueEvidence { note: "", ..values },
             });
         }
     }
@@ -340,9 +357,8 @@ pub fn fill_ins(
         .iter()
         .map(|(v, _)| values::normalise(v))
         .collect();
-    let same_shape = |p: &ColumnProfile| {
-        std::mem::discriminant(&p.shape) == std::mem::discriminant(&cur.shape)
-    };
+    let same_shape =
+        |p: &ColumnProfile| std::mem::discriminant(&p.shape) == std::mem::discriminant(&cur.shape);
     let mut scored: Vec<(f64, &ColumnProfile)> = profiles
         .iter()
         .filter(|p| !used.contains(&p.name.as_str()) && p.name != cur.name && p.non_blank > 0)
@@ -374,7 +390,10 @@ pub fn fill_ins(
             let (expr, how) = conversion(t, p, None);
             (
                 format!("coalesce({current}, {expr})"),
-                format!("values lost: filled from column `{}` of the same kind ({how})", p.name),
+                format!(
+                    "values lost: filled from column `{}` of the same kind ({how})",
+                    p.name
+                ),
             )
         })
         .collect()

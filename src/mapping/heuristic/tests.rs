@@ -92,7 +92,10 @@ fn enum_values_win_over_a_partial_name_match_of_another_type() {
                 "description": "Days between diagnosis and the last contact before loss to follow-up"},
             "lost_followup_status": {"type": "string", "enum": ["No", "Unknown", "Yes"]},
         }),
-        &[("Lost to follow-up", repeat(&["Yes", "No", "no", "Present"], 12))],
+        &[(
+            "Lost to follow-up",
+            repeat(&["Yes", "No", "no", "Present"], 12),
+        )],
     );
     assert_eq!(
         sources(&doc, "lost_followup_status"),
@@ -165,7 +168,11 @@ fn value_shapes_decide_generic_names() {
         ],
     );
     assert_eq!(sources(&doc, "name"), ["Field"], "{doc:?}");
-    assert_eq!(sources(&doc, "definition"), ["Field Description"], "{doc:?}");
+    assert_eq!(
+        sources(&doc, "definition"),
+        ["Field Description"],
+        "{doc:?}"
+    );
 }
 
 #[test]

@@ -15,10 +15,27 @@ use crate::source::ColumnProfile;
 /// Synonym classes: every word of a class stands for any allowed value of the same class.
 const CLASSES: &[&[&str]] = &[
     &[
-        "yes", "y", "true", "t", "1", "present", "positive", "pos", "checked", "affirmative",
+        "yes",
+        "y",
+        "true",
+        "t",
+        "1",
+        "present",
+        "positive",
+        "pos",
+        "checked",
+        "affirmative",
     ],
     &[
-        "no", "n", "false", "0", "absent", "negative", "neg", "unchecked", "none",
+        "no",
+        "n",
+        "false",
+        "0",
+        "absent",
+        "negative",
+        "neg",
+        "unchecked",
+        "none",
     ],
     &[
         "unknown",
@@ -120,16 +137,16 @@ impl EnumIndex {
         self.allowed.iter().all(Value::is_string)
     }
 
-    /// The allowed value `v` stands for, given the affix its column's values share.
-    pub fn lookup(&self, v: &str, affix: &Affix) -> Option<usize> {
-        let n = normalise(v);
+    /// The allowed value `v` (normalised: `n`) stands for, given the affix its column's values
+    /// share.
+    fn lookup_normalised(&self, v: &str, n: &str, affix: &Affix) -> Option<usize> {
         if n.is_empty() {
             return None;
         }
-        if let Some(&i) = self.exact.get(&n) {
+        if let Some(&i) = self.exact.get(n) {
             return Some(i);
         }
-        let stripped = affix.strip(&n);
+        let stripped = affix.strip(n);
         if stripped != n
             && let Some(&i) = self.exact.get(stripped)
         {
@@ -140,7 +157,7 @@ impl EnumIndex {
         {
             return Some(i);
         }
-        for key in [n.as_str(), stripped] {
+        for key in [n, stripped] {
             if let Some(&i) = class_of(key).and_then(|c| self.classes.get(&c)) {
                 return Some(i);
             }
@@ -261,14 +278,20 @@ pub struct ValueTable {
     pub unmatched: Vec<String>,
 }
 
-/// Matches a column's sampled values against an enum.
-pub fn table(index: &EnumIndex, p: &ColumnProfile, affix: &Affix) -> ValueTable {
+/// Matches a column's sampled values against an enum; `normalised` holds the normalised text
+/// of `p.top_values`, in the same order.
+pub fn table(
+    index: &EnumIndex,
+    p: &ColumnProfile,
+    normalised: &[String],
+    affix: &Affix,
+) -> ValueTable {
     let mut out = ValueTable::default();
     let mut covered = 0usize;
     let mut seen = 0usize;
-    for (v, n) in &p.top_values {
+    for ((v, n), norm) in p.top_values.iter().zip(normalised) {
         seen += n;
-        match index.lookup(v, affix) {
+        match index.lookup_normalised(v, norm, affix) {
             Some(i) => {
                 covered += n;
                 let allowed = &index.allowed[i];
@@ -330,7 +353,8 @@ mod tests {
         let t = field(schema);
         let index = EnumIndex::of(&t).unwrap();
         let p = profile(values);
-        let t = table(&index, &p, &Affix::of(&p));
+        let norm: Vec<String> = p.top_values.iter().map(|(v, _)| normalise(v)).collect();
+        let t = table(&index, &p, &norm, &Affix::of(&p));
         (t.entries, t.coverage)
     }
 
@@ -341,7 +365,10 @@ mod tests {
             &["Secret Identity", "Public Identity", "Secret Identity"],
         );
         assert_eq!(cov, 1.0);
-        assert!(e.contains(&("Secret Identity".into(), json!("secret"))), "{e:?}");
+        assert!(
+            e.contains(&("Secret Identity".into(), json!("secret"))),
+            "{e:?}"
+        );
         let (e, cov) = mapped(
             json!({"type": "string", "enum": ["No", "Unknown", "Yes"]}),
             &["Present", "Absent", "Not Reported", "Present"],
