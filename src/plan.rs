@@ -20,7 +20,7 @@ use crate::validate::{SRC_PREFIX, Validator};
 pub const VALID_COL: &str = "__valid";
 
 /// Where things are in the plan's output batches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Layout {
     /// Target fields come first, in schema order.
     pub n_targets: usize,

@@ -14,11 +14,10 @@ use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
-use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
@@ -34,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::{decode_schema, encode_schema, external};
 use crate::config::{CsvOptions, InputFormat, OutputFormat, ParquetOptions};
 use crate::error::{Error, Result};
-use crate::mapping::{MappingDocument, compile};
+use crate::mapping::MappingDocument;
 use crate::plan::Layout;
 use crate::schema::TargetSchema;
 use crate::sink::SplitWriter;
@@ -452,6 +451,12 @@ pub struct SinkSpec {
     pub format: OutputFormat,
     /// Parquet settings.
     pub parquet: ParquetOptions,
+    /// Where the plan puts each target value, check mask and provenance column: the client
+    /// built the plan, so executors split its output without compiling the mapping again.
+    pub layout: crate::plan::Layout,
+    /// The source columns each target field reads, in target order (for the checks' error
+    /// messages and presence rules).
+    pub sources: Vec<Vec<String>>,
 }
 
 impl SinkSpec {
@@ -477,19 +482,10 @@ struct SinkParts {
 impl SinkParts {
     fn try_new(spec: &SinkSpec) -> Result<SinkParts> {
         let target = TargetSchema::try_new(&spec.target)?;
-        let data_schema = decode_schema(&spec.data_schema)?;
-        let ctx = compile::session();
-        let mapping = compile(&ctx, &spec.mapping, &data_schema, &target)?;
-        let validator = Validator::new(&target, &mapping);
-        let table = Arc::new(EmptyTable::new(with_provenance(&data_schema)));
-        let scan = LogicalPlanBuilder::scan(
-            &spec.source,
-            datafusion::datasource::provider_as_source(table),
-            None,
-        )?;
-        let (_, layout) = crate::plan::build(scan, &data_schema, &mapping, &validator)?;
+        let sources: Vec<&[String]> = spec.sources.iter().map(Vec::as_slice).collect();
+        let validator = Validator::with_sources(&target, &sources);
         Ok(SinkParts {
-            layout,
+            layout: spec.layout.clone(),
             checks: validator.checks,
             valid_schema: target.valid_arrow_schema(),
         })

@@ -231,7 +231,7 @@ pub(crate) async fn transform(
     let partitions = items.len();
     let table = ScanTable::try_new(Arc::new(ScanSpec::new(source)?), items)?;
     let builder = LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(table)), None)?;
-    let (plan, _) = crate::plan::build(
+    let (plan, layout) = crate::plan::build(
         builder,
         &source.data_schema(),
         &prepared.mapping,
@@ -255,6 +255,13 @@ pub(crate) async fn transform(
         out_dir: out_dir.display().to_string(),
         format: config.output_format,
         parquet: config.parquet.clone(),
+        layout,
+        sources: prepared
+            .mapping
+            .fields
+            .iter()
+            .map(|f| f.sources.clone())
+            .collect(),
     };
     let (valid_dir, invalid_dir) = (spec.valid_dir(), spec.invalid_dir());
     for dir in [&valid_dir, &invalid_dir] {

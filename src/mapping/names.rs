@@ -65,11 +65,24 @@ pub fn stem(word: &str) -> String {
     w.to_string()
 }
 
+/// Each synonym's canonical word, indexed once: scanning the table for every word of every
+/// column dominated mapping a 20,000-column source.
 fn lookup(word: &str) -> Option<&'static str> {
-    SYNONYMS
-        .iter()
-        .find(|(_, alts)| alts.contains(&word))
-        .map(|(canon, _)| *canon)
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, &'static str>> =
+        std::sync::OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            let mut m = std::collections::HashMap::new();
+            for (canon, alts) in SYNONYMS {
+                for a in *alts {
+                    // The first entry wins, as the scan did.
+                    m.entry(*a).or_insert(*canon);
+                }
+            }
+            m
+        })
+        .get(word)
+        .copied()
 }
 
 /// The canonical token of a word (`qty` → `quantity`, `orders` → `order`, `Vorname` → `first`).

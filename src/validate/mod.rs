@@ -123,9 +123,21 @@ fn unless_null(v: &Expr, cond: Expr) -> Expr {
 impl Validator {
     /// Builds the checks for a target schema and a compiled mapping (for the fields' sources).
     pub fn new(target: &TargetSchema, mapping: &CompiledMapping) -> Validator {
+        let sources: Vec<&[String]> = mapping
+            .fields
+            .iter()
+            .map(|m| m.sources.as_slice())
+            .collect();
+        Validator::with_sources(target, &sources)
+    }
+
+    /// The validator from the columns each field reads (in target order), without the
+    /// compiled mapping: what an executor needs to describe invalid rows of a plan that was
+    /// built elsewhere.
+    pub fn with_sources(target: &TargetSchema, sources: &[&[String]]) -> Validator {
         let mut checks = Vec::new();
-        for (t, m) in target.fields.iter().zip(&mapping.fields) {
-            field_checks(t, &m.sources, &mut checks);
+        for (t, s) in target.fields.iter().zip(sources) {
+            field_checks(t, s, &mut checks);
         }
         Validator { checks }
     }
