@@ -206,7 +206,7 @@ pub(crate) fn infer_schema(
     )))
 }
 
-struct OpenFile {
+pub(crate) struct OpenFile {
     reader: ::csv::Reader<Box<dyn std::io::BufRead + Send>>,
     display: String,
     /// For each field position in this file, the schema column it fills.
@@ -214,37 +214,14 @@ struct OpenFile {
     next_row: u64,
 }
 
-/// Iterator over the batches of a CSV source.
-pub(crate) struct CsvBatches {
-    source: FileSource,
-    schema: SchemaRef,
-    next_file: usize,
-    current: Option<OpenFile>,
-}
-
-impl CsvBatches {
-    pub(crate) fn new(source: FileSource, schema: SchemaRef) -> Self {
-        CsvBatches {
-            source,
-            schema,
-            next_file: 0,
-            current: None,
-        }
-    }
-
-    fn open_next(&mut self) -> Result<bool> {
-        let Some(path) = self.source.files().get(self.next_file).cloned() else {
-            return Ok(false);
-        };
-        let range = self
-            .source
-            .range(self.next_file)
-            .filter(|p| p.unit == PieceUnit::Bytes);
-        self.next_file += 1;
-        let opts = &self.source.config().csv;
-        let data = self.source.data_schema();
-        let max_record = self.source.config().max_record_bytes;
-        let names = header(self.source.name(), &path, opts, max_record)?;
+impl super::files::FileReader for OpenFile {
+    fn open(source: &FileSource, _: &SchemaRef, index: usize) -> Result<Self> {
+        let path = &source.files()[index];
+        let range = source.range(index).filter(|p| p.unit == PieceUnit::Bytes);
+        let opts = &source.config().csv;
+        let data = source.data_schema();
+        let max_record = source.config().max_record_bytes;
+        let names = header(source.name(), path, opts, max_record)?;
         // A map, not `index_of` per name: a file may have tens of thousands of columns.
         let index: std::collections::HashMap<&str, usize> = data
             .fields()
@@ -261,105 +238,100 @@ impl CsvBatches {
             })
             .collect();
         let (reader, next_row) = match range {
-            Some(r) => (range_reader(&path, opts, r, max_record)?, r.first_row),
+            Some(r) => (range_reader(path, opts, r, max_record)?, r.first_row),
             None => {
-                let mut reader = reader(&path, opts, max_record)?;
+                let mut reader = reader(path, opts, max_record)?;
                 if opts.has_header {
                     let mut skip = ::csv::ByteRecord::new();
                     reader.read_byte_record(&mut skip).map_err(|e| {
-                        Error::source(self.source.name(), format!("{}: {e}", path.display()))
+                        Error::source(source.name(), format!("{}: {e}", path.display()))
                     })?;
                 }
                 (reader, 1)
             }
         };
-        self.current = Some(OpenFile {
+        Ok(OpenFile {
             reader,
             display: path.display().to_string(),
             positions,
             next_row,
-        });
-        Ok(true)
+        })
     }
-}
 
-impl super::ReadBatch for CsvBatches {
-    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
-        loop {
-            if self.current.is_none() && !self.open_next()? {
-                return Ok(None);
+    fn next_batch(
+        &mut self,
+        source: &FileSource,
+        schema: &SchemaRef,
+    ) -> Result<Option<RecordBatch>> {
+        let ncols = schema.fields().len() - super::PROVENANCE.len();
+        let batch_size = source.batch_size();
+        let name = source.name();
+        let max_record = source.config().max_record_bytes;
+        let file = self;
+        // Fields are collected as bytes and checked for UTF-8 once per column and batch
+        // (`try_from_binary`), far cheaper than a check per field.
+        let mut builders: Vec<BinaryBuilder> = (0..ncols)
+            .map(|_| BinaryBuilder::with_capacity(batch_size, batch_size * 16))
+            .collect();
+        let mut rows = Vec::with_capacity(batch_size);
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(batch_size);
+        let mut rec = ::csv::ByteRecord::new();
+        let mut filled = vec![false; ncols];
+        while rows.len() < batch_size {
+            let more = file
+                .reader
+                .read_byte_record(&mut rec)
+                .map_err(|e| Error::source(name, format!("{}: {e}", file.display)))?;
+            if !more {
+                break;
             }
-            let ncols = self.schema.fields().len() - super::PROVENANCE.len();
-            let batch_size = self.source.batch_size();
-            let name = self.source.name().to_string();
-            let max_record = self.source.config().max_record_bytes;
-            let file = self.current.as_mut().expect("opened above");
-            // Fields are collected as bytes and checked for UTF-8 once per column and batch
-            // (`try_from_binary`), far cheaper than a check per field.
-            let mut builders: Vec<BinaryBuilder> = (0..ncols)
-                .map(|_| BinaryBuilder::with_capacity(batch_size, batch_size * 16))
-                .collect();
-            let mut rows = Vec::with_capacity(batch_size);
-            let mut errors: Vec<Option<String>> = Vec::with_capacity(batch_size);
-            let mut rec = ::csv::ByteRecord::new();
-            let mut filled = vec![false; ncols];
-            while rows.len() < batch_size {
-                let more = file
-                    .reader
-                    .read_byte_record(&mut rec)
-                    .map_err(|e| Error::source(&name, format!("{}: {e}", file.display)))?;
-                if !more {
-                    break;
-                }
-                let mut problem: Option<String> = None;
-                let expected = file.positions.len();
-                if let Some(size) = rec.get(0).and_then(oversized) {
-                    // Skipped as it streamed by: a malformed row with no values.
-                    builders.iter_mut().for_each(BinaryBuilder::append_null);
-                    rows.push(file.next_row);
-                    file.next_row += 1;
-                    errors.push(Some(oversized_message(size, max_record)));
-                    continue;
-                }
-                if rec.len() != expected {
-                    problem = Some(format!("expected {expected} fields, found {}", rec.len()));
-                }
-                filled.iter_mut().for_each(|f| *f = false);
-                for (i, bytes) in rec.iter().enumerate().take(expected) {
-                    let col = file.positions[i];
-                    filled[col] = true;
-                    if bytes.is_empty() {
-                        builders[col].append_null();
-                    } else {
-                        builders[col].append_value(bytes);
-                    }
-                }
-                for (col, done) in filled.iter().enumerate() {
-                    if !done {
-                        builders[col].append_null();
-                    }
-                }
+            let mut problem: Option<String> = None;
+            let expected = file.positions.len();
+            if let Some(size) = rec.get(0).and_then(oversized) {
+                // Skipped as it streamed by: a malformed row with no values.
+                builders.iter_mut().for_each(BinaryBuilder::append_null);
                 rows.push(file.next_row);
                 file.next_row += 1;
-                errors.push(problem);
-            }
-            if rows.is_empty() {
-                self.current = None;
+                errors.push(Some(oversized_message(size, max_record)));
                 continue;
             }
-            let mut columns: Vec<ArrayRef> = Vec::with_capacity(ncols);
-            for (col, b) in builders.iter_mut().enumerate() {
-                let bytes = b.finish();
-                // The clone shares the buffers; it is kept for the rare batch that fails.
-                let text = match StringArray::try_from_binary(bytes.clone()) {
-                    Ok(text) => text,
-                    Err(_) => lossy_text(&bytes, col, &self.schema, &mut errors),
-                };
-                columns.push(Arc::new(text));
+            if rec.len() != expected {
+                problem = Some(format!("expected {expected} fields, found {}", rec.len()));
             }
-            let raw = vec![None; rows.len()];
-            return assemble(&self.schema, columns, &file.display, rows, errors, raw).map(Some);
+            filled.iter_mut().for_each(|f| *f = false);
+            for (i, bytes) in rec.iter().enumerate().take(expected) {
+                let col = file.positions[i];
+                filled[col] = true;
+                if bytes.is_empty() {
+                    builders[col].append_null();
+                } else {
+                    builders[col].append_value(bytes);
+                }
+            }
+            for (col, done) in filled.iter().enumerate() {
+                if !done {
+                    builders[col].append_null();
+                }
+            }
+            rows.push(file.next_row);
+            file.next_row += 1;
+            errors.push(problem);
         }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(ncols);
+        for (col, b) in builders.iter_mut().enumerate() {
+            let bytes = b.finish();
+            // The clone shares the buffers; it is kept for the rare batch that fails.
+            let text = match StringArray::try_from_binary(bytes.clone()) {
+                Ok(text) => text,
+                Err(_) => lossy_text(&bytes, col, schema, &mut errors),
+            };
+            columns.push(Arc::new(text));
+        }
+        let raw: Vec<Option<String>> = vec![None; rows.len()];
+        assemble(schema, columns, &file.display, rows, errors, raw).map(Some)
     }
 }
 

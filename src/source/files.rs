@@ -1,10 +1,69 @@
-//! Finding and opening input files.
+//! Finding and opening input files, and the loop over a source's files that every file
+//! format shares.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use super::FileSource;
 use crate::error::{Error, Result};
+
+/// One format's reader of one input file (or of one piece of it, on a cluster executor).
+pub(crate) trait FileReader: Sized + Send {
+    /// Opens file number `index` of the source.
+    fn open(source: &FileSource, schema: &SchemaRef, index: usize) -> Result<Self>;
+    /// The next batch of this file; `None` at its end.
+    fn next_batch(
+        &mut self,
+        source: &FileSource,
+        schema: &SchemaRef,
+    ) -> Result<Option<RecordBatch>>;
+}
+
+/// The batches of a source's files, in order: each file is opened when the previous one ends.
+pub(crate) struct Files<R> {
+    source: FileSource,
+    schema: SchemaRef,
+    next: usize,
+    current: Option<R>,
+}
+
+impl<R: FileReader> Files<R> {
+    pub(crate) fn new(source: FileSource, schema: SchemaRef) -> Self {
+        Files {
+            source,
+            schema,
+            next: 0,
+            current: None,
+        }
+    }
+}
+
+impl<R: FileReader> super::ReadBatch for Files<R> {
+    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
+        // Bounded: every turn either returns a batch or moves past one file.
+        loop {
+            let reader = match &mut self.current {
+                Some(r) => r,
+                None => {
+                    if self.next >= self.source.files().len() {
+                        return Ok(None);
+                    }
+                    let r = R::open(&self.source, &self.schema, self.next)?;
+                    self.next += 1;
+                    self.current.insert(r)
+                }
+            };
+            match reader.next_batch(&self.source, &self.schema)? {
+                Some(b) => return Ok(Some(b)),
+                None => self.current = None,
+            }
+        }
+    }
+}
 
 /// Expands a path, `file://` URL or glob pattern (relative to `base`) into the sorted list of
 /// files.

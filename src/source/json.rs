@@ -385,26 +385,10 @@ pub fn split(path: &Path, format: InputFormat, target: u64) -> Result<Option<Vec
     Ok(Some(pieces))
 }
 
-/// Iterator over the batches of an NDJSON/JSON source.
-pub(crate) struct JsonBatches {
-    source: FileSource,
-    schema: SchemaRef,
-    data_schema: SchemaRef,
-    next_file: usize,
-    current: Option<(Records, String)>,
-}
-
-impl JsonBatches {
-    pub(crate) fn new(source: FileSource, schema: SchemaRef) -> Result<Self> {
-        let data_schema = source.data_schema();
-        Ok(JsonBatches {
-            source,
-            schema,
-            data_schema,
-            next_file: 0,
-            current: None,
-        })
-    }
+/// One NDJSON/JSON file (or piece of one) being read.
+pub(crate) struct JsonFile {
+    records: Records,
+    display: String,
 }
 
 fn decoder(data_schema: &SchemaRef, batch_size: usize) -> Result<Decoder> {
@@ -495,60 +479,59 @@ pub(crate) fn decode_records(
     Ok((all.columns().to_vec(), errors, raw))
 }
 
-impl super::ReadBatch for JsonBatches {
-    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
-        loop {
-            if self.current.is_none() {
-                let Some(path) = self.source.files().get(self.next_file).cloned() else {
-                    return Ok(None);
-                };
-                let piece = self
-                    .source
-                    .range(self.next_file)
-                    .filter(|p| p.unit == PieceUnit::Bytes);
-                self.next_file += 1;
-                let max_record = self.source.config().max_record_bytes;
-                let recs = match piece {
-                    Some(p) if self.source.format() == InputFormat::Ndjson => {
-                        Records::open_piece(&path, p, max_record)?
-                    }
-                    _ => Records::open(&path, self.source.format(), max_record)?,
-                };
-                self.current = Some((recs, path.display().to_string()));
+impl super::files::FileReader for JsonFile {
+    fn open(source: &FileSource, _: &SchemaRef, index: usize) -> Result<Self> {
+        let path = &source.files()[index];
+        let piece = source.range(index).filter(|p| p.unit == PieceUnit::Bytes);
+        let max_record = source.config().max_record_bytes;
+        let records = match piece {
+            Some(p) if source.format() == InputFormat::Ndjson => {
+                Records::open_piece(path, p, max_record)?
             }
-            let batch_size = self.source.batch_size();
-            let (recs, display) = self.current.as_mut().expect("opened above");
-            let display = display.clone();
-            let mut text = Vec::with_capacity(batch_size * 128);
-            let mut spans = Vec::with_capacity(batch_size);
-            let mut rows = Vec::with_capacity(batch_size);
-            let mut known = Vec::with_capacity(batch_size);
-            let mut buf = Vec::new();
-            let max_record = self.source.config().max_record_bytes;
-            while rows.len() < batch_size {
-                let Some(row) = recs
-                    .next_record(&mut buf)
-                    .map_err(|e| Error::source(self.source.name(), format!("{display}: {e}")))?
-                else {
-                    break;
-                };
-                let start = text.len();
-                text.extend_from_slice(&buf);
-                spans.push(start..text.len());
-                text.push(b'\n');
-                rows.push(row);
-                known.push(
-                    recs.oversized
-                        .map(|size| super::limit::oversized_message(size, max_record)),
-                );
-            }
-            if rows.is_empty() {
-                self.current = None;
-                continue;
-            }
-            let (columns, errors, raw) = decode_records(&self.data_schema, &text, &spans, known)?;
-            return assemble(&self.schema, columns, &display, rows, errors, raw).map(Some);
+            _ => Records::open(path, source.format(), max_record)?,
+        };
+        Ok(JsonFile {
+            records,
+            display: path.display().to_string(),
+        })
+    }
+
+    fn next_batch(
+        &mut self,
+        source: &FileSource,
+        schema: &SchemaRef,
+    ) -> Result<Option<RecordBatch>> {
+        let batch_size = source.batch_size();
+        let mut text = Vec::with_capacity(batch_size * 128);
+        let mut spans = Vec::with_capacity(batch_size);
+        let mut rows = Vec::with_capacity(batch_size);
+        let mut known = Vec::with_capacity(batch_size);
+        let mut buf = Vec::new();
+        let max_record = source.config().max_record_bytes;
+        while rows.len() < batch_size {
+            let Some(row) = self
+                .records
+                .next_record(&mut buf)
+                .map_err(|e| Error::source(source.name(), format!("{}: {e}", self.display)))?
+            else {
+                break;
+            };
+            let start = text.len();
+            text.extend_from_slice(&buf);
+            spans.push(start..text.len());
+            text.push(b'\n');
+            rows.push(row);
+            known.push(
+                self.records
+                    .oversized
+                    .map(|size| super::limit::oversized_message(size, max_record)),
+            );
         }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let (columns, errors, raw) = decode_records(&source.data_schema(), &text, &spans, known)?;
+        assemble(schema, columns, &self.display, rows, errors, raw).map(Some)
     }
 }
 

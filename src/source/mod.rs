@@ -30,6 +30,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use crate::config::{InputFormat, SourceConfig};
 use crate::error::{Error, Result};
 
+use files::Files;
 pub use files::open_decompressed;
 pub use profile::{ColumnProfile, ValueShape};
 
@@ -273,11 +274,13 @@ impl FileSource {
             });
         }
         let inner: Box<dyn ReadBatch> = match self.format {
-            InputFormat::Csv => Box::new(csv::CsvBatches::new(self.clone(), schema)),
+            InputFormat::Csv => Box::new(Files::<csv::OpenFile>::new(self.clone(), schema)),
             InputFormat::Ndjson | InputFormat::Json => {
-                Box::new(json::JsonBatches::new(self.clone(), schema)?)
+                Box::new(Files::<json::JsonFile>::new(self.clone(), schema))
             }
-            InputFormat::Parquet => Box::new(parquet::ParquetBatches::new(self.clone(), schema)),
+            InputFormat::Parquet => {
+                Box::new(Files::<parquet::ParquetFile>::new(self.clone(), schema))
+            }
         };
         Ok(BatchIter {
             inner,

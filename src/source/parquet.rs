@@ -70,68 +70,49 @@ pub fn split(path: &std::path::Path, target: u64) -> Result<Option<Vec<Piece>>> 
     Ok(Some(pieces))
 }
 
-/// Iterator over the batches of a Parquet source.
-pub(crate) struct ParquetBatches {
-    source: FileSource,
-    schema: SchemaRef,
-    next_file: usize,
-    current: Option<(ParquetRecordBatchReader, String, u64)>,
+/// One Parquet file (or run of row groups) being read.
+pub(crate) struct ParquetFile {
+    reader: ParquetRecordBatchReader,
+    display: String,
+    next_row: u64,
 }
 
-impl ParquetBatches {
-    pub(crate) fn new(source: FileSource, schema: SchemaRef) -> Self {
-        ParquetBatches {
-            source,
-            schema,
-            next_file: 0,
-            current: None,
+impl super::files::FileReader for ParquetFile {
+    fn open(source: &FileSource, _: &SchemaRef, index: usize) -> Result<Self> {
+        let path = &source.files()[index];
+        let piece = source
+            .range(index)
+            .filter(|p| p.unit == PieceUnit::RowGroups);
+        let mut b = builder(source.name(), path)?.with_batch_size(source.batch_size());
+        let mut next_row = 1;
+        if let Some(p) = piece {
+            b = b.with_row_groups((p.start as usize..p.end as usize).collect());
+            next_row = p.first_row;
         }
+        Ok(ParquetFile {
+            reader: b.build()?,
+            display: path.display().to_string(),
+            next_row,
+        })
     }
-}
 
-impl super::ReadBatch for ParquetBatches {
-    fn read_batch(&mut self) -> Result<Option<RecordBatch>> {
-        loop {
-            if self.current.is_none() {
-                let Some(path) = self.source.files().get(self.next_file).cloned() else {
-                    return Ok(None);
-                };
-                let piece = self
-                    .source
-                    .range(self.next_file)
-                    .filter(|p| p.unit == PieceUnit::RowGroups);
-                self.next_file += 1;
-                let mut b =
-                    builder(self.source.name(), &path)?.with_batch_size(self.source.batch_size());
-                let mut first_row = 1;
-                if let Some(p) = piece {
-                    b = b.with_row_groups((p.start as usize..p.end as usize).collect());
-                    first_row = p.first_row;
-                }
-                let reader = b.build()?;
-                self.current = Some((reader, path.display().to_string(), first_row));
-            }
-            let (reader, display, next_row) = self.current.as_mut().expect("opened above");
-            match reader.next() {
-                None => self.current = None,
-                Some(b) => {
-                    let b = b?;
-                    let n = b.num_rows();
-                    let rows: Vec<u64> = (*next_row..*next_row + n as u64).collect();
-                    *next_row += n as u64;
-                    let display = display.clone();
-                    return assemble(
-                        &self.schema,
-                        b.columns().to_vec(),
-                        &display,
-                        rows,
-                        vec![None; n],
-                        vec![None; n],
-                    )
-                    .map(Some);
-                }
-            }
-        }
+    fn next_batch(&mut self, _: &FileSource, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
+        let Some(b) = self.reader.next() else {
+            return Ok(None);
+        };
+        let b = b?;
+        let n = b.num_rows();
+        let rows: Vec<u64> = (self.next_row..self.next_row + n as u64).collect();
+        self.next_row += n as u64;
+        assemble(
+            schema,
+            b.columns().to_vec(),
+            &self.display,
+            rows,
+            vec![None; n],
+            vec![None; n],
+        )
+        .map(Some)
     }
 }
 
