@@ -236,7 +236,9 @@ pub fn token_list_similarity(ta: &[String], tb: &[String]) -> f64 {
     if ta.is_empty() || tb.is_empty() {
         return 0.0;
     }
-    if ta == tb || ta.concat() == tb.concat() {
+    // Equal lists, or the same letters split differently (`zip_code` / `zipcode`), compared
+    // without building the joined strings.
+    if ta == tb || ta.iter().flat_map(|t| t.bytes()).eq(tb.iter().flat_map(|t| t.bytes())) {
         return 1.0;
     }
     let wa: f64 = ta.iter().map(|t| weight(t)).sum();

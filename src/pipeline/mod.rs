@@ -50,6 +50,12 @@ use feedback::FeedbackReport;
 
 /// Rows sampled for mapping.
 pub const SAMPLE_ROWS: usize = 1000;
+/// Cells of the sample a mapper profiles at most (fewer rows for very wide sources).
+pub const SAMPLE_CELLS: usize = 2_000_000;
+/// Cells of the feedback probe at most.
+pub const PROBE_CELLS: usize = 5_000_000;
+/// Rows sampled and probed at least, however wide the source.
+pub const MIN_SAMPLE_ROWS: usize = 100;
 
 /// How to get a source's mapping when no stored document settles it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

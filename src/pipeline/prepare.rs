@@ -115,17 +115,22 @@ impl Pipeline {
             None => {
                 // One read serves the mapper's sample and the feedback probe (a second read of
                 // an HTTP or database source would cost another round of requests).
+                // Bounded by cells, not rows: a 20,000-column source profiles and probes a few
+                // hundred rows, which is evidence enough, instead of tens of millions of cells.
+                let columns = source.data_schema().fields().len().max(1);
+                let sample_rows = (SAMPLE_CELLS / columns).clamp(MIN_SAMPLE_ROWS, SAMPLE_ROWS);
                 let probe_rows = if self.config.feedback.enabled {
-                    self.config.feedback.probe_rows.max(1)
+                    let cap = (PROBE_CELLS / columns).max(MIN_SAMPLE_ROWS);
+                    self.config.feedback.probe_rows.clamp(1, cap)
                 } else {
                     0
                 };
                 let head = {
                     let source = source.clone();
-                    let n = SAMPLE_ROWS.max(probe_rows);
+                    let n = sample_rows.max(probe_rows);
                     blocking(move || source.sample(n)).await?
                 };
-                let sample = head.slice(0, SAMPLE_ROWS.min(head.num_rows()));
+                let sample = head.slice(0, sample_rows.min(head.num_rows()));
                 let profiles = profile(&sample);
                 let request = MappingRequest {
                     source: name,
