@@ -238,7 +238,14 @@ pub fn token_list_similarity(ta: &[String], tb: &[String]) -> f64 {
     }
     // Equal lists, or the same letters split differently (`zip_code` / `zipcode`), compared
     // without building the joined strings.
-    if ta == tb || ta.iter().flat_map(|t| t.bytes()).eq(tb.iter().flat_map(|t| t.bytes())) {
+    let len = |ts: &[String]| ts.iter().map(String::len).sum::<usize>();
+    if ta == tb
+        || (len(ta) == len(tb)
+            && ta
+                .iter()
+                .flat_map(|t| t.bytes())
+                .eq(tb.iter().flat_map(|t| t.bytes())))
+    {
         return 1.0;
     }
     let wa: f64 = ta.iter().map(|t| weight(t)).sum();

@@ -1,6 +1,6 @@
 //! The offline mapper: a ranked matcher over names, descriptions and values, no network.
 //!
-//! For every target field it scores every source column ([`evidence`]): name evidence (tokens,
+//! For every target field it scores every source column (`evidence.rs`): name evidence (tokens,
 //! synonyms, acronyms, abbreviations), description evidence (the field's title/description,
 //! weighted by how rare its words are among the target's fields) and value evidence (type,
 //! date formats, `format`, `pattern`, `enum` with a value table, `examples`, ranges, emptiness,
@@ -8,7 +8,7 @@
 //! field rule the column out whatever its name. Assignment then takes the best pairs greedily —
 //! one column per field, a column serving two fields only when both pairs are strong — and a
 //! field stays unmapped below a threshold. Each field's mapping keeps its next best columns as
-//! ranked `candidates`, and the conversion the sample calls for ([`convert`]).
+//! ranked `candidates`, and the conversion the sample calls for (`convert.rs`).
 
 mod convert;
 mod evidence;
