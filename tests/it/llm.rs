@@ -575,3 +575,107 @@ async fn llm_requests_in_flight_are_limited_across_sources() {
     assert!(prepare_both(1).await >= delay * 2);
     assert_eq!(s.received_requests().await.unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reply_schema_names_the_fields_and_fixes_their_count() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    let fields = &b[0]["response_format"]["json_schema"]["schema"]["properties"]["fields"];
+    assert_eq!(fields["minItems"], 6, "{fields}");
+    assert_eq!(fields["maxItems"], 6);
+    assert_eq!(
+        fields["items"]["properties"]["target"]["enum"],
+        json!([
+            "customer_id",
+            "full_name",
+            "email",
+            "signup_date",
+            "lifetime_value",
+            "is_active"
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fields_left_out_of_a_reply_are_asked_again_alone() {
+    // The first reply answers four of the six fields; the follow-up names the other two, and
+    // its reply schema asks for exactly those.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("has no entry for these fields"))
+        .respond_with(ok(&fields(&[
+            ("lifetime_value", Some(r#"parse_number("Lifetime Value")"#)),
+            ("is_active", Some(r#"parse_bool("Active")"#)),
+        ])))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&fields(&[
+            ("customer_id", Some(r#"CAST("CustomerID" AS BIGINT)"#)),
+            ("full_name", Some(r#"upper(clean("Full Name"))"#)),
+            ("email", Some(r#"lower(clean("E-mail"))"#)),
+            (
+                "signup_date",
+                Some(r#"try_to_date("Signup Date", '%Y-%m-%d')"#),
+            ),
+        ])))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    assert_eq!(b.len(), 2);
+    let prompt = prompt_text(&b[1]);
+    assert!(
+        prompt.contains("has no entry for these fields: lifetime_value, is_active"),
+        "{prompt}"
+    );
+    let schema = &b[1]["response_format"]["json_schema"]["schema"]["properties"]["fields"];
+    assert_eq!(schema["minItems"], 2);
+    assert_eq!(
+        schema["items"]["properties"]["target"]["enum"],
+        json!(["lifetime_value", "is_active"])
+    );
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(
+        doc["fields"]["is_active"]["expr"],
+        r#"parse_bool("Active")"#
+    );
+    assert_eq!(
+        doc["fields"]["customer_id"]["expr"],
+        r#"CAST("CustomerID" AS BIGINT)"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_size_error_with_a_numeric_code_is_reported_as_such() {
+    // llama.cpp answers an oversized prompt with an error whose `code` is a number.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                      "type": "exceed_context_size_error", "n_prompt_tokens": 200034, "n_ctx": 8192}
+        })))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("does not fit the model's context (200034 prompt tokens, context 8192)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("not a chat completion"), "{}", r.stderr);
+}

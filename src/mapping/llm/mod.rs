@@ -141,9 +141,12 @@ impl LlmMapper {
                 format!("HTTP {}: {}", a.status_code, msg.trim())
             }
             OpenAIError::Reqwest(r) => crate::net::without_url(&r),
-            OpenAIError::JSONDeserialize(err, _) => {
-                format!("the response is not a chat completion ({err})")
-            }
+            OpenAIError::JSONDeserialize(err, body) => match server_error(&body) {
+                // An error body async-openai cannot read (llama.cpp sends `code` as a
+                // number): its message is the useful part.
+                Some(msg) => msg,
+                None => format!("the response is not a chat completion ({err})"),
+            },
             other => other.to_string(),
         };
         Error::Llm {
@@ -156,10 +159,13 @@ impl LlmMapper {
     }
 
     /// One chat completion over the conversation so far; the reply's text.
+    /// `targets` are the fields the reply must answer (exactly one entry each when `exact`).
     async fn ask(
         &self,
         source: &str,
         conversation: &[ChatCompletionRequestMessage],
+        targets: &[&str],
+        exact: bool,
         usage: &mut LlmUsage,
     ) -> Result<String> {
         let _permit = self.gate.acquire().await.map_err(|_| Error::Interrupted)?;
@@ -170,7 +176,7 @@ impl LlmMapper {
                     json_schema: ResponseFormatJsonSchema {
                         description: Some("One SQL expression per target field".into()),
                         name: prompt::RESPONSE_NAME.into(),
-                        schema: prompt::response_schema(),
+                        schema: prompt::response_schema(targets, exact),
                         strict: Some(true),
                     },
                 }
@@ -284,8 +290,14 @@ impl LlmMapper {
             .collect();
         let mut any_reply_read = false;
         let mut last_unreadable = String::new();
+        // The fields the next reply must answer: all of them first, then those a follow-up
+        // asks about again.
+        let mut asked: Vec<String> = req.target.fields.iter().map(|t| t.name.clone()).collect();
         loop {
-            let content = self.ask(req.source, &conversation, &mut usage).await?;
+            let names: Vec<&str> = asked.iter().map(String::as_str).collect();
+            let content = self
+                .ask(req.source, &conversation, &names, true, &mut usage)
+                .await?;
             conversation.push(ChatCompletionRequestAssistantMessage::from(content.as_str()).into());
             let follow_up = match reply::parse(&content) {
                 Err(e) => {
@@ -296,6 +308,7 @@ impl LlmMapper {
                 }
                 Ok(entries) => {
                     any_reply_read = true;
+                    let answered: Vec<String> = entries.iter().map(|e| e.target.clone()).collect();
                     for e in entries {
                         match fields.get_mut(&e.target) {
                             Some(f) => {
@@ -313,7 +326,30 @@ impl LlmMapper {
                         }
                     }
                     let errors = self.check(req, &fields);
-                    (!errors.is_empty()).then(|| prompt::repair_request(&errors))
+                    // Fields the reply left out are asked again, alone: silently leaving them
+                    // unmapped would look like "nothing fits".
+                    let missing: Vec<&str> = names
+                        .iter()
+                        .copied()
+                        .filter(|n| !answered.iter().any(|a| a == n))
+                        .collect();
+                    let mut msg = String::new();
+                    if !errors.is_empty() {
+                        msg.push_str(&prompt::repair_request(&errors));
+                    }
+                    if !missing.is_empty() {
+                        tracing::warn!(source = req.source, fields = ?missing, "The LLM reply has no entry for some fields; asking again for them.");
+                        msg.push_str(&prompt::missing_request(&missing));
+                    }
+                    let next: Vec<String> = errors
+                        .iter()
+                        .map(|(f, _, _)| f.clone())
+                        .chain(missing.iter().map(|m| m.to_string()))
+                        .collect();
+                    if !next.is_empty() {
+                        asked = next;
+                    }
+                    (!msg.is_empty()).then_some(msg)
                 }
             };
             let Some(msg) = follow_up else { break };
@@ -358,6 +394,35 @@ impl LlmMapper {
     }
 }
 
+/// The message of an OpenAI-style or llama.cpp-style error body (`{"error": {"message": …}}`),
+/// with a plain statement when the request did not fit the model's context.
+fn server_error(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let e = v.get("error")?;
+    let mut msg = e.get("message")?.as_str()?.trim().to_string();
+    if msg.len() > 300 {
+        msg.truncate(msg.floor_char_boundary(300));
+        msg.push('…');
+    }
+    let kind = e.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let code = e.get("code").map(|c| c.to_string()).unwrap_or_default();
+    let context = kind.contains("context")
+        || msg.contains("context size")
+        || msg.contains("context length")
+        || msg.contains("maximum context");
+    Some(if context {
+        let sizes = match (e.get("n_prompt_tokens"), e.get("n_ctx")) {
+            (Some(p), Some(c)) => format!(" ({p} prompt tokens, context {c})"),
+            _ => String::new(),
+        };
+        format!("the request does not fit the model's context{sizes}: {msg}")
+    } else if code.is_empty() {
+        format!("server error: {msg}")
+    } else {
+        format!("server error {}: {msg}", code.trim_matches('"'))
+    })
+}
+
 impl LlmMapper {
     /// Asks the model to revise the failing fields of `doc` given the probe's error digest: the
     /// conversation is replayed (instructions, the mapping request, the model's mapping) and the
@@ -377,7 +442,10 @@ impl LlmMapper {
         conversation.push(ChatCompletionRequestAssistantMessage::from(previous.to_string()).into());
         conversation
             .push(ChatCompletionRequestUserMessage::from(prompt::revision_request(digest)).into());
-        let content = self.ask(req.source, &conversation, usage).await?;
+        let names: Vec<&str> = req.target.fields.iter().map(|t| t.name.as_str()).collect();
+        let content = self
+            .ask(req.source, &conversation, &names, false, usage)
+            .await?;
         let entries = reply::parse(&content).map_err(|e| Error::Llm {
             source_name: req.source.to_string(),
             message: format!("the revision could not be read: {e}"),

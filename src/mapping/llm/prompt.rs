@@ -44,17 +44,17 @@ sentence naming the evidence (column name, values, units).
 Reply with a JSON object only: {\"fields\": [{\"target\": ..., \"expr\": ... or null, \
 \"confidence\": ..., \"rationale\": ...}]}.";
 
-/// The JSON Schema of the reply, for `response_format: json_schema` with `strict: true`.
-pub fn response_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "fields": {
+/// The JSON Schema of the reply, for `response_format: json_schema` with `strict: true`: one
+/// entry per field of `targets` — the names listed as an `enum` and the entry count fixed — so
+/// that a grammar-constrained server cannot answer `{"fields": []}` or name a field that is not
+/// asked for.
+pub fn response_schema(targets: &[&str], exact: bool) -> Value {
+    let mut fields = json!({
                 "type": "array",
                 "items": {
                     "type": "object",
                     "properties": {
-                        "target": {"type": "string"},
+                        "target": {"type": "string", "enum": targets},
                         "expr": {"type": ["string", "null"]},
                         "confidence": {"type": "number"},
                         "rationale": {"type": "string"}
@@ -62,8 +62,14 @@ pub fn response_schema() -> Value {
                     "required": ["target", "expr", "confidence", "rationale"],
                     "additionalProperties": false
                 }
-            }
-        },
+    });
+    if exact {
+        fields["minItems"] = json!(targets.len());
+        fields["maxItems"] = json!(targets.len());
+    }
+    json!({
+        "type": "object",
+        "properties": {"fields": fields},
         "required": ["fields"],
         "additionalProperties": false
     })
@@ -208,6 +214,16 @@ pub fn repair_request(errors: &[(String, String, String)]) -> String {
     s
 }
 
+/// The follow-up for fields the reply left out: one entry each, and nothing else.
+pub fn missing_request(fields: &[&str]) -> String {
+    format!(
+        "Your reply has no entry for these fields: {}. Reply with one entry for each of them \
+         (and no other field) in the same JSON format; an entry may have a null expr when no \
+         source column fits.",
+        fields.join(", ")
+    )
+}
+
 /// The follow-up message with the probe's error digest: revise the failing fields only.
 pub fn revision_request(digest: &str) -> String {
     format!(
@@ -241,9 +257,15 @@ mod tests {
     #[test]
     fn response_schema_is_strict_compatible() {
         // Strict structured output needs every property required and no extra properties.
-        let s = response_schema();
-        let item = &s["properties"]["fields"]["items"];
+        let s = response_schema(&["id", "name"], true);
+        let fields = &s["properties"]["fields"];
+        assert_eq!(fields["minItems"], 2);
+        assert_eq!(fields["maxItems"], 2);
+        let item = &fields["items"];
+        assert_eq!(item["properties"]["target"]["enum"], json!(["id", "name"]));
         assert_eq!(item["required"].as_array().unwrap().len(), 4);
+        let open = response_schema(&["id", "name"], false);
+        assert!(open["properties"]["fields"].get("minItems").is_none());
         assert_eq!(item["additionalProperties"], false);
         assert_eq!(s["additionalProperties"], false);
     }

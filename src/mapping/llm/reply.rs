@@ -10,12 +10,29 @@ pub struct ReplyField {
     /// Expression, or null for unmapped.
     #[serde(default)]
     pub expr: Option<String>,
-    /// The model's confidence, 0..1.
-    #[serde(default)]
+    /// The model's confidence, 0..1 (a number, or a number written as a string).
+    #[serde(default, deserialize_with = "lenient_number")]
     pub confidence: Option<f64>,
     /// Why.
     #[serde(default)]
     pub rationale: Option<String>,
+}
+
+/// A number, a numeric string (`"0.9"`, `"90%"`), or anything else as absent: a harmless
+/// deviation must not make the whole reply unreadable.
+fn lenient_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => {
+            let t = s.trim();
+            match t.strip_suffix('%') {
+                Some(p) => p.trim().parse::<f64>().ok().map(|x| x / 100.0),
+                None => t.parse().ok(),
+            }
+        }
+        _ => None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -89,6 +106,15 @@ mod tests {
         let r = parse(r#"{"fields": [{"target": "a", "expr": "null", "confidence": 7}, {"target": "b", "expr": " "}, {"target": "c", "expr": null}]}"#).unwrap();
         assert!(r.iter().all(|f| f.expr.is_none()));
         assert_eq!(r[0].confidence, Some(1.0));
+    }
+
+    #[test]
+    fn confidence_written_as_text_is_read() {
+        let r = parse(r#"{"fields": [{"target": "a", "expr": "x", "confidence": "0.8"}, {"target": "b", "expr": "y", "confidence": "90%"}, {"target": "c", "expr": "z", "confidence": "high"}]}"#).unwrap();
+        assert_eq!(r[0].confidence, Some(0.8));
+        assert_eq!(r[1].confidence, Some(0.9));
+        assert_eq!(r[2].confidence, None);
+        assert_eq!(r[2].expr.as_deref(), Some("z"));
     }
 
     #[test]
