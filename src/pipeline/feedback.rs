@@ -325,6 +325,10 @@ pub struct FeedbackReport {
     pub digest: IndexMap<String, FieldDigest>,
     /// Every round, kept or not.
     pub rounds: Vec<Round>,
+    /// Why the model's revision failed (timeout, unreadable reply), when it did: the loop then
+    /// keeps the best mapping it has instead of failing the source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_error: Option<String>,
 }
 
 /// The values of one column of the probe, as text.
@@ -386,6 +390,7 @@ impl Loop<'_> {
             invalid_share_final: best_probe.invalid_share(),
             digest: best_probe.fields.clone(),
             rounds: vec![],
+            revision_error: None,
         };
         for round in 1..=self.config.max_rounds {
             if !best_probe.needs_repair(self.config.max_invalid_ratio) {
@@ -396,8 +401,19 @@ impl Loop<'_> {
                 (Some(llm), super::MapperKind::Llm) => {
                     let usage = usage.get_or_insert_with(Default::default);
                     let digest = best_probe.digest_text(self.redact);
-                    let (revised, changed) =
-                        llm.revise(self.request, &best, &digest, usage).await?;
+                    let (revised, changed) = match llm
+                        .revise(self.request, &best, &digest, usage)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // The first mapping compiled and was probed; a revision that
+                            // times out or cannot be read must not cost the source.
+                            tracing::warn!(error = %e, "The model's revision failed; keeping the best mapping so far.");
+                            report.revision_error = Some(e.to_string());
+                            break;
+                        }
+                    };
                     let changes = changed
                         .iter()
                         .map(|f| {

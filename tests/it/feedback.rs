@@ -349,3 +349,60 @@ fn a_sparse_field_is_never_filled_from_a_column_of_another_kind() {
     assert_eq!(rows[9]["religionLabel"], "Buddhism");
     assert!(rows[0]["religionLabel"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_that_cannot_be_read_keeps_the_first_mapping() {
+    let s = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("was run on the source and validated"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(completion("Sorry, I cannot help with that.")),
+        )
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion(&mapping("try_to_date(\"placed\", '%Y-%m-%d')"))),
+        )
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = Workdir::new();
+    orders(&w);
+    w.write(
+        "config.json",
+        config(
+            r#"{"orders": {"path": "orders.csv"}}"#,
+            SCHEMA,
+            &format!(
+                r#""output_format": "ndjson", "llm": {{"base_url": "{}/v1"}},"#,
+                s.uri()
+            ),
+        ),
+    );
+    let r = run_async(&w, &["run"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(s.received_requests().await.unwrap().len(), 2);
+    let summary = w.json("out/run_summary.json");
+    let mapping = &summary["sources"]["orders"]["mapping"];
+    assert!(
+        mapping["feedback"]["revision_error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{mapping}"
+    );
+    assert!(
+        mapping["llm"]["requests"].as_u64().unwrap() >= 2,
+        "{mapping}"
+    );
+    let doc = w.json("out/mappings/orders.mapping.json");
+    assert_eq!(doc["mapper"], "llm");
+    assert_eq!(
+        doc["fields"]["placed"]["expr"],
+        "try_to_date(\"placed\", '%Y-%m-%d')"
+    );
+    assert!(summary["sources"]["orders"]["valid"].as_u64().unwrap() > 0);
+}
