@@ -38,6 +38,9 @@ pub struct LlmConfig {
     pub redact_samples: bool,
     /// Follow-up rounds that send compile errors back to the model. Default 2.
     pub max_repairs: u32,
+    /// Completion budget per request (`max_tokens`): the request asks for about 80 tokens per
+    /// field it names, at most this many.
+    pub max_completion_tokens: u32,
     /// `none` (default) or `heuristic`: what to do when the model fails.
     pub fallback: LlmFallback,
     /// Most LLM requests in flight at once, over all sources. Default 4.
@@ -56,6 +59,7 @@ impl Default for LlmConfig {
             sample_rows: 20,
             redact_samples: false,
             max_repairs: 2,
+            max_completion_tokens: 8192,
             fallback: LlmFallback::None,
             max_concurrent: 4,
         }

@@ -679,3 +679,57 @@ async fn a_context_size_error_with_a_numeric_code_is_reported_as_such() {
     );
     assert!(!r.stderr.contains("not a chat completion"), "{}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_cut_at_its_budget_keeps_its_complete_entries_and_asks_for_the_rest() {
+    let s = server().await;
+    let full = fields(&[
+        ("customer_id", Some(r#"CAST("CustomerID" AS BIGINT)"#)),
+        ("full_name", Some(r#"upper(clean("Full Name"))"#)),
+        ("email", Some(r#"lower(clean("E-mail"))"#)),
+        (
+            "signup_date",
+            Some(r#"try_to_date("Signup Date", '%Y-%m-%d')"#),
+        ),
+    ]);
+    // Cut inside the fifth entry, as a server does at `max_tokens`.
+    let cut = format!(
+        "{}, {{\"target\": \"lifetime_value\", \"expr\": \"CAST(CAST(",
+        &full[..full.len() - 2]
+    );
+    let mut truncated = completion(&cut);
+    truncated["choices"][0]["finish_reason"] = json!("length");
+    Mock::given(method("POST"))
+        .and(body_string_contains("has no entry for these fields"))
+        .respond_with(ok(&fields(&[
+            ("lifetime_value", Some(r#"parse_number("Lifetime Value")"#)),
+            ("is_active", Some(r#"parse_bool("Active")"#)),
+        ])))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(truncated))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["run", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    assert_eq!(b.len(), 2);
+    // The completion budget is sized to the fields asked for.
+    assert_eq!(b[0]["max_tokens"], 200 + 80 * 6);
+    assert_eq!(b[1]["max_tokens"], 200 + 80 * 2);
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(
+        doc["fields"]["signup_date"]["expr"],
+        r#"try_to_date("Signup Date", '%Y-%m-%d')"#
+    );
+    assert_eq!(
+        doc["fields"]["lifetime_value"]["expr"],
+        r#"parse_number("Lifetime Value")"#
+    );
+    let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
+    assert_eq!(llm["truncated_replies"], 1, "{llm}");
+}

@@ -17,7 +17,7 @@ use async_openai::error::OpenAIError;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest, ResponseFormat, ResponseFormatJsonSchema,
+    CreateChatCompletionRequest, FinishReason, ResponseFormat, ResponseFormatJsonSchema,
 };
 use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
@@ -55,6 +55,13 @@ pub struct LlmUsage {
     pub repair_rounds: u32,
     /// Fields left unmapped because their expression never compiled.
     pub failed_fields: Vec<String>,
+    /// Replies cut at their token budget (`finish_reason: length`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub truncated_replies: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The LLM mapper. One per pipeline: its semaphore limits requests in flight over all sources.
@@ -183,11 +190,16 @@ impl LlmMapper {
             } else {
                 ResponseFormat::JsonObject
             };
+            // A completion budget sized to the fields asked for: a server's default (often 512
+            // tokens) cuts a wide reply, and without one a looping model runs on.
+            let budget = (200 + 80 * targets.len() as u32).min(self.settings.max_completion_tokens);
+            #[allow(deprecated)]
             let request = CreateChatCompletionRequest {
                 model: self.settings.model.clone(),
                 messages: conversation.to_vec(),
                 temperature: Some(self.settings.temperature),
                 response_format: Some(response_format),
+                max_tokens: Some(budget),
                 ..Default::default()
             };
             let started = Instant::now();
@@ -206,12 +218,21 @@ impl LlmMapper {
                         usage.prompt_tokens += u64::from(u.prompt_tokens);
                         usage.completion_tokens += u64::from(u.completion_tokens);
                     }
-                    let text = resp
-                        .choices
-                        .into_iter()
-                        .next()
-                        .and_then(|c| c.message.content)
-                        .unwrap_or_default();
+                    let choice = resp.choices.into_iter().next();
+                    if choice
+                        .as_ref()
+                        .is_some_and(|c| c.finish_reason == Some(FinishReason::Length))
+                    {
+                        // The complete entries before the cut are kept (see `reply::parse`);
+                        // the fields after it are asked again.
+                        tracing::warn!(
+                            source,
+                            budget,
+                            "The LLM reply was cut at its token budget (finish_reason: length)."
+                        );
+                        usage.truncated_replies += 1;
+                    }
+                    let text = choice.and_then(|c| c.message.content).unwrap_or_default();
                     return Ok(text);
                 }
                 // Servers without structured output reject the request format; ask for a

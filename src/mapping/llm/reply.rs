@@ -54,6 +54,7 @@ pub fn parse(content: &str) -> Result<Vec<ReplyField>, String> {
                 _ => Err(first),
             }
         })
+        .or_else(|e| salvage(text).ok_or(e))
         .map_err(|e| format!("not the requested JSON object: {e}"))?;
     Ok(reply
         .fields
@@ -70,6 +71,51 @@ pub fn parse(content: &str) -> Result<Vec<ReplyField>, String> {
             f
         })
         .collect())
+}
+
+/// The complete entries of a reply cut short (at its token budget): the objects of the
+/// `fields` array up to the cut. None when not even one entry is complete.
+fn salvage(text: &str) -> Option<Reply> {
+    let start = text.find("\"fields\"")?;
+    let open = start + text[start..].find('[')?;
+    let b = text.as_bytes();
+    let mut fields = Vec::new();
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut object_start = None;
+    for (i, &c) in b.iter().enumerate().skip(open + 1) {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'{' => {
+                if depth == 0 {
+                    object_start = Some(i);
+                }
+                depth += 1;
+            }
+            b'}' if depth > 0 => {
+                depth -= 1;
+                if depth == 0
+                    && let Some(s) = object_start.take()
+                    && let Ok(f) = serde_json::from_str::<ReplyField>(&text[s..=i])
+                {
+                    fields.push(f);
+                }
+            }
+            b']' if depth == 0 => break,
+            _ => {}
+        }
+    }
+    (!fields.is_empty()).then_some(Reply { fields })
 }
 
 /// The inside of a Markdown code fence, if the text is (or contains) one.
@@ -118,9 +164,26 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_cut_short_keeps_its_complete_entries() {
+        let cut = r#"{"fields": [{"target": "a", "expr": "\"x\"", "confidence": 0.9, "rationale": "a {brace} in text"}, {"target": "b", "expr": "y", "confidence": 0.8, "rationale": "b"}, {"target": "c", "expr": "CAST(CAST(CAST("#;
+        let r = parse(cut).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].target, "b");
+        assert_eq!(r[0].expr.as_deref(), Some("\"x\""));
+    }
+
+    #[test]
     fn malformed_is_an_error() {
         assert!(parse("I cannot help with that").is_err());
-        assert!(parse(r#"{"fields": [{"target": "a", "expr": "x"}"#).is_err());
+        // Cut inside the first entry: nothing complete to keep.
+        assert!(parse(r#"{"fields": [{"target": "a", "expr": "x"#).is_err());
+        // Cut after a complete entry: that entry is kept.
+        assert_eq!(
+            parse(r#"{"fields": [{"target": "a", "expr": "x"}"#)
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(parse(r#"{"mapping": {}}"#).is_err());
     }
 }
