@@ -140,10 +140,13 @@ pub fn compile_field(
                     strip_df(&e.to_string())
                 ),
             },
-            _ => format!(
-                "cannot parse `{text_for_messages}`: {}",
-                strip_df(&e.to_string())
-            ),
+            _ => {
+                let msg = strip_df(&e.to_string());
+                format!(
+                    "cannot parse `{text_for_messages}`: {msg}{}",
+                    dialect_hint(&msg)
+                )
+            }
         })?;
     // Some SQL forms (`SUBSTRING(x FROM 2)`, `substr`, `EXTRACT`, `POSITION`) are planned
     // with DataFusion's own function objects, bypassing the session's registry: point every
@@ -204,6 +207,15 @@ pub fn compile_field(
                     }
                     if f.args.is_empty() {
                         problem = Some(format!("`{}` needs a value", f.func.name()));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    if let Some(bad) = formats.iter().find(|f| !f.contains('%')) {
+                        // A format with no %-code only matches itself: every row would fail.
+                        problem = Some(format!(
+                            "`{}` formats use chrono's %-codes, not Java patterns: write {} instead of '{bad}'",
+                            f.func.name(),
+                            crate::sql::literal(&java_to_chrono(bad))
+                        ));
                         return Ok(TreeNodeRecursion::Stop);
                     }
                     if let Err(e) = crate::functions::DateFormats::new(&formats) {
@@ -357,6 +369,54 @@ fn try_casts(expr: Expr) -> datafusion::error::Result<Expr> {
     .map(|t| t.data)
 }
 
+/// A Java/ICU date pattern (`yyyy-MM-dd HH:mm:ss`) in chrono's %-codes.
+fn java_to_chrono(pattern: &str) -> String {
+    const CODES: &[(&str, &str)] = &[
+        ("yyyy", "%Y"),
+        ("YYYY", "%Y"),
+        ("yy", "%y"),
+        ("MMMM", "%B"),
+        ("MMM", "%b"),
+        ("MM", "%m"),
+        ("dd", "%d"),
+        ("DD", "%d"),
+        ("HH", "%H"),
+        ("hh", "%I"),
+        ("mm", "%M"),
+        ("ss", "%S"),
+        ("SSS", "%3f"),
+        ("a", "%p"),
+    ];
+    let mut out = String::new();
+    let mut rest = pattern;
+    'outer: while !rest.is_empty() {
+        for (java, chrono) in CODES {
+            if let Some(r) = rest.strip_prefix(java) {
+                out.push_str(chrono);
+                rest = r;
+                continue 'outer;
+            }
+        }
+        let c = rest.chars().next().expect("not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// What to write instead, for dialect mistakes models make: Arrow type names in `CAST` and
+/// conversion functions that do not exist.
+fn dialect_hint(message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    if m.contains("utf8") || m.contains("int64") || m.contains("float64") {
+        " (CAST takes SQL type names: VARCHAR, BIGINT, DOUBLE, BOOLEAN, DATE, TIMESTAMP)"
+    } else if m.contains("invalid function") && m.contains("try_to_") {
+        " (conform's conversions are try_to_date and try_to_timestamp; for numbers use CAST(x AS BIGINT) or parse_number(x), for yes/no parse_bool(x), for text clean(x))"
+    } else {
+        ""
+    }
+}
+
 fn unknown_column(name: &str, source: &Schema) -> String {
     let cols: Vec<&str> = source.fields().iter().map(|f| f.name().as_str()).collect();
     let best = cols
@@ -453,6 +513,19 @@ mod tests {
         assert!(e.contains("function `random` is not allowed"), "{e}");
         let e = try_compile("to_date(\"first\")", DataType::Date32).unwrap_err();
         assert!(e.contains("use try_to_date"), "{e}");
+        let e = try_compile(
+            "try_to_timestamp(\"first\", 'yyyy-MM-dd HH:mm:ss')",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("write '%Y-%m-%d %H:%M:%S' instead of 'yyyy-MM-dd HH:mm:ss'"),
+            "{e}"
+        );
+        let e = try_compile("CAST(\"first\" AS Utf8)", DataType::Utf8).unwrap_err();
+        assert!(e.contains("CAST takes SQL type names"), "{e}");
+        let e = try_compile("try_to_int(\"first\")", DataType::Int64).unwrap_err();
+        assert!(e.contains("for numbers use CAST(x AS BIGINT)"), "{e}");
         let e = try_compile("sum(CAST(amount_cents AS BIGINT))", DataType::Int64).unwrap_err();
         assert!(e.contains("aggregate"), "{e}");
     }
