@@ -447,7 +447,10 @@ async fn an_unknown_column_is_sent_back_and_repaired() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_forbidden_function_that_is_never_fixed_leaves_the_field_unmapped() {
+async fn a_repeated_rejected_answer_ends_the_repairs_and_the_matcher_fills_the_field() {
+    // The model answers `random() * 100` for lifetime_value every time: the repeat ends the
+    // repair loop after one round, and the offline matcher's mapping replaces the rejected
+    // expression (the error stays in the rationale and in the summary).
     let s = server().await;
     let bad = source1_reply().replace(r#"parse_number(\"Lifetime Value\")"#, "random() * 100");
     Mock::given(method("POST"))
@@ -462,23 +465,24 @@ async fn a_forbidden_function_that_is_never_fixed_leaves_the_field_unmapped() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         s.received_requests().await.unwrap().len(),
-        3,
-        "two repair rounds"
+        2,
+        "one repair round, then the repeat stops the loop"
     );
     let doc = w.json("out/mappings/source1.mapping.json");
     let f = &doc["fields"]["lifetime_value"];
-    assert_eq!(f["expr"], Value::Null);
+    assert_eq!(f["expr"], r#"parse_number("Lifetime Value")"#, "{f}");
+    let why = f["rationale"].as_str().unwrap();
     assert!(
-        f["error"]
-            .as_str()
-            .unwrap()
-            .contains("function `random` is not allowed"),
-        "{f}"
+        why.starts_with("heuristic (llm fallback)")
+            && why.contains("function `random` is not allowed"),
+        "{why}"
     );
     let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
     assert_eq!(llm["failed_fields"], json!(["lifetime_value"]));
+    assert_eq!(llm["fallback_fields"], json!(["lifetime_value"]));
+    assert_eq!(llm["repeated_replies"], 1);
     let valid = w.json("out/source1_valid_data.json");
-    assert_eq!(valid[0]["lifetime_value"], Value::Null);
+    assert_eq!(valid[0]["lifetime_value"], 1250.0);
     assert_eq!(valid[0]["full_name"], "ADA LOVELACE");
 }
 

@@ -58,6 +58,12 @@ pub struct LlmUsage {
     /// Replies cut at their token budget (`finish_reason: length`).
     #[serde(skip_serializing_if = "is_zero")]
     pub truncated_replies: u32,
+    /// Repair replies that repeated the rejected expressions (the repair loop then stops).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub repeated_replies: u32,
+    /// Fields whose expression never compiled and that the offline matcher mapped instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback_fields: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -328,6 +334,15 @@ impl LlmMapper {
                     Some(msg)
                 }
                 Ok(entries) => {
+                    // A repair reply that repeats the rejected expressions word for word will not
+                    // converge: stop asking.
+                    let known: Vec<&reply::ReplyField> = entries
+                        .iter()
+                        .filter(|e| fields.contains_key(&e.target))
+                        .collect();
+                    let repeated = usage.repair_rounds > 0
+                        && !known.is_empty()
+                        && known.iter().all(|e| fields[&e.target].expr == e.expr);
                     any_reply_read = true;
                     let answered: Vec<String> = entries.iter().map(|e| e.target.clone()).collect();
                     for e in entries {
@@ -370,7 +385,16 @@ impl LlmMapper {
                     if !next.is_empty() {
                         asked = next;
                     }
-                    (!msg.is_empty()).then_some(msg)
+                    if repeated {
+                        tracing::warn!(
+                            source = req.source,
+                            "The LLM repeated its rejected expressions; no further repair rounds."
+                        );
+                        usage.repeated_replies += 1;
+                        None
+                    } else {
+                        (!msg.is_empty()).then_some(msg)
+                    }
                 }
             };
             let Some(msg) = follow_up else { break };
@@ -392,14 +416,37 @@ impl LlmMapper {
                 ),
             });
         }
-        for (name, expr, error) in self.check(req, &fields) {
-            tracing::warn!(source = req.source, field = %name, %error, "The LLM's expression does not compile; the field is left unmapped.");
+        let failed = self.check(req, &fields);
+        // A field whose expression never compiled falls back to the offline matcher's choice,
+        // when it has one above its threshold; otherwise it stays unmapped with the error.
+        let offline = (!failed.is_empty()).then(|| super::heuristic::HeuristicMapper.map_now(req));
+        for (name, expr, error) in failed {
             usage.failed_fields.push(name.clone());
+            let fallback = offline
+                .as_ref()
+                .and_then(|d| d.fields.get(&name))
+                .filter(|m| m.expr.is_some());
             if let Some(f) = fields.get_mut(&name) {
-                *f = FieldMapping {
-                    rationale: format!("rejected expression `{expr}`"),
-                    error: Some(error),
-                    ..FieldMapping::unmapped()
+                *f = match fallback {
+                    Some(m) => {
+                        tracing::warn!(source = req.source, field = %name, %error, "The LLM's expression does not compile; the offline matcher's mapping is used for this field.");
+                        usage.fallback_fields.push(name.clone());
+                        FieldMapping {
+                            rationale: format!(
+                                "heuristic (llm fallback): the model's `{expr}` was rejected ({error}); {}",
+                                m.rationale
+                            ),
+                            ..m.clone()
+                        }
+                    }
+                    None => {
+                        tracing::warn!(source = req.source, field = %name, %error, "The LLM's expression does not compile; the field is left unmapped.");
+                        FieldMapping {
+                            rationale: format!("rejected expression `{expr}`"),
+                            error: Some(error),
+                            ..FieldMapping::unmapped()
+                        }
+                    }
                 };
             }
         }
