@@ -69,6 +69,8 @@ pub struct Probe {
     /// Values lost to null over the mapped fields that are mostly null (ties between candidates
     /// with the same valid share go to fewer).
     pub nulls: usize,
+    /// Fields the probed document maps.
+    pub mapped: usize,
 }
 
 impl Probe {
@@ -92,10 +94,17 @@ impl Probe {
         self.invalid_share() > max_invalid_ratio || self.nulls > 0
     }
 
-    /// Whether this probe is better than `other`: more valid rows, or as many and fewer values
-    /// lost to null.
+    /// Whether this probe is better than `other`: more valid rows; or as many, and more fields
+    /// mapped (a revision that maps fields the first answer left out is progress, though its
+    /// new fields may be null on some rows); or as many of both and fewer values lost to null.
     pub fn better_than(&self, other: &Probe) -> bool {
-        self.invalid < other.invalid || (self.invalid == other.invalid && self.nulls < other.nulls)
+        if self.invalid != other.invalid {
+            return self.invalid < other.invalid;
+        }
+        if self.mapped != other.mapped {
+            return self.mapped > other.mapped;
+        }
+        self.nulls < other.nulls
     }
 
     /// The digest as text for a person or a model: one line per field and rule.
@@ -157,6 +166,7 @@ pub async fn probe(
     let valid_schema = target.valid_arrow_schema();
     let mut out = Probe {
         rows: rows.num_rows(),
+        mapped: doc.fields.values().filter(|m| m.expr.is_some()).count(),
         ..Default::default()
     };
     let mut fields: BTreeMap<String, FieldDigest> = BTreeMap::new();
@@ -435,6 +445,18 @@ impl Loop<'_> {
                 }
             };
             if changes.is_empty() {
+                if by == "llm" {
+                    // A revision that changes nothing is a round too: the summary shows that
+                    // the model was asked and what came of it.
+                    report.rounds.push(Round {
+                        round,
+                        by,
+                        changes,
+                        invalid_share_before: before,
+                        invalid_share_after: before,
+                        kept: false,
+                    });
+                }
                 break;
             }
             let after = probe(
@@ -593,6 +615,7 @@ mod tests {
             invalid: 0,
             fields,
             nulls: 90,
+            mapped: 1,
         };
         let text = p.digest_text(false);
         assert!(
@@ -612,5 +635,19 @@ mod tests {
         };
         assert!(p.better_than(&fewer_valid));
         assert!(!fewer_nulls.needs_repair(0.02));
+        // From an all-unmapped start, mapping fields with no new invalid rows is progress even
+        // when the new fields are null on some rows.
+        let none_mapped = Probe {
+            nulls: 0,
+            mapped: 0,
+            ..p.clone()
+        };
+        let four_mapped = Probe {
+            nulls: 30,
+            mapped: 4,
+            ..p.clone()
+        };
+        assert!(four_mapped.better_than(&none_mapped));
+        assert!(!none_mapped.better_than(&four_mapped));
     }
 }

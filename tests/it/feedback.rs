@@ -406,3 +406,19 @@ async fn a_revision_that_cannot_be_read_keeps_the_first_mapping() {
     );
     assert!(summary["sources"]["orders"]["valid"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_that_changes_nothing_is_a_round_in_the_summary() {
+    // The model answers the digest with the expression it already gave.
+    let (s, w) = llm_with_revision("try_to_date(\"placed\", '%Y-%m-%d')").await;
+    let r = run_async(&w, &["run"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(s.received_requests().await.unwrap().len(), 2);
+    let fb = &w.json("out/run_summary.json")["sources"]["orders"]["mapping"]["feedback"];
+    let rounds = fb["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1, "{fb}");
+    assert_eq!(rounds[0]["by"], "llm");
+    assert_eq!(rounds[0]["kept"], false);
+    assert_eq!(rounds[0]["changes"], json!({}));
+    assert_eq!(fb["invalid_share_final"], fb["invalid_share_initial"]);
+}

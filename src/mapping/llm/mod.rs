@@ -208,6 +208,19 @@ impl LlmMapper {
                 max_tokens: Some(budget),
                 ..Default::default()
             };
+            // Request sizes at debug level (`-vv`): what a context or budget problem needs.
+            let prompt_chars: usize = conversation
+                .iter()
+                .map(|m| serde_json::to_string(m).map_or(0, |t| t.len()))
+                .sum();
+            tracing::debug!(
+                source,
+                fields = targets.len(),
+                prompt_chars,
+                approx_prompt_tokens = prompt_chars / 4,
+                max_tokens = budget,
+                "Sending an LLM request."
+            );
             let started = Instant::now();
             let result = self.client.chat().create(request).await;
             usage.latency_s += started.elapsed().as_secs_f64();
