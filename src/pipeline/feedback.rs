@@ -402,13 +402,17 @@ impl Loop<'_> {
             rounds: vec![],
             revision_error: None,
         };
+        // An LLM mapping is revised by the model first; once a revision fails, changes nothing
+        // or does not help, the offline repairs get their turn (they fix what they know, such as
+        // a date format read from the failing values, without another request).
+        let mut model_done = false;
         for round in 1..=self.config.max_rounds {
             if !best_probe.needs_repair(self.config.max_invalid_ratio) {
                 break;
             }
             let before = best_probe.invalid_share();
             let (candidate, changes, by) = match (self.llm, best.mapper) {
-                (Some(llm), super::MapperKind::Llm) => {
+                (Some(llm), super::MapperKind::Llm) if !model_done => {
                     let usage = usage.get_or_insert_with(Default::default);
                     let digest = best_probe.digest_text(self.redact);
                     let (revised, changed) = match llm
@@ -421,7 +425,8 @@ impl Loop<'_> {
                             // times out or cannot be read must not cost the source.
                             tracing::warn!(error = %e, "The model's revision failed; keeping the best mapping so far.");
                             report.revision_error = Some(e.to_string());
-                            break;
+                            model_done = true;
+                            continue;
                         }
                     };
                     let changes = changed
@@ -456,6 +461,8 @@ impl Loop<'_> {
                         invalid_share_after: before,
                         kept: false,
                     });
+                    model_done = true;
+                    continue;
                 }
                 break;
             }
@@ -478,6 +485,10 @@ impl Loop<'_> {
                 kept,
             });
             if !kept {
+                if by == "llm" {
+                    model_done = true;
+                    continue;
+                }
                 break;
             }
             best = candidate;

@@ -175,23 +175,28 @@ async fn the_model_gets_the_digest_and_its_revision_is_used() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_revision_that_does_not_help_is_dropped_and_the_loop_stops() {
+async fn a_revision_that_does_not_help_is_dropped_and_the_offline_repairs_follow() {
     let (s, w) = llm_with_revision("try_to_date(\"placed\", '%m-%Y-%d')").await;
     let r = run_async(&w, &["run"], &[]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         s.received_requests().await.unwrap().len(),
         2,
-        "one revision, then stop"
+        "one revision, not asked again"
     );
     let fb = &w.json("out/run_summary.json")["sources"]["orders"]["mapping"]["feedback"];
-    assert_eq!(fb["rounds"].as_array().unwrap().len(), 1);
-    assert_eq!(fb["rounds"][0]["kept"], false);
-    assert_eq!(fb["invalid_share_final"], fb["invalid_share_initial"]);
+    let rounds = fb["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{fb}");
+    assert_eq!(rounds[0]["by"], "llm");
+    assert_eq!(rounds[0]["kept"], false);
+    // The offline date-format repair then fixes what the model did not.
+    assert_eq!(rounds[1]["by"], "heuristic");
+    assert_eq!(rounds[1]["kept"], true);
     let doc = w.json("out/mappings/orders.mapping.json");
-    assert_eq!(
-        doc["fields"]["placed"]["expr"], "try_to_date(\"placed\", '%Y-%m-%d')",
-        "the best is kept"
+    let placed = doc["fields"]["placed"]["expr"].as_str().unwrap();
+    assert!(
+        placed.contains("%d/%m/%Y") && !placed.contains("%m-%Y-%d"),
+        "the model's unhelpful revision is not kept: {placed}"
     );
 }
 
@@ -400,11 +405,13 @@ async fn a_revision_that_cannot_be_read_keeps_the_first_mapping() {
     );
     let doc = w.json("out/mappings/orders.mapping.json");
     assert_eq!(doc["mapper"], "llm");
+    // The first mapping is kept, and the offline repairs still fix its date format.
     assert_eq!(
         doc["fields"]["placed"]["expr"],
-        "try_to_date(\"placed\", '%Y-%m-%d')"
+        "try_to_date(clean(\"placed\"), '%d/%m/%Y', '%Y-%m-%d')"
     );
-    assert!(summary["sources"]["orders"]["valid"].as_u64().unwrap() > 0);
+    assert_eq!(mapping["feedback"]["rounds"][0]["by"], "heuristic");
+    assert!(summary["sources"]["orders"]["valid"].as_u64().unwrap() > 2000);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -416,9 +423,10 @@ async fn a_revision_that_changes_nothing_is_a_round_in_the_summary() {
     assert_eq!(s.received_requests().await.unwrap().len(), 2);
     let fb = &w.json("out/run_summary.json")["sources"]["orders"]["mapping"]["feedback"];
     let rounds = fb["rounds"].as_array().unwrap();
-    assert_eq!(rounds.len(), 1, "{fb}");
+    assert_eq!(rounds.len(), 2, "{fb}");
     assert_eq!(rounds[0]["by"], "llm");
     assert_eq!(rounds[0]["kept"], false);
     assert_eq!(rounds[0]["changes"], json!({}));
-    assert_eq!(fb["invalid_share_final"], fb["invalid_share_initial"]);
+    assert_eq!(rounds[1]["by"], "heuristic");
+    assert_eq!(rounds[1]["kept"], true);
 }
