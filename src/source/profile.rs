@@ -286,6 +286,21 @@ pub fn detect_formats(values: &[&str], date_only: bool) -> Vec<String> {
     }
 }
 
+/// Whether any of `formats` (chrono) parses at least one of `values`, as a date
+/// (`date_only`) or a date-time (a date-only format also counts for date-times).
+pub fn any_format_parses(values: &[&str], formats: &[&str], date_only: bool) -> bool {
+    let vals: Vec<&str> = values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if vals.is_empty() {
+        return true;
+    }
+    matching_formats(&vals, formats, date_only).1 > 0
+        || (!date_only && matching_formats(&vals, formats, true).1 > 0)
+}
+
 /// Formats (from `candidates`) that parse at least one value, ordered by how many they parse.
 fn matching_formats(values: &[&str], candidates: &[&str], date_only: bool) -> (Vec<String>, usize) {
     // chrono's `%Y` accepts any number of digits, so `1/11/99` would be the year 99 under

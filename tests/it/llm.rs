@@ -737,3 +737,39 @@ async fn a_reply_cut_at_its_budget_keeps_its_complete_entries_and_asks_for_the_r
     let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
     assert_eq!(llm["truncated_replies"], 1, "{llm}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_date_format_that_parses_no_sample_value_is_sent_back() {
+    // `%d.%m.%Y` compiles but matches none of source1's ISO dates: every row would be invalid.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("parse none of the sample's values"))
+        .respond_with(ok(&fields(&[(
+            "signup_date",
+            Some(r#"try_to_date("Signup Date", '%Y-%m-%d')"#),
+        )])))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    let first = source1_reply().replace("%Y-%m-%d", "%d.%m.%Y");
+    Mock::given(method("POST"))
+        .respond_with(ok(&first))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["run", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    assert_eq!(b.len(), 2);
+    let follow_up = prompt_text(&b[1]);
+    assert!(
+        follow_up.contains("'%d.%m.%Y' parse none of the sample's values of `Signup Date`"),
+        "{follow_up}"
+    );
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(
+        doc["fields"]["signup_date"]["expr"],
+        r#"try_to_date("Signup Date", '%Y-%m-%d')"#
+    );
+}

@@ -281,7 +281,9 @@ impl LlmMapper {
         ]
     }
 
-    /// Compile errors of the fields that have an expression: (field, expr, error).
+    /// Compile errors of the fields that have an expression: (field, expr, error). A date
+    /// format that parses none of the sample's values counts as an error too: it would make
+    /// every row invalid.
     fn check(
         &self,
         req: &MappingRequest<'_>,
@@ -292,15 +294,18 @@ impl LlmMapper {
             .iter()
             .filter_map(|t| {
                 let expr = fields.get(&t.name)?.expr.as_deref()?;
-                super::compile::compile_field(
+                let compiled = super::compile::compile_field(
                     &self.ctx,
                     &req.source_schema,
                     &t.name,
                     &t.kind.data_type(),
                     Some(expr),
-                )
-                .err()
-                .map(|e| (t.name.clone(), expr.to_string(), e))
+                );
+                let error = match compiled {
+                    Err(e) => Some(e),
+                    Ok(f) => formats_against_sample(req, expr, &f.sources),
+                };
+                error.map(|e| (t.name.clone(), expr.to_string(), e))
             })
             .collect()
     }
@@ -473,6 +478,54 @@ impl LlmMapper {
         };
         Ok((doc, usage))
     }
+}
+
+/// When `expr` converts one column with `try_to_date`/`try_to_timestamp` and literal formats,
+/// whether those formats parse any of the column's sample values; the error if none does.
+fn formats_against_sample(
+    req: &MappingRequest<'_>,
+    expr: &str,
+    sources: &[String],
+) -> Option<String> {
+    let date_only = if expr.contains("try_to_date(") {
+        true
+    } else if expr.contains("try_to_timestamp(") {
+        false
+    } else {
+        return None;
+    };
+    let [column] = sources else {
+        return None;
+    };
+    // The quoted literals holding a %-code are the formats.
+    let formats: Vec<&str> = expr
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .filter(|f| f.contains('%'))
+        .collect();
+    if formats.is_empty() {
+        return None;
+    }
+    let p = req.profiles.iter().find(|p| &p.name == column)?;
+    let values: Vec<&str> = p.top_values.iter().map(|(v, _)| v.as_str()).collect();
+    if crate::source::profile::any_format_parses(&values, &formats, date_only) {
+        return None;
+    }
+    let examples: Vec<&str> = values.iter().copied().take(3).collect();
+    Some(format!(
+        "the format(s) {} parse none of the sample's values of `{column}` (for example {}); write the chrono format that matches them",
+        formats
+            .iter()
+            .map(|f| format!("'{f}'"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        examples
+            .iter()
+            .map(|e| format!("'{e}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// The message of an OpenAI-style or llama.cpp-style error body (`{"error": {"message": …}}`),
