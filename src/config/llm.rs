@@ -41,6 +41,8 @@ pub struct LlmConfig {
     /// Completion budget per request (`max_tokens`): the request asks for about 80 tokens per
     /// field it names, at most this many.
     pub max_completion_tokens: u32,
+    /// Ranked candidate columns per field from the offline matcher shown in the prompt (0: none).
+    pub candidates: usize,
     /// `none` (default) or `heuristic`: what to do when the model fails.
     pub fallback: LlmFallback,
     /// Most LLM requests in flight at once, over all sources. Default 4.
@@ -60,6 +62,7 @@ impl Default for LlmConfig {
             redact_samples: false,
             max_repairs: 2,
             max_completion_tokens: 8192,
+            candidates: 5,
             fallback: LlmFallback::None,
             max_concurrent: 4,
         }

@@ -773,3 +773,37 @@ async fn a_date_format_that_parses_no_sample_value_is_sent_back() {
         r#"try_to_date("Signup Date", '%Y-%m-%d')"#
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_prompt_carries_the_offline_matchers_ranked_candidates() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let prompt = prompt_text(&bodies(&s).await[0]);
+    assert!(
+        prompt.contains("## Candidate columns per field"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("- customer_id: \"CustomerID\" (1.00)"),
+        "{prompt}"
+    );
+    // Turned off with `llm.candidates: 0`.
+    let s2 = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()))
+        .mount(&s2)
+        .await;
+    let w2 = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "candidates": 0}}"#,
+        s2.uri()
+    ));
+    let r = run(&w2, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!prompt_text(&bodies(&s2).await[0]).contains("Candidate columns"));
+}

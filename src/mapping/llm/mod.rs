@@ -270,12 +270,18 @@ impl LlmMapper {
 
     /// The conversation's first two messages: the instructions and the mapping request.
     fn opening(&self, req: &MappingRequest<'_>) -> Vec<ChatCompletionRequestMessage> {
+        // The offline matcher's ranked columns go in as evidence: the model reranks and writes
+        // the conversion instead of searching every column for every field.
+        let k = self.settings.candidates;
+        let offline = (k > 0).then(|| super::heuristic::HeuristicMapper.map_now(req));
         vec![
             ChatCompletionRequestSystemMessage::from(prompt::SYSTEM).into(),
             ChatCompletionRequestUserMessage::from(prompt::mapping_request(
                 req,
                 self.settings.sample_rows,
                 self.settings.redact_samples,
+                offline.as_ref(),
+                k,
             ))
             .into(),
         ]

@@ -172,7 +172,13 @@ fn sample_lines(sample: &RecordBatch, rows: usize, redact: bool) -> String {
 }
 
 /// The first user message: schema, columns, sample, language and the fields to fill.
-pub fn mapping_request(req: &MappingRequest<'_>, sample_rows: usize, redact: bool) -> String {
+pub fn mapping_request(
+    req: &MappingRequest<'_>,
+    sample_rows: usize,
+    redact: bool,
+    candidates: Option<&crate::mapping::MappingDocument>,
+    per_field: usize,
+) -> String {
     let mut s = String::new();
     s.push_str("## Target JSON Schema\n");
     s.push_str(&serde_json::to_string_pretty(&req.target.raw).unwrap_or_default());
@@ -195,10 +201,43 @@ pub fn mapping_request(req: &MappingRequest<'_>, sample_rows: usize, redact: boo
     }
     s.push_str("\n## Expression language\n");
     s.push_str(&expression_language());
+    if let Some(offline) = candidates {
+        s.push_str(&candidate_lines(offline, per_field));
+    }
     s.push_str("\n## Target fields to map\n");
     let names: Vec<&str> = req.target.fields.iter().map(|f| f.name.as_str()).collect();
     s.push_str(&names.join(", "));
     s.push('\n');
+    s
+}
+
+/// The offline matcher's ranked columns per field (best first, at most `k`): evidence for the
+/// model to choose from, not a constraint.
+fn candidate_lines(doc: &crate::mapping::MappingDocument, k: usize) -> String {
+    let mut s = String::from(
+        "\n## Candidate columns per field (offline matcher, best first; choose among them or another column, or null)\n",
+    );
+    for (field, m) in &doc.fields {
+        let mut ranked: Vec<(String, f64)> = Vec::new();
+        if m.expr.is_some() {
+            ranked.push((m.sources.join(" + "), m.confidence));
+        }
+        ranked.extend(
+            m.candidates
+                .iter()
+                .map(|c| (c.sources.join(" + "), c.score)),
+        );
+        ranked.truncate(k);
+        if ranked.is_empty() {
+            s.push_str(&format!("- {field}: no plausible column\n"));
+        } else {
+            let list: Vec<String> = ranked
+                .iter()
+                .map(|(c, score)| format!("{c:?} ({score:.2})"))
+                .collect();
+            s.push_str(&format!("- {field}: {}\n", list.join(", ")));
+        }
+    }
     s
 }
 
