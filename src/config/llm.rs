@@ -43,6 +43,8 @@ pub struct LlmConfig {
     pub max_completion_tokens: u32,
     /// Ranked candidate columns per field from the offline matcher shown in the prompt (0: none).
     pub candidates: usize,
+    /// Prompt size above which the fields go in batches (estimated tokens per request).
+    pub max_prompt_tokens: usize,
     /// `none` (default) or `heuristic`: what to do when the model fails.
     pub fallback: LlmFallback,
     /// Most LLM requests in flight at once, over all sources. Default 4.
@@ -63,6 +65,7 @@ impl Default for LlmConfig {
             max_repairs: 2,
             max_completion_tokens: 8192,
             candidates: 5,
+            max_prompt_tokens: 12_000,
             fallback: LlmFallback::None,
             max_concurrent: 4,
         }

@@ -807,3 +807,109 @@ async fn the_prompt_carries_the_offline_matchers_ranked_candidates() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!prompt_text(&bodies(&s2).await[0]).contains("Candidate columns"));
 }
+
+/// Answers every field a request's reply schema asks for: the column of the same name when
+/// there is one, null otherwise.
+struct EchoTargets(Vec<String>);
+
+impl wiremock::Respond for EchoTargets {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let targets = body["response_format"]["json_schema"]["schema"]["properties"]["fields"]
+            ["items"]["properties"]["target"]["enum"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let entries: Vec<Value> = targets
+            .iter()
+            .map(|t| {
+                let t = t.as_str().unwrap();
+                let expr = self
+                    .0
+                    .contains(&t.to_string())
+                    .then(|| format!("clean(\"{t}\")"));
+                json!({"target": t, "expr": expr, "confidence": 0.9, "rationale": "echo"})
+            })
+            .collect();
+        ok(&json!({ "fields": entries }).to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wide_schema_goes_in_batches_within_the_prompt_budget() {
+    let s = server().await;
+    let columns: Vec<String> = (0..30).map(|i| format!("reading_{i:03}")).collect();
+    Mock::given(method("POST"))
+        .respond_with(EchoTargets(columns.clone()))
+        .mount(&s)
+        .await;
+    let mut props = serde_json::Map::new();
+    for i in 0..200 {
+        props.insert(
+            format!("reading_{i:03}"),
+            json!({"type": ["string", "null"], "description": format!(
+                "Measured value number {i} of the instrument panel, as reported by the station \
+                 operator at the end of the shift, before any correction is applied")}),
+        );
+    }
+    let schema = json!({"type": "object", "properties": props}).to_string();
+    let w = Workdir::new();
+    let mut csv = columns.join(",");
+    csv.push('\n');
+    for r in 0..20 {
+        csv.push_str(
+            &(0..30)
+                .map(|c| format!("v{r}_{c}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        csv.push('\n');
+    }
+    w.write("wide.csv", csv);
+    w.write(
+        "config.json",
+        config(
+            r#"{"wide": {"path": "wide.csv"}}"#,
+            &schema,
+            &format!(
+                r#""llm": {{"base_url": "{}/v1", "max_prompt_tokens": 4000}},"#,
+                s.uri()
+            ),
+        ),
+    );
+    let r = run(&w, &["map", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    assert!(b.len() >= 2, "{} requests", b.len());
+    for body in &b {
+        let chars: usize = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.to_string().len())
+            .sum();
+        assert!(chars / 4 <= 4000, "a request of about {} tokens", chars / 4);
+    }
+    let doc = w.json("out/mappings/wide.mapping.json");
+    for i in 0..30 {
+        let f = format!("reading_{i:03}");
+        assert_eq!(
+            doc["fields"][&f]["expr"],
+            format!("clean(\"{f}\")"),
+            "{f}: {}",
+            doc["fields"][&f]
+        );
+    }
+    // Every field was either answered or decided offline; none silently dropped.
+    for (name, m) in doc["fields"].as_object().unwrap() {
+        let why = m["rationale"].as_str().unwrap();
+        assert!(
+            why == "echo" || why.contains("not sent to the model"),
+            "{name}: {m}"
+        );
+    }
+    let r = run(&w, &["run", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let llm = &w.json("out/run_summary.json")["sources"]["wide"]["mapping"]["llm"];
+    assert!(llm["batches"].as_u64().unwrap() >= 2, "{llm}");
+}

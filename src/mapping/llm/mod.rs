@@ -58,6 +58,9 @@ pub struct LlmUsage {
     /// Replies cut at their token budget (`finish_reason: length`).
     #[serde(skip_serializing_if = "is_zero")]
     pub truncated_replies: u32,
+    /// Batches the request was split into to fit `llm.max_prompt_tokens` (0: one request).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub batches: u32,
     /// Repair replies that repeated the rejected expressions (the repair loop then stops).
     #[serde(skip_serializing_if = "is_zero")]
     pub repeated_replies: u32,
@@ -316,8 +319,151 @@ impl LlmMapper {
             .collect()
     }
 
-    /// The conversation: propose, check, repair; returns the document and what it cost.
+    /// Proposes a mapping: in one conversation when the request fits `llm.max_prompt_tokens`;
+    /// otherwise in batches of fields, each with only the columns the offline matcher ranks for
+    /// them, run concurrently (under `llm.max_concurrent`). Fields for which the matcher finds
+    /// no plausible column are left unmapped without asking.
     pub async fn propose(&self, req: &MappingRequest<'_>) -> Result<(MappingDocument, LlmUsage)> {
+        let whole = approx_tokens(&self.opening(req));
+        if whole <= self.settings.max_prompt_tokens || req.target.fields.len() <= 1 {
+            return self.propose_one(req).await;
+        }
+        let offline = super::heuristic::HeuristicMapper.map_now(req);
+        let batches = self.batches(req, &offline);
+        tracing::debug!(
+            source = req.source,
+            approx_prompt_tokens = whole,
+            batches = batches.len(),
+            "The mapping request is split into batches."
+        );
+        let runs = batches.iter().map(|(fields, columns)| async move {
+            let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let target = req.target.only(&names);
+            let profiles: Vec<crate::source::ColumnProfile> = req
+                .profiles
+                .iter()
+                .filter(|p| columns.contains(&p.name))
+                .cloned()
+                .collect();
+            let indices: Vec<usize> = columns
+                .iter()
+                .filter_map(|c| req.sample.schema().index_of(c).ok())
+                .collect();
+            let sample = req.sample.project(&indices)?;
+            let sub = MappingRequest {
+                source: req.source,
+                target: &target,
+                source_schema: req.source_schema.clone(),
+                sample: &sample,
+                profiles: &profiles,
+            };
+            self.propose_one(&sub).await
+        });
+        let results = futures::future::join_all(runs).await;
+        let mut usage = LlmUsage {
+            model: self.settings.model.clone(),
+            endpoint: self.endpoint.clone(),
+            prompt_version: prompt::PROMPT_VERSION,
+            batches: batches.len() as u32,
+            ..Default::default()
+        };
+        let mut fields: IndexMap<String, FieldMapping> = req
+            .target
+            .fields
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    FieldMapping {
+                        rationale:
+                            "the offline matcher found no plausible column; not sent to the model"
+                                .into(),
+                        ..FieldMapping::unmapped()
+                    },
+                )
+            })
+            .collect();
+        for r in results {
+            let (doc, u) = r?;
+            for (name, m) in doc.fields {
+                fields.insert(name, m);
+            }
+            usage.requests += u.requests;
+            usage.prompt_tokens += u.prompt_tokens;
+            usage.completion_tokens += u.completion_tokens;
+            usage.latency_s = usage.latency_s.max(u.latency_s);
+            usage.repair_rounds += u.repair_rounds;
+            usage.failed_fields.extend(u.failed_fields);
+            usage.fallback_fields.extend(u.fallback_fields);
+            usage.truncated_replies += u.truncated_replies;
+            usage.repeated_replies += u.repeated_replies;
+            usage.response_format = u.response_format;
+        }
+        let doc = MappingDocument {
+            source: req.source.to_string(),
+            source_fingerprint: super::fingerprint(&req.source_schema),
+            mapper: MapperKind::Llm,
+            pinned: false,
+            model: Some(self.settings.model.clone()),
+            fields,
+        };
+        Ok((doc, usage))
+    }
+
+    /// Batches of (fields, columns) whose prompts fit `llm.max_prompt_tokens`: each field with
+    /// the columns the offline matcher ranks for it; fields with none are not sent.
+    fn batches(
+        &self,
+        req: &MappingRequest<'_>,
+        offline: &MappingDocument,
+    ) -> Vec<(Vec<String>, Vec<String>)> {
+        let base = (prompt::SYSTEM.len() + prompt::expression_language().len()) / 4 + 200;
+        let budget = self
+            .settings
+            .max_prompt_tokens
+            .saturating_sub(base)
+            .max(500);
+        let mut out: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        let mut cost = 0usize;
+        for t in &req.target.fields {
+            let Some(m) = offline.fields.get(&t.name) else {
+                continue;
+            };
+            let mut cols: Vec<String> = m.sources.clone();
+            for c in &m.candidates {
+                cols.extend(c.sources.iter().cloned());
+            }
+            cols.dedup();
+            if cols.is_empty() {
+                continue;
+            }
+            // The field's schema, its candidate line, and (at most) its columns with samples.
+            let field_cost = (serde_json::to_string_pretty(&t.schema).map_or(200, |s| s.len())
+                + 80
+                + 300 * cols.len())
+                / 4;
+            let start_new = match out.last() {
+                None => true,
+                Some(_) => cost + field_cost > budget,
+            };
+            if start_new {
+                out.push((Vec::new(), Vec::new()));
+                cost = 0;
+            }
+            let (fs, cs) = out.last_mut().expect("pushed above");
+            fs.push(t.name.clone());
+            for c in cols {
+                if !cs.contains(&c) {
+                    cs.push(c);
+                }
+            }
+            cost += field_cost;
+        }
+        out
+    }
+
+    /// The conversation: propose, check, repair; returns the document and what it cost.
+    async fn propose_one(&self, req: &MappingRequest<'_>) -> Result<(MappingDocument, LlmUsage)> {
         let mut usage = LlmUsage {
             model: self.settings.model.clone(),
             endpoint: self.endpoint.clone(),
@@ -532,6 +678,15 @@ fn formats_against_sample(
             .collect::<Vec<_>>()
             .join(", ")
     ))
+}
+
+/// Estimated prompt tokens of a conversation (about four characters per token).
+fn approx_tokens(conversation: &[ChatCompletionRequestMessage]) -> usize {
+    conversation
+        .iter()
+        .map(|m| serde_json::to_string(m).map_or(0, |t| t.len()))
+        .sum::<usize>()
+        / 4
 }
 
 /// The message of an OpenAI-style or llama.cpp-style error body (`{"error": {"message": …}}`),
