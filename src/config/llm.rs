@@ -45,6 +45,8 @@ pub struct LlmConfig {
     pub candidates: usize,
     /// Prompt size above which the fields go in batches (estimated tokens per request).
     pub max_prompt_tokens: usize,
+    /// Total seconds one request may take with its retries and waits.
+    pub max_wait_s: f64,
     /// `none` (default) or `heuristic`: what to do when the model fails.
     pub fallback: LlmFallback,
     /// Most LLM requests in flight at once, over all sources. Default 4.
@@ -66,6 +68,7 @@ impl Default for LlmConfig {
             max_completion_tokens: 8192,
             candidates: 5,
             max_prompt_tokens: 12_000,
+            max_wait_s: 600.0,
             fallback: LlmFallback::None,
             max_concurrent: 4,
         }

@@ -913,3 +913,24 @@ async fn a_wide_schema_goes_in_batches_within_the_prompt_budget() {
     let llm = &w.json("out/run_summary.json")["sources"]["wide"]["mapping"]["llm"];
     assert!(llm["batches"].as_u64().unwrap() >= 2, "{llm}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_stop_at_the_requests_total_wait() {
+    // A storm of 503s with ten retries allowed: `max_wait_s` ends the retries early.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("busy"))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "max_retries": 10, "max_wait_s": 1.5}}"#,
+        s.uri()
+    ));
+    let started = std::time::Instant::now();
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("503"), "{}", r.stderr);
+    let requests = s.received_requests().await.unwrap().len();
+    assert!(requests < 11, "{requests} requests");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -123,6 +123,7 @@ impl LlmMapper {
         let http = transport::RetryingHttp::new(
             Duration::from_secs_f64(settings.timeout_s),
             settings.max_retries,
+            Duration::from_secs_f64(settings.max_wait_s.max(0.0)),
         )
         .map_err(|e| Error::config("llm", format!("cannot build the HTTP client: {e}")))?;
         let client = Client::with_config(config).with_http_service(http);

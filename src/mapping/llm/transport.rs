@@ -19,11 +19,17 @@ use crate::net::{backoff, retry_after, without_url};
 pub struct RetryingHttp {
     client: reqwest::Client,
     max_retries: u32,
+    max_wait: Duration,
 }
 
 impl RetryingHttp {
-    /// A client whose requests time out after `timeout`, retried up to `max_retries` times.
-    pub fn new(timeout: Duration, max_retries: u32) -> Result<Self, reqwest::Error> {
+    /// A client whose requests time out after `timeout`, retried up to `max_retries` times
+    /// while the request's attempts and waits stay within `max_wait` in all.
+    pub fn new(
+        timeout: Duration,
+        max_retries: u32,
+        max_wait: Duration,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -31,6 +37,7 @@ impl RetryingHttp {
         Ok(RetryingHttp {
             client,
             max_retries,
+            max_wait,
         })
     }
 }
@@ -52,7 +59,9 @@ impl tower::Service<HttpRequestFactory> for RetryingHttp {
     fn call(&mut self, request: HttpRequestFactory) -> Self::Future {
         let client = self.client.clone();
         let max_retries = self.max_retries;
+        let max_wait = self.max_wait;
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let mut attempt = 0u32;
             loop {
                 let req = request.build().await?;
@@ -71,7 +80,9 @@ impl tower::Service<HttpRequestFactory> for RetryingHttp {
                     }
                     Err(_) => return result.map_err(OpenAIError::Reqwest),
                 };
-                if attempt >= max_retries {
+                // A slow server keeps working on an abandoned request: retries stop when the
+                // next wait would pass the request's total budget.
+                if attempt >= max_retries || started.elapsed() + wait > max_wait {
                     return result.map_err(OpenAIError::Reqwest);
                 }
                 attempt += 1;
