@@ -346,7 +346,10 @@ async fn a_server_error_storm_fails_only_that_source() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_timeout_is_retried_then_reported() {
+async fn a_timeout_is_retried_in_smaller_batches_then_reported() {
+    // Every request times out: the six fields are asked again in halves (3 + 3, then smaller),
+    // never the same request twice; when a single field times out the source fails with the
+    // timeout rather than looking mapped.
     let s = server().await;
     Mock::given(method("POST"))
         .respond_with(ok(&source1_reply()).set_delay(std::time::Duration::from_secs(3)))
@@ -359,7 +362,54 @@ async fn a_timeout_is_retried_then_reported() {
     let r = run(&w, &["map", "--source", "source1"], &[]).await;
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("timed out"), "{}", r.stderr);
-    assert_eq!(s.received_requests().await.unwrap().len(), 2);
+    let b = bodies(&s).await;
+    let mut sizes: Vec<usize> = b
+        .iter()
+        .map(|x| {
+            x["response_format"]["json_schema"]["schema"]["properties"]["fields"]["minItems"]
+                .as_u64()
+                .unwrap() as usize
+        })
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [1, 3, 3, 6], "the whole, two halves, then one field");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_times_out_succeeds_in_halves() {
+    // A server too slow for six fields at once answers three in time.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("\"minItems\":6"))
+        .respond_with(ok(&source1_reply()).set_delay(std::time::Duration::from_secs(3)))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "timeout_s": 0.5, "max_retries": 1}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        bodies(&s).await.len(),
+        3,
+        "the whole request, then two halves"
+    );
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(
+        doc["fields"]["is_active"]["expr"],
+        r#"parse_bool("Active")"#
+    );
+    assert_eq!(
+        doc["fields"]["customer_id"]["expr"],
+        r#"CAST("CustomerID" AS BIGINT)"#
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

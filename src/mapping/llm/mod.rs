@@ -326,40 +326,38 @@ impl LlmMapper {
     /// no plausible column are left unmapped without asking.
     pub async fn propose(&self, req: &MappingRequest<'_>) -> Result<(MappingDocument, LlmUsage)> {
         let whole = approx_tokens(&self.opening(req));
-        if whole <= self.settings.max_prompt_tokens || req.target.fields.len() <= 1 {
-            return self.propose_one(req).await;
-        }
-        let offline = super::heuristic::HeuristicMapper.map_now(req);
-        let batches = self.batches(req, &offline);
+        let all_columns: Vec<String> = req.profiles.iter().map(|p| p.name.clone()).collect();
+        let batches = if whole <= self.settings.max_prompt_tokens || req.target.fields.len() <= 1 {
+            match self.propose_one(req).await {
+                // A request that times out is asked again in halves, not as it was: a slow
+                // server answers smaller requests in time.
+                Err(e) if timed_out(&e) && req.target.fields.len() > 1 => {
+                    tracing::warn!(
+                        source = req.source,
+                        "The LLM request timed out; asking again in smaller batches."
+                    );
+                    let names: Vec<String> =
+                        req.target.fields.iter().map(|t| t.name.clone()).collect();
+                    halves(&names)
+                        .into_iter()
+                        .map(|h| (h, all_columns.clone()))
+                        .collect()
+                }
+                other => return other,
+            }
+        } else {
+            let offline = super::heuristic::HeuristicMapper.map_now(req);
+            self.batches(req, &offline)
+        };
         tracing::debug!(
             source = req.source,
             approx_prompt_tokens = whole,
             batches = batches.len(),
             "The mapping request is split into batches."
         );
-        let runs = batches.iter().map(|(fields, columns)| async move {
-            let names: Vec<&str> = fields.iter().map(String::as_str).collect();
-            let target = req.target.only(&names);
-            let profiles: Vec<crate::source::ColumnProfile> = req
-                .profiles
-                .iter()
-                .filter(|p| columns.contains(&p.name))
-                .cloned()
-                .collect();
-            let indices: Vec<usize> = columns
-                .iter()
-                .filter_map(|c| req.sample.schema().index_of(c).ok())
-                .collect();
-            let sample = req.sample.project(&indices)?;
-            let sub = MappingRequest {
-                source: req.source,
-                target: &target,
-                source_schema: req.source_schema.clone(),
-                sample: &sample,
-                profiles: &profiles,
-            };
-            self.propose_one(&sub).await
-        });
+        let runs = batches
+            .iter()
+            .map(|(fields, columns)| self.run_batch(req, fields, columns));
         let results = futures::future::join_all(runs).await;
         let mut usage = LlmUsage {
             model: self.settings.model.clone(),
@@ -384,21 +382,27 @@ impl LlmMapper {
                 )
             })
             .collect();
-        for r in results {
-            let (doc, u) = r?;
-            for (name, m) in doc.fields {
-                fields.insert(name, m);
+        // Batches that timed out go again in halves, one at a time; every split halves a
+        // batch, so this ends.
+        let mut again: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        for (r, (batch, columns)) in results.into_iter().zip(&batches) {
+            match r {
+                Ok((doc, u)) => absorb(&mut fields, &mut usage, doc, u),
+                Err(e) if timed_out(&e) && batch.len() > 1 => {
+                    again.extend(halves(batch).into_iter().map(|h| (h, columns.clone())));
+                }
+                Err(e) => return Err(e),
             }
-            usage.requests += u.requests;
-            usage.prompt_tokens += u.prompt_tokens;
-            usage.completion_tokens += u.completion_tokens;
-            usage.latency_s = usage.latency_s.max(u.latency_s);
-            usage.repair_rounds += u.repair_rounds;
-            usage.failed_fields.extend(u.failed_fields);
-            usage.fallback_fields.extend(u.fallback_fields);
-            usage.truncated_replies += u.truncated_replies;
-            usage.repeated_replies += u.repeated_replies;
-            usage.response_format = u.response_format;
+        }
+        while let Some((batch, columns)) = again.pop() {
+            usage.batches += 1;
+            match self.run_batch(req, &batch, &columns).await {
+                Ok((doc, u)) => absorb(&mut fields, &mut usage, doc, u),
+                Err(e) if timed_out(&e) && batch.len() > 1 => {
+                    again.extend(halves(&batch).into_iter().map(|h| (h, columns.clone())));
+                }
+                Err(e) => return Err(e),
+            }
         }
         let doc = MappingDocument {
             source: req.source.to_string(),
@@ -409,6 +413,36 @@ impl LlmMapper {
             fields,
         };
         Ok((doc, usage))
+    }
+
+    /// One batch: the fields `fields` with the columns `columns` (and their sample values).
+    async fn run_batch(
+        &self,
+        req: &MappingRequest<'_>,
+        fields: &[String],
+        columns: &[String],
+    ) -> Result<(MappingDocument, LlmUsage)> {
+        let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let target = req.target.only(&names);
+        let profiles: Vec<crate::source::ColumnProfile> = req
+            .profiles
+            .iter()
+            .filter(|p| columns.contains(&p.name))
+            .cloned()
+            .collect();
+        let indices: Vec<usize> = columns
+            .iter()
+            .filter_map(|c| req.sample.schema().index_of(c).ok())
+            .collect();
+        let sample = req.sample.project(&indices)?;
+        let sub = MappingRequest {
+            source: req.source,
+            target: &target,
+            source_schema: req.source_schema.clone(),
+            sample: &sample,
+            profiles: &profiles,
+        };
+        self.propose_one(&sub).await
     }
 
     /// Batches of (fields, columns) whose prompts fit `llm.max_prompt_tokens`: each field with
@@ -679,6 +713,39 @@ fn formats_against_sample(
             .collect::<Vec<_>>()
             .join(", ")
     ))
+}
+
+/// Whether the endpoint failed by timing out.
+fn timed_out(e: &Error) -> bool {
+    matches!(e, Error::Llm { message, .. } if message.contains("timed out"))
+}
+
+/// A batch in two halves (the first one the larger).
+fn halves(batch: &[String]) -> Vec<Vec<String>> {
+    let mid = batch.len().div_ceil(2);
+    vec![batch[..mid].to_vec(), batch[mid..].to_vec()]
+}
+
+/// Merges one batch's fields and costs into the whole.
+fn absorb(
+    fields: &mut IndexMap<String, FieldMapping>,
+    usage: &mut LlmUsage,
+    doc: MappingDocument,
+    u: LlmUsage,
+) {
+    for (name, m) in doc.fields {
+        fields.insert(name, m);
+    }
+    usage.requests += u.requests;
+    usage.prompt_tokens += u.prompt_tokens;
+    usage.completion_tokens += u.completion_tokens;
+    usage.latency_s = usage.latency_s.max(u.latency_s);
+    usage.repair_rounds += u.repair_rounds;
+    usage.failed_fields.extend(u.failed_fields);
+    usage.fallback_fields.extend(u.fallback_fields);
+    usage.truncated_replies += u.truncated_replies;
+    usage.repeated_replies += u.repeated_replies;
+    usage.response_format = u.response_format;
 }
 
 /// Estimated prompt tokens of a conversation (about four characters per token).

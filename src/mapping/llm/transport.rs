@@ -1,5 +1,6 @@
 //! HTTP for the model: one reqwest client with a request timeout, and retries with exponential
-//! backoff and jitter on 429, 5xx, timeouts and connection errors, honouring `Retry-After`.
+//! backoff and jitter on 429, 5xx and connection errors, honouring `Retry-After` (a timeout is
+//! retried by the mapper, as smaller batches).
 //!
 //! async-openai accepts any tower service as its transport; this is that service. Its own retry
 //! layer has a fixed attempt count, no jitter and does not retry timeouts, so it is replaced.
@@ -73,7 +74,9 @@ impl tower::Service<HttpRequestFactory> for RetryingHttp {
                         wait
                     }
                     Ok(_) => return result.map_err(OpenAIError::Reqwest),
-                    Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                    // A timeout is not retried as it was: the mapper asks again in smaller
+                    // batches (the server may still be working on the abandoned request).
+                    Err(e) if !e.is_timeout() && (e.is_connect() || e.is_request()) => {
                         let wait = backoff(attempt);
                         tracing::warn!(error = %without_url(e), attempt = attempt + 1, wait_s = wait.as_secs_f64(), "LLM request failed; retrying.");
                         wait
