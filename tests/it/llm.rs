@@ -984,3 +984,71 @@ async fn retries_stop_at_the_requests_total_wait() {
     assert!(requests < 11, "{requests} requests");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_model_completes_an_enum_value_table() {
+    // `frozen` and `closed` are no allowed value and nothing offline maps them: the model is
+    // asked for those values only, and its table is compiled into the expression.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("holds these values"))
+        .respond_with(ok(&json!({"values": [
+            {"source": "frozen", "target": "suspended"},
+            {"source": "closed", "target": "terminated"}
+        ]})
+        .to_string()))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&fields(&[
+            ("id", Some(r#"CAST("id" AS BIGINT)"#)),
+            ("status", Some(r#"clean("status")"#)),
+        ])))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = Workdir::new();
+    let mut csv = String::from("id,status\n");
+    for (i, st) in ["active", "frozen", "closed", "active", "frozen"]
+        .iter()
+        .enumerate()
+    {
+        csv.push_str(&format!("{},{st}\n", i + 1));
+    }
+    w.write("accounts.csv", csv);
+    w.write(
+        "config.json",
+        config(
+            r#"{"accounts": {"path": "accounts.csv"}}"#,
+            r#"{"type": "object", "properties": {"id": {"type": "integer"},
+                "status": {"type": "string", "enum": ["active", "suspended", "terminated"]}}}"#,
+            &format!(
+                r#""output_format": "ndjson", "llm": {{"base_url": "{}/v1"}},"#,
+                s.uri()
+            ),
+        ),
+    );
+    let r = run(&w, &["run", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    let value_request = b
+        .iter()
+        .find(|x| prompt_text(x).contains("holds these values"))
+        .expect("a value table request");
+    let text = prompt_text(value_request);
+    assert!(text.contains(r#"["frozen","closed"]"#), "{text}");
+    let doc = w.json("out/mappings/accounts.mapping.json");
+    let expr = doc["fields"]["status"]["expr"].as_str().unwrap();
+    assert!(
+        expr.contains("WHEN 'frozen' THEN 'suspended'")
+            && expr.contains("WHEN 'closed' THEN 'terminated'"),
+        "{expr}"
+    );
+    assert_eq!(doc["fields"]["status"]["value_coverage"], 1.0);
+    let rows = w.ndjson("out/accounts_valid_data.ndjson");
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[1]["status"], "suspended");
+    let llm = &w.json("out/run_summary.json")["sources"]["accounts"]["mapping"]["llm"];
+    assert_eq!(llm["value_tables"], 1, "{llm}");
+}

@@ -178,7 +178,7 @@ const MAX_TABLE_BYTES: usize = 8 * 1024;
 /// `CASE lower(x) WHEN 'secret identity' THEN 'secret' … ELSE x END` over the table's entries
 /// (matched without regard to case); values not in the table pass through unchanged, so one
 /// the table does not know fails validation with its value named.
-fn value_case(e: &str, tab: &ValueTable) -> Option<String> {
+pub(super) fn value_case(e: &str, tab: &ValueTable) -> Option<String> {
     let mut s = format!("CASE lower({e})");
     let mut seen: Vec<String> = Vec::new();
     for (from, to) in &tab.entries {

@@ -399,6 +399,47 @@ pub fn fill_ins(
         .collect()
 }
 
+/// An enum field's value table over `column`, with `extra` entries (source value → allowed
+/// value, from a model or a reviewer) added for values the offline matching leaves out: the
+/// `CASE` expression (None when no value needs translating), the share of the sample's values
+/// it covers, and the values still unmatched. None when the field has no string enum.
+pub fn enum_table(
+    t: &TargetField,
+    column: &ColumnProfile,
+    extra: &[(String, String)],
+) -> Option<(Option<String>, f64, Vec<String>)> {
+    let index = values::EnumIndex::of(t).filter(values::EnumIndex::strings)?;
+    let norm: Vec<String> = column
+        .top_values
+        .iter()
+        .map(|(v, _)| values::normalise(v))
+        .collect();
+    let mut tab = values::table(&index, column, &norm, &values::Affix::of(column));
+    let total = column.non_blank.max(1) as f64;
+    let mut still = Vec::new();
+    for v in std::mem::take(&mut tab.unmatched) {
+        match extra.iter().find(|(from, _)| *from == v) {
+            Some((_, to))
+                if index
+                    .allowed
+                    .iter()
+                    .any(|a| a.as_str() == Some(to.as_str())) =>
+            {
+                let n = column
+                    .top_values
+                    .iter()
+                    .find(|(x, _)| *x == v)
+                    .map_or(0, |(_, n)| *n);
+                tab.coverage += n as f64 / total;
+                tab.entries.push((v, serde_json::Value::String(to.clone())));
+            }
+            _ => still.push(v),
+        }
+    }
+    let expr = convert::value_case(&format!("clean({})", quote(&column.name)), &tab);
+    Some((expr, tab.coverage.min(1.0), still))
+}
+
 /// A `name`/`full_name` target built from unused first- and last-name columns.
 fn full_name(t: &TargetField, profiles: &[ColumnProfile], used: &[bool]) -> Option<FieldMapping> {
     if !matches!(t.kind, FieldKind::String) || !tokens(&t.name).contains(&"name".to_string()) {

@@ -58,6 +58,9 @@ pub struct LlmUsage {
     /// Replies cut at their token budget (`finish_reason: length`).
     #[serde(skip_serializing_if = "is_zero")]
     pub truncated_replies: u32,
+    /// Enum value tables completed by the model.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub value_tables: u32,
     /// Batches the request was split into to fit `llm.max_prompt_tokens` (0: one request).
     #[serde(skip_serializing_if = "is_zero")]
     pub batches: u32,
@@ -185,6 +188,20 @@ impl LlmMapper {
         exact: bool,
         usage: &mut LlmUsage,
     ) -> Result<String> {
+        let schema = prompt::response_schema(targets, exact);
+        self.ask_with(source, conversation, schema, targets.len(), usage)
+            .await
+    }
+
+    /// One chat completion whose reply follows `schema`; `items` sizes the completion budget.
+    async fn ask_with(
+        &self,
+        source: &str,
+        conversation: &[ChatCompletionRequestMessage],
+        schema: serde_json::Value,
+        items: usize,
+        usage: &mut LlmUsage,
+    ) -> Result<String> {
         let _permit = self.gate.acquire().await.map_err(|_| Error::Interrupted)?;
         loop {
             let structured = !self.json_object_only.load(Ordering::Relaxed);
@@ -193,7 +210,7 @@ impl LlmMapper {
                     json_schema: ResponseFormatJsonSchema {
                         description: Some("One SQL expression per target field".into()),
                         name: prompt::RESPONSE_NAME.into(),
-                        schema: prompt::response_schema(targets, exact),
+                        schema: schema.clone(),
                         strict: Some(true),
                     },
                 }
@@ -202,7 +219,7 @@ impl LlmMapper {
             };
             // A completion budget sized to the fields asked for: a server's default (often 512
             // tokens) cuts a wide reply, and without one a looping model runs on.
-            let budget = (200 + 80 * targets.len() as u32).min(self.settings.max_completion_tokens);
+            let budget = (200 + 80 * items as u32).min(self.settings.max_completion_tokens);
             #[allow(deprecated)]
             let request = CreateChatCompletionRequest {
                 model: self.settings.model.clone(),
@@ -219,7 +236,7 @@ impl LlmMapper {
                 .sum();
             tracing::debug!(
                 source,
-                fields = targets.len(),
+                items,
                 prompt_chars,
                 approx_prompt_tokens = prompt_chars / 4,
                 max_tokens = budget,
@@ -715,6 +732,109 @@ fn formats_against_sample(
     ))
 }
 
+impl LlmMapper {
+    /// For enum fields read plainly from one column whose sample values the offline value
+    /// matching does not all cover, asks the model for the missing entries (source value →
+    /// allowed value or null), keeps those that name an allowed value, and writes the table
+    /// into the expression (`CASE … END`, `value_coverage`).
+    async fn value_tables(
+        &self,
+        req: &MappingRequest<'_>,
+        doc: &mut MappingDocument,
+        usage: &mut LlmUsage,
+    ) -> Result<()> {
+        for t in &req.target.fields {
+            let Some(m) = doc.fields.get(&t.name) else {
+                continue;
+            };
+            let Some(expr) = m.expr.as_deref().filter(|e| !e.contains("CASE")) else {
+                continue;
+            };
+            let Ok(compiled) = super::compile::compile_field(
+                &self.ctx,
+                &req.source_schema,
+                &t.name,
+                &t.kind.data_type(),
+                Some(expr),
+            ) else {
+                continue;
+            };
+            let [column] = compiled.sources.as_slice() else {
+                continue;
+            };
+            let Some(p) = req.profiles.iter().find(|p| &p.name == column) else {
+                continue;
+            };
+            let Some((_, _, unmatched)) = super::heuristic::enum_table(t, p, &[]) else {
+                continue;
+            };
+            if unmatched.is_empty() {
+                continue;
+            }
+            let allowed: Vec<&str> = t
+                .constraints
+                .enum_values
+                .iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            let asked: Vec<&str> = unmatched.iter().map(String::as_str).take(50).collect();
+            let shown: Vec<String> = asked
+                .iter()
+                .map(|v| {
+                    if self.settings.redact_samples {
+                        prompt::mask(v)
+                    } else {
+                        v.to_string()
+                    }
+                })
+                .collect();
+            let conversation = vec![
+                ChatCompletionRequestSystemMessage::from(prompt::VALUE_SYSTEM).into(),
+                ChatCompletionRequestUserMessage::from(prompt::value_request(
+                    &t.name, column, &allowed, &shown,
+                ))
+                .into(),
+            ];
+            let schema = prompt::value_schema(&shown, &allowed);
+            let content = match self
+                .ask_with(req.source, &conversation, schema, asked.len(), usage)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    // The mapping stands without the table; unmatched values stay invalid.
+                    tracing::warn!(source = req.source, field = %t.name, error = %e, "The LLM value table request failed.");
+                    continue;
+                }
+            };
+            let extra: Vec<(String, String)> = reply::parse_values(&content)
+                .into_iter()
+                .filter_map(|(from, to)| {
+                    let i = shown.iter().position(|s| *s == from)?;
+                    Some((asked[i].to_string(), to?))
+                })
+                .collect();
+            if extra.is_empty() {
+                continue;
+            }
+            if let Some((Some(case), coverage, _)) = super::heuristic::enum_table(t, p, &extra)
+                && let Some(f) = doc.fields.get_mut(&t.name)
+            {
+                f.expr = Some(case);
+                f.value_coverage = Some((coverage * 100.0).round() / 100.0);
+                f.rationale = format!(
+                    "{} (value table: {} value(s) mapped by the model)",
+                    f.rationale,
+                    extra.len()
+                );
+                usage.value_tables += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether the endpoint failed by timing out.
 fn timed_out(e: &Error) -> bool {
     matches!(e, Error::Llm { message, .. } if message.contains("timed out"))
@@ -855,7 +975,9 @@ impl Mapper for LlmMapper {
 
     fn map<'a>(&'a self, request: &'a MappingRequest<'a>) -> BoxFuture<'a, Result<Proposal>> {
         Box::pin(async move {
-            let (document, usage) = self.propose(request).await?;
+            let (mut document, mut usage) = self.propose(request).await?;
+            self.value_tables(request, &mut document, &mut usage)
+                .await?;
             Ok(Proposal {
                 document,
                 llm: Some(usage),

@@ -253,6 +253,48 @@ pub fn repair_request(errors: &[(String, String, String)]) -> String {
     s
 }
 
+/// The instructions for a value table request.
+pub const VALUE_SYSTEM: &str = "You map the values of a source column onto the allowed values \
+of a target field for a data pipeline. For each source value give the one allowed value it \
+means, or null when none fits. Never invent an allowed value.";
+
+/// The value table request: the field, the column, the allowed values and the values to map.
+pub fn value_request(field: &str, column: &str, allowed: &[&str], values: &[String]) -> String {
+    format!(
+        "Target field `{field}` allows exactly: {}.\nSource column `{column}` holds these values \
+         that are not allowed values as written: {}.\nReply with the JSON object only: \
+         {{\"values\": [{{\"source\": ..., \"target\": ... or null}}]}}, one entry per source value.",
+        serde_json::to_string(allowed).unwrap_or_default(),
+        serde_json::to_string(values).unwrap_or_default()
+    )
+}
+
+/// The reply schema of a value table request: one entry per source value, each target an
+/// allowed value or null.
+pub fn value_schema(values: &[String], allowed: &[&str]) -> Value {
+    let mut targets: Vec<Value> = allowed.iter().map(|a| json!(a)).collect();
+    targets.push(Value::Null);
+    json!({
+        "type": "object",
+        "properties": {"values": {
+            "type": "array",
+            "minItems": values.len(),
+            "maxItems": values.len(),
+            "items": {
+                "type": "object",
+                "properties": {
+                    "source": {"type": "string", "enum": values},
+                    "target": {"type": ["string", "null"], "enum": targets}
+                },
+                "required": ["source", "target"],
+                "additionalProperties": false
+            }
+        }},
+        "required": ["values"],
+        "additionalProperties": false
+    })
+}
+
 /// The follow-up for fields the reply left out: one entry each, and nothing else.
 pub fn missing_request(fields: &[&str]) -> String {
     format!(

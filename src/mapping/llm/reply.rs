@@ -73,6 +73,31 @@ pub fn parse(content: &str) -> Result<Vec<ReplyField>, String> {
         .collect())
 }
 
+/// The entries of a value table reply: (source value, allowed value or None); empty when the
+/// reply cannot be read.
+pub fn parse_values(content: &str) -> Vec<(String, Option<String>)> {
+    let text = unfence(content.trim());
+    let v: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => match (text.find('{'), text.rfind('}')) {
+            (Some(a), Some(b)) if a < b => serde_json::from_str(&text[a..=b]).unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        },
+    };
+    v.get("values")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| {
+                    let from = e.get("source")?.as_str()?.to_string();
+                    let to = e.get("target").and_then(|t| t.as_str()).map(str::to_string);
+                    Some((from, to))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The complete entries of a reply cut short (at its token budget): the objects of the
 /// `fields` array up to the cut. None when not even one entry is complete.
 fn salvage(text: &str) -> Option<Reply> {
