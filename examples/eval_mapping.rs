@@ -68,9 +68,14 @@ async fn main() -> std::process::ExitCode {
             );
             for r in &results {
                 let s = Score::of(std::slice::from_ref(r));
+                // With the LLM mapper: requests, prompt and completion tokens of the case.
+                let cost = r
+                    .llm
+                    .map(|(req, p, c)| format!("  {req} req, {p} + {c} tokens"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "{:<34} {:>4} {:>4} {:>4}  {:>6.3} {:>7.3}",
+                    "{:<34} {:>4} {:>4} {:>4}  {:>6.3} {:>7.3}{cost}",
                     r.name, r.true_positives, r.false_positives, r.false_negatives, s.f1, r.seconds
                 );
                 for m in &r.mistakes {
@@ -100,6 +105,18 @@ async fn main() -> std::process::ExitCode {
             s.mean_seconds,
             s.max_seconds
         );
+    }
+    for (group, results) in &totals {
+        let (req, p, c) = results
+            .iter()
+            .filter_map(|r| r.llm)
+            .fold((0u32, 0u64, 0u64), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
+        if req > 0 {
+            let _ = writeln!(
+                out,
+                "{group}: {req} model requests, {p} prompt + {c} completion tokens"
+            );
+        }
     }
     std::process::ExitCode::SUCCESS
 }

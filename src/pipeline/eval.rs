@@ -32,6 +32,8 @@ pub struct CaseResult {
     pub reciprocal_ranks: Vec<f64>,
     /// Wall time of mapping the case.
     pub seconds: f64,
+    /// Model requests, prompt tokens and completion tokens (LLM mapper).
+    pub llm: Option<(u32, u64, u64)>,
 }
 
 /// Precision, recall and F1 of the chosen mapping; Recall@GT and MRR of the ranked
@@ -157,6 +159,10 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
     let mut result = CaseResult {
         name,
         seconds,
+        llm: prepared
+            .llm
+            .as_ref()
+            .map(|u| (u.requests, u.prompt_tokens, u.completion_tokens)),
         ..Default::default()
     };
     // Every ranked pair: the chosen column first, then the alternatives.
