@@ -364,7 +364,8 @@ impl LlmMapper {
             }
         } else {
             let offline = super::heuristic::HeuristicMapper.map_now(req);
-            self.batches(req, &offline)
+            let planned = self.batches(req, &offline);
+            self.fit(req, &offline, planned)?
         };
         tracing::debug!(
             source = req.source,
@@ -439,19 +440,7 @@ impl LlmMapper {
         fields: &[String],
         columns: &[String],
     ) -> Result<(MappingDocument, LlmUsage)> {
-        let names: Vec<&str> = fields.iter().map(String::as_str).collect();
-        let target = req.target.only(&names);
-        let profiles: Vec<crate::source::ColumnProfile> = req
-            .profiles
-            .iter()
-            .filter(|p| columns.contains(&p.name))
-            .cloned()
-            .collect();
-        let indices: Vec<usize> = columns
-            .iter()
-            .filter_map(|c| req.sample.schema().index_of(c).ok())
-            .collect();
-        let sample = req.sample.project(&indices)?;
+        let (target, profiles, sample) = batch_parts(req, fields, columns)?;
         let sub = MappingRequest {
             source: req.source,
             target: &target,
@@ -460,6 +449,50 @@ impl LlmMapper {
             profiles: &profiles,
         };
         self.propose_one(&sub).await
+    }
+
+    /// Estimated prompt tokens of a batch's first request.
+    fn batch_tokens(
+        &self,
+        req: &MappingRequest<'_>,
+        fields: &[String],
+        columns: &[String],
+    ) -> Result<usize> {
+        let (target, profiles, sample) = batch_parts(req, fields, columns)?;
+        let sub = MappingRequest {
+            source: req.source,
+            target: &target,
+            source_schema: req.source_schema.clone(),
+            sample: &sample,
+            profiles: &profiles,
+        };
+        Ok(approx_tokens(&self.opening(&sub)))
+    }
+
+    /// The batches, each split in halves until its prompt fits the budget (or it is one field).
+    fn fit(
+        &self,
+        req: &MappingRequest<'_>,
+        offline: &MappingDocument,
+        batches: Vec<(Vec<String>, Vec<String>)>,
+    ) -> Result<Vec<(Vec<String>, Vec<String>)>> {
+        let mut todo = batches;
+        let mut out = Vec::new();
+        // Every split halves a batch, so this ends.
+        while let Some((fields, columns)) = todo.pop() {
+            if fields.len() > 1
+                && self.batch_tokens(req, &fields, &columns)? > self.settings.max_prompt_tokens
+            {
+                for half in halves(&fields) {
+                    let cols = candidate_columns(offline, &half);
+                    todo.push((half, cols));
+                }
+            } else {
+                out.push((fields, columns));
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Batches of (fields, columns) whose prompts fit `llm.max_prompt_tokens`: each field with
@@ -833,6 +866,52 @@ impl LlmMapper {
         }
         Ok(())
     }
+}
+
+/// The columns the offline matcher ranks for `fields` (chosen and alternatives), in order.
+fn candidate_columns(offline: &MappingDocument, fields: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in fields {
+        let Some(m) = offline.fields.get(f) else {
+            continue;
+        };
+        for c in m
+            .sources
+            .iter()
+            .chain(m.candidates.iter().flat_map(|c| c.sources.iter()))
+        {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The target, columns and sample rows of a batch.
+fn batch_parts(
+    req: &MappingRequest<'_>,
+    fields: &[String],
+    columns: &[String],
+) -> Result<(
+    crate::schema::TargetSchema,
+    Vec<crate::source::ColumnProfile>,
+    arrow::array::RecordBatch,
+)> {
+    let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+    let target = req.target.only(&names);
+    let profiles: Vec<crate::source::ColumnProfile> = req
+        .profiles
+        .iter()
+        .filter(|p| columns.contains(&p.name))
+        .cloned()
+        .collect();
+    let indices: Vec<usize> = columns
+        .iter()
+        .filter_map(|c| req.sample.schema().index_of(c).ok())
+        .collect();
+    let sample = req.sample.project(&indices)?;
+    Ok((target, profiles, sample))
 }
 
 /// Whether the endpoint failed by timing out.
