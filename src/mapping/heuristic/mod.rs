@@ -123,12 +123,17 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
     if c.metadata && lex < 0.9 {
         s *= 0.7;
     }
-    if std::env::var("CONFORM_DEBUG_MATCH").is_ok_and(|v| f.field.name == v) {
-        eprintln!(
-            "{} <- {}: name {name:.2} desc {desc:.2} fit {:.2} strong {} note {:?} score {s:.2}",
-            f.field.name, c.profile.name, v.fit, v.strong, v.note
-        );
-    }
+    tracing::trace!(
+        field = %f.field.name,
+        column = %c.profile.name,
+        name,
+        desc,
+        fit = v.fit,
+        strong = v.strong,
+        note = v.note,
+        score = s,
+        "Scored a pair."
+    );
     let by = if desc > name && desc >= ACCEPT {
         "matches the field's description"
     } else if lex >= ACCEPT {
