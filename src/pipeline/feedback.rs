@@ -109,13 +109,25 @@ impl Probe {
 
     /// The digest as text for a person or a model: one line per field and rule.
     pub fn digest_text(&self, redact: bool) -> String {
-        let mut s = format!(
+        let (mut s, lines) = self.digest_parts(redact);
+        for l in lines.values() {
+            s.push_str(l);
+        }
+        s
+    }
+
+    /// The digest's first line, and each failing field's lines (one per rule): what a
+    /// revision of some of the fields needs.
+    pub fn digest_parts(&self, redact: bool) -> (String, IndexMap<String, String>) {
+        let head = format!(
             "Validation of the mapping on the first {} rows: {} invalid ({:.1}%).\n",
             self.rows,
             self.invalid,
             self.invalid_share() * 100.0
         );
+        let mut lines = IndexMap::new();
         for (field, d) in &self.fields {
+            let mut s = String::new();
             let examples: Vec<String> = d
                 .examples
                 .iter()
@@ -142,8 +154,9 @@ impl Probe {
                     d.expr.as_deref().unwrap_or("null"),
                 ));
             }
+            lines.insert(field.clone(), s);
         }
-        s
+        (head, lines)
     }
 }
 
@@ -414,9 +427,9 @@ impl Loop<'_> {
             let (candidate, changes, by) = match (self.llm, best.mapper) {
                 (Some(llm), super::MapperKind::Llm) if !model_done => {
                     let usage = usage.get_or_insert_with(Default::default);
-                    let digest = best_probe.digest_text(self.redact);
+                    let (head, lines) = best_probe.digest_parts(self.redact);
                     let (revised, changed) = match llm
-                        .revise(self.request, &best, &digest, usage)
+                        .revise(self.request, &best, &head, &lines, usage)
                         .await
                     {
                         Ok(r) => r,

@@ -155,6 +155,16 @@ async fn the_model_gets_the_digest_and_its_revision_is_used() {
         digest.contains("placed (format)") && digest.contains("/2024"),
         "{digest}"
     );
+    // Only the failing fields are asked about, one entry each.
+    let fields = &second["response_format"]["json_schema"]["schema"]["properties"]["fields"];
+    let asked: Vec<&str> = fields["items"]["properties"]["target"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(asked, ["placed", "email"], "{second}");
+    assert_eq!(fields["maxItems"], 2);
     let fb = &w.json("out/run_summary.json")["sources"]["orders"]["mapping"]["feedback"];
     assert_eq!(fb["rounds"][0]["by"], "llm");
     assert_eq!(fb["rounds"][0]["kept"], true);

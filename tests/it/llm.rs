@@ -276,9 +276,14 @@ async fn rate_limit_is_retried_after_the_servers_delay() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_error_storm_fails_only_that_source() {
     let s = server().await;
-    // source2's prompt names its columns; it gets an answer, source1 only errors.
+    // source1's prompts name its columns and only get errors; source2's get an answer.
     Mock::given(method("POST"))
-        .and(body_string_contains("first_name"))
+        .and(body_string_contains("CustomerID"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("upstream overloaded"))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
         .respond_with(ok(&fields(&[
             ("customer_id", Some(r#""cust_id""#)),
             (
@@ -288,11 +293,6 @@ async fn a_server_error_storm_fails_only_that_source() {
             ("email", Some(r#""mail""#)),
             ("signup_date", Some(r#"try_to_date("created", '%d/%m/%Y')"#)),
         ])))
-        .with_priority(1)
-        .mount(&s)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503).set_body_string("upstream overloaded"))
         .with_priority(2)
         .mount(&s)
         .await;
@@ -305,7 +305,7 @@ async fn a_server_error_storm_fails_only_that_source() {
     let failures = bodies(&s)
         .await
         .iter()
-        .filter(|b| !prompt_text(b).contains("first_name"))
+        .filter(|b| prompt_text(b).contains("CustomerID"))
         .count();
     assert_eq!(failures, 3, "one request and two retries");
     assert!(
@@ -1051,4 +1051,51 @@ async fn the_model_completes_an_enum_value_table() {
     assert_eq!(rows[1]["status"], "suspended");
     let llm = &w.json("out/run_summary.json")["sources"]["accounts"]["mapping"]["llm"];
     assert_eq!(llm["value_tables"], 1, "{llm}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fields_a_model_never_names_are_asked_again_then_answered_offline() {
+    // A small model under a grammar that bounds the entry count but not uniqueness names one
+    // field twice and leaves the rest out, every time.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&fields(&[
+            ("customer_id", Some(r#""CustomerID""#)),
+            ("customer_id", Some(r#""CustomerID""#)),
+        ])))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["run", "--source", "source1"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let requests = bodies(&s).await;
+    // Asked once again for the five, then the repeat ends it (a feedback revision may follow).
+    assert!(requests.len() >= 2);
+    assert!(!prompt_text(&requests[1]).contains("was run on the source"));
+    let asked_again: Vec<&str> = requests[1]["response_format"]["json_schema"]["schema"]
+        ["properties"]["fields"]["items"]["properties"]["target"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        asked_again,
+        ["full_name", "email", "signup_date", "lifetime_value", "is_active"]
+    );
+    let summary = w.json("out/run_summary.json");
+    let llm = &summary["sources"]["source1"]["mapping"]["llm"];
+    assert_eq!(llm["unanswered_fields"].as_array().unwrap().len(), 5, "{llm}");
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(doc["fields"]["customer_id"]["expr"], r#""CustomerID""#);
+    let email = &doc["fields"]["email"];
+    assert!(
+        email["rationale"]
+            .as_str()
+            .unwrap()
+            .starts_with("heuristic (llm fallback): the model gave no entry"),
+        "{email}"
+    );
+    assert_eq!(email["expr"], r#"lower(clean("E-mail"))"#);
+    assert_eq!(summary["sources"]["source1"]["valid"], 2, "{summary}");
 }

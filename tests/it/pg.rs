@@ -21,7 +21,7 @@ fn bindir() -> PathBuf {
         static INSTALL: std::sync::Once = std::sync::Once::new();
         INSTALL.call_once(|| {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-deps");
-            let _ = Command::new(script).status();
+            let _ = Command::new(script).arg("pg").status();
         });
         find_bindir().expect(
             "PostgreSQL server binaries not found: run scripts/install-test-deps (installs the `postgresql` package)",

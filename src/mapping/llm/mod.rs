@@ -67,6 +67,9 @@ pub struct LlmUsage {
     /// Repair replies that repeated the rejected expressions (the repair loop then stops).
     #[serde(skip_serializing_if = "is_zero")]
     pub repeated_replies: u32,
+    /// Fields no reply named, even when asked again (the offline matcher answers for them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered_fields: Vec<String>,
     /// Fields whose expression never compiled and that the offline matcher mapped instead.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallback_fields: Vec<String>,
@@ -238,7 +241,7 @@ impl LlmMapper {
                 source,
                 items,
                 prompt_chars,
-                approx_prompt_tokens = prompt_chars / 4,
+                approx_prompt_tokens = approx_tokens(conversation),
                 max_tokens = budget,
                 "Sending an LLM request."
             );
@@ -344,7 +347,8 @@ impl LlmMapper {
     pub async fn propose(&self, req: &MappingRequest<'_>) -> Result<(MappingDocument, LlmUsage)> {
         let whole = approx_tokens(&self.opening(req));
         let all_columns: Vec<String> = req.profiles.iter().map(|p| p.name.clone()).collect();
-        let batches = if whole <= self.settings.max_prompt_tokens || req.target.fields.len() <= 1 {
+        let n = req.target.fields.len();
+        let batches = if whole + follow_up_tokens(n) <= self.settings.max_prompt_tokens || n <= 1 {
             match self.propose_one(req).await {
                 // A request that times out is asked again in halves, not as it was: a slow
                 // server answers smaller requests in time.
@@ -365,7 +369,12 @@ impl LlmMapper {
         } else {
             let offline = super::heuristic::HeuristicMapper.map_now(req);
             let planned = self.batches(req, &offline);
-            self.fit(req, &offline, planned)?
+            self.fit(
+                req,
+                &|half: &[String]| candidate_columns(&offline, half),
+                planned,
+                &follow_up_tokens,
+            )?
         };
         tracing::debug!(
             source = req.source,
@@ -469,22 +478,26 @@ impl LlmMapper {
         Ok(approx_tokens(&self.opening(&sub)))
     }
 
-    /// The batches, each split in halves until its prompt fits the budget (or it is one field).
+    /// The batches, each split in halves until its prompt, plus `reserve(fields)` tokens for
+    /// what follows the opening, fits the budget (or it is one field); `columns_for` gives a
+    /// half its columns.
     fn fit(
         &self,
         req: &MappingRequest<'_>,
-        offline: &MappingDocument,
+        columns_for: &dyn Fn(&[String]) -> Vec<String>,
         batches: Vec<(Vec<String>, Vec<String>)>,
+        reserve: &dyn Fn(usize) -> usize,
     ) -> Result<Vec<(Vec<String>, Vec<String>)>> {
         let mut todo = batches;
         let mut out = Vec::new();
         // Every split halves a batch, so this ends.
         while let Some((fields, columns)) = todo.pop() {
             if fields.len() > 1
-                && self.batch_tokens(req, &fields, &columns)? > self.settings.max_prompt_tokens
+                && self.batch_tokens(req, &fields, &columns)? + reserve(fields.len())
+                    > self.settings.max_prompt_tokens
             {
                 for half in halves(&fields) {
-                    let cols = candidate_columns(offline, &half);
+                    let cols = columns_for(&half);
                     todo.push((half, cols));
                 }
             } else {
@@ -502,7 +515,9 @@ impl LlmMapper {
         req: &MappingRequest<'_>,
         offline: &MappingDocument,
     ) -> Vec<(Vec<String>, Vec<String>)> {
-        let base = (prompt::SYSTEM.len() + prompt::expression_language().len()) / 4 + 200;
+        let base = (prompt::SYSTEM.len() + prompt::expression_language().len()) / CHARS_PER_TOKEN
+            + 200
+            + follow_up_tokens(0);
         let budget = self
             .settings
             .max_prompt_tokens
@@ -522,11 +537,13 @@ impl LlmMapper {
             if cols.is_empty() {
                 continue;
             }
-            // The field's schema, its candidate line, and (at most) its columns with samples.
+            // The field's schema, its candidate line, (at most) its columns with samples, and
+            // its share of a follow-up (its entry in the reply and a repair line).
             let field_cost = (serde_json::to_string_pretty(&t.schema).map_or(200, |s| s.len())
                 + 80
                 + 300 * cols.len())
-                / 4;
+                / CHARS_PER_TOKEN
+                + FOLLOW_UP_TOKENS_PER_FIELD;
             let start_new = match out.last() {
                 None => true,
                 Some(_) => cost + field_cost > budget,
@@ -575,6 +592,10 @@ impl LlmMapper {
         // The fields the next reply must answer: all of them first, then those a follow-up
         // asks about again.
         let mut asked: Vec<String> = req.target.fields.iter().map(|t| t.name.clone()).collect();
+        // Fields some reply has named, and those the last follow-up asked for because no reply
+        // had: an answer to one of those is progress even when the rest repeats.
+        let mut answered_ever: std::collections::HashSet<String> = Default::default();
+        let mut missing_asked: Vec<String> = Vec::new();
         loop {
             let names: Vec<&str> = asked.iter().map(String::as_str).collect();
             let content = self
@@ -597,9 +618,11 @@ impl LlmMapper {
                         .collect();
                     let repeated = usage.repair_rounds > 0
                         && !known.is_empty()
-                        && known.iter().all(|e| fields[&e.target].expr == e.expr);
+                        && known.iter().all(|e| fields[&e.target].expr == e.expr)
+                        && !known.iter().any(|e| missing_asked.contains(&e.target));
                     any_reply_read = true;
                     let answered: Vec<String> = entries.iter().map(|e| e.target.clone()).collect();
+                    answered_ever.extend(answered.iter().cloned());
                     for e in entries {
                         match fields.get_mut(&e.target) {
                             Some(f) => {
@@ -624,6 +647,7 @@ impl LlmMapper {
                         .copied()
                         .filter(|n| !answered.iter().any(|a| a == n))
                         .collect();
+                    missing_asked = missing.iter().map(|m| m.to_string()).collect();
                     let mut msg = String::new();
                     if !errors.is_empty() {
                         msg.push_str(&prompt::repair_request(&errors));
@@ -656,8 +680,24 @@ impl LlmMapper {
             if usage.repair_rounds >= self.settings.max_repairs {
                 break;
             }
-            usage.repair_rounds += 1;
+            // A follow-up carries the opening, the latest reply and the new message only:
+            // earlier rounds are superseded by the latest reply, and dropping them keeps every
+            // request within the budget the batch was planned for.
+            let latest = conversation.pop().expect("the reply was pushed above");
+            conversation.truncate(2);
+            conversation.push(latest);
             conversation.push(ChatCompletionRequestUserMessage::from(msg).into());
+            let size = approx_tokens(&conversation);
+            if size > self.settings.max_prompt_tokens {
+                tracing::warn!(
+                    source = req.source,
+                    approx_prompt_tokens = size,
+                    budget = self.settings.max_prompt_tokens,
+                    "The follow-up request would exceed llm.max_prompt_tokens; not sent."
+                );
+                break;
+            }
+            usage.repair_rounds += 1;
         }
         if !any_reply_read {
             return Err(Error::Llm {
@@ -672,9 +712,52 @@ impl LlmMapper {
             });
         }
         let failed = self.check(req, &fields);
+        // Fields no reply named, after the follow-ups: the offline matcher answers for them
+        // (or they stay unmapped, saying so) rather than looking like "nothing fits".
+        let unanswered: Vec<String> = req
+            .target
+            .fields
+            .iter()
+            .map(|t| t.name.clone())
+            .filter(|n| !answered_ever.contains(n))
+            .collect();
         // A field whose expression never compiled falls back to the offline matcher's choice,
         // when it has one above its threshold; otherwise it stays unmapped with the error.
-        let offline = (!failed.is_empty()).then(|| super::heuristic::HeuristicMapper.map_now(req));
+        let offline = (!failed.is_empty() || !unanswered.is_empty())
+            .then(|| super::heuristic::HeuristicMapper.map_now(req));
+        let requests = usage.repair_rounds + 1;
+        for name in unanswered {
+            usage.unanswered_fields.push(name.clone());
+            let fallback = offline
+                .as_ref()
+                .and_then(|d| d.fields.get(&name))
+                .filter(|m| m.expr.is_some());
+            let Some(f) = fields.get_mut(&name) else {
+                continue;
+            };
+            *f = match fallback {
+                Some(m) => {
+                    tracing::warn!(source = req.source, field = %name, "The LLM gave no entry for this field; the offline matcher's mapping is used.");
+                    usage.fallback_fields.push(name.clone());
+                    FieldMapping {
+                        rationale: format!(
+                            "heuristic (llm fallback): the model gave no entry for this field in {requests} request(s); {}",
+                            m.rationale
+                        ),
+                        ..m.clone()
+                    }
+                }
+                None => {
+                    tracing::warn!(source = req.source, field = %name, "The LLM gave no entry for this field and the offline matcher has none; it is left unmapped.");
+                    FieldMapping {
+                        rationale: format!(
+                            "unmapped: the model gave no entry for this field in {requests} request(s) and the offline matcher found no column"
+                        ),
+                        ..FieldMapping::unmapped()
+                    }
+                }
+            };
+        }
         for (name, expr, error) in failed {
             usage.failed_fields.push(name.clone());
             let fallback = offline
@@ -942,18 +1025,61 @@ fn absorb(
     usage.repair_rounds += u.repair_rounds;
     usage.failed_fields.extend(u.failed_fields);
     usage.fallback_fields.extend(u.fallback_fields);
+    usage.unanswered_fields.extend(u.unanswered_fields);
     usage.truncated_replies += u.truncated_replies;
     usage.repeated_replies += u.repeated_replies;
     usage.response_format = u.response_format;
 }
 
-/// Estimated prompt tokens of a conversation (about four characters per token).
+/// Tokens a follow-up (the reply to one field and its repair line) may add to a batch's
+/// prompt: the reply is bounded by its completion budget (80 tokens per field), the repair line
+/// by `prompt::REPAIR_*_CHARS`.
+const FOLLOW_UP_TOKENS_PER_FIELD: usize =
+    80 + (prompt::REPAIR_EXPR_CHARS + prompt::REPAIR_ERROR_CHARS + 40) / CHARS_PER_TOKEN;
+
+/// Tokens a follow-up of `fields` fields may add to the opening: their share and the
+/// follow-up's own wording.
+fn follow_up_tokens(fields: usize) -> usize {
+    300 + FOLLOW_UP_TOKENS_PER_FIELD * fields
+}
+
+/// Characters per token of the estimate. Small open models' tokenizers (SmolLM2's, measured
+/// on conform's prompts: 3.2) split JSON, sample values and identifiers finer than English
+/// prose; three keeps the estimate above the real count.
+const CHARS_PER_TOKEN: usize = 3;
+
+/// Estimated prompt tokens of a conversation: its text at three characters per token, plus a
+/// few tokens per message for the chat template.
 fn approx_tokens(conversation: &[ChatCompletionRequestMessage]) -> usize {
     conversation
         .iter()
-        .map(|m| serde_json::to_string(m).map_or(0, |t| t.len()))
-        .sum::<usize>()
-        / 4
+        .map(|m| message_text(m).len().div_ceil(CHARS_PER_TOKEN) + 8)
+        .sum()
+}
+
+/// The text of one message.
+fn message_text(m: &ChatCompletionRequestMessage) -> String {
+    use async_openai::types::chat::{
+        ChatCompletionRequestAssistantMessageContent as A,
+        ChatCompletionRequestSystemMessageContent as S,
+        ChatCompletionRequestUserMessageContent as U,
+    };
+    match m {
+        ChatCompletionRequestMessage::System(s) => match &s.content {
+            S::Text(t) => t.clone(),
+            other => serde_json::to_string(other).unwrap_or_default(),
+        },
+        ChatCompletionRequestMessage::User(u) => match &u.content {
+            U::Text(t) => t.clone(),
+            other => serde_json::to_string(other).unwrap_or_default(),
+        },
+        ChatCompletionRequestMessage::Assistant(a) => match &a.content {
+            Some(A::Text(t)) => t.clone(),
+            Some(other) => serde_json::to_string(other).unwrap_or_default(),
+            None => String::new(),
+        },
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
 }
 
 /// The message of an OpenAI-style or llama.cpp-style error body (`{"error": {"message": …}}`),
@@ -986,60 +1112,123 @@ fn server_error(body: &str) -> Option<String> {
 }
 
 impl LlmMapper {
-    /// Asks the model to revise the failing fields of `doc` given the probe's error digest: the
-    /// conversation is replayed (instructions, the mapping request, the model's mapping) and the
-    /// digest follows. Revised expressions that do not compile are dropped (the field keeps its
-    /// expression). Returns the revised document.
+    /// Asks the model to revise the failing fields of `doc` given the probe's error digest
+    /// (`head` and one entry per failing field in `lines`). Only the failing fields are asked
+    /// about, each with the columns it reads and the offline matcher's candidates, in batches
+    /// that fit `llm.max_prompt_tokens`: the instructions, the request for those fields, the
+    /// model's current entries for them, then their digest. Revised expressions that do not
+    /// compile are dropped (the field keeps its expression). Returns the revised document and
+    /// the fields that changed.
     pub async fn revise(
         &self,
         req: &MappingRequest<'_>,
         doc: &MappingDocument,
-        digest: &str,
+        head: &str,
+        lines: &IndexMap<String, String>,
         usage: &mut LlmUsage,
     ) -> Result<(MappingDocument, Vec<String>)> {
-        let previous = serde_json::json!({"fields": doc.fields.iter().map(|(t, m)| serde_json::json!({
-            "target": t, "expr": m.expr, "confidence": m.confidence, "rationale": m.rationale,
-        })).collect::<Vec<_>>()});
-        let mut conversation = self.opening(req);
-        conversation.push(ChatCompletionRequestAssistantMessage::from(previous.to_string()).into());
-        conversation
-            .push(ChatCompletionRequestUserMessage::from(prompt::revision_request(digest)).into());
-        let names: Vec<&str> = req.target.fields.iter().map(|t| t.name.as_str()).collect();
-        let content = self
-            .ask(req.source, &conversation, &names, false, usage)
-            .await?;
-        let entries = reply::parse(&content).map_err(|e| Error::Llm {
-            source_name: req.source.to_string(),
-            message: format!("the revision could not be read: {e}"),
-        })?;
+        let failing: Vec<String> = lines
+            .keys()
+            .filter(|f| doc.fields.contains_key(*f) && req.target.field(f).is_some())
+            .cloned()
+            .collect();
         let mut revised = doc.clone();
         let mut changed = Vec::new();
-        for e in entries {
-            let Some(t) = req.target.field(&e.target) else {
-                continue;
-            };
-            let Some(current) = revised.fields.get_mut(&e.target) else {
-                continue;
-            };
-            if current.expr == e.expr {
-                continue;
-            }
-            let compiles = super::compile::compile_field(
-                &self.ctx,
-                &req.source_schema,
-                &t.name,
-                &t.kind.data_type(),
-                e.expr.as_deref(),
-            );
-            match compiles {
-                Ok(_) => {
-                    current.expr = e.expr;
-                    current.confidence = e.confidence.unwrap_or(current.confidence);
-                    current.rationale = e.rationale.unwrap_or_default();
-                    changed.push(e.target);
+        if failing.is_empty() {
+            return Ok((revised, changed));
+        }
+        let offline = super::heuristic::HeuristicMapper.map_now(req);
+        let columns_for = |fields: &[String]| {
+            let mut cols = candidate_columns(&offline, fields);
+            for f in fields {
+                for c in doc.fields.get(f).map(|m| m.sources.as_slice()).unwrap_or(&[]) {
+                    if !cols.contains(c) {
+                        cols.push(c.clone());
+                    }
                 }
-                Err(err) => {
-                    tracing::warn!(source = req.source, field = %e.target, error = %err, "The model's revised expression does not compile; the field keeps its expression.");
+            }
+            cols
+        };
+        // What follows the opening: the current entries and the digest, at most this much for
+        // any batch (all failing fields together).
+        let follow = head.len()
+            + failing
+                .iter()
+                .map(|f| lines[f].len() + 200 + doc.fields[f].rationale.len())
+                .sum::<usize>();
+        let reserve = follow / CHARS_PER_TOKEN + 200;
+        let batches = self.fit(
+            req,
+            &columns_for,
+            vec![(failing.clone(), columns_for(&failing))],
+            &|_| reserve,
+        )?;
+        if batches.len() > 1 {
+            usage.batches += batches.len() as u32;
+        }
+        for (fields, columns) in batches {
+            let (target, profiles, sample) = batch_parts(req, &fields, &columns)?;
+            let sub = MappingRequest {
+                source: req.source,
+                target: &target,
+                source_schema: req.source_schema.clone(),
+                sample: &sample,
+                profiles: &profiles,
+            };
+            let previous = serde_json::json!({"fields": fields.iter().map(|t| {
+                let m = &doc.fields[t];
+                serde_json::json!({
+                    "target": t, "expr": m.expr, "confidence": m.confidence, "rationale": m.rationale,
+                })
+            }).collect::<Vec<_>>()});
+            let mut digest = head.to_string();
+            for f in &fields {
+                digest.push_str(&lines[f]);
+            }
+            let mut conversation = self.opening(&sub);
+            conversation
+                .push(ChatCompletionRequestAssistantMessage::from(previous.to_string()).into());
+            conversation.push(
+                ChatCompletionRequestUserMessage::from(prompt::revision_request(&digest)).into(),
+            );
+            let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let content = self
+                .ask(req.source, &conversation, &names, true, usage)
+                .await?;
+            let entries = reply::parse(&content).map_err(|e| Error::Llm {
+                source_name: req.source.to_string(),
+                message: format!("the revision could not be read: {e}"),
+            })?;
+            for e in entries {
+                let Some(t) = req.target.field(&e.target) else {
+                    continue;
+                };
+                if !fields.contains(&e.target) {
+                    continue;
+                }
+                let Some(current) = revised.fields.get_mut(&e.target) else {
+                    continue;
+                };
+                if current.expr == e.expr {
+                    continue;
+                }
+                let compiles = super::compile::compile_field(
+                    &self.ctx,
+                    &req.source_schema,
+                    &t.name,
+                    &t.kind.data_type(),
+                    e.expr.as_deref(),
+                );
+                match compiles {
+                    Ok(_) => {
+                        current.expr = e.expr;
+                        current.confidence = e.confidence.unwrap_or(current.confidence);
+                        current.rationale = e.rationale.unwrap_or_default();
+                        changed.push(e.target);
+                    }
+                    Err(err) => {
+                        tracing::warn!(source = req.source, field = %e.target, error = %err, "The model's revised expression does not compile; the field keeps its expression.");
+                    }
                 }
             }
         }

@@ -248,9 +248,29 @@ pub fn repair_request(errors: &[(String, String, String)]) -> String {
          these fields only, in the same JSON format; use null where no source column fits.\n",
     );
     for (field, expr, error) in errors {
-        s.push_str(&format!("- {field}: `{expr}` → {error}\n"));
+        s.push_str(&format!(
+            "- {field}: `{}` → {}\n",
+            clip(expr, REPAIR_EXPR_CHARS),
+            clip(error, REPAIR_ERROR_CHARS)
+        ));
     }
     s
+}
+
+/// Longest expression and error quoted per field in a repair request: a compiler error lists
+/// every column of a wide source, and a follow-up must stay within the prompt budget the batch
+/// was planned for (see `FOLLOW_UP_TOKENS_PER_FIELD`).
+pub const REPAIR_EXPR_CHARS: usize = 120;
+/// See [`REPAIR_EXPR_CHARS`].
+pub const REPAIR_ERROR_CHARS: usize = 240;
+
+/// `s` cut to at most `max` bytes at a character boundary, with `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", &s[..s.floor_char_boundary(max)])
+    }
 }
 
 /// The instructions for a value table request.

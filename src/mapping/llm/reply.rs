@@ -41,7 +41,8 @@ struct Reply {
 }
 
 /// Parses a reply: plain JSON, or JSON in a ```json fence, possibly with prose around it.
-/// Blank expressions and the string `null` count as unmapped; confidence is clamped to 0..1.
+/// Blank expressions and the string `null` count as unmapped; confidence is clamped to 0..1;
+/// of several entries for one field the first counts.
 pub fn parse(content: &str) -> Result<Vec<ReplyField>, String> {
     let text = unfence(content.trim());
     let reply: Reply = serde_json::from_str(text)
@@ -56,9 +57,13 @@ pub fn parse(content: &str) -> Result<Vec<ReplyField>, String> {
         })
         .or_else(|e| salvage(text).ok_or(e))
         .map_err(|e| format!("not the requested JSON object: {e}"))?;
+    // A grammar can bound the entry count and the names, not their uniqueness: a small model
+    // may name one field twice and skip another. The first entry per field counts.
+    let mut seen = std::collections::HashSet::new();
     Ok(reply
         .fields
         .into_iter()
+        .filter(|f| seen.insert(f.target.clone()))
         .map(|mut f| {
             f.expr = f
                 .expr
@@ -160,6 +165,20 @@ fn unfence(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_entry_per_field_counts() {
+        let reply = r#"{"fields": [{"target": "a", "expr": "x"}, {"target": "a", "expr": "y"}, {"target": "b", "expr": "z"}]}"#;
+        let got: Vec<(String, Option<String>)> = parse(reply)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.target, f.expr))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("a".into(), Some("x".into())), ("b".into(), Some("z".into()))]
+        );
+    }
 
     #[test]
     fn plain_fenced_and_wrapped_replies() {
