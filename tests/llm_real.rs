@@ -305,11 +305,23 @@ fn wide_case() -> Workdir {
         props.insert(field.to_string(), schema);
     }
     let things = [
-        "turbine", "reactor", "boiler", "valve", "pump", "rotor", "kiln", "furnace",
-        "condenser", "impeller", "gearbox",
+        "turbine",
+        "reactor",
+        "boiler",
+        "valve",
+        "pump",
+        "rotor",
+        "kiln",
+        "furnace",
+        "condenser",
+        "impeller",
+        "gearbox",
     ];
     let measures = [
-        ("vibration_mm_s", "Vibration velocity in millimetres per second"),
+        (
+            "vibration_mm_s",
+            "Vibration velocity in millimetres per second",
+        ),
         ("coolant_temp_k", "Coolant temperature in kelvin"),
         ("pressure_kpa", "Gauge pressure in kilopascals"),
         ("torque_nm", "Shaft torque in newton metres"),
@@ -341,11 +353,7 @@ fn wide_case() -> Workdir {
     let schema = serde_json::json!({"type": "object", "properties": props});
     w.write(
         "config.json",
-        harness::config(
-            r#"{"wide": {"path": "wide.csv"}}"#,
-            &schema.to_string(),
-            "",
-        ),
+        harness::config(r#"{"wide": {"path": "wide.csv"}}"#, &schema.to_string(), ""),
     );
     w
 }

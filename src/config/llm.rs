@@ -51,6 +51,21 @@ pub struct LlmConfig {
     pub fallback: LlmFallback,
     /// Most LLM requests in flight at once, over all sources. Default 4.
     pub max_concurrent: usize,
+    /// Fields whose offline choice is less uncertain than this (0..1) are decided without the
+    /// model. Default 0: every field with a plausible column goes to the model.
+    pub min_uncertainty: f64,
+    /// Prices per million tokens, for `estimated_cost` in the summary. Default none.
+    pub price_per_million_tokens: Option<TokenPrice>,
+}
+
+/// `llm.price_per_million_tokens`: what the endpoint charges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenPrice {
+    /// Per million prompt (input) tokens.
+    pub prompt: f64,
+    /// Per million completion (output) tokens.
+    pub completion: f64,
 }
 
 impl Default for LlmConfig {
@@ -71,6 +86,8 @@ impl Default for LlmConfig {
             max_wait_s: 600.0,
             fallback: LlmFallback::None,
             max_concurrent: 4,
+            min_uncertainty: 0.0,
+            price_per_million_tokens: None,
         }
     }
 }
@@ -117,6 +134,20 @@ impl LlmConfig {
         }
         if self.max_concurrent == 0 {
             return bad("max_concurrent", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.min_uncertainty) {
+            return bad("min_uncertainty", "must be between 0 and 1");
+        }
+        if let Some(p) = &self.price_per_million_tokens
+            && !(p.prompt >= 0.0
+                && p.completion >= 0.0
+                && p.prompt.is_finite()
+                && p.completion.is_finite())
+        {
+            return bad(
+                "price_per_million_tokens",
+                "prices must be non-negative numbers",
+            );
         }
         if let Some(u) = &self.base_url
             && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use checks::{check_source_name, duplicate_keys, interpolate};
-pub use llm::{LlmConfig, LlmFallback};
+pub use llm::{LlmConfig, LlmFallback, TokenPrice};
 pub use secret::Secret;
 pub use sources::{CsvOptions, HttpOptions, InputFormat, Pagination, PostgresConfig, SourceConfig};
 

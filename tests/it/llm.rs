@@ -1081,11 +1081,21 @@ async fn fields_a_model_never_names_are_asked_again_then_answered_offline() {
         .collect();
     assert_eq!(
         asked_again,
-        ["full_name", "email", "signup_date", "lifetime_value", "is_active"]
+        [
+            "full_name",
+            "email",
+            "signup_date",
+            "lifetime_value",
+            "is_active"
+        ]
     );
     let summary = w.json("out/run_summary.json");
     let llm = &summary["sources"]["source1"]["mapping"]["llm"];
-    assert_eq!(llm["unanswered_fields"].as_array().unwrap().len(), 5, "{llm}");
+    assert_eq!(
+        llm["unanswered_fields"].as_array().unwrap().len(),
+        5,
+        "{llm}"
+    );
     let doc = w.json("out/mappings/source1.mapping.json");
     assert_eq!(doc["fields"]["customer_id"]["expr"], r#""CustomerID""#);
     let email = &doc["fields"]["email"];
@@ -1098,4 +1108,226 @@ async fn fields_a_model_never_names_are_asked_again_then_answered_offline() {
     );
     assert_eq!(email["expr"], r#"lower(clean("E-mail"))"#);
     assert_eq!(summary["sources"]["source1"]["valid"], 2, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_cut_before_its_first_entry_gets_a_doubled_budget() {
+    // A wordy model spends its budget before closing one entry: asking again with the same
+    // budget would be cut at the same place.
+    let s = server().await;
+    let mut cut = completion(r#"{"fields": [{"target": "customer_id", "expr": "CAST(CAST("#);
+    cut["choices"][0]["finish_reason"] = json!("length");
+    Mock::given(method("POST"))
+        .and(body_string_contains("could not be read"))
+        .respond_with(ok(&source1_reply()))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(cut))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[0]["max_tokens"], 200 + 80 * 6);
+    assert_eq!(b[1]["max_tokens"], 2 * (200 + 80 * 6));
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(
+        doc["fields"]["full_name"]["expr"],
+        r#"upper(clean("Full Name"))"#
+    );
+}
+
+/// A reply mock for requests whose reply schema asks for exactly `targets`.
+fn asking(targets: &[&str]) -> impl wiremock::Match + use<> {
+    body_string_contains(format!(
+        r#""enum":{}"#,
+        serde_json::to_string(targets).unwrap()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_whose_replies_cannot_be_read_is_halved_once_then_left_to_the_matcher() {
+    // The model answers three of the six fields readably and garbles the other three: the
+    // answered half stands, the garbled half goes to the offline matcher, and the source is
+    // mapped (not failed).
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(asking(&["signup_date", "lifetime_value", "is_active"]))
+        .respond_with(ok(&fields(&[
+            (
+                "signup_date",
+                Some(r#"try_to_date("Signup Date", '%Y-%m-%d')"#),
+            ),
+            ("lifetime_value", Some(r#"parse_number("Lifetime Value")"#)),
+            ("is_active", Some(r#"parse_bool("Active")"#)),
+        ])))
+        .with_priority(1)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ok("I think the mapping is: customer id → CustomerID"))
+        .with_priority(2)
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["run", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut sizes: Vec<u64> = bodies(&s)
+        .await
+        .iter()
+        .map(|x| {
+            x["response_format"]["json_schema"]["schema"]["properties"]["fields"]["minItems"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    sizes.sort_unstable();
+    // Three replies for the whole, three for the garbled half, one for the answered half:
+    // the garbled half is not split again.
+    assert_eq!(sizes, [3, 3, 3, 3, 6, 6, 6]);
+    let doc = w.json("out/mappings/source1.mapping.json");
+    assert_eq!(doc["mapper"], "llm");
+    assert_eq!(
+        doc["fields"]["is_active"]["expr"],
+        r#"parse_bool("Active")"#
+    );
+    for f in ["customer_id", "full_name", "email"] {
+        let m = &doc["fields"][f];
+        assert!(
+            m["rationale"]
+                .as_str()
+                .unwrap()
+                .starts_with("heuristic (llm fallback): the model at"),
+            "{m}"
+        );
+        assert!(m["expr"].is_string(), "{m}");
+    }
+    let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
+    assert_eq!(
+        llm["unanswered_fields"],
+        json!(["customer_id", "full_name", "email"]),
+        "{llm}"
+    );
+    assert_eq!(llm["requests"], 7, "{llm}");
+    // Every row still converts: the matcher's choices for the garbled half are right.
+    assert!(r.stdout.contains("Successfully validated"), "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_that_can_never_be_read_fail_the_source_with_the_reason() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok("no JSON here"))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("gave no readable mapping in 3 replies"),
+        "{}",
+        r.stderr
+    );
+    // The whole request, then each half once: nothing smaller.
+    assert_eq!(bodies(&s).await.len(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certain_fields_are_decided_offline_and_the_cost_is_estimated() {
+    let s = server().await;
+    Mock::given(method("POST"))
+        .respond_with(ok(&source1_reply()))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "min_uncertainty": 0.5,
+            "price_per_million_tokens": {{"prompt": 2.5, "completion": 10}}}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["run", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
+    let offline: Vec<String> = serde_json::from_value(llm["offline_fields"].clone()).unwrap();
+    assert!(!offline.is_empty(), "{llm}");
+    let b = bodies(&s).await;
+    assert_eq!(llm["requests"].as_u64().unwrap() as usize, b.len(), "{llm}");
+    // The model is asked only about the others, and never about an offline field.
+    let asked: Vec<String> = b
+        .iter()
+        .flat_map(|x| {
+            serde_json::from_value::<Vec<String>>(
+                x["response_format"]["json_schema"]["schema"]["properties"]["fields"]["items"]
+                    ["properties"]["target"]["enum"]
+                    .clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(
+        offline.iter().all(|f| !asked.contains(f)),
+        "{asked:?} {offline:?}"
+    );
+    assert!(!asked.is_empty() || offline.len() == 6, "{llm}");
+    let doc = w.json("out/mappings/source1.mapping.json");
+    let names: Vec<&String> = doc["fields"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        names,
+        [
+            "customer_id",
+            "full_name",
+            "email",
+            "signup_date",
+            "lifetime_value",
+            "is_active"
+        ],
+        "the document keeps the target's order"
+    );
+    for f in &offline {
+        let why = doc["fields"][f]["rationale"].as_str().unwrap();
+        assert!(
+            why.starts_with("heuristic (decided offline, uncertainty 0."),
+            "{why}"
+        );
+    }
+    // 1,200 prompt and 300 completion tokens per scripted reply.
+    let n = b.len() as f64;
+    let cost = llm["estimated_cost"].as_f64().unwrap();
+    assert!(
+        (cost - n * (1200.0 * 2.5 + 300.0 * 10.0) / 1e6).abs() < 1e-9,
+        "{llm}"
+    );
+
+    // At 1, every field the matcher maps is decided offline: the model is not asked at all.
+    let w = workdir(&format!(
+        r#"{{"base_url": "{}/v1", "min_uncertainty": 1}}"#,
+        s.uri()
+    ));
+    let before = b.len();
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(bodies(&s).await.len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llm_settings_out_of_range_are_config_errors() {
+    for (llm, key) in [
+        (
+            r#"{"base_url": "http://127.0.0.1:9/v1", "min_uncertainty": 1.5}"#,
+            "min_uncertainty",
+        ),
+        (
+            r#"{"base_url": "http://127.0.0.1:9/v1", "price_per_million_tokens": {"prompt": -1, "completion": 1}}"#,
+            "price_per_million_tokens",
+        ),
+    ] {
+        let w = workdir(llm);
+        let r = run(&w, &["map", "--source", "source1"], &[]).await;
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains(key), "{}", r.stderr);
+    }
 }

@@ -67,6 +67,13 @@ pub struct LlmUsage {
     /// Repair replies that repeated the rejected expressions (the repair loop then stops).
     #[serde(skip_serializing_if = "is_zero")]
     pub repeated_replies: u32,
+    /// Fields the model was not asked about: the offline matcher's choice was certain enough
+    /// (uncertainty under `llm.min_uncertainty`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub offline_fields: Vec<String>,
+    /// Cost of the tokens at `llm.price_per_million_tokens`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_cost: Option<f64>,
     /// Fields no reply named, even when asked again (the offline matcher answers for them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unanswered_fields: Vec<String>,
@@ -88,6 +95,9 @@ pub struct LlmMapper {
     gate: Arc<Semaphore>,
     /// Set once a server rejected `json_schema`; later requests ask for `json_object`.
     json_object_only: AtomicBool,
+    /// The model's own tokenizer, for OpenAI's models at OpenAI's endpoint; otherwise prompt
+    /// sizes are estimated from their length.
+    tokenizer: Option<&'static tiktoken_rs::CoreBPE>,
 }
 
 impl std::fmt::Debug for LlmMapper {
@@ -133,6 +143,15 @@ impl LlmMapper {
         )
         .map_err(|e| Error::config("llm", format!("cannot build the HTTP client: {e}")))?;
         let client = Client::with_config(config).with_http_service(http);
+        // Only OpenAI's endpoint is known to run OpenAI's tokenizers: a local server answering
+        // to the default model name runs a model of its own.
+        let openai = url::Url::parse(&base)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h == "api.openai.com"))
+            .unwrap_or(false);
+        let tokenizer = openai
+            .then(|| tiktoken_rs::bpe_for_model(&settings.model).ok())
+            .flatten();
         Ok(LlmMapper {
             client,
             settings: settings.clone(),
@@ -140,7 +159,34 @@ impl LlmMapper {
             ctx: super::compile::session(),
             gate: Arc::new(Semaphore::new(settings.max_concurrent)),
             json_object_only: AtomicBool::new(false),
+            tokenizer,
         })
+    }
+
+    /// Prompt tokens of a conversation: counted with the model's tokenizer when it is known
+    /// (plus the chat format's few tokens per message), estimated otherwise.
+    fn tokens(&self, conversation: &[ChatCompletionRequestMessage]) -> usize {
+        match self.tokenizer {
+            Some(bpe) => {
+                conversation
+                    .iter()
+                    .map(|m| bpe.encode_ordinary(&message_text(m)).len() + 4)
+                    .sum::<usize>()
+                    + 3
+            }
+            None => approx_tokens(conversation),
+        }
+    }
+
+    /// What the tokens so far cost, when `llm.price_per_million_tokens` is set.
+    fn price(&self, usage: &mut LlmUsage) {
+        if let Some(p) = &self.settings.price_per_million_tokens {
+            usage.estimated_cost = Some(
+                (usage.prompt_tokens as f64 * p.prompt
+                    + usage.completion_tokens as f64 * p.completion)
+                    / 1e6,
+            );
+        }
     }
 
     /// The endpoint, for messages.
@@ -189,20 +235,23 @@ impl LlmMapper {
         conversation: &[ChatCompletionRequestMessage],
         targets: &[&str],
         exact: bool,
+        boost: u32,
         usage: &mut LlmUsage,
     ) -> Result<String> {
         let schema = prompt::response_schema(targets, exact);
-        self.ask_with(source, conversation, schema, targets.len(), usage)
+        self.ask_with(source, conversation, schema, targets.len(), boost, usage)
             .await
     }
 
-    /// One chat completion whose reply follows `schema`; `items` sizes the completion budget.
+    /// One chat completion whose reply follows `schema`; `items` sizes the completion budget,
+    /// doubled `boost` times (after replies cut before their first complete entry).
     async fn ask_with(
         &self,
         source: &str,
         conversation: &[ChatCompletionRequestMessage],
         schema: serde_json::Value,
         items: usize,
+        boost: u32,
         usage: &mut LlmUsage,
     ) -> Result<String> {
         let _permit = self.gate.acquire().await.map_err(|_| Error::Interrupted)?;
@@ -222,7 +271,9 @@ impl LlmMapper {
             };
             // A completion budget sized to the fields asked for: a server's default (often 512
             // tokens) cuts a wide reply, and without one a looping model runs on.
-            let budget = (200 + 80 * items as u32).min(self.settings.max_completion_tokens);
+            let budget = (200 + 80 * items as u32)
+                .saturating_mul(1 << boost.min(4))
+                .min(self.settings.max_completion_tokens);
             #[allow(deprecated)]
             let request = CreateChatCompletionRequest {
                 model: self.settings.model.clone(),
@@ -241,7 +292,7 @@ impl LlmMapper {
                 source,
                 items,
                 prompt_chars,
-                approx_prompt_tokens = approx_tokens(conversation),
+                prompt_tokens = self.tokens(conversation),
                 max_tokens = budget,
                 "Sending an LLM request."
             );
@@ -345,26 +396,122 @@ impl LlmMapper {
     /// them, run concurrently (under `llm.max_concurrent`). Fields for which the matcher finds
     /// no plausible column are left unmapped without asking.
     pub async fn propose(&self, req: &MappingRequest<'_>) -> Result<(MappingDocument, LlmUsage)> {
-        let whole = approx_tokens(&self.opening(req));
+        let floor = self.settings.min_uncertainty;
+        if floor <= 0.0 {
+            return self.propose_fields(req).await;
+        }
+        // Fields whose offline choice is certain and unrivalled are decided without the model.
+        let offline = super::heuristic::HeuristicMapper.map_now(req);
+        let (decided, asked): (Vec<&crate::schema::TargetField>, Vec<_>) =
+            req.target.fields.iter().partition(|t| {
+                offline
+                    .fields
+                    .get(&t.name)
+                    .is_some_and(|m| m.expr.is_some() && uncertainty(m) < floor)
+            });
+        if decided.is_empty() {
+            return self.propose_fields(req).await;
+        }
+        let (mut doc, mut usage) = if asked.is_empty() {
+            let doc = MappingDocument {
+                fields: IndexMap::new(),
+                ..self.empty_document(req)
+            };
+            let usage = LlmUsage {
+                model: self.settings.model.clone(),
+                endpoint: self.endpoint.clone(),
+                prompt_version: prompt::PROMPT_VERSION,
+                ..Default::default()
+            };
+            (doc, usage)
+        } else {
+            let names: Vec<String> = asked.iter().map(|t| t.name.clone()).collect();
+            let columns: Vec<String> = req.profiles.iter().map(|p| p.name.clone()).collect();
+            let (target, profiles, sample) = batch_parts(req, &names, &columns)?;
+            let sub = MappingRequest {
+                source: req.source,
+                target: &target,
+                source_schema: req.source_schema.clone(),
+                sample: &sample,
+                profiles: &profiles,
+            };
+            self.propose_fields(&sub).await?
+        };
+        for t in decided {
+            let m = &offline.fields[&t.name];
+            usage.offline_fields.push(t.name.clone());
+            doc.fields.insert(
+                t.name.clone(),
+                FieldMapping {
+                    rationale: format!(
+                        "heuristic (decided offline, uncertainty {:.2} < llm.min_uncertainty {floor}): {}",
+                        uncertainty(m),
+                        m.rationale
+                    ),
+                    ..m.clone()
+                },
+            );
+        }
+        // The document lists the fields in the target's order.
+        doc.fields = req
+            .target
+            .fields
+            .iter()
+            .filter_map(|t| {
+                doc.fields
+                    .shift_remove(&t.name)
+                    .map(|m| (t.name.clone(), m))
+            })
+            .collect();
+        Ok((doc, usage))
+    }
+
+    /// An LLM document for `req` with no fields yet.
+    fn empty_document(&self, req: &MappingRequest<'_>) -> MappingDocument {
+        MappingDocument {
+            source: req.source.to_string(),
+            source_fingerprint: super::fingerprint(&req.source_schema),
+            mapper: MapperKind::Llm,
+            pinned: false,
+            model: Some(self.settings.model.clone()),
+            fields: IndexMap::new(),
+        }
+    }
+
+    /// [`Self::propose`] for every field of `req`.
+    async fn propose_fields(
+        &self,
+        req: &MappingRequest<'_>,
+    ) -> Result<(MappingDocument, LlmUsage)> {
+        let whole = self.tokens(&self.opening(req));
         let all_columns: Vec<String> = req.profiles.iter().map(|p| p.name.clone()).collect();
         let n = req.target.fields.len();
+        // Set when the batches are the halves of a whole request that failed.
+        let mut halved_whole = false;
+        // What the whole request cost when it failed and goes again in halves.
+        let mut spent: Option<LlmUsage> = None;
         let batches = if whole + follow_up_tokens(n) <= self.settings.max_prompt_tokens || n <= 1 {
-            match self.propose_one(req).await {
-                // A request that times out is asked again in halves, not as it was: a slow
-                // server answers smaller requests in time.
-                Err(e) if timed_out(&e) && req.target.fields.len() > 1 => {
+            let (r, u) = self.propose_one(req).await;
+            match r {
+                // A request that times out, or whose replies cannot be read, is asked again in
+                // halves, not as it was: a slow server answers smaller requests in time, and a
+                // small model writes a shorter reply for fewer fields.
+                Err(e) if (timed_out(&e) || unreadable(&e)) && req.target.fields.len() > 1 => {
                     tracing::warn!(
                         source = req.source,
-                        "The LLM request timed out; asking again in smaller batches."
+                        error = %e,
+                        "The LLM request failed; asking again in smaller batches."
                     );
                     let names: Vec<String> =
                         req.target.fields.iter().map(|t| t.name.clone()).collect();
+                    halved_whole = true;
+                    spent = Some(u);
                     halves(&names)
                         .into_iter()
                         .map(|h| (h, all_columns.clone()))
                         .collect()
                 }
-                other => return other,
+                other => return other.map(|doc| (doc, u)),
             }
         } else {
             let offline = super::heuristic::HeuristicMapper.map_now(req);
@@ -393,6 +540,9 @@ impl LlmMapper {
             batches: batches.len() as u32,
             ..Default::default()
         };
+        if let Some(u) = spent {
+            absorb_usage(&mut usage, u);
+        }
         let mut fields: IndexMap<String, FieldMapping> = req
             .target
             .fields
@@ -409,26 +559,90 @@ impl LlmMapper {
                 )
             })
             .collect();
-        // Batches that timed out go again in halves, one at a time; every split halves a
-        // batch, so this ends.
-        let mut again: Vec<(Vec<String>, Vec<String>)> = Vec::new();
-        for (r, (batch, columns)) in results.into_iter().zip(&batches) {
-            match r {
-                Ok((doc, u)) => absorb(&mut fields, &mut usage, doc, u),
-                Err(e) if timed_out(&e) && batch.len() > 1 => {
-                    again.extend(halves(batch).into_iter().map(|h| (h, columns.clone())));
+        // Batches that timed out go again in halves, one at a time, until a single field
+        // times out (the server is too slow for anything: the source fails). A batch whose
+        // replies could not be read goes again in halves once; when a half fails too, its
+        // fields are lost to the model alone and the other batches' answers stand. Every split
+        // halves a batch, so this ends.
+        let mut again: Vec<(Vec<String>, Vec<String>, bool)> = Vec::new();
+        let mut lost: Vec<(String, String)> = Vec::new();
+        let mut answered_batches = 0usize;
+        let mut settled: Vec<_> = results
+            .into_iter()
+            .zip(batches.iter().cloned())
+            .map(|((r, u), (b, c))| (r, u, b, c, halved_whole))
+            .collect();
+        loop {
+            for (r, u, batch, columns, halved) in settled.drain(..) {
+                absorb_usage(&mut usage, u);
+                match r {
+                    Ok(doc) => {
+                        answered_batches += 1;
+                        fields.extend(doc.fields);
+                    }
+                    Err(e) if timed_out(&e) && batch.len() > 1 => {
+                        again.extend(
+                            halves(&batch)
+                                .into_iter()
+                                .map(|h| (h, columns.clone(), halved)),
+                        );
+                    }
+                    Err(e) if unreadable(&e) && batch.len() > 1 && !halved => {
+                        again.extend(
+                            halves(&batch)
+                                .into_iter()
+                                .map(|h| (h, columns.clone(), true)),
+                        );
+                    }
+                    Err(e) if unreadable(&e) => {
+                        let why = match e {
+                            Error::Llm { message, .. } => message,
+                            other => other.to_string(),
+                        };
+                        lost.extend(batch.into_iter().map(|f| (f, why.clone())));
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
-        }
-        while let Some((batch, columns)) = again.pop() {
+            let Some((batch, columns, halved)) = again.pop() else {
+                break;
+            };
             usage.batches += 1;
-            match self.run_batch(req, &batch, &columns).await {
-                Ok((doc, u)) => absorb(&mut fields, &mut usage, doc, u),
-                Err(e) if timed_out(&e) && batch.len() > 1 => {
-                    again.extend(halves(&batch).into_iter().map(|h| (h, columns.clone())));
-                }
-                Err(e) => return Err(e),
+            let (r, u) = self.run_batch(req, &batch, &columns).await;
+            settled.push((r, u, batch, columns, halved));
+        }
+        if let Some((_, why)) = lost.first()
+            && answered_batches == 0
+        {
+            // Nothing the model said could be used: the source's mapping failed
+            // (`llm.fallback` decides what happens next).
+            return Err(Error::Llm {
+                source_name: req.source.to_string(),
+                message: why.clone(),
+            });
+        }
+        if !lost.is_empty() {
+            let offline = super::heuristic::HeuristicMapper.map_now(req);
+            for (name, why) in lost {
+                usage.unanswered_fields.push(name.clone());
+                let fallback = offline.fields.get(&name).filter(|m| m.expr.is_some());
+                tracing::warn!(source = req.source, field = %name, error = %why, "The LLM could not answer for this field; the offline matcher decides it.");
+                let m = match fallback {
+                    Some(m) => {
+                        usage.fallback_fields.push(name.clone());
+                        FieldMapping {
+                            rationale: format!("heuristic (llm fallback): {why}; {}", m.rationale),
+                            ..m.clone()
+                        }
+                    }
+                    None => FieldMapping {
+                        rationale: format!(
+                            "unmapped: {why}, and the offline matcher found no column"
+                        ),
+                        ..FieldMapping::unmapped()
+                    },
+                };
+                fields.insert(name, m);
             }
         }
         let doc = MappingDocument {
@@ -448,8 +662,11 @@ impl LlmMapper {
         req: &MappingRequest<'_>,
         fields: &[String],
         columns: &[String],
-    ) -> Result<(MappingDocument, LlmUsage)> {
-        let (target, profiles, sample) = batch_parts(req, fields, columns)?;
+    ) -> (Result<MappingDocument>, LlmUsage) {
+        let (target, profiles, sample) = match batch_parts(req, fields, columns) {
+            Ok(parts) => parts,
+            Err(e) => return (Err(e), LlmUsage::default()),
+        };
         let sub = MappingRequest {
             source: req.source,
             target: &target,
@@ -475,7 +692,7 @@ impl LlmMapper {
             sample: &sample,
             profiles: &profiles,
         };
-        Ok(approx_tokens(&self.opening(&sub)))
+        Ok(self.tokens(&self.opening(&sub)))
     }
 
     /// The batches, each split in halves until its prompt, plus `reserve(fields)` tokens for
@@ -565,13 +782,27 @@ impl LlmMapper {
     }
 
     /// The conversation: propose, check, repair; returns the document and what it cost.
-    async fn propose_one(&self, req: &MappingRequest<'_>) -> Result<(MappingDocument, LlmUsage)> {
+    /// The usage is returned with a failure too: its requests were made and cost tokens.
+    async fn propose_one(
+        &self,
+        req: &MappingRequest<'_>,
+    ) -> (Result<MappingDocument>, LlmUsage) {
         let mut usage = LlmUsage {
             model: self.settings.model.clone(),
             endpoint: self.endpoint.clone(),
             prompt_version: prompt::PROMPT_VERSION,
             ..Default::default()
         };
+        let doc = self.converse(req, &mut usage).await;
+        (doc, usage)
+    }
+
+    /// [`Self::propose_one`]'s conversation, counting into `usage`.
+    async fn converse(
+        &self,
+        req: &MappingRequest<'_>,
+        usage: &mut LlmUsage,
+    ) -> Result<MappingDocument> {
         let mut conversation = self.opening(req);
         let mut fields: IndexMap<String, FieldMapping> = req
             .target
@@ -596,14 +827,21 @@ impl LlmMapper {
         // had: an answer to one of those is progress even when the rest repeats.
         let mut answered_ever: std::collections::HashSet<String> = Default::default();
         let mut missing_asked: Vec<String> = Vec::new();
+        // Doublings of the completion budget: a reply cut before its first complete entry
+        // (a wordy model) gets more room next time rather than being cut at the same place.
+        let mut boost = 0u32;
         loop {
             let names: Vec<&str> = asked.iter().map(String::as_str).collect();
+            let cut_before = usage.truncated_replies;
             let content = self
-                .ask(req.source, &conversation, &names, true, &mut usage)
+                .ask(req.source, &conversation, &names, true, boost, usage)
                 .await?;
             conversation.push(ChatCompletionRequestAssistantMessage::from(content.as_str()).into());
             let follow_up = match reply::parse(&content) {
                 Err(e) => {
+                    if usage.truncated_replies > cut_before {
+                        boost += 1;
+                    }
                     tracing::warn!(source = req.source, error = %e, "The LLM reply could not be read.");
                     let msg = prompt::unreadable_reply(&e);
                     last_unreadable = e;
@@ -687,11 +925,11 @@ impl LlmMapper {
             conversation.truncate(2);
             conversation.push(latest);
             conversation.push(ChatCompletionRequestUserMessage::from(msg).into());
-            let size = approx_tokens(&conversation);
+            let size = self.tokens(&conversation);
             if size > self.settings.max_prompt_tokens {
                 tracing::warn!(
                     source = req.source,
-                    approx_prompt_tokens = size,
+                    prompt_tokens = size,
                     budget = self.settings.max_prompt_tokens,
                     "The follow-up request would exceed llm.max_prompt_tokens; not sent."
                 );
@@ -703,7 +941,7 @@ impl LlmMapper {
             return Err(Error::Llm {
                 source_name: req.source.to_string(),
                 message: format!(
-                    "the model at {} (model {}) gave no readable mapping in {} replies: {}",
+                    "the model at {} (model {}) {UNREADABLE} in {} replies: {}",
                     self.endpoint,
                     self.settings.model,
                     usage.repair_rounds + 1,
@@ -796,7 +1034,7 @@ impl LlmMapper {
             model: Some(self.settings.model.clone()),
             fields,
         };
-        Ok((doc, usage))
+        Ok(doc)
     }
 }
 
@@ -914,7 +1152,7 @@ impl LlmMapper {
             ];
             let schema = prompt::value_schema(&shown, &allowed);
             let content = match self
-                .ask_with(req.source, &conversation, schema, asked.len(), usage)
+                .ask_with(req.source, &conversation, schema, asked.len(), 0, usage)
                 .await
             {
                 Ok(c) => c,
@@ -1002,22 +1240,22 @@ fn timed_out(e: &Error) -> bool {
     matches!(e, Error::Llm { message, .. } if message.contains("timed out"))
 }
 
+/// A conversation none of whose replies could be read.
+fn unreadable(e: &Error) -> bool {
+    matches!(e, Error::Llm { message, .. } if message.contains(UNREADABLE))
+}
+
+/// How the error of a conversation whose replies could never be read begins.
+const UNREADABLE: &str = "gave no readable mapping";
+
 /// A batch in two halves (the first one the larger).
 fn halves(batch: &[String]) -> Vec<Vec<String>> {
     let mid = batch.len().div_ceil(2);
     vec![batch[..mid].to_vec(), batch[mid..].to_vec()]
 }
 
-/// Merges one batch's fields and costs into the whole.
-fn absorb(
-    fields: &mut IndexMap<String, FieldMapping>,
-    usage: &mut LlmUsage,
-    doc: MappingDocument,
-    u: LlmUsage,
-) {
-    for (name, m) in doc.fields {
-        fields.insert(name, m);
-    }
+/// Adds one conversation's costs and field lists to the whole.
+fn absorb_usage(usage: &mut LlmUsage, u: LlmUsage) {
     usage.requests += u.requests;
     usage.prompt_tokens += u.prompt_tokens;
     usage.completion_tokens += u.completion_tokens;
@@ -1028,7 +1266,22 @@ fn absorb(
     usage.unanswered_fields.extend(u.unanswered_fields);
     usage.truncated_replies += u.truncated_replies;
     usage.repeated_replies += u.repeated_replies;
-    usage.response_format = u.response_format;
+    if !u.response_format.is_empty() {
+        usage.response_format = u.response_format;
+    }
+}
+
+/// How unsure the offline matcher is of a mapped field: one minus its confidence, or the
+/// best alternative's score relative to the choice when that is higher. 0 for a certain,
+/// unrivalled choice; 1 for a tie.
+fn uncertainty(m: &FieldMapping) -> f64 {
+    let rival = m.candidates.iter().map(|c| c.score).fold(0.0_f64, f64::max);
+    let relative = if m.confidence > 0.0 {
+        (rival / m.confidence).min(1.0)
+    } else {
+        1.0
+    };
+    (1.0 - m.confidence).max(relative).clamp(0.0, 1.0)
 }
 
 /// Tokens a follow-up (the reply to one field and its repair line) may add to a batch's
@@ -1141,7 +1394,12 @@ impl LlmMapper {
         let columns_for = |fields: &[String]| {
             let mut cols = candidate_columns(&offline, fields);
             for f in fields {
-                for c in doc.fields.get(f).map(|m| m.sources.as_slice()).unwrap_or(&[]) {
+                for c in doc
+                    .fields
+                    .get(f)
+                    .map(|m| m.sources.as_slice())
+                    .unwrap_or(&[])
+                {
                     if !cols.contains(c) {
                         cols.push(c.clone());
                     }
@@ -1193,7 +1451,7 @@ impl LlmMapper {
             );
             let names: Vec<&str> = fields.iter().map(String::as_str).collect();
             let content = self
-                .ask(req.source, &conversation, &names, true, usage)
+                .ask(req.source, &conversation, &names, true, 0, usage)
                 .await?;
             let entries = reply::parse(&content).map_err(|e| Error::Llm {
                 source_name: req.source.to_string(),
@@ -1232,6 +1490,7 @@ impl LlmMapper {
                 }
             }
         }
+        self.price(usage);
         Ok((revised, changed))
     }
 }
@@ -1246,10 +1505,83 @@ impl Mapper for LlmMapper {
             let (mut document, mut usage) = self.propose(request).await?;
             self.value_tables(request, &mut document, &mut usage)
                 .await?;
+            self.price(&mut usage);
             Ok(Proposal {
                 document,
                 llm: Some(usage),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapper(base_url: &str, model: &str) -> LlmMapper {
+        LlmMapper::new(&LlmConfig {
+            base_url: Some(base_url.into()),
+            model: model.into(),
+            price_per_million_tokens: Some(crate::config::TokenPrice {
+                prompt: 2.0,
+                completion: 8.0,
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn hello() -> Vec<ChatCompletionRequestMessage> {
+        vec![ChatCompletionRequestUserMessage::from("hello world").into()]
+    }
+
+    #[test]
+    fn openais_models_at_openai_are_counted_with_their_tokenizer() {
+        let m = mapper("https://api.openai.com/v1", "gpt-4o-mini");
+        assert!(m.tokenizer.is_some());
+        // "hello world" is two tokens, plus the chat format's per-message and reply priming.
+        assert_eq!(m.tokens(&hello()), 2 + 4 + 3);
+    }
+
+    #[test]
+    fn other_servers_are_estimated_from_the_text() {
+        // A local server answering to an OpenAI model name runs a model of its own.
+        let m = mapper("http://127.0.0.1:8080/v1", "gpt-4o-mini");
+        assert!(m.tokenizer.is_none());
+        assert_eq!(
+            m.tokens(&hello()),
+            "hello world".len().div_ceil(CHARS_PER_TOKEN) + 8
+        );
+    }
+
+    #[test]
+    fn the_cost_is_priced_per_million_tokens() {
+        let m = mapper("http://127.0.0.1:8080/v1", "local");
+        let mut usage = LlmUsage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 500_000,
+            ..Default::default()
+        };
+        m.price(&mut usage);
+        assert_eq!(usage.estimated_cost, Some(2.0 + 4.0));
+    }
+
+    #[test]
+    fn uncertainty_is_the_doubt_or_the_rivals_closeness() {
+        let mut m = FieldMapping {
+            expr: Some("a".into()),
+            confidence: 0.9,
+            ..FieldMapping::unmapped()
+        };
+        assert!((uncertainty(&m) - 0.1).abs() < 1e-9);
+        m.candidates = vec![super::super::Candidate {
+            expr: "b".into(),
+            sources: vec!["b".into()],
+            score: 0.45,
+            why: String::new(),
+        }];
+        assert!((uncertainty(&m) - 0.5).abs() < 1e-9);
+        m.confidence = 0.0;
+        assert_eq!(uncertainty(&m), 1.0);
     }
 }

@@ -176,7 +176,10 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![("a".into(), Some("x".into())), ("b".into(), Some("z".into()))]
+            vec![
+                ("a".into(), Some("x".into())),
+                ("b".into(), Some("z".into()))
+            ]
         );
     }
 
