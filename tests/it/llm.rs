@@ -1331,3 +1331,32 @@ async fn llm_settings_out_of_range_are_config_errors() {
         assert!(r.stderr.contains(key), "{}", r.stderr);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_that_runs_to_every_budget_is_split_not_given_more() {
+    // A looping model fills any budget: after the doubled budget is cut too, the conversation
+    // ends and its fields go again as halves (each with one doubling), then the source fails.
+    let s = server().await;
+    let mut cut = completion(r#"{"fields": [{"target": "customer_id", "expr": "CAST(CAST(CAST("#);
+    cut["choices"][0]["finish_reason"] = json!("length");
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(cut))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("gave no readable mapping in 2 replies"),
+        "{}",
+        r.stderr
+    );
+    let mut budgets: Vec<u64> = bodies(&s)
+        .await
+        .iter()
+        .map(|b| b["max_tokens"].as_u64().unwrap())
+        .collect();
+    // The halves run side by side.
+    budgets[2..].sort_unstable();
+    assert_eq!(budgets, [680, 1360, 440, 440, 880, 880]);
+}

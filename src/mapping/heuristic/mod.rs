@@ -12,6 +12,7 @@
 
 mod convert;
 mod evidence;
+mod fit;
 mod values;
 
 use futures::future::BoxFuture;
