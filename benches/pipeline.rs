@@ -10,9 +10,8 @@ use arrow::array::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use conform::config::{OutputFormat, ParquetOptions};
-use conform::sink::{InvalidSink, ValidSink};
-use conform::validate::report::InvalidRow;
 use conform::{Config, MapperChoice, Pipeline};
+use conform::{InvalidRow, InvalidSink, ValidSink};
 use futures::StreamExt;
 
 const ROWS: usize = 50_000;

@@ -1,7 +1,7 @@
 //! One error type for the whole crate.
 //!
 //! Row-level problems (a value that does not convert, a malformed CSV line) are *data*, carried
-//! as [`crate::validate::RowError`]s in the invalid output; they never become an [`Error`]. An
+//! as [`crate::RowError`]s in the invalid output; they never become an [`Error`]. An
 //! `Error` stops a command (config, schema) or a single source (unreadable file, bad mapping).
 
 use std::path::PathBuf;

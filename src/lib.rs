@@ -1,13 +1,13 @@
 //! conform reads records from differently shaped sources and conforms them to one internal
 //! JSON Schema.
 //!
-//! Every source is read as a stream of Arrow record batches ([`source`]); a [`mapping`] — one SQL
+//! Every source is read as a stream of Arrow record batches (`source`); a [`mapping`] — one SQL
 //! expression per target field, proposed by a mapper and reviewable as a JSON document — is
 //! compiled once into DataFusion expressions with try-semantics; the JSON Schema is compiled once
-//! into vectorized checks ([`validate`]); [`plan`] puts scan, mapping and checks into one
+//! into vectorized checks (`validate`); `plan` puts scan, mapping and checks into one
 //! DataFusion plan; each output batch is split into valid rows (columnar, written as JSON,
-//! NDJSON or Parquet by [`sink`]) and invalid rows with their reasons. For every source,
-//! rows read = valid + invalid: bad data is data, never a crash. [`anomaly`] profiles the valid
+//! NDJSON or Parquet by `sink`) and invalid rows with their reasons. For every source,
+//! rows read = valid + invalid: bad data is data, never a crash. `anomaly` profiles the valid
 //! rows of each run and flags outliers and drift against the source's earlier runs.
 //!
 //! ```no_run
@@ -26,31 +26,38 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The public API is what this page lists: the re-exported types, and the modules a program
+//! needs to configure a run, review its mappings and read its summary. Readers, the plan, the
+//! checks, the split, the matchers, the LLM client and the anomaly monitor are crate-private.
 
 #![warn(missing_docs)]
 
-pub mod anomaly;
+pub(crate) mod anomaly;
 #[cfg(feature = "ballista")]
 pub mod cluster;
 pub mod config;
 pub mod error;
-pub mod format;
-pub mod fs;
-pub mod functions;
-pub mod limits;
+pub(crate) mod format;
+pub(crate) mod fs;
+pub(crate) mod functions;
+pub(crate) mod limits;
 pub mod mapping;
-pub mod net;
+pub(crate) mod net;
 pub mod pipeline;
-pub mod plan;
+pub(crate) mod plan;
 pub mod schema;
-pub mod sink;
-pub mod source;
-pub mod split;
-pub mod sql;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod split;
+pub(crate) mod sql;
 pub mod summary;
-pub mod validate;
+pub(crate) mod validate;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use pipeline::{MapperChoice, Pipeline, PreparedSource, SourceReport, SplitStream};
+pub use mapping::MappingDocument;
+pub use pipeline::{MapperChoice, Pipeline, PreparedSource, SourceReport, SplitBatch, SplitStream};
 pub use schema::TargetSchema;
+pub use sink::{InvalidSink, ValidSink};
+pub use validate::report::{InvalidRow, Record, RowError};

@@ -46,8 +46,8 @@ use crate::config::AnomalyConfig;
 use crate::error::{Error, Result};
 
 use drift::drift;
+pub use monitor::Monitor;
 use monitor::round;
-pub use monitor::{Monitor, flags_field};
 use reference::digest_mad;
 use reference::{Reference, reference_from, reference_of};
 use statistics::{ColumnState, Measure};

@@ -515,7 +515,7 @@ fn counts_schema() -> SchemaRef {
 }
 
 impl SinkExec {
-    /// A sink over `input` (the plan of [`crate::plan::build`]).
+    /// A sink over `input` (the plan of `plan::build`).
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: Arc<SinkSpec>) -> Result<SinkExec> {
         let parts = Arc::new(SinkParts::try_new(&spec)?);
         Ok(SinkExec::over(input, spec, parts))

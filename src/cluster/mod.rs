@@ -1,6 +1,6 @@
 //! Running a file source's plan on an Apache DataFusion Ballista cluster.
 //!
-//! The client builds the same logical plan as a local run ([`crate::plan::build`]) over a scan
+//! The client builds the same logical plan as a local run (`plan::build`) over a scan
 //! whose partitions are the source's files, plans it physically, puts a [`SinkExec`] on top
 //! (split valid from invalid rows, write one part file per partition) and submits the physical
 //! plan to the scheduler. Scheduler and executors decode conform's two plan nodes and its

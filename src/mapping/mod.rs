@@ -5,10 +5,10 @@
 //! it into DataFusion expressions, once, before any data flows.
 
 pub mod compile;
-pub mod heuristic;
-pub mod llm;
+pub(crate) mod heuristic;
+pub(crate) mod llm;
 pub mod memory;
-pub mod names;
+pub(crate) mod names;
 mod vocabulary;
 
 use std::path::Path;

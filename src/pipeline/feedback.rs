@@ -107,7 +107,8 @@ impl Probe {
         self.nulls < other.nulls
     }
 
-    /// The digest as text for a person or a model: one line per field and rule.
+    /// The digest as one text (the revision sends it in parts: [`Self::digest_parts`]).
+    #[cfg(test)]
     pub fn digest_text(&self, redact: bool) -> String {
         let (mut s, lines) = self.digest_parts(redact);
         for l in lines.values() {

@@ -5,7 +5,7 @@
 
 pub mod eval;
 pub mod explain;
-pub mod feedback;
+pub(crate) mod feedback;
 mod local;
 mod prepare;
 mod report;

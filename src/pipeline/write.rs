@@ -6,7 +6,7 @@ use crate::sink::{SplitWriter, Written};
 
 impl Pipeline {
     /// Removes the temporary files that killed runs left in the output and mappings
-    /// directories (see [`crate::fs::remove_stale_temp_files`]); returns them.
+    /// directories (see `fs::remove_stale_temp_files`); returns them.
     pub fn remove_stale_temp_files(&self) -> Vec<PathBuf> {
         let mut removed = crate::fs::remove_stale_temp_files(&self.config.output_dir());
         removed.extend(crate::fs::remove_stale_temp_files(

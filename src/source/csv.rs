@@ -128,6 +128,8 @@ fn header(
 /// same tokenizer and options the reader uses (quoted fields may hold newlines), so each range
 /// reads the same records with the same numbers as the whole file. `None` for a compressed
 /// file (it cannot be entered in the middle) or one no larger than `target`.
+// Pieces are for cluster runs, which only the `ballista` feature builds.
+#[cfg_attr(not(feature = "ballista"), allow(dead_code))]
 pub fn split(path: &std::path::Path, opts: &CsvOptions, target: u64) -> Result<Option<Vec<Piece>>> {
     let lower = path.to_string_lossy().to_ascii_lowercase();
     let len = std::fs::metadata(path)

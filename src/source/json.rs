@@ -337,6 +337,8 @@ fn texts_for_scalars(dt: &DataType) -> DataType {
 /// Splits an uncompressed NDJSON file into pieces of about `target` bytes at line boundaries,
 /// numbering their first lines as the reader does (blank lines count). `None` for a JSON array,
 /// a compressed file or one no larger than `target`.
+// Pieces are for cluster runs, which only the `ballista` feature builds.
+#[cfg_attr(not(feature = "ballista"), allow(dead_code))]
 pub fn split(path: &Path, format: InputFormat, target: u64) -> Result<Option<Vec<Piece>>> {
     let lower = path.to_string_lossy().to_ascii_lowercase();
     let len = std::fs::metadata(path)

@@ -42,6 +42,8 @@ pub(crate) fn infer_schema(name: &str, files: &[PathBuf]) -> Result<SchemaRef> {
 /// Splits a Parquet file into runs of whole row groups of about `target` compressed bytes,
 /// numbering their first rows from the row counts in the metadata. `None` for a file no larger
 /// than `target` or with a single row group.
+// Pieces are for cluster runs, which only the `ballista` feature builds.
+#[cfg_attr(not(feature = "ballista"), allow(dead_code))]
 pub fn split(path: &std::path::Path, target: u64) -> Result<Option<Vec<Piece>>> {
     let meta = builder("(split)", path)?.metadata().clone();
     let groups = meta.row_groups();

@@ -10,8 +10,6 @@ use serde_json::Value;
 use crate::mapping::CompiledMapping;
 use crate::schema::{FieldKind, TargetField, TargetSchema};
 
-pub use report::{InvalidRows, RowError};
-
 /// Prefix of the pass-through copies of source columns inside a plan (they may share names with
 /// target fields).
 pub const SRC_PREFIX: &str = "__src__";
