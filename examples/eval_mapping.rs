@@ -6,7 +6,9 @@
 //! cases, `real/` (public tables) and `frozen/` (public tables set aside, never tuned on). Each
 //! group gets precision, recall and F1 over (field, column) pairs, Recall@GT and MRR of the
 //! ranked candidates, and the mapping time per case. The LLM mapper reads its endpoint from
-//! OPENAI_API_KEY / OPENAI_BASE_URL and the model from CONFORM_EVAL_MODEL.
+//! OPENAI_API_KEY / OPENAI_BASE_URL, the model from CONFORM_EVAL_MODEL, and further `llm`
+//! settings from CONFORM_EVAL_LLM (a JSON object, e.g. `{"max_prompt_tokens": 3000}` for a
+//! small model's context).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,6 +43,15 @@ async fn main() -> std::process::ExitCode {
     let mut llm = serde_json::json!({});
     if let Ok(m) = std::env::var("CONFORM_EVAL_MODEL") {
         llm["model"] = m.into();
+    }
+    if let Ok(text) = std::env::var("CONFORM_EVAL_LLM") {
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text) {
+            Ok(settings) => settings.into_iter().for_each(|(k, v)| llm[k] = v),
+            Err(e) => {
+                eprintln!("CONFORM_EVAL_LLM must be a JSON object: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
     }
     let mut out = std::io::stdout().lock();
     let mut totals = Vec::new();
