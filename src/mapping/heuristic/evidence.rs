@@ -496,8 +496,6 @@ pub fn unexplained(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> bool {
     })
 }
 
-pub use super::fit::{CONSTANT, ValueEvidence, value_evidence};
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,9 +20,10 @@ use indexmap::IndexMap;
 
 use self::convert::conversion;
 use self::evidence::{
-    CONSTANT, ColumnFacts, FieldFacts, Rarity, Role, ValueEvidence, contained, description_score,
-    name_score, shares_token, unexplained, value_evidence,
+    ColumnFacts, FieldFacts, Rarity, Role, contained, description_score, name_score, shares_token,
+    unexplained,
 };
+use self::fit::{CONSTANT, ValueEvidence, value_evidence};
 use super::names::{token_list_similarity, tokens};
 use super::{
     Candidate, FieldMapping, Mapper, MapperKind, MappingDocument, MappingRequest, Proposal,
