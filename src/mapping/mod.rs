@@ -201,7 +201,7 @@ pub struct Proposal {
     pub llm: Option<llm::LlmUsage>,
 }
 
-/// Proposes a mapping. Implementations: [`heuristic::HeuristicMapper`], [`llm::LlmMapper`]; stored documents are loaded
+/// Proposes a mapping. Implementations: the offline matcher (`heuristic::HeuristicMapper`) and the LLM client (`llm::LlmMapper`); stored documents are loaded
 /// by the pipeline. The future is boxed so mappers can be chosen at run time (`dyn Mapper`) and
 /// can await network calls.
 pub trait Mapper: Send + Sync {
