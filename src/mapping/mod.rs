@@ -201,9 +201,9 @@ pub struct Proposal {
     pub llm: Option<llm::LlmUsage>,
 }
 
-/// Proposes a mapping. Implementations: the offline matcher (`heuristic::HeuristicMapper`) and the LLM client (`llm::LlmMapper`); stored documents are loaded
-/// by the pipeline. The future is boxed so mappers can be chosen at run time (`dyn Mapper`) and
-/// can await network calls.
+/// Proposes a mapping. Implementations: the offline matcher (`heuristic::HeuristicMapper`) and
+/// the LLM client (`llm::LlmMapper`); stored documents are loaded by the pipeline. The future is
+/// boxed so mappers can be chosen at run time (`dyn Mapper`) and can await network calls.
 pub trait Mapper: Send + Sync {
     /// Which kind of mapper this is.
     fn kind(&self) -> MapperKind;
