@@ -1150,6 +1150,9 @@ fn asking(targets: &[&str]) -> impl wiremock::Match + use<> {
     ))
 }
 
+/// Each scripted reply's delay, where the test counts the time spent waiting.
+const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_whose_replies_cannot_be_read_is_halved_once_then_left_to_the_matcher() {
     // The model answers three of the six fields readably and garbles the other three: the
@@ -1158,19 +1161,22 @@ async fn a_batch_whose_replies_cannot_be_read_is_halved_once_then_left_to_the_ma
     let s = server().await;
     Mock::given(method("POST"))
         .and(asking(&["signup_date", "lifetime_value", "is_active"]))
-        .respond_with(ok(&fields(&[
-            (
-                "signup_date",
-                Some(r#"try_to_date("Signup Date", '%Y-%m-%d')"#),
-            ),
-            ("lifetime_value", Some(r#"parse_number("Lifetime Value")"#)),
-            ("is_active", Some(r#"parse_bool("Active")"#)),
-        ])))
+        .respond_with(
+            ok(&fields(&[
+                (
+                    "signup_date",
+                    Some(r#"try_to_date("Signup Date", '%Y-%m-%d')"#),
+                ),
+                ("lifetime_value", Some(r#"parse_number("Lifetime Value")"#)),
+                ("is_active", Some(r#"parse_bool("Active")"#)),
+            ]))
+            .set_delay(DELAY),
+        )
         .with_priority(1)
         .mount(&s)
         .await;
     Mock::given(method("POST"))
-        .respond_with(ok("I think the mapping is: customer id → CustomerID"))
+        .respond_with(ok("I think the mapping is: customer id → CustomerID").set_delay(DELAY))
         .with_priority(2)
         .mount(&s)
         .await;
@@ -1214,6 +1220,12 @@ async fn a_batch_whose_replies_cannot_be_read_is_halved_once_then_left_to_the_ma
         "{llm}"
     );
     assert_eq!(llm["requests"], 7, "{llm}");
+    // The whole request's three replies came before the halves, and the garbled half's three
+    // replies one after another: at least six waits, not the longest batch's three.
+    assert!(
+        llm["latency_s"].as_f64().unwrap() >= 6.0 * DELAY.as_secs_f64(),
+        "{llm}"
+    );
     // Every row still converts: the matcher's choices for the garbled half are right.
     assert!(r.stdout.contains("Successfully validated"), "{}", r.stdout);
 }

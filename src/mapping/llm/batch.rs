@@ -154,9 +154,6 @@ impl LlmMapper {
             batches: batches.len() as u32,
             ..Default::default()
         };
-        if let Some(u) = spent {
-            absorb_usage(&mut usage, u);
-        }
         let mut fields: IndexMap<String, FieldMapping> = req
             .target
             .fields
@@ -186,9 +183,11 @@ impl LlmMapper {
             .zip(batches.iter().cloned())
             .map(|((r, u), (b, c))| (r, u, b, c, halved_whole))
             .collect();
+        // The first round's batches ran side by side; the halves after it run one at a time.
+        let mut side_by_side = true;
         loop {
             for (r, u, batch, columns, halved) in settled.drain(..) {
-                absorb_usage(&mut usage, u);
+                absorb_usage(&mut usage, u, side_by_side);
                 match r {
                     Ok(doc) => {
                         answered_batches += 1;
@@ -218,12 +217,17 @@ impl LlmMapper {
                     Err(e) => return Err(e),
                 }
             }
+            side_by_side = false;
             let Some((batch, columns, halved)) = again.pop() else {
                 break;
             };
             usage.batches += 1;
             let (r, u) = self.run_batch(req, &batch, &columns).await;
             settled.push((r, u, batch, columns, halved));
+        }
+        // The whole request that failed before its halves were asked came first.
+        if let Some(u) = spent {
+            absorb_usage(&mut usage, u, false);
         }
         if let Some((_, why)) = lost.first()
             && answered_batches == 0
@@ -462,11 +466,17 @@ pub(super) fn halves(batch: &[String]) -> Vec<Vec<String>> {
 }
 
 /// Adds one conversation's costs and field lists to the whole.
-pub(super) fn absorb_usage(usage: &mut LlmUsage, u: LlmUsage) {
+/// `side_by_side`: the conversation ran concurrently with others already counted, so its wait
+/// overlaps theirs.
+pub(super) fn absorb_usage(usage: &mut LlmUsage, u: LlmUsage, side_by_side: bool) {
     usage.requests += u.requests;
     usage.prompt_tokens += u.prompt_tokens;
     usage.completion_tokens += u.completion_tokens;
-    usage.latency_s = usage.latency_s.max(u.latency_s);
+    usage.latency_s = if side_by_side {
+        usage.latency_s.max(u.latency_s)
+    } else {
+        usage.latency_s + u.latency_s
+    };
     usage.repair_rounds += u.repair_rounds;
     usage.failed_fields.extend(u.failed_fields);
     usage.fallback_fields.extend(u.fallback_fields);

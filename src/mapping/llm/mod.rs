@@ -52,7 +52,8 @@ pub struct LlmUsage {
     pub prompt_tokens: u64,
     /// Completion tokens, as reported by the server.
     pub completion_tokens: u64,
-    /// Seconds spent waiting for the endpoint, including retries.
+    /// Seconds spent waiting for the endpoint, including retries; batches that ran side by
+    /// side count once (the longest), requests one after another add up.
     pub latency_s: f64,
     /// Follow-up rounds that sent compile errors (or an unreadable reply) back.
     pub repair_rounds: u32,
