@@ -183,11 +183,9 @@ impl LlmMapper {
             .zip(batches.iter().cloned())
             .map(|((r, u), (b, c))| (r, u, b, c, halved_whole))
             .collect();
-        // The first round's batches ran side by side; the halves after it run one at a time.
-        let mut side_by_side = true;
         loop {
             for (r, u, batch, columns, halved) in settled.drain(..) {
-                absorb_usage(&mut usage, u, side_by_side);
+                absorb_usage(&mut usage, u);
                 match r {
                     Ok(doc) => {
                         answered_batches += 1;
@@ -217,7 +215,6 @@ impl LlmMapper {
                     Err(e) => return Err(e),
                 }
             }
-            side_by_side = false;
             let Some((batch, columns, halved)) = again.pop() else {
                 break;
             };
@@ -225,9 +222,9 @@ impl LlmMapper {
             let (r, u) = self.run_batch(req, &batch, &columns).await;
             settled.push((r, u, batch, columns, halved));
         }
-        // The whole request that failed before its halves were asked came first.
+        // The whole request that failed before its halves were asked.
         if let Some(u) = spent {
-            absorb_usage(&mut usage, u, false);
+            absorb_usage(&mut usage, u);
         }
         if let Some((_, why)) = lost.first()
             && answered_batches == 0
@@ -466,17 +463,12 @@ pub(super) fn halves(batch: &[String]) -> Vec<Vec<String>> {
 }
 
 /// Adds one conversation's costs and field lists to the whole.
-/// `side_by_side`: the conversation ran concurrently with others already counted, so its wait
-/// overlaps theirs.
-pub(super) fn absorb_usage(usage: &mut LlmUsage, u: LlmUsage, side_by_side: bool) {
+pub(super) fn absorb_usage(usage: &mut LlmUsage, u: LlmUsage) {
     usage.requests += u.requests;
     usage.prompt_tokens += u.prompt_tokens;
     usage.completion_tokens += u.completion_tokens;
-    usage.latency_s = if side_by_side {
-        usage.latency_s.max(u.latency_s)
-    } else {
-        usage.latency_s + u.latency_s
-    };
+    usage.spans.extend(u.spans);
+    usage.latency_s = in_flight(&mut usage.spans);
     usage.repair_rounds += u.repair_rounds;
     usage.failed_fields.extend(u.failed_fields);
     usage.fallback_fields.extend(u.fallback_fields);
@@ -511,4 +503,25 @@ pub(super) const FOLLOW_UP_TOKENS_PER_FIELD: usize =
 /// follow-up's own wording.
 pub(super) fn follow_up_tokens(fields: usize) -> usize {
     300 + FOLLOW_UP_TOKENS_PER_FIELD * fields
+}
+
+/// Seconds covered by at least one of `spans` (sorted in place).
+pub(super) fn in_flight(spans: &mut [(Instant, Instant)]) -> f64 {
+    spans.sort_unstable();
+    let mut total = std::time::Duration::ZERO;
+    let mut current: Option<(Instant, Instant)> = None;
+    for &(start, end) in spans.iter() {
+        current = match current {
+            Some((s, e)) if start <= e => Some((s, e.max(end))),
+            Some((s, e)) => {
+                total += e - s;
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+    if let Some((s, e)) = current {
+        total += e - s;
+    }
+    total.as_secs_f64()
 }

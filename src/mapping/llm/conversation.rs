@@ -76,7 +76,9 @@ impl LlmMapper {
             );
             let started = Instant::now();
             let result = self.client.chat().create(request).await;
-            usage.latency_s += started.elapsed().as_secs_f64();
+            let ended = Instant::now();
+            usage.latency_s += (ended - started).as_secs_f64();
+            usage.spans.push((started, ended));
             match result {
                 Ok(resp) => {
                     usage.requests += 1;

@@ -52,9 +52,12 @@ pub struct LlmUsage {
     pub prompt_tokens: u64,
     /// Completion tokens, as reported by the server.
     pub completion_tokens: u64,
-    /// Seconds spent waiting for the endpoint, including retries; batches that ran side by
-    /// side count once (the longest), requests one after another add up.
+    /// Seconds during which at least one request was waiting for the endpoint, including
+    /// retries: requests in flight at the same time count once.
     pub latency_s: f64,
+    /// When each request was in flight, to count overlapping requests once.
+    #[serde(skip)]
+    pub(crate) spans: Vec<(Instant, Instant)>,
     /// Follow-up rounds that sent compile errors (or an unreadable reply) back.
     pub repair_rounds: u32,
     /// Fields left unmapped because their expression never compiled.
@@ -370,6 +373,15 @@ mod tests {
         };
         m.price(&mut usage);
         assert_eq!(usage.estimated_cost, Some(2.0 + 4.0));
+    }
+
+    #[test]
+    fn overlapping_requests_count_once() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut spans = vec![(at(5), at(6)), (at(0), at(2)), (at(1), at(3))];
+        assert_eq!(super::batch::in_flight(&mut spans), 4.0);
+        assert_eq!(super::batch::in_flight(&mut []), 0.0);
     }
 
     #[test]
