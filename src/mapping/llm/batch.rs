@@ -41,14 +41,8 @@ impl LlmMapper {
         } else {
             let names: Vec<String> = asked.iter().map(|t| t.name.clone()).collect();
             let columns: Vec<String> = req.profiles.iter().map(|p| p.name.clone()).collect();
-            let (target, profiles, sample) = batch_parts(req, &names, &columns)?;
-            let sub = MappingRequest {
-                source: req.source,
-                target: &target,
-                source_schema: req.source_schema.clone(),
-                sample: &sample,
-                profiles: &profiles,
-            };
+            let parts = batch_parts(req, &names, &columns)?;
+            let sub = parts.request(req);
             self.propose_fields(&sub).await?
         };
         for t in decided {
@@ -278,17 +272,11 @@ impl LlmMapper {
         fields: &[String],
         columns: &[String],
     ) -> (Result<MappingDocument>, LlmUsage) {
-        let (target, profiles, sample) = match batch_parts(req, fields, columns) {
+        let parts = match batch_parts(req, fields, columns) {
             Ok(parts) => parts,
             Err(e) => return (Err(e), LlmUsage::default()),
         };
-        let sub = MappingRequest {
-            source: req.source,
-            target: &target,
-            source_schema: req.source_schema.clone(),
-            sample: &sample,
-            profiles: &profiles,
-        };
+        let sub = parts.request(req);
         self.propose_one(&sub).await
     }
 
@@ -299,14 +287,8 @@ impl LlmMapper {
         fields: &[String],
         columns: &[String],
     ) -> Result<usize> {
-        let (target, profiles, sample) = batch_parts(req, fields, columns)?;
-        let sub = MappingRequest {
-            source: req.source,
-            target: &target,
-            source_schema: req.source_schema.clone(),
-            sample: &sample,
-            profiles: &profiles,
-        };
+        let parts = batch_parts(req, fields, columns)?;
+        let sub = parts.request(req);
         Ok(self.tokens(&self.opening(&sub)))
     }
 
@@ -422,11 +404,7 @@ pub(super) fn batch_parts(
     req: &MappingRequest<'_>,
     fields: &[String],
     columns: &[String],
-) -> Result<(
-    crate::schema::TargetSchema,
-    Vec<crate::source::ColumnProfile>,
-    arrow::array::RecordBatch,
-)> {
+) -> Result<BatchParts> {
     let names: Vec<&str> = fields.iter().map(String::as_str).collect();
     let target = req.target.only(&names);
     let profiles: Vec<crate::source::ColumnProfile> = req
@@ -440,7 +418,31 @@ pub(super) fn batch_parts(
         .filter_map(|c| req.sample.schema().index_of(c).ok())
         .collect();
     let sample = req.sample.project(&indices)?;
-    Ok((target, profiles, sample))
+    Ok(BatchParts {
+        target,
+        profiles,
+        sample,
+    })
+}
+
+/// What a batch's request is made of: its fields, its columns' profiles and sample values.
+pub(super) struct BatchParts {
+    target: crate::schema::TargetSchema,
+    profiles: Vec<crate::source::ColumnProfile>,
+    sample: arrow::array::RecordBatch,
+}
+
+impl BatchParts {
+    /// The mapping request of these parts, for the source of `req`.
+    pub(super) fn request<'a>(&'a self, req: &MappingRequest<'a>) -> MappingRequest<'a> {
+        MappingRequest {
+            source: req.source,
+            target: &self.target,
+            source_schema: req.source_schema.clone(),
+            sample: &self.sample,
+            profiles: &self.profiles,
+        }
+    }
 }
 
 /// Whether the endpoint failed by timing out.

@@ -169,14 +169,8 @@ impl LlmMapper {
             usage.batches += batches.len() as u32;
         }
         for (fields, columns) in batches {
-            let (target, profiles, sample) = batch_parts(req, &fields, &columns)?;
-            let sub = MappingRequest {
-                source: req.source,
-                target: &target,
-                source_schema: req.source_schema.clone(),
-                sample: &sample,
-                profiles: &profiles,
-            };
+            let parts = batch_parts(req, &fields, &columns)?;
+            let sub = parts.request(req);
             let previous = serde_json::json!({"fields": fields.iter().map(|t| {
                 let m = &doc.fields[t];
                 serde_json::json!({
