@@ -148,22 +148,10 @@ impl LlmMapper {
             batches: batches.len() as u32,
             ..Default::default()
         };
-        let mut fields: IndexMap<String, FieldMapping> = req
-            .target
-            .fields
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    FieldMapping {
-                        rationale:
-                            "the offline matcher found no plausible column; not sent to the model"
-                                .into(),
-                        ..FieldMapping::unmapped()
-                    },
-                )
-            })
-            .collect();
+        let mut fields = placeholders(
+            req,
+            "the offline matcher found no plausible column; not sent to the model",
+        );
         // Batches that timed out go again in halves, one at a time, until a single field
         // times out (the server is too slow for anything: the source fails). A batch whose
         // replies could not be read goes again in halves once; when a half fails too, its

@@ -194,20 +194,7 @@ impl LlmMapper {
         usage: &mut LlmUsage,
     ) -> Result<MappingDocument> {
         let mut conversation = self.opening(req);
-        let mut fields: IndexMap<String, FieldMapping> = req
-            .target
-            .fields
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    FieldMapping {
-                        rationale: "the model proposed no expression for this field".into(),
-                        ..FieldMapping::unmapped()
-                    },
-                )
-            })
-            .collect();
+        let mut fields = placeholders(req, "the model proposed no expression for this field");
         let mut any_reply_read = false;
         let mut last_unreadable = String::new();
         // The fields the next reply must answer: all of them first, then those a follow-up

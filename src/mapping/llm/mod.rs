@@ -249,6 +249,21 @@ fn approx_tokens(conversation: &[ChatCompletionRequestMessage]) -> usize {
         .sum()
 }
 
+/// Every target field of `req`, unmapped with `why`, until an answer replaces it.
+fn placeholders(req: &MappingRequest<'_>, why: &str) -> IndexMap<String, FieldMapping> {
+    req.target
+        .fields
+        .iter()
+        .map(|t| {
+            let m = FieldMapping {
+                rationale: why.into(),
+                ..FieldMapping::unmapped()
+            };
+            (t.name.clone(), m)
+        })
+        .collect()
+}
+
 /// The text of one message.
 fn message_text(m: &ChatCompletionRequestMessage) -> String {
     use async_openai::types::chat::{
