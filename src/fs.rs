@@ -1,6 +1,8 @@
 //! Files that appear whole or not at all: written under a temporary name in the destination's
 //! directory (`.NAME.tmp-PID-N`), synced, and renamed into place; dropped unfinished, the
-//! temporary file is removed. A helper every layer may use.
+//! temporary file is removed. In an object store (`s3://…`) the same guarantee comes from a
+//! multipart upload that completes only on commit ([`crate::store::Upload`]). A helper every
+//! layer may use.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -8,11 +10,26 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// A file being written under a temporary name.
+/// A file being written under a temporary name, or an object being uploaded.
 pub struct AtomicFile {
     tmp: PathBuf,
     dest: PathBuf,
-    writer: Option<BufWriter<File>>,
+    writer: Option<Writer>,
+}
+
+/// Where the bytes go until the commit.
+enum Writer {
+    Local(BufWriter<File>),
+    Store(crate::store::Upload),
+}
+
+impl Writer {
+    fn get(&mut self) -> &mut dyn Write {
+        match self {
+            Writer::Local(w) => w,
+            Writer::Store(u) => u,
+        }
+    }
 }
 
 impl AtomicFile {
@@ -20,6 +37,14 @@ impl AtomicFile {
     /// counter keeps two writers of the same file in one process (a cluster task run twice)
     /// from sharing a temporary file; the last rename wins, whole.
     pub fn create(dest: &Path) -> Result<AtomicFile> {
+        if crate::store::is_remote(dest) {
+            let upload = crate::store::Object::at("output directory", dest)?.upload();
+            return Ok(AtomicFile {
+                tmp: dest.to_path_buf(),
+                dest: dest.to_path_buf(),
+                writer: Some(Writer::Store(upload)),
+            });
+        }
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = dest.parent().unwrap_or(Path::new("."));
@@ -33,13 +58,19 @@ impl AtomicFile {
         Ok(AtomicFile {
             tmp,
             dest: dest.to_path_buf(),
-            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            writer: Some(Writer::Local(BufWriter::with_capacity(1 << 20, file))),
         })
     }
 
-    /// Flushes, syncs and renames the file into place.
+    /// Flushes, syncs and renames the file into place (or completes the upload).
     pub fn commit(mut self) -> Result<PathBuf> {
-        let mut w = self.writer.take().expect("not yet committed");
+        let mut w = match self.writer.take().expect("not yet committed") {
+            Writer::Local(w) => w,
+            Writer::Store(u) => {
+                u.commit("output directory")?;
+                return Ok(self.dest.clone());
+            }
+        };
         w.flush().map_err(|e| Error::io("writing", &self.tmp, e))?;
         let f = w
             .into_inner()
@@ -50,7 +81,7 @@ impl AtomicFile {
         Ok(self.dest.clone())
     }
 
-    /// The temporary file's path, for messages.
+    /// The temporary file's path (the object's URL in a store), for messages.
     pub fn path(&self) -> &Path {
         &self.tmp
     }
@@ -58,16 +89,21 @@ impl AtomicFile {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.writer.as_mut().expect("not committed").write(buf)
+        self.writer
+            .as_mut()
+            .expect("not committed")
+            .get()
+            .write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.writer.as_mut().expect("not committed").flush()
+        self.writer.as_mut().expect("not committed").get().flush()
     }
 }
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.writer.take().is_some() {
+        // An unfinished upload aborts itself when dropped.
+        if let Some(Writer::Local(_)) = self.writer.take() {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }

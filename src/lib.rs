@@ -51,6 +51,7 @@ pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod split;
 pub(crate) mod sql;
+pub mod store;
 pub mod summary;
 pub(crate) mod validate;
 

@@ -329,8 +329,11 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 pipeline.with_remote_engine(std::sync::Arc::new(conform::cluster::Ballista));
             let names = selected(&pipeline, &common.sources)?;
             let out_dir = pipeline.config().output_dir();
-            std::fs::create_dir_all(&out_dir)
-                .map_err(|e| Error::io("creating directory", &out_dir, e))?;
+            // A store has no directories: its objects' keys carry the path.
+            if !conform::store::is_remote(&out_dir) {
+                std::fs::create_dir_all(&out_dir)
+                    .map_err(|e| Error::io("creating directory", &out_dir, e))?;
+            }
             for stale in pipeline.remove_stale_temp_files() {
                 tracing::info!(file = %stale.display(), "Removed a temporary file left by a killed run.");
             }

@@ -365,21 +365,7 @@ fn merge(batch: &RecordBatch, into: &mut Merged) -> Result<()> {
 
 /// Removes the part files of an earlier run, so the directory holds this run's parts only.
 fn clear_parts(dir: &Path) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("reading", dir, e)),
-    };
-    for entry in entries.flatten() {
-        let p = entry.path();
-        if p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("part-"))
-        {
-            std::fs::remove_file(&p).map_err(|e| Error::io("removing", &p, e))?;
-        }
-    }
-    Ok(())
+    crate::store::remove_files("output directory", dir, |n| n.starts_with("part-")).map(|_| ())
 }
 
 /// A schema as protobuf bytes (DataFusion's own encoding of Arrow schemas).

@@ -8,6 +8,7 @@ mod checks;
 mod llm;
 mod secret;
 mod sources;
+mod storage;
 
 use std::path::{Path, PathBuf};
 
@@ -238,6 +239,11 @@ pub struct Config {
     /// Limits on input sizes.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Object-store settings by URL prefix (`s3://bucket`): `endpoint`, `region`,
+    /// `allow_http`, credentials (`access_key_id`, `secret_access_key`, …). Values are never
+    /// printed. Each cloud's standard environment variables apply beneath them.
+    #[serde(default, deserialize_with = "storage::deserialize")]
+    pub storage: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Secret>>,
     /// The sources, in the order they are processed. Filled from the JSON object in order.
     #[serde(skip)]
     pub data_sources: Vec<(String, SourceConfig)>,
@@ -426,14 +432,58 @@ impl Config {
         Ok(config)
     }
 
-    /// Resolves a path from the config against the config file's directory.
+    /// Resolves a path from the config against the config file's directory; absolute paths
+    /// and object-store URLs stay as they are.
     pub fn resolve(&self, p: impl AsRef<Path>) -> PathBuf {
-        let p = p.as_ref();
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
+        crate::store::anchor(&self.base_dir, p.as_ref())
+    }
+
+    /// Hands the `storage` settings, and each object-store source's `credentials`, to the
+    /// object-store clients: a source's credentials apply to the objects under its `path`
+    /// (up to its first glob character), over the `storage` entry of that location.
+    pub fn register_storage(&self) -> Result<()> {
+        let exposed = |m: &std::collections::BTreeMap<String, Secret>| -> Vec<(String, String)> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect()
+        };
+        for (prefix, options) in &self.storage {
+            crate::store::register(prefix, exposed(options))?;
         }
+        for (name, src) in &self.data_sources {
+            let Some(path) = src.path.as_deref() else {
+                continue;
+            };
+            if src.credentials.is_empty() || !crate::store::is_remote(Path::new(path)) {
+                continue;
+            }
+            let literal = &path[..path.find(['*', '?', '[']).unwrap_or(path.len())];
+            let prefix = match literal.rfind('/') {
+                Some(i) if i > literal.find("://").map_or(0, |j| j + 2) => &literal[..i],
+                _ => literal,
+            };
+            // The storage entry this source's location falls under, then its credentials.
+            let mut options: Vec<(String, String)> = self
+                .storage
+                .iter()
+                .filter(|(p, _)| {
+                    prefix
+                        .strip_prefix(p.trim_end_matches('/'))
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                })
+                .max_by_key(|(p, _)| p.len())
+                .map(|(_, o)| exposed(o))
+                .unwrap_or_default();
+            options.retain(|(k, _)| !src.credentials.contains_key(k));
+            options.extend(exposed(&src.credentials));
+            crate::store::register(prefix, options).map_err(|e| match e {
+                Error::Config { message, .. } => {
+                    Error::config(format!("data_sources.{name}.credentials"), message)
+                }
+                other => other,
+            })?;
+        }
+        Ok(())
     }
 
     /// The output directory, resolved.

@@ -5,7 +5,6 @@
 //! Files in the mappings directory: `learned_repairs.json` (one list for all sources) and
 //! `history/SOURCE.ndjson` (one line per run). Both are written atomically or appended whole.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -42,15 +41,14 @@ fn repairs_path(dir: &Path) -> PathBuf {
 /// The learned repairs (none if the file does not exist yet).
 pub fn load_repairs(dir: &Path) -> Result<Vec<LearnedRepair>> {
     let p = repairs_path(dir);
-    match std::fs::read_to_string(&p) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| {
+    match crate::store::read_text_optional("mappings directory", &p)? {
+        Some(t) => serde_json::from_str(&t).map_err(|e| {
             Error::config(
                 p.display().to_string(),
                 format!("not a learned-repairs file: {e}"),
             )
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
-        Err(e) => Err(Error::io("reading", p, e)),
+        None => Ok(vec![]),
     }
 }
 
@@ -154,28 +152,17 @@ fn history_path(dir: &Path, source: &str) -> PathBuf {
 
 /// Appends one run to a source's history.
 pub fn append_history(dir: &Path, source: &str, entry: &HistoryEntry) -> Result<()> {
-    let p = history_path(dir, source);
-    if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io("creating directory", parent, e))?;
-    }
     let mut line = serde_json::to_vec(entry)?;
     line.push(b'\n');
     // One write of one whole line: a crash leaves the earlier lines intact.
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&p)
-        .map_err(|e| Error::io("opening", &p, e))?;
-    f.write_all(&line).map_err(|e| Error::io("writing", &p, e))
+    crate::store::append(source, &history_path(dir, source), &line)
 }
 
 /// A source's history, oldest first.
 pub fn history(dir: &Path, source: &str) -> Result<Vec<HistoryEntry>> {
     let p = history_path(dir, source);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(Error::io("reading", p, e)),
+    let Some(text) = crate::store::read_text_optional(source, &p)? else {
+        return Ok(vec![]);
     };
     text.lines()
         .filter(|l| !l.trim().is_empty())

@@ -131,8 +131,20 @@ pub struct MappingDocument {
 impl MappingDocument {
     /// Reads a document from a file.
     pub fn load(path: &Path) -> Result<MappingDocument> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
-        serde_json::from_str(&text).map_err(|e| {
+        let text =
+            crate::store::read_text_optional("mapping document", path)?.ok_or_else(|| {
+                Error::io(
+                    "reading",
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                )
+            })?;
+        MappingDocument::from_json(path, &text)
+    }
+
+    /// Parses a document read from `path` (named in the error).
+    pub fn from_json(path: &Path, text: &str) -> Result<MappingDocument> {
+        serde_json::from_str(text).map_err(|e| {
             Error::config(
                 path.display().to_string(),
                 format!("not a valid mapping document: {e}"),

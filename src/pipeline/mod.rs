@@ -160,6 +160,7 @@ impl Pipeline {
     /// Checks the target schema; fails before any data is read if it is unusable.
     pub fn try_new(config: Config) -> Result<Pipeline> {
         let target = TargetSchema::try_new(&config.internal_schema)?;
+        config.register_storage()?;
         Ok(Pipeline {
             target: Arc::new(target),
             ctx: crate::mapping::compile::session(),

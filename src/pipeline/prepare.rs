@@ -29,10 +29,9 @@ impl Pipeline {
             .source(name)
             .and_then(|s| s.mapping.as_ref())
             .is_some();
-        let stored = if path.exists() {
-            Some(MappingDocument::load(path)?)
-        } else {
-            None
+        let stored = match crate::store::read_text_optional(name, path)? {
+            Some(text) => Some(MappingDocument::from_json(path, &text)?),
+            None => None,
         };
         let shown = path.display();
         if self.frozen {

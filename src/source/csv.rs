@@ -48,12 +48,11 @@ fn range_reader(
     range: Piece,
     max_record: usize,
 ) -> Result<::csv::Reader<Box<dyn std::io::BufRead + Send>>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    f.seek(SeekFrom::Start(range.start))
-        .map_err(|e| Error::io("reading", path, e))?;
     let piece: Box<dyn std::io::BufRead + Send> = Box::new(CsvLimit::new(
-        std::io::BufReader::with_capacity(1 << 20, f.take(range.end - range.start)),
+        std::io::BufReader::with_capacity(
+            1 << 20,
+            super::files::open_range(path, range.start, range.end)?,
+        ),
         delimiter(path, opts),
         max_record,
     ));
@@ -132,9 +131,7 @@ fn header(
 #[cfg_attr(not(feature = "ballista"), allow(dead_code))]
 pub fn split(path: &std::path::Path, opts: &CsvOptions, target: u64) -> Result<Option<Vec<Piece>>> {
     let lower = path.to_string_lossy().to_ascii_lowercase();
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io("reading", path, e))?
-        .len();
+    let len = super::files::size(path)?;
     if lower.ends_with(".gz") || lower.ends_with(".zst") || len <= target {
         return Ok(None);
     }

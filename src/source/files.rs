@@ -10,6 +10,7 @@ use arrow::datatypes::SchemaRef;
 
 use super::FileSource;
 use crate::error::{Error, Result};
+use crate::store;
 
 /// One format's reader of one input file (or of one piece of it, on a cluster executor).
 pub(crate) trait FileReader: Sized + Send {
@@ -65,22 +66,14 @@ impl<R: FileReader> super::ReadBatch for Files<R> {
     }
 }
 
-/// Expands a path, `file://` URL or glob pattern (relative to `base`) into the sorted list of
-/// files.
+/// Expands a path, `file://` URL, object-store URL or glob pattern (relative to `base`) into
+/// the sorted list of files (object URLs for a store).
 pub(crate) fn resolve(name: &str, pattern: &str, base: &Path) -> Result<Vec<PathBuf>> {
-    // A `file://` URL names a local (or shared) path; other schemes need an object store.
-    let pattern = match pattern.split_once("://") {
-        Some(("file", path)) => path,
-        Some((scheme, _)) if scheme.len() > 1 => {
-            return Err(Error::source(
-                name,
-                format!(
-                    "{scheme}:// paths are not supported; mount the storage and give a file path"
-                ),
-            ));
-        }
-        _ => pattern,
-    };
+    if store::is_remote(Path::new(pattern)) {
+        return store::resolve(name, pattern);
+    }
+    // A `file://` URL names a local (or shared) path.
+    let pattern = pattern.strip_prefix("file://").unwrap_or(pattern);
     let full = if Path::new(pattern).is_absolute() {
         PathBuf::from(pattern)
     } else {
@@ -112,9 +105,43 @@ pub(crate) fn resolve(name: &str, pattern: &str, base: &Path) -> Result<Vec<Path
     Ok(files)
 }
 
-/// Opens a file for buffered reading, decompressing `.gz` and `.zst` transparently.
+/// Opens a file (or streams an object) from its start.
+fn open_plain(path: &Path) -> Result<Box<dyn Read + Send>> {
+    if store::is_remote(path) {
+        return store::Object::at("input file", path)?.reader("input file", 0, None);
+    }
+    Ok(Box::new(
+        File::open(path).map_err(|e| Error::io("opening", path, e))?,
+    ))
+}
+
+/// Reads bytes `start..end` of an uncompressed file or object (a cluster partition's piece):
+/// a seek for a file, a range request for an object.
+pub(crate) fn open_range(path: &Path, start: u64, end: u64) -> Result<Box<dyn Read + Send>> {
+    if store::is_remote(path) {
+        return store::Object::at("input file", path)?.reader("input file", start, Some(end));
+    }
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| Error::io("reading", path, e))?;
+    Ok(Box::new(f.take(end.saturating_sub(start))))
+}
+
+/// The size of a file or object in bytes.
+pub(crate) fn size(path: &Path) -> Result<u64> {
+    if store::is_remote(path) {
+        return store::Object::at("input file", path)?.size("input file");
+    }
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| Error::io("reading", path, e))
+}
+
+/// Opens a file (or object) for buffered reading, decompressing `.gz` and `.zst`
+/// transparently.
 pub fn open_decompressed(path: &Path) -> Result<Box<dyn std::io::BufRead + Send>> {
-    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let file = open_plain(path)?;
     let name = path.to_string_lossy().to_ascii_lowercase();
     let inner: Box<dyn Read + Send> = if name.ends_with(".gz") {
         Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
@@ -134,15 +161,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_urls_are_paths_and_other_schemes_are_refused() {
+    fn file_urls_are_paths_and_unknown_schemes_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.csv");
         std::fs::write(&f, "x\n1\n").unwrap();
         let url = format!("file://{}", f.display());
         assert_eq!(resolve("s", &url, Path::new("/")).unwrap(), vec![f]);
-        let e = resolve("s", "s3://bucket/a.csv", Path::new("/"))
+        let e = resolve("s", "ftp://host/a.csv", Path::new("/"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("s3:// paths are not supported"), "{e}");
+        assert!(e.contains("ftp:// is not a supported store"), "{e}");
     }
 }

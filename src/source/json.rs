@@ -60,14 +60,10 @@ impl Records {
     /// The lines of one byte piece of an uncompressed NDJSON file, numbered from the piece's
     /// first line.
     fn open_piece(path: &Path, piece: Piece, max_record: usize) -> Result<Records> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        f.seek(SeekFrom::Start(piece.start))
-            .map_err(|e| Error::io("reading", path, e))?;
         Ok(Records {
             reader: Box::new(std::io::BufReader::with_capacity(
                 1 << 20,
-                f.take(piece.end - piece.start),
+                super::files::open_range(path, piece.start, piece.end)?,
             )),
             array: false,
             next: piece.first_row,
@@ -341,9 +337,7 @@ fn texts_for_scalars(dt: &DataType) -> DataType {
 #[cfg_attr(not(feature = "ballista"), allow(dead_code))]
 pub fn split(path: &Path, format: InputFormat, target: u64) -> Result<Option<Vec<Piece>>> {
     let lower = path.to_string_lossy().to_ascii_lowercase();
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io("reading", path, e))?
-        .len();
+    let len = super::files::size(path)?;
     if format != InputFormat::Ndjson
         || lower.ends_with(".gz")
         || lower.ends_with(".zst")
@@ -351,7 +345,7 @@ pub fn split(path: &Path, format: InputFormat, target: u64) -> Result<Option<Vec
     {
         return Ok(None);
     }
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut f = super::files::open_range(path, 0, len)?;
     let mut buf = vec![0u8; 1 << 20];
     let (mut pos, mut lines) = (0u64, 0u64);
     let (mut start, mut first_row) = (0u64, 1u64);

@@ -7,12 +7,66 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
+use bytes::Bytes;
+use parquet::file::reader::{ChunkReader, Length};
+
 use super::{FileSource, Piece, PieceUnit, assemble};
 use crate::error::{Error, Result};
+use crate::store;
 
-fn builder(name: &str, path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| {
+/// A Parquet file on disk or an object in a store. The reader asks for the footer and for
+/// each column chunk by byte range, so an object is fetched with range requests, never whole.
+pub(crate) enum Input {
+    Local(File),
+    Store { object: store::Object, len: u64 },
+}
+
+impl Input {
+    fn open(name: &str, path: &std::path::Path) -> Result<Input> {
+        if store::is_remote(path) {
+            let object = store::Object::at(name, path)?;
+            let len = object.size(name)?;
+            return Ok(Input::Store { object, len });
+        }
+        Ok(Input::Local(
+            File::open(path).map_err(|e| Error::io("opening", path, e))?,
+        ))
+    }
+}
+
+impl Length for Input {
+    fn len(&self) -> u64 {
+        match self {
+            Input::Local(f) => f.len(),
+            Input::Store { len, .. } => *len,
+        }
+    }
+}
+
+impl ChunkReader for Input {
+    type T = Box<dyn std::io::Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        match self {
+            Input::Local(f) => Ok(Box::new(f.get_read(start)?)),
+            Input::Store { object, len } => object
+                .reader("input file", start, Some(*len))
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e))),
+        }
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self {
+            Input::Local(f) => f.get_bytes(start, length),
+            Input::Store { object, .. } => object
+                .read_range(start, length as u64)
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e))),
+        }
+    }
+}
+
+fn builder(name: &str, path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<Input>> {
+    ParquetRecordBatchReaderBuilder::try_new(Input::open(name, path)?).map_err(|e| {
         Error::source(
             name,
             format!("{} is not a readable Parquet file: {e}", path.display()),

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("net", 0),
     ("sql", 0),
     ("fs", 0),
+    ("store", 0),
     ("format", 0),
     ("config", 1),
     ("schema", 1),
