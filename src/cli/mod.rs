@@ -4,7 +4,6 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures::StreamExt;
 
 #[cfg(feature = "ballista")]
 pub mod cluster;
@@ -234,17 +233,6 @@ impl Console {
     }
 }
 
-fn selected(pipeline: &Pipeline, wanted: &[String]) -> Result<Vec<String>, Error> {
-    let all = pipeline.config().source_names();
-    if wanted.is_empty() {
-        return Ok(all);
-    }
-    for w in wanted {
-        pipeline.config().source_or_error(w)?;
-    }
-    Ok(all.into_iter().filter(|n| wanted.contains(n)).collect())
-}
-
 /// Runs a command; returns the exit code.
 pub async fn execute(cli: Cli) -> Result<u8, Error> {
     let quiet = cli.quiet;
@@ -327,81 +315,60 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
             #[cfg(feature = "ballista")]
             let pipeline =
                 pipeline.with_remote_engine(std::sync::Arc::new(conform::cluster::Ballista));
-            let names = selected(&pipeline, &common.sources)?;
-            let out_dir = pipeline.config().output_dir();
-            // A store has no directories: its objects' keys carry the path.
-            if !conform::store::is_remote(&out_dir) {
-                std::fs::create_dir_all(&out_dir)
-                    .map_err(|e| Error::io("creating directory", &out_dir, e))?;
-            }
-            for stale in pipeline.remove_stale_temp_files() {
-                tracing::info!(file = %stale.display(), "Removed a temporary file left by a killed run.");
-            }
+            let names = pipeline.select(&common.sources)?;
             let show_bar = match progress {
                 Progress::Always => true,
                 Progress::Never => false,
                 Progress::Auto => std::io::stderr().is_terminal(),
             };
-            let started = chrono::Utc::now();
             let multi = indicatif::MultiProgress::new();
-            let limit = pipeline.config().max_concurrent_sources();
-            let choice: MapperChoice = common.mapper.into();
+            let bars = std::sync::Mutex::new(std::collections::HashMap::new());
+            let progress = |name: &str| -> Option<conform::pipeline::Tick> {
+                if !show_bar {
+                    return None;
+                }
+                let b = multi.add(indicatif::ProgressBar::new_spinner());
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {prefix} {human_pos} rows ({per_sec}) {elapsed}",
+                    )
+                    .expect("valid template"),
+                );
+                b.set_prefix(name.to_string());
+                bars.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), b.clone());
+                Some(Box::new(move |rows| b.set_position(rows)))
+            };
             // Sources run concurrently; each block is printed whole when its source finishes.
-            let mut running = futures::stream::iter(names.iter().cloned())
-                .map(|name| {
-                    let bar = show_bar.then(|| {
-                        let b = multi.add(indicatif::ProgressBar::new_spinner());
-                        b.set_style(
-                            indicatif::ProgressStyle::with_template(
-                                "{spinner} {prefix} {human_pos} rows ({per_sec}) {elapsed}",
-                            )
-                            .expect("valid template"),
-                        );
-                        b.set_prefix(name.clone());
-                        b
-                    });
-                    let pipeline = &pipeline;
-                    async move {
-                        let tick = |rows: u64| {
-                            if let Some(b) = &bar {
-                                b.set_position(rows);
-                            }
-                        };
-                        let report = pipeline.run_source(&name, choice, Some(&tick)).await;
-                        if let Some(b) = bar {
-                            b.finish_and_clear();
-                        }
-                        report
-                    }
-                })
-                .buffer_unordered(limit);
-            let mut reports = Vec::new();
-            while let Some(report) = running.next().await {
+            let mut printed = 0;
+            let mut finished = |report: &conform::SourceReport| {
                 let name = &report.name;
+                if let Some(b) = bars.lock().unwrap_or_else(|e| e.into_inner()).remove(name) {
+                    b.finish_and_clear();
+                }
                 for n in &report.notes {
                     note(quiet, name, &console::note(n));
                 }
-                if !reports.is_empty() {
+                if printed > 0 {
                     console.line("");
                 }
-                for l in console::block(&report) {
+                printed += 1;
+                for l in console::block(report) {
                     console.line(&l);
                 }
                 if let Some(e) = &report.error {
                     eprintln!("conform: source `{name}` failed: {e}");
                 }
-                reports.push(report);
-            }
-            drop(running);
-            // The summary lists sources in config order, whatever order they finished in.
-            reports.sort_by_key(|r| names.iter().position(|n| *n == r.name));
-            let summary = conform::summary::RunSummary::new(
-                started,
-                pipeline.config().output_format,
-                &reports,
-            );
-            summary.write(&out_dir)?;
-            Ok(if reports.iter().all(|r| r.ok()) { 0 } else { 1 })
+            };
+            let summary = pipeline
+                .run(&names, common.mapper.into(), &progress, &mut finished)
+                .await?;
+            Ok(if summary.sources.values().all(|r| r.ok()) {
+                0
+            } else {
+                1
+            })
         }
         Command::Map { common, diff } => {
             let mode = if diff { Mode::Diff } else { Mode::Map };
@@ -429,7 +396,7 @@ async fn per_source(
 ) -> Result<u8, Error> {
     let config = common.load()?;
     let pipeline = common.pipeline(config)?;
-    let names = selected(&pipeline, &common.sources)?;
+    let names = pipeline.select(&common.sources)?;
     let mut failed = false;
     for (i, name) in names.iter().enumerate() {
         let prepared = match mode {

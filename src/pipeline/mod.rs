@@ -9,10 +9,12 @@ pub(crate) mod feedback;
 mod local;
 mod prepare;
 mod report;
+mod run;
 mod write;
 
 pub use local::{SplitBatch, SplitStream};
 pub use report::{FailureKind, MappingInfo, Note, Outputs, SourceReport, Stage, Status, Timings};
+pub use run::Tick;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -233,10 +235,15 @@ impl Pipeline {
 
     fn open_with(config: &Config, name: &str) -> Result<FileSource> {
         let cfg = config.source_or_error(name)?;
-        if cfg.path.is_some() && !cfg.credentials.is_empty() {
+        // Credentials of an object-store path were handed to the store clients
+        // (`Config::register_storage`); a local file has no use for them.
+        if let Some(path) = &cfg.path
+            && !cfg.credentials.is_empty()
+            && !crate::store::is_remote(std::path::Path::new(path))
+        {
             tracing::warn!(
                 source = name,
-                "A file source does not use credentials; they are ignored."
+                "A local file source does not use credentials; they are ignored."
             );
         }
         FileSource::try_new(name, cfg, &config.base_dir, config.batch_size)

@@ -1,0 +1,254 @@
+"""conform: conform records from many differently shaped sources to one JSON Schema.
+
+Three calls, each the counterpart of a command of the ``conform`` CLI:
+
+- :func:`run` runs every source (``conform run``): the same output files and
+  ``run_summary.json``, returned as a :class:`RunSummary`;
+- :func:`map` writes and returns each source's :class:`MappingDocument` for review
+  (``conform map``);
+- :func:`transform` gives one source's valid and invalid rows as two Arrow streams
+  (``__arrow_c_stream__``), read batch by batch with bounded memory.
+
+``config`` is the path of a config file, or the config itself as a ``dict`` (its relative
+paths then resolve against the working directory). Errors are raised as :class:`ConfigError`,
+:class:`SourceError`, :class:`CredentialsError` or :class:`MappingError` (all
+:class:`ConformError`), with the CLI's messages; they never contain a secret. The GIL is
+released while the engine works, and Ctrl-C interrupts a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from . import _conform
+from ._conform import (
+    ArrowStream,
+    ConfigError,
+    ConformError,
+    CredentialsError,
+    MappingError,
+    SourceError,
+)
+
+__version__ = _conform.__version__
+
+__all__ = [
+    "ArrowStream",
+    "ConfigError",
+    "ConformError",
+    "CredentialsError",
+    "MappingDocument",
+    "MappingError",
+    "RunSummary",
+    "SourceError",
+    "map",
+    "run",
+    "transform",
+]
+
+ConfigLike = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+
+_MAPPERS = ("auto", "heuristic", "llm", "file")
+
+
+def _config(config: ConfigLike) -> Tuple[str, bool]:
+    """The config as (path, False) or (JSON text, True)."""
+    if isinstance(config, Mapping):
+        return json.dumps(config), True
+    if isinstance(config, (str, os.PathLike)):
+        return os.fspath(config), False
+    raise TypeError(f"config must be a path or a dict, not {type(config).__name__}")
+
+
+def _sources(sources: Optional[Union[str, Sequence[str]]]) -> List[str]:
+    if sources is None:
+        return []
+    if isinstance(sources, str):
+        return [sources]
+    return list(sources)
+
+
+class SourceSummary:
+    """One source's entry of ``run_summary.json``."""
+
+    def __init__(self, name: str, data: Dict[str, Any]):
+        self.name = name
+        self._data = data
+
+    @property
+    def status(self) -> str:
+        """``ok`` or ``failed``."""
+        return self._data["status"]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def rows_read(self) -> int:
+        return self._data["rows_read"]
+
+    @property
+    def valid(self) -> int:
+        return self._data["valid"]
+
+    @property
+    def invalid(self) -> int:
+        return self._data["invalid"]
+
+    @property
+    def error(self) -> Optional[str]:
+        """Why the source failed, or ``None``."""
+        return self._data.get("error")
+
+    @property
+    def outputs(self) -> Dict[str, Optional[str]]:
+        """The ``valid`` and ``invalid`` output files."""
+        return dict(self._data.get("outputs") or {})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(self._data))
+
+    def __repr__(self) -> str:
+        return (
+            f"SourceSummary({self.name!r}, status={self.status!r}, rows_read={self.rows_read}, "
+            f"valid={self.valid}, invalid={self.invalid})"
+        )
+
+
+class RunSummary:
+    """What a run did: the content of its ``run_summary.json``."""
+
+    def __init__(self, data: Dict[str, Any]):
+        self._data = data
+        self.sources: Dict[str, SourceSummary] = {
+            name: SourceSummary(name, s) for name, s in data["sources"].items()
+        }
+
+    @property
+    def ok(self) -> bool:
+        """Whether every source ran to the end (the CLI's exit code 0)."""
+        return all(s.ok for s in self.sources.values())
+
+    @property
+    def totals(self) -> Dict[str, int]:
+        """``sources_ok``, ``sources_failed``, ``rows_read``, ``valid``, ``invalid``."""
+        return dict(self._data["totals"])
+
+    @property
+    def duration_s(self) -> float:
+        return self._data["duration_s"]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The summary as plain JSON values, as written to ``run_summary.json``."""
+        return json.loads(json.dumps(self._data))
+
+    def __repr__(self) -> str:
+        t = self.totals
+        return (
+            f"RunSummary(ok={self.ok}, sources={len(self.sources)}, rows_read={t['rows_read']}, "
+            f"valid={t['valid']}, invalid={t['invalid']})"
+        )
+
+
+class MappingDocument:
+    """A source's mapping document: one SQL expression per target field, with the mapper's
+    confidence, rationale and ranked candidates. Round-trips to the same JSON the CLI writes
+    (``to_json``/``from_json``)."""
+
+    def __init__(self, data: Dict[str, Any]):
+        self._data = data
+
+    @classmethod
+    def from_json(cls, text: str) -> "MappingDocument":
+        return cls(json.loads(text))
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self._data, indent=indent)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(self._data))
+
+    @property
+    def fields(self) -> Dict[str, Dict[str, Any]]:
+        """Target field → its mapping (``expr``, ``sources``, ``confidence``, …)."""
+        return self._data["fields"]
+
+    @property
+    def expressions(self) -> Dict[str, Optional[str]]:
+        """Target field → its SQL expression (``None`` when unmapped)."""
+        return {k: v.get("expr") for k, v in self.fields.items()}
+
+    @property
+    def unmapped(self) -> List[str]:
+        return [k for k, v in self.fields.items() if v.get("expr") is None]
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self._data.get("pinned", False))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MappingDocument) and self._data == other._data
+
+    def __repr__(self) -> str:
+        return f"MappingDocument(fields={len(self.fields)}, unmapped={len(self.unmapped)})"
+
+
+def _mapper(mapper: str) -> str:
+    if mapper not in _MAPPERS:
+        raise ValueError(f"unknown mapper {mapper!r}; valid mappers are {', '.join(_MAPPERS)}")
+    return mapper
+
+
+def run(
+    config: ConfigLike,
+    *,
+    sources: Optional[Union[str, Sequence[str]]] = None,
+    mapper: str = "auto",
+    output_format: Optional[str] = None,
+    output_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+) -> RunSummary:
+    """Runs the sources (all, or those named) as ``conform run`` does and returns the summary.
+
+    A source that fails is a failed entry of the summary (``summary.ok`` is then false), as in
+    the CLI; what stops the whole run (the config, the schema, the output directory) raises.
+    """
+    text, is_text = _config(config)
+    out = os.fspath(output_dir) if output_dir is not None else None
+    summary = _conform.run(
+        text, is_text, _sources(sources), _mapper(mapper), output_format, out
+    )
+    return RunSummary(json.loads(summary))
+
+
+def map(
+    config: ConfigLike,
+    *,
+    sources: Optional[Union[str, Sequence[str]]] = None,
+    mapper: str = "auto",
+) -> Dict[str, MappingDocument]:
+    """Works out (or reads) each source's mapping document, writes it for review as
+    ``conform map`` does, and returns the documents by source name."""
+    text, is_text = _config(config)
+    docs = _conform.map(text, is_text, _sources(sources), _mapper(mapper))
+    return {name: MappingDocument.from_json(doc) for name, doc in docs}
+
+
+def transform(
+    config: ConfigLike, source: str, *, mapper: str = "auto"
+) -> Tuple[ArrowStream, ArrowStream]:
+    """One source's rows as two Arrow streams: the valid rows in the target's Arrow schema,
+    and the invalid rows (``source_file``, ``row``, ``record`` as JSON text, ``raw``,
+    ``errors`` as a list of ``field``/``rule``/``message``).
+
+    Each stream implements ``__arrow_c_stream__`` and is consumed once, e.g. by
+    ``pyarrow.RecordBatchReader.from_stream(valid)``, ``polars.from_arrow(valid)`` or
+    ``duckdb.from_arrow(valid)``. Rows flow batch by batch with bounded memory; the two
+    streams may be read in either order (a side whose reader is not reading spills to a
+    temporary file rather than stall the other), and ``close()`` drops one unread. No output
+    files are written, except the mapping document.
+    """
+    text, is_text = _config(config)
+    return _conform.transform(text, is_text, source, _mapper(mapper))
