@@ -290,8 +290,8 @@ fn invalid_batch(rows: &[InvalidRow]) -> Result<RecordBatch, ArrowError> {
     let raws: StringArray = rows.iter().map(|r| r.raw.as_deref()).collect();
     let errors = rows.iter().flat_map(|r| r.errors.iter());
     let fields: StringArray = errors.clone().map(|e| e.field.as_deref()).collect();
-    let rules = StringArray::from_iter_values(errors.clone().map(|e| e.rule.as_str()));
-    let messages = StringArray::from_iter_values(errors.map(|e| e.message.as_str()));
+    let rules: StringArray = errors.clone().map(|e| Some(e.rule.as_str())).collect();
+    let messages: StringArray = errors.map(|e| Some(e.message.as_str())).collect();
     let items = StructArray::try_new(
         error_fields(),
         vec![
@@ -357,6 +357,21 @@ impl Split {
 
     /// Reads the plan to its end (or until both readers are gone), dealing its batches.
     fn pump(&self, mut stream: conform::SplitStream) {
+        /// Ends the streams however the pump stops, a panic included, so that no reader
+        /// waits forever.
+        struct Finish<'a>(&'a Split);
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.lock();
+                if std::thread::panicking() && state.error.is_none() {
+                    state.error = Some("internal error: the transform stopped".into());
+                }
+                state.finished = true;
+                drop(state);
+                self.0.changed.notify_all();
+            }
+        }
+        let _finish = Finish(self);
         // Bounded: each turn takes one batch of the plan, which ends.
         while let Some(item) = futures::executor::block_on(stream.next()) {
             let (valid, invalid) = match item {
@@ -390,10 +405,6 @@ impl Split {
                 break;
             }
         }
-        let mut state = self.lock();
-        state.finished = true;
-        drop(state);
-        self.changed.notify_all();
     }
 
     /// Queues `batch` on `side`; false when that side's reader is gone.

@@ -72,7 +72,7 @@ def test_transform_streams_into_pyarrow_polars_and_duckdb(demo):
     table = reader.read_all()
     assert table.num_rows == 1
     assert table.schema.field("customer_id").type == pa.int64()
-    bad = pl.from_arrow(invalid)
+    bad = pl.DataFrame(invalid)
     assert bad.height == 1
     assert bad.columns == ["source_file", "row", "record", "raw", "errors"]
     err = bad["errors"][0].to_list()
@@ -82,7 +82,7 @@ def test_transform_streams_into_pyarrow_polars_and_duckdb(demo):
     valid, invalid = conform.transform(str(demo / "config.json"), "source1")
     invalid.close()
     rel = duckdb.from_arrow(pa.RecordBatchReader.from_stream(valid))
-    assert rel.aggregate("count(*)").fetchone()[0] == 2
+    assert rel.aggregate("count(*)").fetchall()[0][0] == 2
 
 
 def test_errors_are_typed_and_keep_the_clis_messages(demo, tmp_path):
@@ -119,7 +119,13 @@ def test_ctrl_c_interrupts_a_long_run_and_leaves_no_partial_output(orders_1m, be
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "started"
-    time.sleep(3)
+    # Interrupt once the outputs are being written (their temporary files exist).
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and any(".tmp-" in p.name for p in out.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 3, rest
@@ -168,7 +174,7 @@ def test_a_million_rows_stream_with_bounded_memory(orders_1m, bench_config, conf
             import polars as pl, conform
             valid, invalid = conform.transform({config!r}, "orders")
             invalid.close()
-            print("rows", pl.from_arrow(valid).height)
+            print("rows", pl.DataFrame(valid).height)
             """
         ),
         env,

@@ -90,7 +90,8 @@ def test_s3_job_gives_the_same_rows_as_the_local_run(s3, root, conform_bin, tmp_
     bad_local = (tmp_path / "out" / "orders_invalid_data.ndjson").read_text().splitlines()
     assert len(bad_remote) == len(bad_local)
     summary = json.loads(client.get_object(Bucket=b, Key="out/run_summary.json")["Body"].read())
-    assert summary["totals"]["rows_read"] == len(body)
+    local_summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["totals"] == local_summary["totals"]
 
     # A Parquet input on the store is read back (footer and column chunks by range).
     client.put_object(Bucket=b, Key="pq/orders.parquet", Body=client.get_object(Bucket=b, Key="out/orders_valid_data.parquet")["Body"].read())
@@ -142,9 +143,15 @@ def test_storage_settings_in_the_config_and_credentials_errors(s3, root, conform
     assert r.returncode == 1
     assert "Invalid credentials for crm" in r.stdout
     assert wrong not in r.stdout + r.stderr
-    # A source's own credentials apply to its objects.
+    # A source's own credentials apply to its objects, over the storage entry.
+    env["TEST_SECRET"] = s3.secret_key
     config["data_sources"]["crm"]["credentials"] = {"secret_access_key": "${TEST_SOURCE_SECRET}"}
     path.write_text(json.dumps(config))
+    env["TEST_SOURCE_SECRET"] = wrong
+    r = run_cli(conform_bin, path, env)
+    assert "Invalid credentials for crm" in r.stdout, r.stdout + r.stderr
+    assert f"refused reading s3://{b}/in/source1.csv" in r.stderr, r.stderr
+    assert wrong not in r.stdout + r.stderr
     env["TEST_SOURCE_SECRET"] = s3.secret_key
     r = run_cli(conform_bin, path, env)
     assert "Successfully validated 2 items from crm" in r.stdout, r.stdout + r.stderr
