@@ -109,9 +109,11 @@ fn options_for(url: &str) -> Vec<(String, String)> {
 /// A store client for `url` with `options` over the environment's settings.
 fn build(url: &url::Url, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>, String> {
     // Bounded retries: a store that is down fails its source within about a minute.
-    let mut retry = RetryConfig::default();
-    retry.max_retries = 3;
-    retry.retry_timeout = std::time::Duration::from_secs(60);
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
     let key =
         |k: &str, prefix: &str| -> Vec<String> { vec![k.to_string(), format!("{prefix}{k}")] };
     macro_rules! configure {
