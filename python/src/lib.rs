@@ -302,12 +302,13 @@ fn invalid_batch(rows: &[InvalidRow]) -> Result<RecordBatch, ArrowError> {
         None,
     )?;
     let offsets = OffsetBuffer::from_lengths(rows.iter().map(|r| r.errors.len()));
-    let DataType::List(item) = invalid_schema().field(4).data_type().clone() else {
+    let schema = invalid_schema();
+    let DataType::List(item) = schema.field(4).data_type().clone() else {
         unreachable!("errors is a list column")
     };
     let lists = ListArray::try_new(item, offsets, Arc::new(items), None)?;
     RecordBatch::try_new(
-        invalid_schema(),
+        schema,
         vec![
             Arc::new(files),
             Arc::new(numbers),
