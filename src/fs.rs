@@ -7,8 +7,40 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// How many [`AtomicFile`]s of this process are open (neither committed nor dropped). A
+/// cancelled run stops awaiting its writer threads, which then drop their files on their own;
+/// an embedding program that is about to exit waits for this count to reach zero
+/// ([`wait_for_open_outputs`]) so that no temporary file outlives the run.
+static OPEN: Mutex<usize> = Mutex::new(0);
+static CLOSED: Condvar = Condvar::new();
+
+fn open_count() -> std::sync::MutexGuard<'static, usize> {
+    OPEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until no output of this process is being written — after a cancelled run, until its
+/// writer threads have removed their temporary files or aborted their uploads — or until
+/// `timeout` has passed. Returns whether every output was closed in time.
+pub fn wait_for_open_outputs(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut open = open_count();
+    while *open > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        open = CLOSED
+            .wait_timeout(open, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    true
+}
 
 /// A file being written under a temporary name, or an object being uploaded.
 pub struct AtomicFile {
@@ -37,6 +69,13 @@ impl AtomicFile {
     /// counter keeps two writers of the same file in one process (a cluster task run twice)
     /// from sharing a temporary file; the last rename wins, whole.
     pub fn create(dest: &Path) -> Result<AtomicFile> {
+        let file = Self::open(dest)?;
+        // Counted once built: `Drop` runs exactly once for it, committed or not.
+        *open_count() += 1;
+        Ok(file)
+    }
+
+    fn open(dest: &Path) -> Result<AtomicFile> {
         if crate::store::is_remote(dest) {
             let upload = crate::store::Object::at("output directory", dest)?.upload();
             return Ok(AtomicFile {
@@ -106,6 +145,9 @@ impl Drop for AtomicFile {
         if let Some(Writer::Local(_)) = self.writer.take() {
             let _ = std::fs::remove_file(&self.tmp);
         }
+        let mut open = open_count();
+        *open = open.saturating_sub(1);
+        CLOSED.notify_all();
     }
 }
 
@@ -180,5 +222,23 @@ mod tests {
         assert_eq!(temp_file_pid(".a.b.tmp-12-3"), Some(12));
         assert_eq!(temp_file_pid("a.tmp-12-3"), None);
         assert_eq!(temp_file_pid(".a.tmp-12-"), None);
+    }
+
+    #[test]
+    fn waiting_for_open_outputs_sees_a_writer_thread_drop_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = AtomicFile::create(&dir.path().join("out.json")).unwrap();
+        file.write_all(b"partial").unwrap();
+        let tmp = file.path().to_path_buf();
+        // While it is open the wait times out (other tests' files can only add to the count).
+        assert!(!wait_for_open_outputs(Duration::from_millis(50)));
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(file);
+        });
+        // Other tests may hold files for a moment; none for this long.
+        assert!(wait_for_open_outputs(Duration::from_secs(30)));
+        assert!(!tmp.exists());
+        writer.join().unwrap();
     }
 }

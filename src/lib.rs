@@ -57,6 +57,7 @@ pub(crate) mod validate;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use fs::wait_for_open_outputs;
 pub use mapping::MappingDocument;
 pub use pipeline::{MapperChoice, Pipeline, PreparedSource, SourceReport, SplitBatch, SplitStream};
 pub use schema::TargetSchema;

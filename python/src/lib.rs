@@ -106,8 +106,13 @@ fn wait<T: Send + 'static>(
                 if let Err(interrupt) = py.check_signals() {
                     handle.abort();
                     // Dropping the run's futures removes its unfinished outputs; wait for that.
+                    // The writer threads it no longer awaits then drop their files on their
+                    // own; an interpreter exiting right after the `KeyboardInterrupt` would
+                    // otherwise cut that short and leave temporary files. Bounded, as the CLI's
+                    // shutdown grace is.
                     py.allow_threads(|| {
                         let _ = futures::executor::block_on(handle);
+                        conform::wait_for_open_outputs(Duration::from_secs(2));
                     });
                     return Err(interrupt);
                 }
