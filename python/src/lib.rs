@@ -174,12 +174,7 @@ fn run(
             .map_err(|e: String| to_py(Error::config("output_format", e)))?;
     }
     if let Some(d) = output_dir {
-        // As on the command line: relative to the working directory, not to the config file.
-        let d = PathBuf::from(d);
-        config.output_directory = match std::env::current_dir() {
-            Ok(cwd) if d.is_relative() && !conform::store::is_remote(&d) => cwd.join(d),
-            _ => d,
-        };
+        config.set_output_directory(PathBuf::from(d));
     }
     let pipeline = pipeline(config).map_err(to_py)?;
     let names = pipeline.select(&sources).map_err(to_py)?;

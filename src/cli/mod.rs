@@ -308,8 +308,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 config.output_format = f;
             }
             if let Some(d) = output_dir {
-                // A flag is relative to the working directory, not to the config file.
-                config.output_directory = std::env::current_dir().map(|c| c.join(&d)).unwrap_or(d);
+                config.set_output_directory(d);
             }
             let pipeline = common.pipeline(config)?.with_cluster(cluster)?;
             #[cfg(feature = "ballista")]

@@ -486,6 +486,16 @@ impl Config {
         Ok(())
     }
 
+    /// Sets the output directory given at run time (a command-line flag, a Python argument):
+    /// a relative path is relative to the working directory, not to the config file; an
+    /// absolute path or a store URL is kept as it is.
+    pub fn set_output_directory(&mut self, dir: PathBuf) {
+        self.output_directory = match std::env::current_dir() {
+            Ok(cwd) => crate::store::anchor(&cwd, &dir),
+            Err(_) => dir,
+        };
+    }
+
     /// The output directory, resolved.
     pub fn output_dir(&self) -> PathBuf {
         self.resolve(&self.output_directory)
@@ -572,6 +582,19 @@ mod tests {
         /* block comment */
         "internal_schema": {"type": "object", "properties": {}},
     }"#;
+
+    #[test]
+    fn an_output_directory_given_at_run_time_is_relative_to_the_working_directory() {
+        let mut c = parse(MINIMAL).unwrap();
+        assert_eq!(c.output_dir(), Path::new("/base/out"));
+        c.set_output_directory(PathBuf::from("elsewhere"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.output_dir(), cwd.join("elsewhere"));
+        c.set_output_directory(PathBuf::from("s3://bucket/out"));
+        assert_eq!(c.output_dir(), Path::new("s3://bucket/out"));
+        c.set_output_directory(PathBuf::from("/abs/out"));
+        assert_eq!(c.output_dir(), Path::new("/abs/out"));
+    }
 
     #[test]
     fn seed_format_with_comments_and_trailing_commas() {
