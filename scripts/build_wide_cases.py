@@ -415,6 +415,404 @@ def build_omop(out):
 
 
 # --------------------------------------------------------------------------
+# Darwin Core target
+
+DCTERMS = {"type", "modified", "language", "license", "rightsHolder", "accessRights",
+           "bibliographicCitation", "references"}
+DCMI_TYPES = ["Collection", "Dataset", "Event", "Image", "InteractiveResource",
+              "MovingImage", "PhysicalObject", "Service", "Software", "Sound",
+              "StillImage", "Text"]
+DWC_FORMATS = {"eventDate": "date", "modified": "date-time", "dateIdentified": "date",
+               "georeferencedDate": "date"}
+DWC_NUMBERS = {"decimalLatitude", "decimalLongitude", "coordinateUncertaintyInMeters",
+               "coordinatePrecision", "pointRadiusSpatialFit", "minimumElevationInMeters",
+               "maximumElevationInMeters", "minimumDepthInMeters", "maximumDepthInMeters",
+               "minimumDistanceAboveSurfaceInMeters", "maximumDistanceAboveSurfaceInMeters",
+               "sampleSizeValue", "footprintSpatialFit"}
+DWC_INTEGERS = {"individualCount", "year", "month", "day", "startDayOfYear", "endDayOfYear",
+                "namePublishedInYear"}
+
+
+def ticks(s):
+    return [x.strip() for x in re.findall(r"`([^`]+)`", s)]
+
+
+def dwc_vocab(doc):
+    text = git_show("dwc", "docs/%s/index.md" % doc)
+    return re.findall(r"<td>Controlled value</td>\s*<td>([^<]+)</td>", text)
+
+
+def dwc_schema():
+    terms = git_show("dwc", "dist/simple_dwc_vertical.csv").split()
+    rows = list(csv.DictReader(io.StringIO(git_show("dwc", "vocabulary/term_versions.csv"))))
+    rec, older = {}, {}
+    for r in rows:
+        iri = r["term_iri"]
+        ns = "dcterms" if iri.startswith(("http://purl.org/dc/terms/", "http://purl.org/dc/elements/1.1/")) else (
+            "dwc" if iri.startswith("http://rs.tdwg.org/dwc/terms/") else None)
+        if ns is None:
+            continue
+        name = r["term_localName"]
+        if (name in DCTERMS) != (ns == "dcterms"):
+            continue
+        if r["status"] == "recommended":
+            if name not in rec or iri.startswith("http://purl.org/dc/terms/"):
+                rec[name] = r
+        else:
+            older.setdefault(name, []).append(r)
+    enums = {
+        "type": DCMI_TYPES,
+        "basisOfRecord": None, "sex": None, "nomenclaturalCode": None,
+        "establishmentMeans": dwc_vocab("em"),
+        "degreeOfEstablishment": dwc_vocab("doe"),
+        "pathway": dwc_vocab("pw"),
+        "occurrenceStatus": None,
+    }
+    props = {}
+    for t in terms:
+        r = rec[t]
+        p = {"type": "integer" if t in DWC_INTEGERS else "number" if t in DWC_NUMBERS else "string"}
+        if t in DWC_FORMATS:
+            p["format"] = DWC_FORMATS[t]
+        desc = r["definition"].strip()
+        if r["comments"].strip():
+            desc += " " + r["comments"].strip()
+        p["description"] = clean_md(desc)[:600]
+        if t in enums:
+            vals = enums[t] or ticks(r["examples"])
+            if t == "occurrenceStatus":  # the 2017-2023 versions' vocabulary is still in use
+                for o in older.get(t, []):
+                    vals += [v for v in re.findall(r"`([^`]+)`", o["examples"]) if v not in vals]
+            p["enum"] = vals
+        props[t] = p
+    return {"title": "Darwin Core (simple Darwin Core terms)", "type": "object",
+            "properties": props}
+
+
+def sql_case_values(sql, term):
+    """value truth from `CASE WHEN o."Col" = 'a' THEN 'b' ... END AS term`."""
+    m = re.search(r"CASE((?:(?!\bEND\b).)*)\bEND\s+AS\s+%s\b" % term, sql, re.S)
+    out = {}
+    if m:
+        for a, b in re.findall(r"WHEN\s+o\.\"\w+\"\s*=\s*'([^']*)'\s+THEN\s+'([^']*)'", m.group(1)):
+            out[a] = b
+    return out
+
+
+def r_recode_values(rsrc, term):
+    m = re.search(r"%s = recode \(\w+,(.*?)\.default" % term, rsrc, re.S)
+    return dict(re.findall(r'"([^"]*)"\s*=\s*"([^"]*)"', m.group(1))) if m else {}
+
+
+DWC_CASES = [
+    {
+        "name": "dwc_wfl_management_actions",
+        "repo": "riparias+wfl-occurrences",
+        "data": "data/interim/confirmed_observations.csv",
+        "mapping": "src/dwc_mapping.R",
+        "licence": "CC0-1.0 (licence the publisher gives the dataset, https://doi.org/10.15468/hbnzww)",
+        "origin": "Province West Flanders: management actions against invasive rats and muskrats (RIPARIAS / INBO publication, interim table as written by the publisher's get_data.R)",
+        "truth": {
+            "occurrenceID": ["global_id"], "eventID": ["global_id"],
+            "parentEventID": ["dossier_id"], "eventType": ["catch"],
+            "eventDate": ["laatst_bewerkt_datum"], "samplingProtocol": ["catch", "material"],
+            "municipality": ["gemeente"], "decimalLatitude": ["latitude"],
+            "decimalLongitude": ["longitude"], "verbatimLatitude": ["y"],
+            "verbatimLongitude": ["x"], "kingdom": ["kingdom"],
+            "scientificName": ["scientific_name"], "taxonRank": ["taxon_rank"],
+        },
+        "values": lambda src: {"eventType": {"TRUE": "Trap"}},
+    },
+    {
+        "name": "dwc_pov_invasive_species",
+        "repo": "riparias+pcm-ias-plants-occurrences",
+        "data": "data/raw/invasieve_uitheemse_soorten.csv",
+        "mapping": "sql/dwc_occurrence.sql",
+        "also": ["src/dwc_mapping.Rmd"],
+        "licence": "CC BY 4.0 (licence the publisher gives the dataset, https://doi.org/10.15468/29cggt)",
+        "origin": "Province East Flanders (POV): monitoring of invasive alien species, raw export kept by the publisher (RIPARIAS / INBO)",
+        "truth": {
+            "samplingProtocol": ["SamplingProtocol"], "occurrenceID": ["ObservationIdentifier"],
+            "organismQuantity": ["QuantificationOfInvasion"],
+            "organismQuantityType": ["QuantificationUnit"],
+            "eventDate": ["DateOfObservation"],
+            "decimalLatitude": ["Shape"], "decimalLongitude": ["Shape"],
+            "coordinateUncertaintyInMeters": ["CoordinateUncertainty"],
+            "verbatimLatitude": ["YLambert72"], "verbatimLongitude": ["XLambert72"],
+            "scientificName": ["ScientificName"], "kingdom": ["Kingdom"],
+            "taxonRank": ["ScientificName"], "vernacularName": ["DutchName"],
+        },
+        "values": lambda src: {
+            "scientificName": sql_case_values(src, "scientificName"),
+            "taxonRank": sql_case_values(src, "taxonRank"),
+            "vernacularName": sql_case_values(src, "vernacularName"),
+            "organismQuantityType": {"m²": "coverage in m²", "Individuals": "individuals"},
+        },
+        "notes": "decimalLatitude/decimalLongitude are the WKT point in Shape (Belgian Lambert 72) transformed to WGS84 by dwc_mapping.Rmd before the SQL reads them as Y/X. organismQuantity/organismQuantityType are only filled when QuantificationOfInvasion > 0.",
+    },
+    {
+        "name": "dwc_alien_macroinvertebrates",
+        "repo": "LifeWatchINBO+alien-macroinvertebrates",
+        "data": "data/raw/denormalized_observations.csv",
+        "delimiter": "\t",
+        "mapping": "src/dwc_occurrence.R",
+        "licence": "CC0 1.0 (licence the publisher gives the dataset, https://doi.org/10.15468/xjtfoo)",
+        "origin": "Ghent University Aquatic Ecology / INBO: alien macroinvertebrates in Flanders, NBN database export kept by the publisher",
+        "truth": {
+            "occurrenceID": ["taxon_occurrence_comment"],
+            "recordedBy": ["survey_event_comment"],
+            "otherCatalogNumbers": ["taxon_occurrence_key"],
+            "eventDate": ["sample_vague_date_start"],
+            "verbatimEventDate": ["sample_vague_date_start", "sample_vague_date_end"],
+            "municipality": ["location_name_item_name"],
+            "verbatimLocality": ["survey_event_location_name"],
+            "decimalLatitude": ["sample_lat"], "decimalLongitude": ["sample_long"],
+            "verbatimLatitude": ["sample_spatial_ref"], "verbatimLongitude": ["sample_spatial_ref"],
+            "verbatimCoordinateSystem": ["sample_spatial_ref_system"],
+            "verbatimSRS": ["sample_spatial_ref_system"],
+            "identifiedBy": ["survey_event_comment"],
+            "scientificName": ["nameserver_recommended_scientific_name"],
+            "taxonRank": ["nameserver_recommended_name_rank"],
+            "scientificNameAuthorship": ["nameserver_recommended_name_authority"],
+        },
+        "values": lambda src: {
+            "taxonRank": {"Spp": "species", "SubSpp": "subspecies"},
+            "scientificName": {"Dreissena (Dreissena) polymorpha": "Dreissena polymorpha"},
+            "verbatimCoordinateSystem": {"BD72": "Belgium Lambert 72", "LTLN": "decimal degrees"},
+            "verbatimSRS": {"BD72": "Belgian Datum 1972", "LTLN": "WGS84"},
+            "recordedBy": r_recode_values(src, "recordedBy"),
+        },
+        "notes": "verbatimCoordinateSystem and verbatimSRS are set per subset filtered on sample_spatial_ref_system (BD72 / LTLN); verbatimEventDate is start/end only when they differ.",
+    },
+]
+
+
+def build_dwc(out):
+    schema = dwc_schema()
+    fields = list(schema["properties"])
+    cases = []
+    for spec in DWC_CASES:
+        REPOS[spec["repo"]] = spec["repo"]
+        header, body = read_csv_text(git_show(spec["repo"], spec["data"]),
+                                     delimiter=spec.get("delimiter", ","))
+        expected = {f: [] for f in fields}
+        for f, cols in spec["truth"].items():
+            assert f in expected, f
+            expected[f] = list(cols)
+        wanted = sorted({c for cs in expected.values() for c in cs})
+        rows = excerpt(header, body, wanted)
+        src = git_show(spec["repo"], spec["mapping"])
+        values = {}
+        for f, vm in spec["values"](src).items():
+            col = header.index(expected[f][0])
+            seen = {r[col] for r in rows}
+            vm = {k: v for k, v in vm.items() if k in seen}
+            if vm:
+                values[f] = vm
+        meta = {
+            "source": gh(spec["repo"], spec["data"]),
+            "origin": spec["origin"],
+            "licence": spec["licence"],
+            "standard": "Darwin Core, simple terms (%d terms, from %s; definitions and vocabularies from vocabulary/term_versions.csv and docs/{em,doe,pw})" % (
+                len(fields), gh("dwc", "dist/simple_dwc_vertical.csv")),
+            "expected_from": [gh(spec["repo"], spec["mapping"])] + [gh(spec["repo"], a) for a in spec.get("also", [])],
+            "rows": len(rows),
+        }
+        if spec.get("notes"):
+            meta["notes"] = spec["notes"]
+        if values:
+            meta["values"] = values
+            meta["values_from"] = "the publisher's mapping (%s)" % spec["mapping"]
+        cases.append(write_case(out, spec["name"], "dwc", spec["name"], header, rows,
+                                schema, expected, meta))
+    return cases
+
+
+# --------------------------------------------------------------------------
+# FHIR R4 target (element definitions from the fhir.resources R4B models)
+
+FHIR_PKG = None  # path to an unpacked fhir.resources wheel (fhir/resources/R4B/*.py)
+FHIR_PRIMITIVES = {
+    "Date": ("string", "date"), "DateTime": ("string", "date-time"),
+    "Instant": ("string", "date-time"), "Boolean": ("boolean", None),
+    "Integer": ("integer", None), "UnsignedInt": ("integer", None),
+    "PositiveInt": ("integer", None), "Decimal": ("number", None),
+}
+FHIR_SKIP = {"extension", "modifierExtension", "id", "meta", "implicitRules", "language",
+             "text", "contained"}
+
+
+def fhir_resource_fields(resource):
+    import ast
+    path = Path(FHIR_PKG) / "fhir" / "resources" / "R4B" / (resource.lower() + ".py")
+    tree = ast.parse(path.read_text())
+    classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef)}
+    out = {}
+
+    def lit(node):
+        try:
+            return ast.literal_eval(node)
+        except Exception:
+            return None
+
+    def walk(cls, prefix):
+        for st in cls.body:
+            if not (isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)):
+                continue
+            name = st.target.id
+            if name.endswith("__ext") or name == "resource_type" or not isinstance(st.value, ast.Call):
+                continue
+            kw = {k.arg: k.value for k in st.value.keywords}
+            alias = lit(kw.get("alias")) or name
+            if alias in FHIR_SKIP:
+                continue
+            ann = ast.unparse(st.annotation)
+            m = re.findall(r"fhirtypes\.(\w+)", ann)
+            ftype = m[0] if m else "String"
+            is_list = ann.startswith("typing.List")
+            title = lit(kw.get("title")) or ""
+            desc = lit(kw.get("description")) or ""
+            field = prefix + "." + alias
+            sub = ftype[:-4] if ftype.endswith("Type") else ftype
+            t, fmt = FHIR_PRIMITIVES.get(sub, ("string", None))
+            p = {"type": t}
+            if fmt:
+                p["format"] = fmt
+            d = title.strip()
+            if desc and desc.strip() != d:
+                d = (d + ". " if d else "") + desc.strip()
+            kind = sub if sub not in FHIR_PRIMITIVES and sub[0].isupper() else None
+            if kind and sub not in classes:
+                d += " (FHIR type %s%s)" % (sub, ", repeating" if is_list else "")
+            p["description"] = clean_md(d)[:500]
+            ev = lit(kw.get("enum_values"))
+            if ev:
+                p["enum"] = ev
+            if sub in classes:  # backbone element: its own elements become fields
+                out[field] = p
+                walk(classes[sub], field)
+            else:
+                out[field] = p
+
+    out[resource + ".id"] = {"type": "string", "description": "Logical id of this artifact. The logical id of the resource, as used in the URL for the resource. Once assigned, this value never changes."}
+    walk(classes[resource], resource)
+    return out
+
+
+def fhir_schema(resources):
+    props = {}
+    for r in sorted(resources):
+        props.update(fhir_resource_fields(r))
+    return {"title": "HL7 FHIR R4 resources (%s)" % ", ".join(sorted(resources)),
+            "type": "object", "properties": props}
+
+
+FHIR_SPECS = {
+    "allergy": "allergies", "careplan": "careplans", "claims": "claims",
+    "claims_transactions": "claims_transactions", "condition": "conditions",
+    "device": "devices", "encounter": "encounters", "imaging_study": "imaging_studies",
+    "immunization": "immunizations", "medication": "medications",
+    "observation": "observations", "organization": "organizations", "patient": "patients",
+    "payer": "payers", "payer_transitions": "payer_transitions", "procedure": "procedures",
+    "provider": "providers", "supply": "supplies",
+}
+STOA = "Stoa-Medical+fhir-x-synthea_csv"
+# value truth stated in the crosswalk rows ("Map M→male, F→female", "Lowercase",
+# "Map drug→medication; medication→medication; food→food; environment→environment")
+FHIR_VALUES = {
+    "patients": {"Patient.gender": {"M": "male", "F": "female"}},
+    "providers": {"Practitioner.gender": {"M": "male", "F": "female"}},
+    "allergies": {
+        "AllergyIntolerance.category": {"drug": "medication", "medication": "medication",
+                                        "food": "food", "environment": "environment"},
+        "AllergyIntolerance.reaction.severity": {"MILD": "mild", "MODERATE": "moderate",
+                                                 "SEVERE": "severe"},
+    },
+}
+
+
+def fhir_pairs(spec_text):
+    pairs = []
+    for src, tgt in re.findall(r'^\s*\(\s*(None|"[^"]*")\s*,\s*"([^"]+)"', spec_text, re.M):
+        if src == "None":
+            continue
+        src = src.strip('"').split(".")[-1]
+        for t in re.split(r"\s+(?:or|and)\s+", tgt):
+            pairs.append((src, t.strip()))
+    return pairs
+
+
+# the crosswalk's own notes say which choice types value[x] takes
+FHIR_CHOICES = {"Observation.value[x]": ["Observation.valueQuantity", "Observation.valueString"]}
+
+
+def resolve_fhir(target, fields):
+    if target in FHIR_CHOICES:
+        return FHIR_CHOICES[target]
+    t = re.sub(r"\[[^\]]*\]|\([^)]*\)", "", target)
+    parts = t.split(".")
+    for k in range(len(parts), 1, -1):
+        cand = ".".join(parts[:k])
+        if cand in fields:
+            return [cand]
+    return []
+
+
+def build_fhir(out):
+    REPOS[STOA] = STOA
+    specs = {k: git_show(STOA, "specs/to_fhir/%s.md" % k) for k in FHIR_SPECS}
+    resources = set()
+    for text in specs.values():
+        for _, tgt in fhir_pairs(text):
+            r = tgt.split(".")[0]
+            if r[:1].isupper() and (Path(FHIR_PKG) / "fhir/resources/R4B" / (r.lower() + ".py")).exists():
+                resources.add(r)
+    schema = fhir_schema(resources)
+    fields = list(schema["properties"])
+    cases = []
+    for spec, table in FHIR_SPECS.items():
+        header, body = read_csv_text(git_show("dbt", "seeds/synthea/%s.csv" % table))
+        lower = {norm(h): h for h in header}
+        expected = {f: [] for f in fields}
+        dropped = []
+        for src, tgt in fhir_pairs(specs[spec]):
+            col = lower.get(norm(src))
+            fs = resolve_fhir(tgt, set(fields))
+            if col is None or not fs:
+                dropped.append("%s -> %s" % (src, tgt))
+                continue
+            for f in fs:
+                if col not in expected[f]:
+                    expected[f].append(col)
+        pairs = sum(len(v) for v in expected.values())
+        if pairs < 3:
+            print("skip fhir %s: %d pairs" % (spec, pairs), file=sys.stderr)
+            continue
+        wanted = sorted({c for cs in expected.values() for c in cs})
+        rows = excerpt(header, body, wanted)
+        values = {}
+        for f, vm in FHIR_VALUES.get(table, {}).items():
+            seen = {r[header.index(c)] for c in expected[f] for r in rows}
+            vm = {k: v for k, v in vm.items() if k in seen}
+            if vm:
+                values[f] = vm
+        meta = {
+            "source": gh("dbt", "seeds/synthea/%s.csv" % table),
+            "origin": "Synthea synthetic patient records (CSV export, v3 columns) as shipped in OHDSI dbt-synthea seeds",
+            "licence": "Apache-2.0 (Synthea output; OHDSI dbt-synthea)",
+            "standard": "HL7 FHIR R4 elements of %d resources (%d fields; element names, short and full definitions and required value sets from the FHIR R4B (4.3.0) StructureDefinitions as packaged in fhir.resources 7.1.0, FHIR licence CC0)" % (
+                len(resources), len(fields)),
+            "expected_from": gh(STOA, "specs/to_fhir/%s.md" % spec),
+            "rows": len(rows),
+            **({"values": values, "values_from": gh(STOA, "specs/to_fhir/%s.md" % spec)} if values else {}),
+            "notes": "Crosswalk targets are reduced to the resource or backbone element that holds them (e.g. Condition.code.coding[0].code -> Condition.code); crosswalk targets in custom extensions and source fields the crosswalk names but the CSV lacks are left out" + (": " + "; ".join(dropped) if dropped else "") + ".",
+        }
+        cases.append(write_case(out, "fhir_synthea_" + table, "fhir", "synthea:" + table,
+                                header, rows, schema, expected, meta))
+    return cases
+
+
+# --------------------------------------------------------------------------
 # common
 
 
@@ -486,8 +884,11 @@ def main():
     ap.add_argument("--mirror", default=str(MIRROR))
     ap.add_argument("--out", default="testdata/matching")
     ap.add_argument("--only", help="comma-separated standards to build (omop,dwc,fhir)")
+    ap.add_argument("--fhir-package", help="unpacked fhir.resources 7.1.0 wheel (pip download fhir.resources==7.1.0)")
     args = ap.parse_args()
     MIRROR = Path(args.mirror)
+    global FHIR_PKG
+    FHIR_PKG = args.fhir_package
     out = Path(args.out)
     tmp = out / "wide"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -495,10 +896,10 @@ def main():
     cases = []
     if "omop" in only:
         cases += build_omop(tmp)
-    if "dwc" in only and "build_dwc" in globals():
-        cases += globals()["build_dwc"](tmp)
-    if "fhir" in only and "build_fhir" in globals():
-        cases += globals()["build_fhir"](tmp)
+    if "dwc" in only:
+        cases += build_dwc(tmp)
+    if "fhir" in only and FHIR_PKG:
+        cases += build_fhir(tmp)
     frozen = split(cases)
     fz = out / "wide_frozen"
     fz.mkdir(parents=True, exist_ok=True)
