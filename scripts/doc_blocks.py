@@ -299,6 +299,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600, help="seconds per block (600)")
     ap.add_argument("--list", action="store_true", help="list the blocks and what is done with each")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directories")
+    ap.add_argument("--verbose", action="store_true", help="print what every run block printed")
     args = ap.parse_args()
 
     errors: list[str] = []
@@ -319,6 +320,8 @@ def main() -> int:
             what = (
                 f"not run: {b.skip}" if b.skip
                 else f"written to {b.attrs['file']}" if "file" in b.attrs
+                else f"run with bash, without its lines starting with {b.attrs['exempt']!r}"
+                if b.lang in RUN_LANGS and b.attrs.get("exempt")
                 else "run with bash" if b.lang in RUN_LANGS
                 else "run with python" if b.lang == "python"
                 else "checked against the previous run block's output" if "expect" in b.attrs
@@ -371,6 +374,8 @@ def main() -> int:
                 continue
             counts["run"] += 1
             last = b
+            if args.verbose:
+                print(f"--- {where} ({b.lang}, status {status}):\n{b.output}")
             if status != 0:
                 errors.append(
                     f"{where}: ```{b.lang} block exited with status {status}; its output:\n"

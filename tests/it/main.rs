@@ -7,6 +7,7 @@ mod bench_job;
 mod cli;
 #[cfg(feature = "ballista")]
 mod cluster;
+mod docs;
 mod feedback;
 mod harness;
 mod http;

@@ -1,0 +1,19 @@
+"""The Python blocks of README.md and docs/*.md run with this interpreter (and the installed
+package), in the scratch directories of scripts/doc_blocks.py; the command blocks run in the
+Rust suite (tests/it/docs.rs)."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_every_python_block_of_the_documentation_runs():
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "doc_blocks.py"), "--only", "python", "--python", sys.executable],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "doc blocks:" in p.stdout, p.stdout
