@@ -5,7 +5,7 @@ The convention (docs/development.md, "Documentation that is run"):
 
 - A fenced block whose info string starts with `sh`, `bash` or `console` holds commands. It is
   run with bash (`set -euo pipefail`) in the page's scratch directory: a fresh temporary
-  directory holding a copy of `testdata/` (without `output/` directories), shared by the blocks
+  directory holding a copy of `testdata/demo/` (without its `output/`), shared by the blocks
   of one page in order. The `conform` given by `--conform` is first on PATH, beside a `cargo`
   stand-in that runs `cargo run [OPTIONS] -- ARGS` as `conform ARGS` (nothing is compiled). In a
   `console` block only the lines starting with `$ ` are commands.
@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_LANGS = {"sh", "bash", "console", "shell"}
 SKIP_RE = re.compile(r"^\s*<!--\s*not run by the tests:\s*(.+?)\s*-->\s*$", re.IGNORECASE)
 VISIBLE = "not run by the tests"
+COPIED = ["testdata/demo"]  # what every scratch directory starts with
 
 CARGO_STAND_IN = """#!/usr/bin/env bash
 # `cargo run [OPTIONS] -- ARGS` as the documentation's blocks use it: runs the conform binary
@@ -248,7 +249,8 @@ def check_links(root: Path, all_pages: list[Path], errors: list[str]) -> None:
 
 def scratch_dir(root: Path, conform: str | None) -> Path:
     d = Path(tempfile.mkdtemp(prefix="conform-docs-"))
-    shutil.copytree(root / "testdata", d / "testdata", ignore=shutil.ignore_patterns("output"))
+    for part in COPIED:
+        shutil.copytree(root / part, d / part, ignore=shutil.ignore_patterns("output"))
     b = d / ".doc-bin"
     b.mkdir()
     if conform:
