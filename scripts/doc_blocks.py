@@ -19,7 +19,8 @@ The convention (docs/development.md, "Documentation that is run"):
   stderr together, spaces collapsed, any order). Other output blocks (`text`, …) are not
   checked.
 - The attribute `exempt=PREFIX` of a run block leaves out its lines that start with PREFIX (the
-  test suite itself, `pip install` of the release build); the text before the block says so.
+  test suite itself, `pip install` of the release build); the paragraph before the block must
+  say "Not run by the tests" too.
 - A block right after a line `<!-- not run by the tests: REASON -->` is skipped. The visible
   text right before that comment must say "Not run by the tests" too, so a reader sees it.
 
@@ -132,19 +133,23 @@ def blocks_of(page: Path, errors: list[str]) -> list[Block]:
         j = start - 1
         while j >= 0 and not lines[j].strip():
             j -= 1
-        if j >= 0 and (sm := SKIP_RE.match(lines[j])):
-            block.skip = sm.group(1)
-            k = j - 1
-            while k >= 0 and not lines[k].strip():
-                k -= 1
+        mark = SKIP_RE.match(lines[j]) if j >= 0 else None
+        if mark:
+            block.skip = mark.group(1)
+            j -= 1
+        if mark or "exempt" in attrs:
+            # ... and then the text a reader sees must say so too.
+            while j >= 0 and not lines[j].strip():
+                j -= 1
             paragraph = []
-            while k >= 0 and lines[k].strip() and not SKIP_RE.match(lines[k]):
-                paragraph.insert(0, lines[k])
-                k -= 1
+            while j >= 0 and lines[j].strip() and not SKIP_RE.match(lines[j]):
+                paragraph.insert(0, lines[j])
+                j -= 1
             if VISIBLE not in " ".join(" ".join(paragraph).lower().split()):
+                what = "marked `<!-- not run by the tests -->`" if mark else "with `exempt=`"
                 errors.append(
-                    f"{rel(page)}:{start + 1}: a block marked `<!-- not run by the tests -->` "
-                    f"needs the visible words \"Not run by the tests\" in the paragraph before the mark"
+                    f"{rel(page)}:{start + 1}: a block {what} needs the visible words "
+                    f"\"Not run by the tests\" in the paragraph before it"
                 )
         out.append(block)
     return out
