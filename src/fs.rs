@@ -92,6 +92,14 @@ impl AtomicFile {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("output");
+        if dest.is_dir() {
+            // Refused before anything is written: the rename at the end could never succeed.
+            return Err(Error::io(
+                "writing",
+                dest,
+                std::io::Error::other("a directory has the output file's name"),
+            ));
+        }
         let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         Ok(AtomicFile {
@@ -110,13 +118,27 @@ impl AtomicFile {
                 return Ok(self.dest.clone());
             }
         };
-        w.flush().map_err(|e| Error::io("writing", &self.tmp, e))?;
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::io("writing", &self.tmp, e.into_error()))?;
-        f.sync_all()
-            .map_err(|e| Error::io("syncing", &self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming", &self.tmp, e))?;
+        let done = (|| {
+            w.flush().map_err(|e| Error::io("writing", &self.tmp, e))?;
+            let f = w
+                .into_inner()
+                .map_err(|e| Error::io("writing", &self.tmp, e.into_error()))?;
+            f.sync_all()
+                .map_err(|e| Error::io("syncing", &self.tmp, e))?;
+            if self.dest.is_dir() {
+                return Err(Error::io(
+                    "writing",
+                    &self.dest,
+                    std::io::Error::other("a directory has the output file's name"),
+                ));
+            }
+            std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("renaming", &self.tmp, e))
+        })();
+        if let Err(e) = done {
+            // The writer is gone, so `Drop` would not remove the temporary file.
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         Ok(self.dest.clone())
     }
 

@@ -63,3 +63,9 @@ pub use pipeline::{MapperChoice, Pipeline, PreparedSource, SourceReport, SplitBa
 pub use schema::TargetSchema;
 pub use sink::{InvalidSink, ValidSink};
 pub use validate::report::{InvalidRow, Record, RowError};
+
+/// Tells the library that the process is stopping on a signal (Ctrl-C, SIGTERM): requests that
+/// fail from then on are the shutdown's doing, and are neither retried nor reported as failures.
+pub fn stop_requested() {
+    net::set_stopping();
+}

@@ -11,13 +11,22 @@ pub const MAX_CONFIG_DEPTH: usize = 512;
 /// Deepest JSON nesting of `internal_schema` (each nested object field takes two levels,
 /// `properties` and the field itself, so about 128 nested object fields).
 pub const MAX_SCHEMA_DEPTH: usize = 256;
+/// Most rows per record batch (`batch_size`): readers size their buffers from it, so it is
+/// bounded where a buffer can still be allocated (with 16 MiB records a batch is bounded by
+/// `limits.max_record_bytes` as well).
+pub const MAX_BATCH_ROWS: usize = 1024 * 1024;
 /// Longest mapping expression, in bytes.
 pub const MAX_EXPR_BYTES: usize = 16 * 1024;
 /// Deepest mapping expression (parentheses, CASE and chains of binary operators).
 pub const MAX_EXPR_DEPTH: usize = 64;
-/// Largest text one function call may produce for one row (`repeat`, `lpad`, `rpad`, …);
-/// a larger result is null, and the row invalid.
+/// Largest text the growing calls of one mapping expression (`repeat`, `lpad`, `rpad`,
+/// `replace`, `regexp_replace`) may produce together for one row: each call gets an equal
+/// share; a row whose call would exceed its share gets null there, and is invalid. A call on
+/// literals over it is a compile error.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Largest text the growing calls of one expression may produce together for one batch: the
+/// rows past it get null, and are invalid, so a batch's output stays bounded whatever its size.
+pub const MAX_BATCH_OUTPUT_BYTES: usize = 256 * 1024 * 1024;
 /// Default largest HTTP response body, `limits.max_page_bytes`.
 pub const DEFAULT_MAX_PAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Default largest record (CSV record, JSON line or element), `limits.max_record_bytes`.

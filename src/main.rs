@@ -32,7 +32,10 @@ fn main() -> ExitCode {
         let interrupted = interrupt_signal();
         tokio::select! {
             r = cli::execute(cli) => r,
-            _ = interrupted => Err(conform::Error::Interrupted),
+            _ = interrupted => {
+                conform::stop_requested();
+                Err(conform::Error::Interrupted)
+            }
         }
     });
     // Dropping the runtime drops unfinished sinks, which removes their temporary files.

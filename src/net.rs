@@ -51,9 +51,104 @@ pub fn is_secret_param(name: &str) -> bool {
     SECRET_PARAMS.contains(&key.as_str())
 }
 
-/// A URL for messages, logs and outputs: user-info removed and the values of well-known secret
-/// query parameters replaced by `***` (`?api_key=***&page=2`).
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks the process as stopping (Ctrl-C, SIGTERM): requests that fail from now on are the
+/// shutdown's doing, not the network's, and are neither retried nor reported as failures.
+pub fn set_stopping() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the process is stopping on a signal.
+pub fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Secrets of this process that URLs may carry under names nobody can know in advance: the
+/// values (masked wherever they appear in a shown URL) and the query parameter names that carry
+/// them (masked whatever their value).
+#[derive(Default)]
+struct Registered {
+    values: Vec<String>,
+    params: Vec<String>,
+}
+
+static REGISTERED: std::sync::RwLock<Registered> = std::sync::RwLock::new(Registered {
+    values: Vec::new(),
+    params: Vec::new(),
+});
+
+/// Shortest secret masked by its value: a shorter one (a 1-character key) would mangle every
+/// URL it happens to occur in, so it is masked by its parameter name only.
+pub const MIN_MASKED_SECRET: usize = 6;
+
+/// Registers a configured secret: every URL shown from now on has it replaced by `***`.
+pub fn register_secret_value(value: &str) {
+    if value.len() < MIN_MASKED_SECRET {
+        return;
+    }
+    if let Ok(mut r) = REGISTERED.write()
+        && !r.values.iter().any(|v| v == value)
+    {
+        r.values.push(value.to_string());
+        // Longest first, so that a secret containing another is masked whole.
+        r.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+}
+
+/// Registers a query parameter that carries a secret (a source's `credentials.query`): its
+/// value is shown as `***` in every URL, whatever the value.
+pub fn register_secret_param(name: &str) {
+    let key = normalise_param(name);
+    if key.is_empty() {
+        return;
+    }
+    if let Ok(mut r) = REGISTERED.write()
+        && !r.params.contains(&key)
+    {
+        r.params.push(key);
+    }
+}
+
+fn normalise_param(name: &str) -> String {
+    name.chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// A URL for messages, logs and outputs: user-info removed, the values of well-known secret
+/// query parameters and of registered ones replaced by `***` (`?api_key=***&page=2`), and every
+/// registered secret value masked wherever it appears.
 pub fn display_url(url: &str) -> String {
+    let registered = REGISTERED.read().ok();
+    let (values, params) = match &registered {
+        Some(r) => (r.values.as_slice(), r.params.as_slice()),
+        None => (&[][..], &[][..]),
+    };
+    let shown = display_url_with(url, values, params);
+    drop(registered);
+    shown
+}
+
+fn display_url_with(url: &str, values: &[String], params: &[String]) -> String {
+    let shown = display_url_named(url, values, params);
+    // A secret elsewhere in the URL (a path segment, an echoed fragment): masked as written
+    // and as percent-encoded.
+    let mut out = shown;
+    for v in values {
+        if out.contains(v.as_str()) {
+            out = out.replace(v.as_str(), "***");
+        }
+        let encoded = encode(v);
+        if encoded != *v && out.contains(&encoded) {
+            out = out.replace(&encoded, "***");
+        }
+    }
+    out
+}
+
+fn display_url_named(url: &str, values: &[String], params: &[String]) -> String {
     match Url::parse(url) {
         Ok(mut u) => {
             let _ = u.set_username("");
@@ -62,7 +157,10 @@ pub fn display_url(url: &str) -> String {
                 let pairs: Vec<(String, String)> = u
                     .query_pairs()
                     .map(|(k, v)| {
-                        let v = if is_secret_param(&k) {
+                        let secret = is_secret_param(&k)
+                            || params.contains(&normalise_param(&k))
+                            || values.iter().any(|s| v.contains(s.as_str()));
+                        let v = if secret {
                             "***".to_string()
                         } else {
                             v.into_owned()
@@ -206,6 +304,34 @@ mod tests {
             display_url("http://127.0.0.1:8080/a?page=2&q=x%20y"),
             "http://127.0.0.1:8080/a?page=2&q=x%20y",
             "a URL without secrets is unchanged"
+        );
+    }
+
+    #[test]
+    fn configured_secrets_are_masked_by_value_and_by_parameter_name() {
+        let values = vec!["Zq7-secret-value".to_string()];
+        let params = vec![normalise_param("my_Param")];
+        let shown = display_url_with(
+            "http://127.0.0.1:9/ok?myparam=Zq7-secret-value&n=2&other=x",
+            &values,
+            &params,
+        );
+        assert_eq!(shown, "http://127.0.0.1:9/ok?myparam=***&n=2&other=x");
+        // Under another name, in a path segment, percent-encoded: masked by value.
+        let shown = display_url_with(
+            "http://h/Zq7-secret-value/p?x=pre-Zq7-secret-value&n=2",
+            &values,
+            &[],
+        );
+        assert_eq!(shown, "http://h/***/p?x=***&n=2");
+        let values = vec!["k ey+/=secret".to_string()];
+        let shown = display_url_with("http://h/a?v=k%20ey%2B%2F%3Dsecret", &values, &[]);
+        assert!(!shown.contains("secret"), "{shown}");
+        // A short secret is masked by its parameter name only, never by value.
+        register_secret_value("k");
+        assert_eq!(
+            display_url("http://k.example/k?k2=k"),
+            "http://k.example/k?k2=k"
         );
     }
 

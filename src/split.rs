@@ -208,6 +208,13 @@ fn message(
             format!("`{f}` is required but no source column is mapped to it")
         }
         Rule::Required => format!("`{f}` is required but the source value is missing"),
+        Rule::Type if check.grows => format!(
+            "`{f}`: {} is not a valid {}, or the expression's output for this row would exceed its budget ({} bytes per row, {} per batch, shared by its repeat/lpad/rpad/replace calls)",
+            raw_source(),
+            check.kind_name,
+            crate::limits::MAX_VALUE_BYTES,
+            crate::limits::MAX_BATCH_OUTPUT_BYTES
+        ),
         Rule::Type => format!("`{f}`: {} is not a valid {}", raw_source(), check.kind_name),
         Rule::DateFormat => format!(
             "`{f}`: {} is not a valid {} in the mapped formats",

@@ -114,6 +114,7 @@ fn build(url: &url::Url, options: &[(String, String)]) -> Result<Arc<dyn ObjectS
         retry_timeout: std::time::Duration::from_secs(60),
         ..Default::default()
     };
+    plain_http_allowed(url, options)?;
     let key =
         |k: &str, prefix: &str| -> Vec<String> { vec![k.to_string(), format!("{prefix}{k}")] };
     macro_rules! configure {
@@ -170,6 +171,58 @@ fn build(url: &url::Url, options: &[(String, String)]) -> Result<Arc<dyn ObjectS
             ));
         }
     })
+}
+
+/// Plain HTTP (an `http://` path, or an `http://` endpoint) must be allowed explicitly: the
+/// client would otherwise refuse every request with an error that names nothing ("builder
+/// error"), the same words for a closed port and a 404.
+fn plain_http_allowed(url: &url::Url, options: &[(String, String)]) -> Result<(), String> {
+    let setting = |names: &[&str]| {
+        options
+            .iter()
+            .find(|(k, _)| names.contains(&k.to_ascii_lowercase().as_str()))
+            .map(|(_, v)| v.clone())
+    };
+    let endpoint = setting(&["endpoint", "aws_endpoint", "aws_endpoint_url"]).or_else(|| {
+        (url.scheme().starts_with("s3"))
+            .then(|| std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL")))
+            .and_then(|v| v.ok())
+    });
+    let plain = url.scheme() == "http"
+        || endpoint
+            .as_deref()
+            .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"));
+    if !plain {
+        return Ok(());
+    }
+    let allowed = setting(&[
+        "allow_http",
+        "aws_allow_http",
+        "azure_allow_http",
+        "google_allow_http",
+    ])
+    .or_else(|| {
+        std::env::var("AWS_ALLOW_HTTP")
+            .ok()
+            .filter(|_| url.scheme().starts_with("s3"))
+    })
+    .or_else(|| std::env::var("ALLOW_HTTP").ok())
+    .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if allowed {
+        return Ok(());
+    }
+    let prefix = match url.scheme() {
+        "http" => url[..url::Position::BeforePath].to_string(),
+        scheme => format!("{scheme}://{}", url.host_str().unwrap_or_default()),
+    };
+    Err(format!(
+        "{} uses plain HTTP, which is refused unless allowed: set `storage.\"{prefix}\".allow_http: true` in the config (or use https://)",
+        if url.scheme() == "http" {
+            "this path"
+        } else {
+            "the store's endpoint"
+        }
+    ))
 }
 
 /// An error's text, without the XML body a store answered with (request ids, the store's
@@ -381,6 +434,19 @@ fn object_key(url: &url::Url) -> Result<ObjectPath, String> {
 /// A store's answer as this crate's error: rejected credentials are [`Error::Credentials`],
 /// so the console says `Invalid credentials for NAME`.
 fn failure(who: &str, url: &str, action: &str, e: object_store::Error) -> Error {
+    if no_credentials(&e.to_string()) {
+        // The client's last resort is the cloud's instance metadata service; its address (or
+        // its refusal) means nothing to someone who simply configured no credentials.
+        return Error::Credentials {
+            source_name: who.to_string(),
+            message: format!(
+                "no credentials were found for {url}: none in the config (`storage` or the \
+                 source's `credentials`), none in the environment (for S3 AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY), and no cloud instance identity answered; for a public \
+                 bucket set `skip_signature: true`"
+            ),
+        };
+    }
     if refused(&e) {
         return Error::Credentials {
             source_name: who.to_string(),
@@ -389,8 +455,25 @@ fn failure(who: &str, url: &str, action: &str, e: object_store::Error) -> Error 
     }
     match e {
         object_store::Error::NotFound { .. } => Error::source(who, format!("{url} does not exist")),
-        other => Error::source(who, format!("{action} {url}: {}", describe(&other))),
+        other => {
+            let text = describe(&other);
+            Error::source(who, format!("{action} {url}: {text}"))
+        }
     }
+}
+
+/// Whether a store error is the credential chain running out (ending at the instance metadata
+/// service) rather than the store answering.
+fn no_credentials(text: &str) -> bool {
+    text.contains("169.254.169.254")
+        || text.contains("/latest/api/token")
+        || text.contains("/latest/meta-data/")
+        || text.contains("/computeMetadata/")
+        || text.contains("/metadata/identity/oauth2/token")
+        || text.contains("169.254.170.2")
+        || text.contains("metadata.google.internal")
+        || text.contains("Error getting credentials")
+        || text.contains("Error fetching token")
 }
 
 /// The blocking side of a streamed object body.

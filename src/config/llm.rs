@@ -6,7 +6,9 @@ use super::Secret;
 use crate::error::{Error, Result};
 
 /// What to do when the language model cannot produce a mapping for a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LlmFallback {
     /// The source fails with the model's error. Default.
@@ -17,7 +19,7 @@ pub enum LlmFallback {
 }
 
 /// The `llm` object: an OpenAI-compatible chat-completions endpoint that proposes mappings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
     /// Model name. Default `gpt-4o-mini`.
@@ -27,44 +29,59 @@ pub struct LlmConfig {
     /// API key; usually `${OPENAI_API_KEY}`. Never logged or written anywhere.
     pub api_key: Option<Secret>,
     /// Sampling temperature. Default 0, for repeatable mappings.
+    #[schemars(range(min = 0.0, max = 2.0))]
     pub temperature: f32,
     /// Seconds before one request is abandoned (and retried). Default 60.
+    #[schemars(range(min = 0.001, max = 86_400.0))]
     pub timeout_s: f64,
     /// Retries of one request on 429, 5xx, timeouts and connection errors. Default 3.
+    #[schemars(range(min = 0, max = 100))]
     pub max_retries: u32,
     /// Sample rows shown to the model. Default 20.
+    #[schemars(range(min = 0, max = 10_000))]
     pub sample_rows: usize,
     /// Send column shapes and masked examples instead of real values. Default false.
     pub redact_samples: bool,
     /// Follow-up rounds that send compile errors back to the model. Default 2.
+    #[schemars(range(min = 0, max = 20))]
     pub max_repairs: u32,
     /// Completion budget per request (`max_tokens`): the request asks for about 80 tokens per
-    /// field it names, at most this many.
+    /// field it names, at most this many. Default 8192.
+    #[schemars(range(min = 16, max = 1_000_000))]
     pub max_completion_tokens: u32,
     /// Ranked candidate columns per field from the offline matcher shown in the prompt (0: none).
+    /// Default 5.
+    #[schemars(range(min = 0, max = 100))]
     pub candidates: usize,
-    /// Prompt size above which the fields go in batches (estimated tokens per request).
+    /// Largest prompt of one request, in the model's tokens (counted by the server's `/tokenize`
+    /// where it offers one, estimated otherwise); larger requests go in batches. Default 12,000.
+    #[schemars(range(min = 256, max = 10_000_000))]
     pub max_prompt_tokens: usize,
-    /// Total seconds one request may take with its retries and waits.
+    /// Total seconds one request may take with its retries and waits. Default 600.
+    #[schemars(range(min = 0.0, max = 604_800.0))]
     pub max_wait_s: f64,
     /// `none` (default) or `heuristic`: what to do when the model fails.
     pub fallback: LlmFallback,
     /// Most LLM requests in flight at once, over all sources. Default 4.
+    #[schemars(range(min = 1, max = 1024))]
     pub max_concurrent: usize,
     /// Fields whose offline choice is less uncertain than this (0..1) are decided without the
     /// model. Default 0: every field with a plausible column goes to the model.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub min_uncertainty: f64,
     /// Prices per million tokens, for `estimated_cost` in the summary. Default none.
     pub price_per_million_tokens: Option<TokenPrice>,
 }
 
 /// `llm.price_per_million_tokens`: what the endpoint charges.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenPrice {
     /// Per million prompt (input) tokens.
+    #[schemars(range(min = 0.0, max = 1e9))]
     pub prompt: f64,
     /// Per million completion (output) tokens.
+    #[schemars(range(min = 0.0, max = 1e9))]
     pub completion: f64,
 }
 
@@ -126,29 +143,7 @@ impl LlmConfig {
         if self.model.trim().is_empty() {
             return bad("model", "must not be empty");
         }
-        if !(0.0..=2.0).contains(&self.temperature) {
-            return bad("temperature", "must be between 0 and 2");
-        }
-        if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
-            return bad("timeout_s", "must be a positive number of seconds");
-        }
-        if self.max_concurrent == 0 {
-            return bad("max_concurrent", "must be at least 1");
-        }
-        if !(0.0..=1.0).contains(&self.min_uncertainty) {
-            return bad("min_uncertainty", "must be between 0 and 1");
-        }
-        if let Some(p) = &self.price_per_million_tokens
-            && !(p.prompt >= 0.0
-                && p.completion >= 0.0
-                && p.prompt.is_finite()
-                && p.completion.is_finite())
-        {
-            return bad(
-                "price_per_million_tokens",
-                "prices must be non-negative numbers",
-            );
-        }
+        // Numeric ranges are checked at load from the schema (`reference::check_ranges`).
         if let Some(u) = &self.base_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {

@@ -6,6 +6,7 @@
 
 mod checks;
 mod llm;
+pub mod reference;
 mod secret;
 mod sources;
 mod storage;
@@ -23,7 +24,9 @@ pub use sources::{CsvOptions, HttpOptions, InputFormat, Pagination, PostgresConf
 use crate::error::{Error, Result};
 
 /// Format of the valid-rows output file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// One JSON array per file (the original tool's output). Default.
@@ -69,12 +72,14 @@ impl std::str::FromStr for OutputFormat {
 }
 
 /// Parquet output settings.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParquetOptions {
     /// Maximum rows per row group. Default 1,048,576. Smaller groups bound the writer's memory.
+    #[schemars(range(min = 1, max = 64 * 1024 * 1024))]
     pub row_group_size: usize,
     /// zstd compression level, 1–22. Default 3.
+    #[schemars(range(min = 1, max = 22))]
     pub zstd_level: i32,
 }
 
@@ -88,19 +93,23 @@ impl Default for ParquetOptions {
 }
 
 /// The feedback loop that validates a new mapping on a probe and repairs it.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeedbackConfig {
     /// Run the loop for newly generated mappings. Default true.
     pub enabled: bool,
     /// Rows the mapping is validated on. Default 10,000.
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub probe_rows: usize,
     /// Invalid share above which repairs are tried. Default 0.02.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_invalid_ratio: f64,
     /// Rounds at most. Default 3.
+    #[schemars(range(min = 0, max = 20))]
     pub max_rounds: u32,
     /// A mapped field that is null after conversion in more than this share of the probe rows
     /// although its source columns have values there triggers repairs too. Default 0.5.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_null_ratio: f64,
 }
 
@@ -117,7 +126,7 @@ impl Default for FeedbackConfig {
 }
 
 /// Profiles of the valid output and the anomaly flags raised on them.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnomalyConfig {
     /// Profile every run's valid output and flag anomalies. Default true.
@@ -127,22 +136,29 @@ pub struct AnomalyConfig {
     pub flag_rows: bool,
     /// A number is an outlier when its robust z-score, 0.6745·|x − median| / MAD, exceeds
     /// this. Default 3.5.
+    #[schemars(range(min = 0.0, max = 1e6))]
     pub outlier_threshold: f64,
     /// Valid rows the median and MAD are taken from on a source's first run. Default 10,000.
+    #[schemars(range(min = 1, max = 10_000_000))]
     pub reference_rows: usize,
     /// Earlier runs of the same source that drift and new values are measured against.
     /// Default 5.
+    #[schemars(range(min = 1, max = 1000))]
     pub history_runs: usize,
     /// Largest change of a column's null share (absolute, 0–1) that is not drift. Default 0.1.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_null_share_change: f64,
     /// Largest change of a numeric column's mean, in standard deviations of the earlier runs,
     /// that is not drift. Default 0.5.
+    #[schemars(range(min = 0.0, max = 1e6))]
     pub max_mean_shift: f64,
     /// A text or boolean column with at most this many distinct values is a category column:
     /// its value set is compared across runs. Default 20.
+    #[schemars(range(min = 1, max = 100_000))]
     pub max_categories: usize,
     /// Largest total-variation distance between a category column's value shares and the
     /// previous run's that is not drift (0–1). Default 0.2.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_category_shift: f64,
 }
 
@@ -163,7 +179,7 @@ impl Default for AnomalyConfig {
 }
 
 /// Where plans run.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// A Ballista scheduler, `df://HOST:PORT`: file sources run on that cluster (`--cluster`
@@ -171,6 +187,7 @@ pub struct EngineConfig {
     pub cluster: Option<String>,
     /// On a cluster, uncompressed CSV files larger than this many MiB are cut into pieces of
     /// about this size (at record boundaries), each a partition. Default 128.
+    #[schemars(range(min = 1.0, max = 1_048_576.0))]
     pub partition_mb: f64,
 }
 
@@ -184,15 +201,17 @@ impl Default for EngineConfig {
 }
 
 /// Limits on input sizes.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest record (a CSV record, a JSON line or array element) in bytes; a longer record is
     /// a malformed row whose values are not kept, and is never held in memory whole.
     /// Default 16 MiB.
+    #[schemars(range(min = 1024, max = 2 * 1024 * 1024 * 1024_u64))]
     pub max_record_bytes: usize,
     /// Largest HTTP response body in bytes; a larger page fails its source, and is never held
     /// in memory whole. Default 256 MiB.
+    #[schemars(range(min = 1024, max = 16 * 1024 * 1024 * 1024_u64))]
     pub max_page_bytes: usize,
 }
 
@@ -206,7 +225,7 @@ impl Default for LimitsConfig {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Directory for all outputs; created if missing. Relative to the config file.
@@ -218,11 +237,13 @@ pub struct Config {
     pub mappings_dir: Option<PathBuf>,
     /// Rows per Arrow record batch. Default 8192.
     #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = crate::limits::MAX_BATCH_ROWS))]
     pub batch_size: usize,
     /// Parquet output settings.
     #[serde(default)]
     pub parquet: ParquetOptions,
     /// Sources processed at once. Default: the number of cores.
+    #[schemars(range(min = 1, max = 1024))]
     pub max_concurrent_sources: Option<usize>,
     /// The language model that proposes mappings.
     #[serde(default)]
@@ -243,6 +264,9 @@ pub struct Config {
     /// `allow_http`, credentials (`access_key_id`, `secret_access_key`, …). Values are never
     /// printed. Each cloud's standard environment variables apply beneath them.
     #[serde(default, deserialize_with = "storage::deserialize")]
+    #[schemars(
+        with = "std::collections::BTreeMap<String, std::collections::BTreeMap<String, Value>>"
+    )]
     pub storage: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Secret>>,
     /// The sources, in the order they are processed. Filled from the JSON object in order.
     #[serde(skip)]
@@ -326,6 +350,7 @@ impl Config {
             .map_err(|e| Error::config("", format!("not valid JSON: {e}")))?
             .ok_or_else(|| Error::config("", "the file is empty"))?;
         interpolate(&mut value, "", env)?;
+        reference::check_ranges(&value)?;
         let Value::Object(mut top) = value else {
             return Err(Error::config("", "the top level must be a JSON object"));
         };
@@ -391,40 +416,15 @@ impl Config {
                 }
                 _ => {}
             }
+            if let Some(d) = src.csv.delimiter
+                && !d.is_ascii()
+            {
+                return Err(Error::config(
+                    format!("{at}.csv.delimiter"),
+                    format!("{d:?} is not an ASCII character; the CSV reader splits on one byte"),
+                ));
+            }
             config.data_sources.push((name, src));
-        }
-        if config.batch_size == 0 {
-            return Err(Error::config("batch_size", "must be at least 1"));
-        }
-        if config.limits.max_page_bytes < 1024 {
-            return Err(Error::config(
-                "limits.max_page_bytes",
-                "must be at least 1024",
-            ));
-        }
-        if config.limits.max_record_bytes < 1024 {
-            return Err(Error::config(
-                "limits.max_record_bytes",
-                "must be at least 1024",
-            ));
-        }
-        if config.parquet.row_group_size == 0 {
-            return Err(Error::config(
-                "parquet.row_group_size",
-                "must be at least 1",
-            ));
-        }
-        if !(1..=22).contains(&config.parquet.zstd_level) {
-            return Err(Error::config(
-                "parquet.zstd_level",
-                "must be between 1 and 22",
-            ));
-        }
-        if config.max_concurrent_sources == Some(0) {
-            return Err(Error::config(
-                "max_concurrent_sources",
-                "must be at least 1",
-            ));
         }
         config.llm.apply_env(env);
         config.llm.check()?;

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use super::Secret;
 
 /// Format of a file source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
     /// Comma-separated values with a header line (RFC 4180).
@@ -41,7 +43,7 @@ impl InputFormat {
 }
 
 /// CSV reading options of a source.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CsvOptions {
     /// Field delimiter, one ASCII character. Default `,` (`\t` for `.tsv` files).
@@ -60,12 +62,13 @@ impl Default for CsvOptions {
 }
 
 /// How an HTTP source's pages follow one another.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Pagination {
     /// Follow the `Link: <…>; rel="next"` response header.
     Link {
         /// Stop after this many pages.
+        #[schemars(range(min = 1, max = 1_000_000_000))]
         max_pages: Option<u64>,
     },
     /// `?page=1,2,…` until a short or empty page.
@@ -76,8 +79,10 @@ pub enum Pagination {
         /// Query parameter of the page size, if the API takes one.
         size_param: Option<String>,
         /// Page size: sent with `size_param`; a page with fewer records is the last.
+        #[schemars(range(min = 1, max = 1_000_000))]
         size: Option<u64>,
         /// Stop after this many pages.
+        #[schemars(range(min = 1, max = 1_000_000_000))]
         max_pages: Option<u64>,
     },
     /// `?offset=0,size,2·size,…&limit=size` until a short or empty page.
@@ -90,8 +95,10 @@ pub enum Pagination {
         size_param: String,
         /// Records per page. Default 100.
         #[serde(default = "default_page_size")]
+        #[schemars(range(min = 1, max = 1_000_000))]
         size: u64,
         /// Stop after this many pages.
+        #[schemars(range(min = 1, max = 1_000_000_000))]
         max_pages: Option<u64>,
     },
     /// `?cursor=…` with the next cursor read from each response body.
@@ -102,6 +109,7 @@ pub enum Pagination {
         /// Dot path of the next cursor in the body (`meta.next_cursor`); null or absent = last.
         cursor_path: String,
         /// Stop after this many pages.
+        #[schemars(range(min = 1, max = 1_000_000_000))]
         max_pages: Option<u64>,
     },
 }
@@ -135,12 +143,14 @@ impl Pagination {
 }
 
 /// Request settings of an HTTP source.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpOptions {
     /// Seconds before a request is abandoned (and retried). Default 30.
+    #[schemars(range(min = 0.001, max = 86_400.0))]
     pub timeout_s: f64,
     /// Retries of a request on 429, 5xx, timeouts and connection errors. Default 3.
+    #[schemars(range(min = 0, max = 100))]
     pub max_retries: u32,
     /// Extra request headers (not secrets: use `credentials`).
     pub headers: BTreeMap<String, String>,
@@ -149,6 +159,7 @@ pub struct HttpOptions {
     pub allow_cross_origin_pages: bool,
     /// Safety limit on the pages one walk requests; reaching it fails the source with a clear
     /// error (`pagination.max_pages` is the quiet, intended stop). Default 100,000.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub max_pages: u64,
 }
 
@@ -165,12 +176,13 @@ impl Default for HttpOptions {
 }
 
 /// A PostgreSQL source: a query (or a whole table) read through a server-side cursor.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Server host. Default `localhost`.
     pub host: Option<String>,
     /// Server port. Default 5432.
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
     /// Database name. Default: the user name.
     pub database: Option<String>,
@@ -182,11 +194,12 @@ pub struct PostgresConfig {
     /// separate keys; treated as a secret.
     pub dsn: Option<Secret>,
     /// Seconds to wait for a connection. Default 10.
+    #[schemars(range(min = 0.001, max = 3600.0))]
     pub connect_timeout_s: Option<f64>,
 }
 
 /// One entry of `data_sources`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// File or glob pattern; relative paths are resolved against the config file's directory.

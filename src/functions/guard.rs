@@ -6,7 +6,9 @@
 //! and, only when that fails, evaluates it again row by row: a row whose call fails gets null,
 //! so the validator reports that field on that row and the batch goes on. Functions whose
 //! output size follows an argument (`repeat`, `lpad`, `rpad`, `replace`, `regexp_replace`) get
-//! null instead of a result over [`MAX_VALUE_BYTES`], before anything is allocated.
+//! null instead of a result past their share of the expression's budget (the expression's
+//! growing calls together stay within [`MAX_VALUE_BYTES`] per row and
+//! [`MAX_BATCH_OUTPUT_BYTES`] per batch), decided before anything is allocated.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
-use crate::limits::MAX_VALUE_BYTES;
+use crate::limits::{MAX_BATCH_OUTPUT_BYTES, MAX_VALUE_BYTES};
 
 type DfResult<T> = datafusion::error::Result<T>;
 
@@ -66,7 +68,7 @@ pub fn register(ctx: &SessionContext) {
             if any.is::<Guarded>() {
                 continue;
             }
-            ctx.register_udf(ScalarUDF::new_from_impl(Guarded { inner }));
+            ctx.register_udf(ScalarUDF::new_from_impl(Guarded { inner, share: 1 }));
         }
     }
 }
@@ -75,6 +77,8 @@ pub fn register(ctx: &SessionContext) {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Guarded {
     inner: Arc<ScalarUDF>,
+    /// Growing calls in the expression that share its output budget (1 outside a mapping).
+    share: usize,
 }
 
 impl ScalarUDFImpl for Guarded {
@@ -118,7 +122,7 @@ impl ScalarUDFImpl for Guarded {
 
     fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let n = args.number_rows;
-        size_guard(self.name(), &mut args.args, n)?;
+        size_guard(self.name(), &mut args.args, n, self.share)?;
         match call(&self.inner, args.clone()) {
             Ok(v) => Ok(v),
             Err(_) => by_row(&self.inner, args),
@@ -174,53 +178,81 @@ fn by_row(f: &ScalarUDF, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
     Ok(ColumnarValue::Array(arrow::compute::concat(&refs)?))
 }
 
-/// Nulls every argument of the rows whose result would exceed [`MAX_VALUE_BYTES`], so the
-/// function returns null for them without building the result (some size their output buffer
-/// from the length arguments of all rows, so the text alone is not enough).
-fn size_guard(name: &str, args: &mut [ColumnarValue], n: usize) -> DfResult<()> {
-    let limit = MAX_VALUE_BYTES as i128;
-    let too_big: Vec<bool> = match name {
+/// Functions whose output size follows an argument rather than their input: they share the
+/// expression's output budget.
+pub const GROWING: &[&str] = &["repeat", "lpad", "rpad", "replace", "regexp_replace"];
+
+/// The bytes each row's result could take, for the growing functions (None: no bound needed,
+/// or a null argument). Computed from lengths and counts only, before anything is built.
+fn predicted_sizes(name: &str, args: &[ColumnarValue], n: usize) -> DfResult<Option<Vec<i128>>> {
+    Ok(Some(match name {
         // repeat(text, count): len · count bytes.
         "repeat" if args.len() == 2 => {
             let lens = byte_lengths(&args[0], n)?;
             let counts = integers(&args[1], n)?;
             (0..n)
                 .map(|i| match (lens[i], counts[i]) {
-                    (Some(l), Some(c)) => (l as i128) * (c.max(0) as i128) > limit,
-                    _ => false,
+                    (Some(l), Some(c)) => (l as i128) * (c.max(0) as i128),
+                    _ => 0,
                 })
                 .collect()
         }
         // lpad/rpad(text, length[, fill]): up to 4 bytes per character of `length`.
-        "lpad" | "rpad" if args.len() >= 2 => {
-            let lengths = integers(&args[1], n)?;
-            lengths
-                .iter()
-                .map(|l| l.is_some_and(|l| (l as i128) * 4 > limit))
-                .collect()
-        }
-        // replace(text, from, to) and regexp_replace(text, pattern, to, …): at worst `to`
-        // between every two characters (an empty pattern).
+        "lpad" | "rpad" if args.len() >= 2 => integers(&args[1], n)?
+            .iter()
+            .map(|l| l.map_or(0, |l| (l.max(0) as i128) * 4))
+            .collect(),
+        // replace(text, from, to): `to` for every occurrence of `from`, and at worst between
+        // every two characters when `from` is empty; regexp_replace likewise (a pattern can
+        // match the empty string).
         "replace" | "regexp_replace" if args.len() >= 3 => {
             let lens = byte_lengths(&args[0], n)?;
+            let froms = byte_lengths(&args[1], n)?;
             let tos = byte_lengths(&args[2], n)?;
             (0..n)
                 .map(|i| match (lens[i], tos[i]) {
-                    (Some(l), Some(t)) => (l as i128 + 1) * (t as i128) + l as i128 > limit,
-                    _ => false,
+                    (Some(l), Some(t)) => {
+                        let (l, t) = (l as i128, t as i128);
+                        match froms[i] {
+                            Some(f) if f > 0 && name == "replace" => l + (l / f as i128) * t,
+                            _ => (l + 1) * t + l,
+                        }
+                    }
+                    _ => 0,
                 })
                 .collect()
         }
-        // from_unixtime(seconds): outside the years chrono can represent (about ±262,000), the
-        // timestamp cannot be shown or converted later; null instead.
-        "from_unixtime" if !args.is_empty() => {
-            const MAX_SECONDS: i64 = 8_200_000_000_000;
-            integers(&args[0], n)?
-                .iter()
-                .map(|s| s.is_some_and(|s| s.unsigned_abs() > MAX_SECONDS as u64))
-                .collect()
-        }
-        _ => return Ok(()),
+        _ => return Ok(None),
+    }))
+}
+
+/// The largest result of one growing call in an expression with `share` growing calls: the
+/// expression's per-row budget ([`MAX_VALUE_BYTES`]) divided among them, so that together
+/// they stay within it.
+pub fn row_limit(share: usize) -> i128 {
+    MAX_VALUE_BYTES as i128 / share.max(1) as i128
+}
+
+/// Nulls every argument of the rows whose result would exceed this call's share of the
+/// per-row budget, or would take the call's output for the batch past its share of
+/// [`MAX_BATCH_OUTPUT_BYTES`], so the function returns null for them without building the
+/// result (some size their output buffer from the length arguments of all rows, so the text
+/// alone is not enough).
+fn size_guard(name: &str, args: &mut [ColumnarValue], n: usize, share: usize) -> DfResult<()> {
+    let too_big: Vec<bool> = match over_budget(name, args, n, share)? {
+        Some(refused) => refused,
+        None => match name {
+            // from_unixtime(seconds): outside the years chrono can represent (about ±262,000),
+            // the timestamp cannot be shown or converted later; null instead.
+            "from_unixtime" if !args.is_empty() => {
+                const MAX_SECONDS: i64 = 8_200_000_000_000;
+                integers(&args[0], n)?
+                    .iter()
+                    .map(|s| s.is_some_and(|s| s.unsigned_abs() > MAX_SECONDS as u64))
+                    .collect()
+            }
+            _ => return Ok(()),
+        },
     };
     if !too_big.iter().any(|b| *b) {
         return Ok(());
@@ -231,6 +263,112 @@ fn size_guard(name: &str, args: &mut [ColumnarValue], n: usize) -> DfResult<()> 
         *arg = ColumnarValue::Array(arrow::compute::nullif(&arr, &mask)?);
     }
     Ok(())
+}
+
+/// For a growing call, the rows whose result would exceed the call's share of the per-row
+/// budget, or take its output for the batch past its share of [`MAX_BATCH_OUTPUT_BYTES`]
+/// (rows in order until the share is spent). `None` for other functions.
+fn over_budget(
+    name: &str,
+    args: &[ColumnarValue],
+    n: usize,
+    share: usize,
+) -> DfResult<Option<Vec<bool>>> {
+    let row = row_limit(share);
+    let batch = MAX_BATCH_OUTPUT_BYTES as i128 / share.max(1) as i128;
+    Ok(predicted_sizes(name, args, n)?.map(|sizes| {
+        let mut total = 0i128;
+        sizes
+            .iter()
+            .map(|&s| {
+                if s > row {
+                    return true;
+                }
+                total += s;
+                total > batch
+            })
+            .collect()
+    }))
+}
+
+/// The name of the check that keeps a whole expression within its output budget.
+pub const WITHIN_BUDGET: &str = "output_within_budget";
+
+/// `output_within_budget(share, 'repeat', arg, …)`: true for the rows on which that growing
+/// call stays within its share of the expression's budget. A mapping expression with growing
+/// calls is compiled as `CASE WHEN <every call within budget> THEN expr END`, so that a row
+/// over the budget is null as a whole (and reported), not a `concat` of the calls that did
+/// fit, and the refused calls are never evaluated on it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WithinBudget {
+    signature: Signature,
+}
+
+impl WithinBudget {
+    /// The function, ready to register.
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(WithinBudget {
+            signature: Signature::variadic_any(datafusion::logical_expr::Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for WithinBudget {
+    fn name(&self) -> &str {
+        WITHIN_BUDGET
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        let (share, name) = match (args.args.first(), args.args.get(1)) {
+            (
+                Some(ColumnarValue::Scalar(ScalarValue::Int64(Some(share)))),
+                Some(ColumnarValue::Scalar(
+                    ScalarValue::Utf8(Some(name)) | ScalarValue::Utf8View(Some(name)),
+                )),
+            ) => (*share, name.clone()),
+            _ => {
+                return Err(DataFusionError::Execution(format!(
+                    "{WITHIN_BUDGET} takes a share and a function name"
+                )));
+            }
+        };
+        let refused = over_budget(&name, &args.args[2..], n, share.max(1) as usize)?
+            .unwrap_or_else(|| vec![false; n]);
+        let ok: BooleanArray = refused.iter().map(|r| Some(!r)).collect();
+        Ok(ColumnarValue::Array(Arc::new(ok)))
+    }
+}
+
+/// The size of a growing call whose arguments are all literals, known when it is compiled.
+pub fn literal_size(name: &str, args: &[ScalarValue]) -> Option<i128> {
+    let args: Vec<ColumnarValue> = args.iter().cloned().map(ColumnarValue::Scalar).collect();
+    predicted_sizes(name, &args, 1)
+        .ok()
+        .flatten()
+        .and_then(|v| v.first().copied())
+}
+
+/// The guarded form of a growing built-in that shares the expression's budget with
+/// `share - 1` other growing calls.
+pub fn with_share(f: &Arc<ScalarUDF>, share: usize) -> Arc<ScalarUDF> {
+    let any: &dyn std::any::Any = f.inner().as_ref();
+    let inner = match any.downcast_ref::<Guarded>() {
+        Some(g) => Arc::clone(&g.inner),
+        None => Arc::clone(f),
+    };
+    Arc::new(ScalarUDF::new_from_impl(Guarded {
+        inner,
+        share: share.max(1),
+    }))
 }
 
 /// Byte length of each row's text (None for null or non-text).

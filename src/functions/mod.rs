@@ -34,10 +34,11 @@ pub fn all() -> Vec<ScalarUDF> {
         udf(Kind::ConvertedOk),
         udf(Kind::IsFormat),
         udf(Kind::JsonSchemaErrors),
+        guard::WithinBudget::udf(),
     ]
 }
 
-mod guard;
+pub(crate) mod guard;
 mod parse;
 
 pub use guard::is_guarded;
@@ -122,6 +123,92 @@ pub const ALLOWED_FUNCTIONS: &[&str] = &[
     "make_array",
     "array_element",
 ];
+
+/// conform's own functions of the allow-list: syntax and result, for the reference.
+const OWN: &[(&str, &str, &str)] = &[
+    (
+        "try_to_date",
+        "try_to_date(text, format, ...)",
+        "date: the first chrono format (`'%d/%m/%Y'`) that parses; null if none",
+    ),
+    (
+        "try_to_timestamp",
+        "try_to_timestamp(text, format, ...)",
+        "timestamp (µs, UTC); no format = RFC 3339 / ISO 8601",
+    ),
+    (
+        "parse_number",
+        "parse_number(text)",
+        "double: strips currency signs, spaces and thousands separators (`'$1,234.50'`, \
+         `'1.234,50 €'`, `'(12)'`); null if not a number",
+    ),
+    (
+        "parse_bool",
+        "parse_bool(text)",
+        "boolean: `true/t/yes/y/1/on`, `false/f/no/n/0/off`, and `ja/nein`, `oui/non`, \
+         `sí/no`, `sim/não`, `wahr/falsch`, `vrai/faux`, any case; null otherwise",
+    ),
+    (
+        "clean",
+        "clean(text)",
+        "text trimmed of ASCII whitespace; empty → null",
+    ),
+];
+
+/// `docs/functions.md`: every function a mapping expression may call, generated from the
+/// allow-list, conform's own functions and DataFusion's documentation of its built-ins. A test
+/// compares the committed page with this text.
+pub fn reference_markdown() -> String {
+    let ctx = crate::mapping::compile::session();
+    let mut md = String::from(
+        "# Functions of the mapping language\n\n\
+         Every function a mapping expression may call, generated from the allow-list in \
+         `src/functions/mod.rs` (do not edit by hand: `CONFORM_UPDATE_DOCS=1 cargo test --test it \
+         generated_references` rewrites it). Any other function is refused when the mapping \
+         compiles. Built-ins run in a guarded form: a row on which the call fails gets null \
+         (and is reported by the validator) instead of failing the batch. The growing \
+         functions share one output budget per expression: together at most \
+         1048576 bytes per row and 268435456 bytes per batch; a row past it gets null there and \
+         is invalid, and a call on literals past it is a compile error.\n\n\
+         | function | syntax | result | row-level behaviour |\n|---|---|---|---|\n",
+    );
+    // DataFusion's descriptions link to pages of its own site: the link text is kept.
+    let unlink = regex::Regex::new(r"\[([^\]]*)\]\([^)]*\)").expect("a valid pattern");
+    let cell = |s: &str| {
+        let s = unlink.replace_all(s, "$1");
+        s.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('|', "\\|")
+    };
+    for name in ALLOWED_FUNCTIONS {
+        let (syntax, result) = match OWN.iter().find(|(n, _, _)| n == name) {
+            Some((_, syntax, result)) => (syntax.to_string(), result.to_string()),
+            None => match datafusion::execution::FunctionRegistry::udf(&ctx, name)
+                .ok()
+                .and_then(|f| {
+                    f.documentation()
+                        .map(|d| (d.syntax_example.clone(), d.description.clone()))
+                }) {
+                Some((syntax, description)) => (syntax, description),
+                None => (format!("{name}(...)"), "DataFusion's built-in".to_string()),
+            },
+        };
+        let behaviour = if guard::GROWING.contains(name) {
+            "guarded; shares the output budget"
+        } else if is_guarded(name) {
+            "guarded"
+        } else {
+            "total (never fails a row)"
+        };
+        md.push_str(&format!(
+            "| `{name}` | `{}` | {} | {behaviour} |\n",
+            cell(&syntax).replace('`', ""),
+            cell(&result)
+        ));
+    }
+    md
+}
 
 /// Registers every conform function on a session, and the allow-listed built-ins in their
 /// guarded form (row-level try semantics, bounded output).
@@ -387,7 +474,11 @@ fn json_schema_errors(
     schema_text: &str,
     text_is_json: bool,
 ) -> DfResult<ArrayRef> {
-    let schema: serde_json::Value = serde_json::from_str(schema_text)
+    // The schema's nesting was bounded when it was loaded (`limits::MAX_SCHEMA_DEPTH`, above
+    // serde_json's default of 128 levels), so the parser's own limit is lifted here.
+    let mut de = serde_json::Deserializer::from_str(schema_text);
+    de.disable_recursion_limit();
+    let schema = <serde_json::Value as serde::Deserialize>::deserialize(&mut de)
         .map_err(|e| DataFusionError::Execution(format!("json_schema_errors: bad schema: {e}")))?;
     let validator = jsonschema::validator_for(&schema)
         .map_err(|e| DataFusionError::Execution(format!("json_schema_errors: {e}")))?;

@@ -21,6 +21,11 @@ use crate::schema::TargetSchema;
 
 pub use crate::functions::ALLOWED_FUNCTIONS;
 
+/// The functions reference (`docs/functions.md`), generated from the allow-list.
+pub fn functions_reference() -> String {
+    crate::functions::reference_markdown()
+}
+
 /// One compiled target field.
 #[derive(Debug, Clone)]
 pub struct CompiledField {
@@ -81,6 +86,101 @@ pub fn compile(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(CompiledMapping { fields })
+}
+
+/// Whether a compiled expression has growing calls that share an output budget.
+pub fn grows(expr: &Expr) -> bool {
+    let mut found = false;
+    let _ = expr.apply(|e| {
+        if let Expr::ScalarFunction(f) = e
+            && crate::functions::guard::GROWING.contains(&f.func.name())
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Divides the expression's per-row output budget among its growing calls (`repeat`, `lpad`,
+/// …), so that `concat(repeat(…), repeat(…), …)` stays within one budget rather than one per
+/// call; a growing call on literals past its share is refused here.
+fn share_output_budget(parsed: Expr) -> std::result::Result<Expr, String> {
+    use crate::functions::guard;
+    let mut growing = 0usize;
+    parsed
+        .apply(|e| {
+            if let Expr::ScalarFunction(f) = e
+                && guard::GROWING.contains(&f.func.name())
+            {
+                growing += 1;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| e.to_string())?;
+    if growing == 0 {
+        return Ok(parsed);
+    }
+    let limit = guard::row_limit(growing);
+    let mut refused: Option<String> = None;
+    // One budget check per growing call: the whole expression is null on a row where any
+    // call would exceed its share.
+    let mut checks: Vec<Expr> = Vec::new();
+    let out = parsed
+        .transform_up(|e| {
+            Ok(match e {
+                Expr::ScalarFunction(f) if guard::GROWING.contains(&f.func.name()) => {
+                    let literals: Option<Vec<ScalarValue>> = f
+                        .args
+                        .iter()
+                        .map(|a| match a {
+                            Expr::Literal(v, _) => Some(v.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(size) = literals
+                        .as_deref()
+                        .and_then(|l| guard::literal_size(f.func.name(), l))
+                        && size > limit
+                        && refused.is_none()
+                    {
+                        refused = Some(format!(
+                            "`{}` on these literals would produce {size} bytes per row; the \
+                             growing calls of an expression may produce at most {} bytes per \
+                             row together ({growing} such call(s) here)",
+                            f.func.name(),
+                            crate::limits::MAX_VALUE_BYTES
+                        ));
+                    }
+                    let func = guard::with_share(&f.func, growing);
+                    let mut check_args = vec![lit(growing as i64), lit(f.func.name().to_string())];
+                    check_args.extend(f.args.iter().cloned());
+                    checks.push(Expr::ScalarFunction(
+                        datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                            std::sync::Arc::new(guard::WithinBudget::udf()),
+                            check_args,
+                        ),
+                    ));
+                    Transformed::yes(Expr::ScalarFunction(
+                        datafusion::logical_expr::expr::ScalarFunction::new_udf(func, f.args),
+                    ))
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .map_err(|e| e.to_string())?
+        .data;
+    if let Some(why) = refused {
+        return Err(why);
+    }
+    let within = checks
+        .into_iter()
+        .reduce(|a, b| a.and(b))
+        .expect("at least one growing call");
+    datafusion::logical_expr::when(within, out)
+        .end()
+        .map_err(|e| e.to_string())
 }
 
 fn list(names: &[&str]) -> String {
@@ -278,6 +378,8 @@ pub fn compile_field(
     if let Some(p) = problem {
         return Err(p);
     }
+    // After the allow-list check: the budget's own check function is not for users to call.
+    let parsed = share_output_budget(parsed)?;
     let guarded = guard_division(parsed).map_err(|e| e.to_string())?;
     let coerced = guarded
         .rewrite(&mut TypeCoercionRewriter::new(&df_schema))

@@ -172,7 +172,7 @@ pub async fn probe(
     max_null_ratio: f64,
 ) -> Result<Probe> {
     let mapping = compile(ctx, doc, data_schema, target)?;
-    let validator = Validator::new(target, &mapping);
+    let validator = Validator::for_mapping(target, &mapping);
     let table = MemTable::try_new(rows.schema(), vec![vec![rows.clone()]])?;
     let scan = LogicalPlanBuilder::scan("probe", provider_as_source(Arc::new(table)), None)?;
     let (plan, layout) = crate::plan::build(scan, data_schema, &mapping, &validator)?;

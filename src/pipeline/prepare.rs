@@ -253,7 +253,7 @@ impl Pipeline {
                 m.sources = f.sources.clone();
             }
         }
-        let validator = Validator::new(&self.target, &mapping);
+        let validator = Validator::for_mapping(&self.target, &mapping);
         Ok(PreparedSource {
             source,
             document,

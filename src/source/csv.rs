@@ -211,6 +211,9 @@ pub(crate) struct OpenFile {
     /// For each field position in this file, the schema column it fills.
     positions: Vec<usize>,
     next_row: u64,
+    /// A read error met after some rows of a batch: those rows are handed on first (a
+    /// truncated file reports the rows it had), the error with the next call.
+    failed: Option<Error>,
 }
 
 impl super::files::FileReader for OpenFile {
@@ -254,6 +257,7 @@ impl super::files::FileReader for OpenFile {
             display: path.display().to_string(),
             positions,
             next_row,
+            failed: None,
         })
     }
 
@@ -267,20 +271,33 @@ impl super::files::FileReader for OpenFile {
         let name = source.name();
         let max_record = source.config().max_record_bytes;
         let file = self;
+        if let Some(e) = file.failed.take() {
+            return Err(e);
+        }
+        // Buffers grow with the data; sized up front for at most this many rows, so that a
+        // large `batch_size` reserves nothing it does not fill.
+        let reserve = batch_size.min(8192);
         // Fields are collected as bytes and checked for UTF-8 once per column and batch
         // (`try_from_binary`), far cheaper than a check per field.
         let mut builders: Vec<BinaryBuilder> = (0..ncols)
-            .map(|_| BinaryBuilder::with_capacity(batch_size, batch_size * 16))
+            .map(|_| BinaryBuilder::with_capacity(reserve, reserve * 16))
             .collect();
-        let mut rows = Vec::with_capacity(batch_size);
-        let mut errors: Vec<Option<String>> = Vec::with_capacity(batch_size);
+        let mut rows = Vec::with_capacity(reserve);
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(reserve);
         let mut rec = ::csv::ByteRecord::new();
         let mut filled = vec![false; ncols];
         while rows.len() < batch_size {
-            let more = file
-                .reader
-                .read_byte_record(&mut rec)
-                .map_err(|e| Error::source(name, format!("{}: {e}", file.display)))?;
+            let more = match file.reader.read_byte_record(&mut rec) {
+                Ok(more) => more,
+                Err(e) => {
+                    let e = Error::source(name, format!("{}: {e}", file.display));
+                    if rows.is_empty() {
+                        return Err(e);
+                    }
+                    file.failed = Some(e);
+                    break;
+                }
+            };
             if !more {
                 break;
             }

@@ -84,6 +84,15 @@ impl HttpSpec {
                 ));
             }
         };
+        // Every credential is masked in the URLs this source shows (invalid rows' `source_file`,
+        // errors, the summary), whatever parameter carries it.
+        for (k, v) in c {
+            match k.as_str() {
+                "query" => crate::net::register_secret_param(v.expose()),
+                "header" | "username" => {}
+                _ => crate::net::register_secret_value(v.expose()),
+            }
+        }
         if let Auth::Query(q, _) = &auth
             && q.trim().is_empty()
         {
@@ -133,6 +142,17 @@ impl HttpSpec {
         loop {
             let mut target = url.clone();
             if credentialed && let Auth::Query(q, k) = &self.auth {
+                // A next-page link that echoes the key already carries the parameter: it is
+                // replaced, not sent twice (and an echoed value is never trusted over ours).
+                let kept: Vec<(String, String)> = target
+                    .query_pairs()
+                    .filter(|(name, _)| name.as_ref() != q.as_str())
+                    .map(|(a, b)| (a.into_owned(), b.into_owned()))
+                    .collect();
+                target.set_query(None);
+                if !kept.is_empty() {
+                    target.query_pairs_mut().extend_pairs(kept);
+                }
                 target.query_pairs_mut().append_pair(q, k.expose());
             }
             let mut req = client.get(target).header("accept", "application/json");
@@ -189,6 +209,10 @@ impl HttpSpec {
                     ));
                 }
             };
+            if crate::net::stopping() {
+                // The run is ending on a signal: the failure is the shutdown's, not the API's.
+                return Err(Error::Interrupted);
+            }
             if attempt >= self.options.max_retries {
                 let why = match outcome {
                     Ok((status, _)) => format!("HTTP {status}"),

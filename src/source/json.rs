@@ -385,6 +385,9 @@ pub fn split(path: &Path, format: InputFormat, target: u64) -> Result<Option<Vec
 pub(crate) struct JsonFile {
     records: Records,
     display: String,
+    /// A read error met after some records of a batch (a truncated compressed file): those
+    /// records are handed on first, the error with the next call.
+    failed: Option<Error>,
 }
 
 fn decoder(data_schema: &SchemaRef, batch_size: usize) -> Result<Decoder> {
@@ -489,6 +492,7 @@ impl super::files::FileReader for JsonFile {
         Ok(JsonFile {
             records,
             display: path.display().to_string(),
+            failed: None,
         })
     }
 
@@ -498,19 +502,30 @@ impl super::files::FileReader for JsonFile {
         schema: &SchemaRef,
     ) -> Result<Option<RecordBatch>> {
         let batch_size = source.batch_size();
-        let mut text = Vec::with_capacity(batch_size * 128);
-        let mut spans = Vec::with_capacity(batch_size);
-        let mut rows = Vec::with_capacity(batch_size);
-        let mut known = Vec::with_capacity(batch_size);
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        // Sized for at most 8,192 rows up front: a large `batch_size` reserves nothing it
+        // does not fill.
+        let reserve = batch_size.min(8192);
+        let mut text = Vec::with_capacity(reserve * 128);
+        let mut spans = Vec::with_capacity(reserve);
+        let mut rows = Vec::with_capacity(reserve);
+        let mut known = Vec::with_capacity(reserve);
         let mut buf = Vec::new();
         let max_record = source.config().max_record_bytes;
         while rows.len() < batch_size {
-            let Some(row) = self
-                .records
-                .next_record(&mut buf)
-                .map_err(|e| Error::source(source.name(), format!("{}: {e}", self.display)))?
-            else {
-                break;
+            let row = match self.records.next_record(&mut buf) {
+                Ok(Some(row)) => row,
+                Ok(None) => break,
+                Err(e) => {
+                    let e = Error::source(source.name(), format!("{}: {e}", self.display));
+                    if rows.is_empty() {
+                        return Err(e);
+                    }
+                    self.failed = Some(e);
+                    break;
+                }
             };
             let start = text.len();
             text.extend_from_slice(&buf);

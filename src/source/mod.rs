@@ -293,7 +293,16 @@ impl FileSource {
         let mut batches = Vec::new();
         let mut rows = 0;
         for b in self.batches()? {
-            let b = b?;
+            // A read error after some rows (a truncated file) leaves the sample at what was
+            // read: the full pass then reads those rows again and reports the error after them.
+            let b = match b {
+                Ok(b) => b,
+                Err(e) if rows == 0 => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "The sample ends at a read error.");
+                    break;
+                }
+            };
             rows += b.num_rows();
             batches.push(b);
             if rows >= n {

@@ -145,18 +145,38 @@ impl super::files::FileReader for ParquetFile {
             b = b.with_row_groups((p.start as usize..p.end as usize).collect());
             next_row = p.first_row;
         }
+        let reader = b.build().map_err(|e| {
+            Error::source(
+                source.name(),
+                format!("{} is not a readable Parquet file: {e}", path.display()),
+            )
+        })?;
         Ok(ParquetFile {
-            reader: b.build()?,
+            reader,
             display: path.display().to_string(),
             next_row,
         })
     }
 
-    fn next_batch(&mut self, _: &FileSource, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
+    fn next_batch(
+        &mut self,
+        source: &FileSource,
+        schema: &SchemaRef,
+    ) -> Result<Option<RecordBatch>> {
         let Some(b) = self.reader.next() else {
             return Ok(None);
         };
-        let b = b?;
+        // A corrupt page surfaces here, long after the file was opened: the error names the
+        // file and the rows read before it.
+        let b = b.map_err(|e| {
+            Error::source(
+                source.name(),
+                format!(
+                    "{}: cannot read the rows from row {} on: {e}",
+                    self.display, self.next_row
+                ),
+            )
+        })?;
         let n = b.num_rows();
         let rows: Vec<u64> = (self.next_row..self.next_row + n as u64).collect();
         self.next_row += n as u64;

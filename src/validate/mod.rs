@@ -86,6 +86,9 @@ pub struct Check {
     pub kind_name: &'static str,
     /// The source columns the field reads, for `type` messages.
     pub sources: Vec<String>,
+    /// The field's expression has growing calls (`repeat`, `lpad`, …): a null there may be
+    /// the output budget's refusal, which the `type` message then names.
+    pub grows: bool,
 }
 
 /// The compiled validator of one source: checks in field order, then rule order.
@@ -139,6 +142,20 @@ impl Validator {
         }
         Validator { checks }
     }
+
+    /// [`Validator::new`], with the fields whose expressions have growing calls marked so that
+    /// their `type` messages name the output budget.
+    pub fn for_mapping(target: &TargetSchema, mapping: &CompiledMapping) -> Validator {
+        let mut v = Validator::new(target, mapping);
+        for m in &mapping.fields {
+            if crate::mapping::compile::grows(&m.expr) {
+                for c in v.checks.iter_mut().filter(|c| c.field == m.name) {
+                    c.grows = true;
+                }
+            }
+        }
+        v
+    }
 }
 
 fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
@@ -161,6 +178,7 @@ fn field_checks(t: &TargetField, sources: &[String], out: &mut Vec<Check>) {
             detail,
             kind_name: t.kind.json_name(),
             sources: sources.to_vec(),
+            grows: false,
         })
     };
     if t.required {

@@ -34,7 +34,10 @@ fn every_command_block_runs_and_every_link_resolves() {
 fn readme_is_a_short_door_with_a_diagram() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let lines = readme.lines().count();
-    assert!(lines <= 250, "README.md has {lines} lines; at most 250 (the rest goes in docs/)");
+    assert!(
+        lines <= 250,
+        "README.md has {lines} lines; at most 250 (the rest goes in docs/)"
+    );
     assert!(
         readme.lines().any(|l| l.trim() == "```mermaid"),
         "README.md has no ```mermaid diagram of the flow"

@@ -76,12 +76,14 @@ async fn run(w: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Run {
     crate::harness::run_async(w, args, env).await
 }
 
+/// The chat-completion requests the server received (not the token counts asked of it).
 async fn bodies(server: &MockServer) -> Vec<Value> {
     server
         .received_requests()
         .await
         .unwrap()
         .iter()
+        .filter(|r| r.url.path().ends_with("/chat/completions"))
         .map(|r| serde_json::from_slice(&r.body).unwrap())
         .collect()
 }
@@ -1371,4 +1373,92 @@ async fn a_model_that_runs_to_every_budget_is_split_not_given_more() {
     // The halves run side by side.
     budgets[2..].sort_unstable();
     assert_eq!(budgets, [680, 1360, 440, 440, 880, 880]);
+}
+
+/// llama.cpp's `/tokenize` as a tokenizer that makes one token of every byte: the finest any
+/// model can split, far past the mapper's estimate of three characters per token.
+struct BytesAreTokens;
+
+impl wiremock::Respond for BytesAreTokens {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let n = body["content"].as_str().unwrap_or_default().len();
+        ResponseTemplate::new(200).set_body_json(json!({ "tokens": vec![1; n] }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_servers_own_token_count_keeps_every_request_within_the_budget() {
+    let s = server().await;
+    let columns: Vec<String> = (0..60).map(|i| format!("gauge_{i:03}")).collect();
+    Mock::given(method("POST"))
+        .and(path("/tokenize"))
+        .respond_with(BytesAreTokens)
+        .mount(&s)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(EchoTargets(columns.clone()))
+        .mount(&s)
+        .await;
+    let mut props = serde_json::Map::new();
+    for c in &columns {
+        props.insert(
+            c.clone(),
+            json!({"type": ["string", "null"], "description": format!(
+                "Reading of {c} on the control panel, taken by the operator at the end of each \
+                 shift and entered before any correction")}),
+        );
+    }
+    let schema = json!({"type": "object", "properties": props}).to_string();
+    let w = Workdir::new();
+    let mut csv = columns.join(",");
+    csv.push('\n');
+    for r in 0..5 {
+        csv.push_str(
+            &(0..60)
+                .map(|c| format!("{r}.{c}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        csv.push('\n');
+    }
+    w.write("g.csv", csv);
+    const BUDGET: usize = 16_000;
+    w.write(
+        "config.json",
+        config(
+            r#"{"g": {"path": "g.csv"}}"#,
+            &schema,
+            &format!(
+                r#""llm": {{"base_url": "{}/v1", "max_prompt_tokens": {BUDGET}}},"#,
+                s.uri()
+            ),
+        ),
+    );
+    let r = run(&w, &["map", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let requests = s.received_requests().await.unwrap();
+    assert!(
+        requests.iter().any(|r| r.url.path() == "/tokenize"),
+        "the server's tokenizer was asked"
+    );
+    let b = bodies(&s).await;
+    assert!(b.len() >= 2, "split to fit: {} requests", b.len());
+    for body in &b {
+        let messages = body["messages"].as_array().unwrap();
+        let tokens: usize = messages
+            .iter()
+            .map(|m| m["content"].as_str().unwrap_or_default().len() + 8)
+            .sum::<usize>()
+            + 4;
+        assert!(
+            tokens <= BUDGET,
+            "a request of {tokens} tokens by the server's count"
+        );
+    }
+    let doc = w.json("out/mappings/g.mapping.json");
+    for c in &columns {
+        assert_eq!(doc["fields"][c]["expr"], format!("clean(\"{c}\")"), "{c}");
+    }
 }

@@ -2,7 +2,7 @@
 // prebuilt llama.cpp CPU binaries), for the real-model tests. It answers the way llama.cpp's own
 // server does where conform depends on it: `response_format` json_schema / json_object enforced by
 // a grammar, `max_tokens` honoured with `finish_reason: "length"`, `usage` counted with the model's
-// tokenizer, one request at a time, and an `exceed_context_size_error` body (numeric `code`) when
+// tokenizer, `POST /tokenize` with the same tokenizer, one completion at a time, and an `exceed_context_size_error` body (numeric `code`) when
 // a prompt does not fit the context.
 //
 // usage: node server.mjs MODEL.gguf PORT LOG.jsonl [CONTEXT_TOKENS]
@@ -116,7 +116,8 @@ const server = http.createServer((req, res) => {
     if (req.method === "GET" && req.url.startsWith("/v1/models")) {
         return reply(res, 200, {object: "list", data: [{id: "local", object: "model"}]});
     }
-    if (req.method !== "POST" || !req.url.startsWith("/v1/chat/completions")) {
+    const tokenize = req.method === "POST" && req.url.startsWith("/tokenize");
+    if (!tokenize && (req.method !== "POST" || !req.url.startsWith("/v1/chat/completions"))) {
         return reply(res, 404, {error: {code: 404, message: "not found", type: "not_found_error"}});
     }
     const chunks = [];
@@ -127,6 +128,16 @@ const server = http.createServer((req, res) => {
         else chunks.push(c);
     });
     req.on("end", () => {
+        // llama.cpp's `POST /tokenize`: the model's tokens of `content` (no special tokens),
+        // answered at once, beside a completion in progress, as llama.cpp's server does.
+        if (tokenize) {
+            try {
+                const body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+                return reply(res, 200, {tokens: Array.from(model.tokenize(String(body.content ?? "")))});
+            } catch (e) {
+                return reply(res, 400, {error: {code: 400, message: String(e?.message ?? e), type: "invalid_request_error"}});
+            }
+        }
         queue = queue.then(async () => {
             if (res.destroyed) return;
             try {

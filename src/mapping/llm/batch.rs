@@ -104,7 +104,10 @@ impl LlmMapper {
                 // A request that times out, or whose replies cannot be read, is asked again in
                 // halves, not as it was: a slow server answers smaller requests in time, and a
                 // small model writes a shorter reply for fewer fields.
-                Err(e) if (timed_out(&e) || unreadable(&e)) && req.target.fields.len() > 1 => {
+                Err(e)
+                    if (timed_out(&e) || unreadable(&e) || over_budget(&e))
+                        && req.target.fields.len() > 1 =>
+                {
                     tracing::warn!(
                         source = req.source,
                         error = %e,
@@ -118,6 +121,14 @@ impl LlmMapper {
                         .into_iter()
                         .map(|h| (h, all_columns.clone()))
                         .collect()
+                }
+                // One field that alone would exceed the budget: the offline matcher answers
+                // for it below, as for any field the model could not answer.
+                Err(e) if over_budget(&e) => {
+                    spent = Some(u);
+                    let names: Vec<String> =
+                        req.target.fields.iter().map(|t| t.name.clone()).collect();
+                    vec![(names, all_columns.clone())]
                 }
                 other => return other.map(|doc| (doc, u)),
             }
@@ -173,7 +184,8 @@ impl LlmMapper {
                         answered_batches += 1;
                         fields.extend(doc.fields);
                     }
-                    Err(e) if timed_out(&e) && batch.len() > 1 => {
+                    // Over the budget by the model's count: halves until each fits.
+                    Err(e) if (timed_out(&e) || over_budget(&e)) && batch.len() > 1 => {
                         again.extend(
                             halves(&batch)
                                 .into_iter()
@@ -187,7 +199,7 @@ impl LlmMapper {
                                 .map(|h| (h, columns.clone(), true)),
                         );
                     }
-                    Err(e) if unreadable(&e) => {
+                    Err(e) if unreadable(&e) || over_budget(&e) => {
                         let why = match e {
                             Error::Llm { message, .. } => message,
                             other => other.to_string(),
@@ -437,6 +449,14 @@ impl BatchParts {
 pub(super) fn timed_out(e: &Error) -> bool {
     matches!(e, Error::Llm { message, .. } if message.contains("timed out"))
 }
+
+/// A request the model would count over `llm.max_prompt_tokens`, not sent.
+pub(super) fn over_budget(e: &Error) -> bool {
+    matches!(e, Error::Llm { message, .. } if message.contains(OVER_BUDGET))
+}
+
+/// How the error of a request over the prompt budget begins.
+pub(super) const OVER_BUDGET: &str = "the request would exceed the prompt budget";
 
 /// A conversation none of whose replies could be read.
 pub(super) fn unreadable(e: &Error) -> bool {

@@ -1,7 +1,7 @@
 //! One conversation with the model: the opening, the requests, reading the replies, and the
 //! repair rounds until every field compiles or the rounds run out.
 
-use super::batch::UNREADABLE;
+use super::batch::{OVER_BUDGET, UNREADABLE};
 use super::*;
 
 impl LlmMapper {
@@ -32,6 +32,18 @@ impl LlmMapper {
         boost: u32,
         usage: &mut LlmUsage,
     ) -> Result<String> {
+        // The gate of `llm.max_prompt_tokens`: whatever the planner estimated, a request the
+        // model would count over the budget is not sent (the caller asks in smaller parts).
+        let size = self.count_tokens(conversation).await;
+        if size > self.settings.max_prompt_tokens {
+            return Err(Error::Llm {
+                source_name: source.to_string(),
+                message: format!(
+                    "{OVER_BUDGET}: {size} prompt tokens, llm.max_prompt_tokens is {}",
+                    self.settings.max_prompt_tokens
+                ),
+            });
+        }
         let _permit = self.gate.acquire().await.map_err(|_| Error::Interrupted)?;
         loop {
             let structured = !self.json_object_only.load(Ordering::Relaxed);
@@ -70,7 +82,7 @@ impl LlmMapper {
                 source,
                 items,
                 prompt_chars,
-                prompt_tokens = self.tokens(conversation),
+                prompt_tokens = size,
                 max_tokens = budget,
                 "Sending an LLM request."
             );
@@ -89,6 +101,8 @@ impl LlmMapper {
                     }
                     .into();
                     if let Some(u) = &resp.usage {
+                        self.counter
+                            .observe(conversation, u64::from(u.prompt_tokens));
                         usage.prompt_tokens += u64::from(u.prompt_tokens);
                         usage.completion_tokens += u64::from(u.completion_tokens);
                     }
@@ -304,7 +318,7 @@ impl LlmMapper {
             conversation.truncate(2);
             conversation.push(latest);
             conversation.push(ChatCompletionRequestUserMessage::from(msg).into());
-            let size = self.tokens(&conversation);
+            let size = self.count_tokens(&conversation).await;
             if size > self.settings.max_prompt_tokens {
                 tracing::warn!(
                     source = req.source,

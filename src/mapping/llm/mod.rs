@@ -5,6 +5,7 @@
 
 mod batch;
 mod conversation;
+mod count;
 pub mod prompt;
 pub mod reply;
 mod revise;
@@ -105,6 +106,8 @@ pub struct LlmMapper {
     /// The model's own tokenizer, for OpenAI's models at OpenAI's endpoint; otherwise prompt
     /// sizes are estimated from their length.
     tokenizer: Option<&'static tiktoken_rs::CoreBPE>,
+    /// Counts prompts with the server's tokenizer where it offers one (see `count`).
+    counter: count::TokenCounter,
 }
 
 impl std::fmt::Debug for LlmMapper {
@@ -134,6 +137,9 @@ impl LlmMapper {
             .clone()
             .unwrap_or_else(|| OPENAI_BASE_URL.to_string());
         let base = base.trim_end_matches('/').to_string();
+        if let Some(k) = &settings.api_key {
+            crate::net::register_secret_value(k.expose());
+        }
         let mut config = OpenAIConfig::new().with_api_base(&base);
         // Local servers often need no key; async-openai then sends an empty bearer token.
         config = config.with_api_key(
@@ -159,6 +165,7 @@ impl LlmMapper {
         let tokenizer = openai
             .then(|| tiktoken_rs::bpe_for_model(&settings.model).ok())
             .flatten();
+        let counter = count::TokenCounter::new(&base, settings.api_key.clone(), !openai);
         Ok(LlmMapper {
             client,
             settings: settings.clone(),
@@ -167,11 +174,13 @@ impl LlmMapper {
             gate: Arc::new(Semaphore::new(settings.max_concurrent)),
             json_object_only: AtomicBool::new(false),
             tokenizer,
+            counter,
         })
     }
 
-    /// Prompt tokens of a conversation: counted with the model's tokenizer when it is known
-    /// (plus the chat format's few tokens per message), estimated otherwise.
+    /// Prompt tokens of a conversation for planning batches: counted with the model's
+    /// tokenizer when it is known (plus the chat format's few tokens per message), estimated
+    /// otherwise (scaled by what the server has reported).
     fn tokens(&self, conversation: &[ChatCompletionRequestMessage]) -> usize {
         match self.tokenizer {
             Some(bpe) => {
@@ -181,7 +190,25 @@ impl LlmMapper {
                     .sum::<usize>()
                     + 3
             }
-            None => approx_tokens(conversation),
+            None => self.counter.estimate(conversation),
+        }
+    }
+
+    /// Prompt tokens of a conversation about to be sent, as exactly as the endpoint allows:
+    /// the model's tokenizer, the server's `/tokenize`, or the scaled estimate.
+    async fn count_tokens(&self, conversation: &[ChatCompletionRequestMessage]) -> usize {
+        if self.tokenizer.is_some() {
+            return self.tokens(conversation);
+        }
+        // Every token of a byte-level tokenizer stands for at least one byte: a prompt whose
+        // bytes (plus the template's tokens) fit the budget fits it whatever the model, and
+        // needs no count from the server.
+        if count::byte_bound(conversation) <= self.settings.max_prompt_tokens {
+            return self.tokens(conversation);
+        }
+        match self.counter.server_count(conversation).await {
+            Some(n) => n,
+            None => self.counter.estimate(conversation),
         }
     }
 
@@ -237,17 +264,9 @@ impl LlmMapper {
 
 /// Characters per token of the estimate. Small open models' tokenizers (SmolLM2's, measured
 /// on conform's prompts: 3.2) split JSON, sample values and identifiers finer than English
-/// prose; three keeps the estimate above the real count.
+/// prose; three keeps the estimate near the real count, and the gate before each request
+/// counts exactly where the server allows (`count`).
 const CHARS_PER_TOKEN: usize = 3;
-
-/// Estimated prompt tokens of a conversation: its text at three characters per token, plus a
-/// few tokens per message for the chat template.
-fn approx_tokens(conversation: &[ChatCompletionRequestMessage]) -> usize {
-    conversation
-        .iter()
-        .map(|m| message_text(m).len().div_ceil(CHARS_PER_TOKEN) + 8)
-        .sum()
-}
 
 /// Every target field of `req`, unmapped with `why`, until an answer replaces it.
 fn placeholders(req: &MappingRequest<'_>, why: &str) -> IndexMap<String, FieldMapping> {

@@ -67,6 +67,10 @@ impl tower::Service<HttpRequestFactory> for RetryingHttp {
             loop {
                 let req = request.build().await?;
                 let result = client.execute(req).await;
+                if crate::net::stopping() {
+                    // Ending on a signal: whatever happened, nothing is retried or reported.
+                    return result.map_err(OpenAIError::Reqwest);
+                }
                 let wait = match &result {
                     Ok(resp) if retryable_status(resp.status()) => {
                         let wait = retry_after(resp.headers()).unwrap_or_else(|| backoff(attempt));
