@@ -187,7 +187,7 @@ pub struct EngineConfig {
     pub cluster: Option<String>,
     /// On a cluster, uncompressed CSV files larger than this many MiB are cut into pieces of
     /// about this size (at record boundaries), each a partition. Default 128.
-    #[schemars(range(min = 1.0, max = 1_048_576.0))]
+    #[schemars(range(min = 0.001, max = 1_048_576.0))]
     pub partition_mb: f64,
 }
 

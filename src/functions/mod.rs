@@ -159,7 +159,8 @@ const OWN: &[(&str, &str, &str)] = &[
 /// allow-list, conform's own functions and DataFusion's documentation of its built-ins. A test
 /// compares the committed page with this text.
 pub fn reference_markdown() -> String {
-    let ctx = crate::mapping::compile::session();
+    let ctx = SessionContext::new();
+    register_all(&ctx);
     let mut md = String::from(
         "# Functions of the mapping language\n\n\
          Every function a mapping expression may call, generated from the allow-list in \

@@ -293,11 +293,14 @@ impl FileSource {
         let mut batches = Vec::new();
         let mut rows = 0;
         for b in self.batches()? {
-            // A read error after some rows (a truncated file) leaves the sample at what was
-            // read: the full pass then reads those rows again and reports the error after them.
+            // A file's read error after some rows (a truncated compressed file) leaves the
+            // sample at what was read: the full pass then reads those rows again and reports
+            // the error after them. An API or a database fails at once: asking it again for
+            // the same pages would only repeat the failure.
+            let file = !matches!(self.kind, Kind::Http(_) | Kind::Postgres(_));
             let b = match b {
                 Ok(b) => b,
-                Err(e) if rows == 0 => return Err(e),
+                Err(e) if rows == 0 || !file => return Err(e),
                 Err(e) => {
                     tracing::debug!(error = %e, "The sample ends at a read error.");
                     break;

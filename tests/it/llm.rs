@@ -1424,7 +1424,7 @@ async fn the_servers_own_token_count_keeps_every_request_within_the_budget() {
         csv.push('\n');
     }
     w.write("g.csv", csv);
-    const BUDGET: usize = 16_000;
+    const BUDGET: usize = 10_000;
     w.write(
         "config.json",
         config(
@@ -1439,11 +1439,22 @@ async fn the_servers_own_token_count_keeps_every_request_within_the_budget() {
     let r = run(&w, &["map", "--mapper", "llm"], &[]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let requests = s.received_requests().await.unwrap();
+    let b = bodies(&s).await;
+    let sizes: Vec<usize> = b
+        .iter()
+        .map(|body| {
+            body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap_or_default().len())
+                .sum()
+        })
+        .collect();
     assert!(
         requests.iter().any(|r| r.url.path() == "/tokenize"),
-        "the server's tokenizer was asked"
+        "the server's tokenizer was asked; request sizes {sizes:?}"
     );
-    let b = bodies(&s).await;
     assert!(b.len() >= 2, "split to fit: {} requests", b.len());
     for body in &b {
         let messages = body["messages"].as_array().unwrap();
