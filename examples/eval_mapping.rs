@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use conform::MapperChoice;
-use conform::pipeline::eval::{Score, evaluate_all};
+use conform::pipeline::eval::{Score, at_threshold, evaluate_all, exact_score};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -38,7 +38,13 @@ async fn main() -> std::process::ExitCode {
         }
     }
     if dirs.is_empty() {
-        dirs = vec![root.clone(), root.join("real"), root.join("frozen")];
+        dirs = vec![
+            root.clone(),
+            root.join("real"),
+            root.join("frozen"),
+            root.join("wide"),
+            root.join("wide_frozen"),
+        ];
     }
     let mut llm = serde_json::json!({});
     if let Ok(m) = std::env::var("CONFORM_EVAL_MODEL") {
@@ -98,14 +104,24 @@ async fn main() -> std::process::ExitCode {
     }
     let _ = writeln!(
         out,
-        "\n{:<10} {:>5} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9} {:>9}",
-        "group", "cases", "precision", "recall", "F1", "Recall@GT", "MRR", "mean s", "max s"
+        "\n{:<12} {:>5} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9} {:>9} {:>8}",
+        "group",
+        "cases",
+        "precision",
+        "recall",
+        "F1",
+        "Recall@GT",
+        "MRR",
+        "mean s",
+        "max s",
+        "exact F1"
     );
     for (group, results) in &totals {
         let s = Score::of(results);
+        let (_, _, exact) = exact_score(results);
         let _ = writeln!(
             out,
-            "{:<10} {:>5} {:>9.3} {:>6.3} {:>6.3} {:>9.3} {:>6.3} {:>9.3} {:>9.3}",
+            "{:<12} {:>5} {:>9.3} {:>6.3} {:>6.3} {:>9.3} {:>6.3} {:>9.3} {:>9.3} {:>8.3}",
             group,
             results.len(),
             s.precision,
@@ -114,8 +130,28 @@ async fn main() -> std::process::ExitCode {
             s.recall_at_gt,
             s.mrr,
             s.mean_seconds,
-            s.max_seconds
+            s.max_seconds,
+            exact
         );
+    }
+    // The precision/recall curve: what leaving fields below a confidence unmapped trades.
+    let thresholds: Vec<f64> = (10..=19).map(|i| i as f64 * 0.05).collect();
+    let _ = write!(
+        out,
+        "\nF1 (P/R) when fields below a confidence stay unmapped\n{:<12}",
+        "group"
+    );
+    for t in &thresholds {
+        let _ = write!(out, " {:>15}", format!("≥ {t:.2}"));
+    }
+    let _ = writeln!(out);
+    for (group, results) in &totals {
+        let _ = write!(out, "{group:<12}");
+        for t in &thresholds {
+            let (p, r, f1) = at_threshold(results, *t);
+            let _ = write!(out, " {:>15}", format!("{f1:.2} ({p:.2}/{r:.2})"));
+        }
+        let _ = writeln!(out);
     }
     for (group, results) in &totals {
         let (req, p, c) = results

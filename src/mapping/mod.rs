@@ -71,6 +71,10 @@ pub struct FieldMapping {
     /// turns into allowed values; absent when the field has no table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_coverage: Option<f64>,
+    /// Source values of the sample that the value table could not place among the field's
+    /// allowed values (they become invalid rows until a value mapping places them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unplaced_values: Vec<String>,
     /// The next best expressions, best first, so that a reviewer can switch with one edit
     /// (copy a candidate's `expr` into `expr`). Ignored when the mapping is compiled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -103,6 +107,7 @@ impl FieldMapping {
             rationale: String::new(),
             error: None,
             value_coverage: None,
+            unplaced_values: vec![],
             candidates: vec![],
         }
     }

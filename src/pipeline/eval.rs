@@ -34,6 +34,112 @@ pub struct CaseResult {
     pub seconds: f64,
     /// Model requests, prompt tokens and completion tokens (LLM mapper).
     pub llm: Option<(u32, u64, u64)>,
+    /// True positives, false positives and false negatives of exact-name matching on the same
+    /// case: a field takes the column whose name equals its own after Unicode NFKD,
+    /// lower-casing and removing every non-alphanumeric character.
+    pub exact: (usize, usize, usize),
+    /// Per field with an expected column or a chosen one: the mapping's confidence, the columns
+    /// chosen and the columns expected (for the precision/recall curve over thresholds).
+    pub decisions: Vec<(f64, Vec<String>, Vec<String>)>,
+}
+
+/// A name as exact-name matching compares it: NFKD, lower case, alphanumerics only.
+pub fn exact_key(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfkd()
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
+        .collect()
+}
+
+/// Precision, recall and F1 from pair counts.
+pub fn prf(tp: usize, fp: usize, fneg: usize) -> (f64, f64, f64) {
+    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let (p, r) = (ratio(tp, tp + fp), ratio(tp, tp + fneg));
+    let f1 = if p + r == 0.0 {
+        0.0
+    } else {
+        2.0 * p * r / (p + r)
+    };
+    (p, r, f1)
+}
+
+/// Exact-name matching's precision, recall and F1 over the cases.
+pub fn exact_score(results: &[CaseResult]) -> (f64, f64, f64) {
+    let (tp, fp, fneg) = results.iter().fold((0, 0, 0), |a, r| {
+        (a.0 + r.exact.0, a.1 + r.exact.1, a.2 + r.exact.2)
+    });
+    prf(tp, fp, fneg)
+}
+
+/// Precision, recall and F1 when fields whose confidence is below `threshold` are left
+/// unmapped: one point of the curve that shows what a threshold trades.
+pub fn at_threshold(results: &[CaseResult], threshold: f64) -> (f64, f64, f64) {
+    let (mut tp, mut fp, mut fneg) = (0, 0, 0);
+    for r in results {
+        for (confidence, got, want) in &r.decisions {
+            let kept: &[String] = if *confidence >= threshold { got } else { &[] };
+            let hits = kept.iter().filter(|g| want.contains(g)).count();
+            tp += hits;
+            fp += kept.len() - hits;
+            fneg += want.len() - hits;
+        }
+    }
+    prf(tp, fp, fneg)
+}
+
+/// The source's column names, read from its header (CSV) or first record (NDJSON/JSON).
+fn column_names(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes())
+            .records()
+            .next()
+            .and_then(|r| r.ok())
+            .map(|r| {
+                r.iter()
+                    .map(|s| s.trim_start_matches('\u{feff}').to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => {
+            let first = text.lines().next().unwrap_or_default();
+            let v: Value = serde_json::from_str(first)
+                .or_else(|_| serde_json::from_str::<Value>(&text).map(|v| v[0].clone()))
+                .unwrap_or_default();
+            v.as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Exact-name matching on one case: (tp, fp, fn).
+fn exact_baseline(
+    columns: &[String],
+    expected: &serde_json::Map<String, Value>,
+) -> (usize, usize, usize) {
+    let (mut tp, mut fp, mut fneg) = (0, 0, 0);
+    for (field, want) in expected {
+        let want: Vec<&str> = want
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let key = exact_key(field);
+        let got: Vec<&str> = columns
+            .iter()
+            .filter(|c| exact_key(c) == key)
+            .map(String::as_str)
+            .take(1)
+            .collect();
+        let hits = got.iter().filter(|g| want.contains(g)).count();
+        tp += hits;
+        fp += got.len() - hits;
+        fneg += want.len() - hits;
+    }
+    (tp, fp, fneg)
 }
 
 /// Precision, recall and F1 of the chosen mapping; Recall@GT and MRR of the ranked
@@ -144,9 +250,11 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
             .unwrap_or_default()
     ));
     let _cleanup = RemoveOnDrop(out_dir.clone());
+    let source = source_file(dir)?;
+    let columns = column_names(&source);
     let config = json!({
         "output_directory": out_dir,
-        "data_sources": {"source": {"path": source_file(dir)?}},
+        "data_sources": {"source": {"path": source}},
         "internal_schema": schema,
         "llm": llm,
     });
@@ -173,6 +281,7 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
             "must be an object of target field → [source columns]",
         ));
     };
+    result.exact = exact_baseline(&columns, &expected);
     for (field, want) in &expected {
         let mut want: Vec<String> = want
             .as_array()
@@ -211,6 +320,12 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
             result
                 .reciprocal_ranks
                 .push(rank.map_or(0.0, |r| 1.0 / (r + 1) as f64));
+        }
+        if !want.is_empty() || !got.is_empty() {
+            let confidence = m.map_or(0.0, |m| m.confidence);
+            result
+                .decisions
+                .push((confidence, got.clone(), want.clone()));
         }
         let hits = got.iter().filter(|g| want.contains(g)).count();
         result.true_positives += hits;

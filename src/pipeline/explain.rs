@@ -108,6 +108,18 @@ pub fn table(doc: &MappingDocument) -> String {
                 cov * 100.0
             ));
         }
+        if !m.unplaced_values.is_empty() {
+            let shown: Vec<String> = m
+                .unplaced_values
+                .iter()
+                .map(|v| format!("{:?}", cell(v, 40)))
+                .collect();
+            out.push_str(&format!(
+                "  {:tw$}   values not placed: {}\n",
+                "",
+                shown.join(", ")
+            ));
+        }
         // The ranked alternatives, so that a reviewer can switch with one edit.
         let alts: Vec<String> = m
             .candidates

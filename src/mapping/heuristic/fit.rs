@@ -7,6 +7,8 @@ use super::values::{ValueTable, table};
 use crate::schema::FieldKind;
 use crate::source::{ColumnProfile, ValueShape};
 
+/// The note of the veto of a column none of whose values are the field's allowed values.
+pub const NOT_ALLOWED_VALUES: &str = "values are not the field's allowed values";
 /// The note of a constant column's veto.
 pub const CONSTANT: &str = "holds one constant value, not identifiers";
 
@@ -141,7 +143,7 @@ pub fn value_evidence(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> ValueEvidence 
             ev.note = "most values are the field's allowed values";
         } else if cov < 0.2 && (text_values || !index.strings()) {
             ev.veto = true;
-            ev.note = "values are not the field's allowed values";
+            ev.note = NOT_ALLOWED_VALUES;
         } else {
             ev.fit *= 0.6;
         }

@@ -42,6 +42,11 @@ const SHARE: f64 = 0.7;
 const ALTERNATIVES: usize = 3;
 /// Pairs below this are not worth showing as alternatives.
 const SHOW: f64 = 0.25;
+/// Unplaced source values listed per field in the document.
+const UNPLACED_SHOWN: usize = 20;
+/// A column whose name is the field's (name evidence at least this) is never ruled out by
+/// values spelled differently from the field's enum: the values go through a value table.
+const NAMES_THE_FIELD: f64 = 0.9;
 
 /// The offline heuristic mapper.
 #[derive(Debug, Default, Clone)]
@@ -95,6 +100,14 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
         return None;
     }
     let mut v = value_evidence(f, c);
+    if v.veto && v.note == fit::NOT_ALLOWED_VALUES && name >= NAMES_THE_FIELD {
+        // The column names the field; its values are spelled another way (synonyms, codes
+        // with labels, a missing qualifier). The name match stands, lowered, and the value
+        // table maps what it can and names the rest.
+        v.veto = false;
+        v.fit = 0.3;
+        v.note = "values are spelled differently from the field's allowed values";
+    }
     if v.veto && v.note == CONSTANT && name >= 0.99 {
         // A constant under the field's own name is a sample that happens to hold one value
         // (`country` = `USA` throughout), not a resource-level label.
@@ -233,8 +246,11 @@ impl HeuristicMapper {
                         confidence: p.score,
                         rationale: format!("{}; {how}{also}", p.why(&columns)),
                         value_coverage: table
-                            .filter(|_| expr.starts_with("CASE"))
+                            .filter(|tab| expr.starts_with("CASE") || !tab.unmatched.is_empty())
                             .map(|t| (t.coverage * 100.0).round() / 100.0),
+                        unplaced_values: table
+                            .map(|t| t.unmatched.iter().take(UNPLACED_SHOWN).cloned().collect())
+                            .unwrap_or_default(),
                         candidates: alternatives(Some(p.column)),
                         ..FieldMapping::unmapped()
                     }

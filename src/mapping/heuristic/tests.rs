@@ -109,6 +109,51 @@ fn enum_values_win_over_a_partial_name_match_of_another_type() {
 }
 
 #[test]
+fn a_column_that_names_the_field_is_kept_with_a_value_table_and_its_unplaced_values() {
+    // The values are spelled in a vocabulary of their own: the enum would veto the column by
+    // values alone, but the name is the field's.
+    let doc = map(
+        json!({"account_status": {"type": "string", "enum": ["Open", "Frozen", "Terminated"]},
+               "notes": {"type": "string"}}),
+        &[
+            (
+                "Account Status",
+                repeat(
+                    &[
+                        "on hold",
+                        "Closed by bank",
+                        "suspended",
+                        "pending",
+                        "review",
+                        "ACTIVE",
+                    ],
+                    12,
+                ),
+            ),
+            ("remark", repeat(&["first visit", "second visit"], 12)),
+        ],
+    );
+    let m = &doc.fields["account_status"];
+    assert_eq!(m.sources, ["Account Status"], "{m:?}");
+    assert!(m.expr.as_deref().unwrap().starts_with("CASE"), "{m:?}");
+    assert!(
+        m.value_coverage.unwrap() > 0.0 && m.value_coverage.unwrap() < 1.0,
+        "{m:?}"
+    );
+    assert!(
+        m.unplaced_values.contains(&"on hold".to_string()),
+        "the values it could not place are named: {m:?}"
+    );
+    assert!(!m.unplaced_values.contains(&"ACTIVE".to_string()), "{m:?}");
+    // A column whose name is not the field's is still ruled out by its values.
+    let doc = map(
+        json!({"account_status": {"type": "string", "enum": ["Open", "Frozen", "Terminated"]}}),
+        &[("state", repeat(&["red", "green"], 12))],
+    );
+    assert!(doc.fields["account_status"].expr.is_none());
+}
+
+#[test]
 fn descriptions_and_units_decide_between_similar_names() {
     let doc = map(
         json!({

@@ -51,6 +51,11 @@ const CLASSES: &[&[&str]] = &[
     ],
     &["male", "m", "man", "men", "boy"],
     &["female", "f", "woman", "women", "girl"],
+    // Status words of records and workflows (synonyms in common data dictionaries).
+    &["active", "current", "enabled", "ongoing", "open"],
+    &["inactive", "former", "disabled", "closed", "ended"],
+    &["completed", "complete", "finished", "done", "resolved"],
+    &["cancelled", "canceled", "aborted", "withdrawn", "revoked"],
 ];
 
 /// Lower-case words of a value, punctuation as spaces: `Not Reported.` → `not reported`.
@@ -90,6 +95,9 @@ pub struct EnumIndex {
     classes: HashMap<usize, usize>,
     /// Labels and codes the description defines (`1 = first`): normalised label → allowed.
     defined: HashMap<String, usize>,
+    /// Allowed values without the qualifier word most of them begin with (`stage ia` → `ia`
+    /// when most values read `Stage …`): a source that leaves the qualifier out.
+    unqualified: HashMap<String, usize>,
 }
 
 impl EnumIndex {
@@ -123,12 +131,14 @@ impl EnumIndex {
             .as_deref()
             .map(|d| definitions(d, &exact))
             .unwrap_or_default();
+        let unqualified = unqualified(&norm, &exact);
         Some(EnumIndex {
             allowed,
             norm,
             exact,
             classes,
             defined,
+            unqualified,
         })
     }
 
@@ -164,6 +174,24 @@ impl EnumIndex {
             if let Some(&i) = self.defined.get(key) {
                 return Some(i);
             }
+            if let Some(&i) = self.unqualified.get(key) {
+                return Some(i);
+            }
+        }
+        // A code with its label (`R1: microscopic residual tumor`, `2 - moderate`): the code
+        // before the separator is an allowed value.
+        if let Some(code) = code_before_label(v)
+            && let Some(&i) = self.exact.get(&normalise(code))
+        {
+            return Some(i);
+        }
+        // A source that adds the qualifier the enum leaves out (`Stage IA` for `IA`).
+        if let Some((_, rest)) = n.split_once(' ')
+            && let Some(&i) = self.exact.get(rest)
+            && self.unqualified.is_empty()
+            && n.split(' ').count() == 2
+        {
+            return Some(i);
         }
         // A unique prefix of at least three letters either way: `Thur` ↔ `Thu`.
         let key = stripped;
@@ -177,6 +205,44 @@ impl EnumIndex {
         }
         None
     }
+}
+
+/// The word most allowed values begin with, when at least half of them (and at least two)
+/// begin with it and go on after it: each such value without it → the value.
+fn unqualified(norm: &[String], exact: &HashMap<String, usize>) -> HashMap<String, usize> {
+    let mut firsts: HashMap<&str, usize> = HashMap::new();
+    for n in norm {
+        if let Some((first, _)) = n.split_once(' ') {
+            *firsts.entry(first).or_default() += 1;
+        }
+    }
+    let Some((word, count)) = firsts.into_iter().max_by_key(|(w, c)| (*c, w.len())) else {
+        return HashMap::new();
+    };
+    if count < 2 || count * 2 < norm.len() {
+        return HashMap::new();
+    }
+    let mut out = HashMap::new();
+    for (i, n) in norm.iter().enumerate() {
+        if let Some(rest) = n.strip_prefix(word).and_then(|r| r.strip_prefix(' '))
+            && !exact.contains_key(rest)
+        {
+            out.entry(rest.to_string()).or_insert(i);
+        }
+    }
+    out
+}
+
+/// The code of a `code: label`, `code - label` or `code (label)` value; None when the value
+/// has no such separator or the code is long (a sentence, not a code).
+fn code_before_label(v: &str) -> Option<&str> {
+    let v = v.trim();
+    let at = [":", " - ", " – ", "(", "="]
+        .iter()
+        .filter_map(|sep| v.find(sep))
+        .min()?;
+    let code = v[..at].trim();
+    (!code.is_empty() && code.len() <= 12 && code.split_whitespace().count() <= 2).then_some(code)
 }
 
 /// The allowed value as text.
@@ -391,6 +457,47 @@ mod tests {
             &["Thur", "Fri", "Sun"],
         );
         assert_eq!(cov, 1.0);
+    }
+
+    #[test]
+    fn punctuation_codes_with_labels_qualifiers_and_status_synonyms() {
+        // Dots and underscores for spaces.
+        let (e, cov) = mapped(
+            json!({"type": "string", "enum": ["Pacific Islander", "Two Or More"]}),
+            &["pacific_islander", "two.or.more", "PACIFIC.ISLANDER"],
+        );
+        assert_eq!(cov, 1.0, "{e:?}");
+        // A code with its label: the code is the allowed value.
+        let (e, cov) = mapped(
+            json!({"type": "string", "enum": ["T1", "T2", "T3"]}),
+            &[
+                "T2: tumour more than 2 cm",
+                "T1 - up to 2 cm",
+                "T3 (beyond the organ)",
+            ],
+        );
+        assert_eq!(cov, 1.0, "{e:?}");
+        assert!(e.contains(&("T2: tumour more than 2 cm".into(), json!("T2"))));
+        // The enum's qualifier left out by the source ...
+        let (e, cov) = mapped(
+            json!({"type": "string", "enum": ["Grade I", "Grade II", "Grade III"]}),
+            &["II", "III", "I"],
+        );
+        assert_eq!(cov, 1.0, "{e:?}");
+        assert!(e.contains(&("II".into(), json!("Grade II"))));
+        // ... and one the source adds.
+        let (_, cov) = mapped(
+            json!({"type": "string", "enum": ["Mild", "Severe"]}),
+            &["Severity Mild", "Severity Severe"],
+        );
+        assert_eq!(cov, 1.0);
+        // Synonyms and their antonyms from the status vocabulary.
+        let (e, cov) = mapped(
+            json!({"type": "string", "enum": ["active", "inactive"]}),
+            &["Current", "Former", "current"],
+        );
+        assert_eq!(cov, 1.0, "{e:?}");
+        assert!(e.contains(&("Former".into(), json!("inactive"))));
     }
 
     #[test]

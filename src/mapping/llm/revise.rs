@@ -90,12 +90,13 @@ impl LlmMapper {
             if extra.is_empty() {
                 continue;
             }
-            if let Some((Some(case), coverage, _)) =
+            if let Some((Some(case), coverage, still)) =
                 crate::mapping::heuristic::enum_table(t, p, &extra)
                 && let Some(f) = doc.fields.get_mut(&t.name)
             {
                 f.expr = Some(case);
                 f.value_coverage = Some((coverage * 100.0).round() / 100.0);
+                f.unplaced_values = still;
                 f.rationale = format!(
                     "{} (value table: {} value(s) mapped by the model)",
                     f.rationale,
