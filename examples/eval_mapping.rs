@@ -2,10 +2,12 @@
 //!
 //! `cargo run --example eval_mapping -- [DIR ...] [--mapper heuristic|llm] [--summary]`
 //!
-//! Without directories it scores the three groups under `testdata/matching`: the hand-made
-//! cases, `real/` (public tables) and `frozen/` (public tables set aside, never tuned on). Each
-//! group gets precision, recall and F1 over (field, column) pairs, Recall@GT and MRR of the
-//! ranked candidates, and the mapping time per case. The LLM mapper reads its endpoint from
+//! Without directories it scores the five groups under `testdata/matching`: the hand-made
+//! cases, `real/` (public tables), `frozen/` (public tables set aside, never tuned on), `wide/`
+//! (tables mapped onto wide public standards) and `wide_frozen/`. Each group gets precision,
+//! recall and F1 over (field, column) pairs, Recall@GT and MRR of the ranked candidates, the
+//! mapping time per case, exact-name matching's F1 on the same cases, and the precision/recall
+//! curve over confidence thresholds. The LLM mapper reads its endpoint from
 //! OPENAI_API_KEY / OPENAI_BASE_URL, the model from CONFORM_EVAL_MODEL, and further `llm`
 //! settings from CONFORM_EVAL_LLM (a JSON object, e.g. `{"max_prompt_tokens": 3000}` for a
 //! small model's context).
