@@ -163,7 +163,24 @@ impl super::files::FileReader for ParquetFile {
         source: &FileSource,
         schema: &SchemaRef,
     ) -> Result<Option<RecordBatch>> {
-        let Some(b) = self.reader.next() else {
+        // A corrupt page can make the decoder panic rather than fail (an arithmetic overflow
+        // on a garbage length): caught here, so that the error names the file like any other.
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reader.next()))
+            .map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the decoder failed".into());
+                Error::source(
+                    source.name(),
+                    format!(
+                        "{}: cannot read the rows from row {} on: corrupt data ({why})",
+                        self.display, self.next_row
+                    ),
+                )
+            })?;
+        let Some(b) = next else {
             return Ok(None);
         };
         // A corrupt page surfaces here, long after the file was opened: the error names the

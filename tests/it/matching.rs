@@ -82,7 +82,16 @@ fn enum_values_are_mapped_by_a_reviewable_table_and_unknown_ones_stay_invalid() 
         "{}",
         r.stdout
     );
+    assert!(
+        r.stdout.contains("values not placed: \"No Dual Identity\""),
+        "the value the table could not place is named: {}",
+        r.stdout
+    );
     let doc = w.json("out/mappings/chars.mapping.json");
+    assert_eq!(
+        doc["fields"]["identity"]["unplaced_values"],
+        serde_json::json!(["No Dual Identity"])
+    );
     let expr = doc["fields"]["identity"]["expr"].as_str().unwrap();
     assert!(
         expr.starts_with("CASE lower(clean(\"ID\")) WHEN 'secret identity' THEN 'secret'"),
