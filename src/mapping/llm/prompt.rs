@@ -181,7 +181,8 @@ pub fn mapping_request(
 ) -> String {
     let mut s = String::new();
     s.push_str("## Target JSON Schema\n");
-    s.push_str(&serde_json::to_string_pretty(&req.target.raw).unwrap_or_default());
+    let shown = shown_schema(&req.target.raw, req.profiles);
+    s.push_str(&serde_json::to_string_pretty(&shown).unwrap_or_default());
     s.push_str("\n\n## Source columns (Arrow types)\n");
     for p in req.profiles {
         s.push_str(&column_line(p, redact));
@@ -209,6 +210,109 @@ pub fn mapping_request(
     s.push_str(&names.join(", "));
     s.push('\n');
     s
+}
+
+/// Most allowed values of one enum shown to the model; the value table step places the rest.
+pub const ENUM_SHOWN: usize = 40;
+/// Longest description shown to the model, in bytes.
+pub const DESCRIPTION_SHOWN: usize = 600;
+
+/// The target schema as the model sees it: an enum of more than [`ENUM_SHOWN`] values lists the
+/// values nearest the sample's values (saying how many were left out), and a description
+/// longer than [`DESCRIPTION_SHOWN`] bytes is cut with a marker. A field of a standard with
+/// thousands of codes would otherwise fill a request on its own and could never be halved to
+/// fit. The walk is iterative and bounded by the schema's (already bounded) size.
+pub fn shown_schema(raw: &Value, profiles: &[ColumnProfile]) -> Value {
+    let samples: Vec<String> = profiles
+        .iter()
+        .flat_map(|p| p.top_values.iter().map(|(v, _)| nearness_key(v)))
+        .filter(|v| !v.is_empty())
+        .collect();
+    let mut out = raw.clone();
+    let mut stack: Vec<&mut Value> = vec![&mut out];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(d)) = map.get_mut("description")
+                    && d.len() > DESCRIPTION_SHOWN
+                {
+                    let total = d.len();
+                    d.truncate(d.floor_char_boundary(DESCRIPTION_SHOWN));
+                    d.push_str(&format!(" … [shortened from {total} characters]"));
+                }
+                let long_enum = map
+                    .get("enum")
+                    .and_then(Value::as_array)
+                    .is_some_and(|e| e.len() > ENUM_SHOWN);
+                if long_enum && let Some(Value::Array(values)) = map.remove("enum") {
+                    let total = values.len();
+                    let mut scored: Vec<(usize, usize, Value)> = values
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (nearness(&v, &samples), i, v))
+                        .collect();
+                    // Nearest first; the standard's own order among equals.
+                    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                    scored.truncate(ENUM_SHOWN);
+                    scored.sort_by_key(|(_, i, _)| *i);
+                    map.insert(
+                        "enum".into(),
+                        Value::Array(scored.into_iter().map(|(_, _, v)| v).collect()),
+                    );
+                    map.insert(
+                        "x-enum-note".into(),
+                        Value::String(format!(
+                            "{ENUM_SHOWN} of {total} allowed values shown (those nearest the \
+                             sample's values); {} more not shown",
+                            total - ENUM_SHOWN
+                        )),
+                    );
+                }
+                stack.extend(map.values_mut());
+            }
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn nearness_key(v: &str) -> String {
+    v.chars()
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
+        .collect()
+}
+
+/// How near an allowed value is to the sample's values: 3 equal, 2 one contains the other,
+/// 1 a shared 3-character prefix, 0 nothing.
+fn nearness(allowed: &Value, samples: &[String]) -> usize {
+    let text = match allowed {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let a = nearness_key(&text);
+    if a.is_empty() {
+        return 0;
+    }
+    samples
+        .iter()
+        .map(|s| {
+            if *s == a {
+                3
+            } else if s.contains(a.as_str()) || a.contains(s.as_str()) {
+                2
+            } else if s.chars().count() >= 3
+                && a.chars().count() >= 3
+                && s.chars().take(3).eq(a.chars().take(3))
+            {
+                1
+            } else {
+                0
+            }
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The offline matcher's ranked columns per field (best first, at most `k`): evidence for the
@@ -347,6 +451,54 @@ pub fn unreadable_reply(error: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_enum_and_a_long_description_are_cut_to_fit_a_request() {
+        let codes: Vec<Value> = (0..5_000).map(|i| json!(format!("C{i:05}"))).collect();
+        let raw = json!({"type": "object", "properties": {
+            "diagnosis_code": {"type": "string", "enum": codes,
+                               "description": "x".repeat(50_000)}}});
+        let mut profile = crate::source::profile::profile(
+            &RecordBatch::try_new(
+                std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+                    arrow::datatypes::Field::new("dx", arrow::datatypes::DataType::Utf8, true),
+                ])),
+                vec![std::sync::Arc::new(arrow::array::StringArray::from(vec![
+                    "c04321", "C00007", "c04321",
+                ]))],
+            )
+            .unwrap(),
+        );
+        let shown = shown_schema(&raw, &profile);
+        let f = &shown["properties"]["diagnosis_code"];
+        let values: Vec<&str> = f["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(values.len(), ENUM_SHOWN);
+        assert!(
+            values.contains(&"C04321") && values.contains(&"C00007"),
+            "{values:?}"
+        );
+        assert!(
+            f["x-enum-note"]
+                .as_str()
+                .unwrap()
+                .contains("4960 more not shown")
+        );
+        let d = f["description"].as_str().unwrap();
+        assert!(
+            d.len() < DESCRIPTION_SHOWN + 60 && d.ends_with("[shortened from 50000 characters]")
+        );
+        // The whole rendered schema is small: a request can carry it.
+        assert!(serde_json::to_string_pretty(&shown).unwrap().len() < 3_000);
+        // A short enum is left whole.
+        profile.clear();
+        let small = json!({"enum": ["a", "b"], "description": "short"});
+        assert_eq!(shown_schema(&small, &profile), small);
+    }
 
     #[test]
     fn mask_keeps_shape_not_content() {
