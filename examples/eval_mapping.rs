@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use conform::MapperChoice;
-use conform::pipeline::eval::{Score, at_threshold, evaluate_all, exact_score};
+use conform::pipeline::eval::{Score, at_threshold, evaluate_all, exact_score, model_alone};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -154,6 +154,23 @@ async fn main() -> std::process::ExitCode {
             let _ = write!(out, " {:>15}", format!("{f1:.2} ({p:.2}/{r:.2})"));
         }
         let _ = writeln!(out);
+    }
+    // The LLM mapper: the model's own answers scored alone, and where every field came from.
+    for (group, results) in &totals {
+        let origins = results
+            .iter()
+            .filter_map(|r| r.origins)
+            .fold([0usize; 4], |a, b| {
+                [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
+            });
+        if results.iter().any(|r| r.origins.is_some()) {
+            let (p, r, f1) = model_alone(results);
+            let _ = writeln!(
+                out,
+                "{group}: the model's answers alone F1 {f1:.3} (P {p:.3} / R {r:.3}); fields answered by the model {}, by the offline fallback {}, decided offline {}, unanswered {}",
+                origins[0], origins[1], origins[2], origins[3]
+            );
+        }
     }
     for (group, results) in &totals {
         let (req, p, c) = results

@@ -39,8 +39,28 @@ pub struct CaseResult {
     /// lower-casing and removing every non-alphanumeric character.
     pub exact: (usize, usize, usize),
     /// Per field with an expected column or a chosen one: the mapping's confidence, the columns
-    /// chosen and the columns expected (for the precision/recall curve over thresholds).
-    pub decisions: Vec<(f64, Vec<String>, Vec<String>)>,
+    /// chosen and the columns expected (for the precision/recall curve over thresholds), and
+    /// whether the field is the model's own answer (LLM mapper; false otherwise).
+    pub decisions: Vec<(f64, Vec<String>, Vec<String>, bool)>,
+    /// LLM mapper: fields answered by the model, filled by the offline fallback, decided
+    /// offline (certain enough, or no plausible column), and never answered.
+    pub origins: Option<[usize; 4]>,
+}
+
+/// Precision, recall and F1 of the model's own answers alone: fields the offline matcher
+/// decided or filled in count as unmapped.
+pub fn model_alone(results: &[CaseResult]) -> (f64, f64, f64) {
+    let (mut tp, mut fp, mut fneg) = (0, 0, 0);
+    for r in results {
+        for (_, got, want, by_model) in &r.decisions {
+            let kept: &[String] = if *by_model { got } else { &[] };
+            let hits = kept.iter().filter(|g| want.contains(g)).count();
+            tp += hits;
+            fp += kept.len() - hits;
+            fneg += want.len() - hits;
+        }
+    }
+    prf(tp, fp, fneg)
 }
 
 /// A name as exact-name matching compares it: NFKD, lower case, alphanumerics only.
@@ -77,7 +97,7 @@ pub fn exact_score(results: &[CaseResult]) -> (f64, f64, f64) {
 pub fn at_threshold(results: &[CaseResult], threshold: f64) -> (f64, f64, f64) {
     let (mut tp, mut fp, mut fneg) = (0, 0, 0);
     for r in results {
-        for (confidence, got, want) in &r.decisions {
+        for (confidence, got, want, _) in &r.decisions {
             let kept: &[String] = if *confidence >= threshold { got } else { &[] };
             let hits = kept.iter().filter(|g| want.contains(g)).count();
             tp += hits;
@@ -271,6 +291,17 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
             .llm
             .as_ref()
             .map(|u| (u.requests, u.prompt_tokens, u.completion_tokens)),
+        origins: prepared.llm.as_ref().map(|u| {
+            [
+                u.model_fields.len(),
+                u.fallback_fields.len(),
+                u.offline_fields.len() + u.not_sent_fields.len(),
+                u.unanswered_fields
+                    .iter()
+                    .filter(|f| !u.fallback_fields.contains(f))
+                    .count(),
+            ]
+        }),
         ..Default::default()
     };
     // Every ranked pair: the chosen column first, then the alternatives.
@@ -323,9 +354,13 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
         }
         if !want.is_empty() || !got.is_empty() {
             let confidence = m.map_or(0.0, |m| m.confidence);
+            let by_model = prepared
+                .llm
+                .as_ref()
+                .is_some_and(|u| u.model_fields.contains(field));
             result
                 .decisions
-                .push((confidence, got.clone(), want.clone()));
+                .push((confidence, got.clone(), want.clone(), by_model));
         }
         let hits = got.iter().filter(|g| want.contains(g)).count();
         result.true_positives += hits;

@@ -187,6 +187,18 @@ async fn the_reply_drives_the_output_and_the_request_is_complete() {
     assert_eq!(llm["completion_tokens"], 300);
     assert_eq!(llm["response_format"], "json_schema");
     assert!(llm["latency_s"].as_f64().unwrap() > 0.0);
+    // Every field is the model's own answer.
+    assert_eq!(
+        llm["model_fields"],
+        json!([
+            "customer_id",
+            "full_name",
+            "email",
+            "signup_date",
+            "lifetime_value",
+            "is_active"
+        ])
+    );
     let doc = w.json("out/mappings/source1.mapping.json");
     assert_eq!(doc["mapper"], "llm");
     assert_eq!(doc["model"], "test-model");
@@ -532,6 +544,17 @@ async fn a_repeated_rejected_answer_ends_the_repairs_and_the_matcher_fills_the_f
     let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
     assert_eq!(llm["failed_fields"], json!(["lifetime_value"]));
     assert_eq!(llm["fallback_fields"], json!(["lifetime_value"]));
+    // The fallback's field is not counted as the model's answer.
+    let own: Vec<&str> = llm["model_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        !own.contains(&"lifetime_value") && own.contains(&"full_name"),
+        "{own:?}"
+    );
     assert_eq!(llm["repeated_replies"], 1);
     let valid = w.json("out/source1_valid_data.json");
     assert_eq!(valid[0]["lifetime_value"], 1250.0);

@@ -159,10 +159,7 @@ impl LlmMapper {
             batches: batches.len() as u32,
             ..Default::default()
         };
-        let mut fields = placeholders(
-            req,
-            "the offline matcher found no plausible column; not sent to the model",
-        );
+        let mut fields = placeholders(req, NOT_SENT);
         // Batches that timed out go again in halves, one at a time, until a single field
         // times out (the server is too slow for anything: the source fails). A batch whose
         // replies could not be read goes again in halves once; when a half fails too, its
@@ -449,6 +446,10 @@ impl BatchParts {
 pub(super) fn timed_out(e: &Error) -> bool {
     matches!(e, Error::Llm { message, .. } if message.contains("timed out"))
 }
+
+/// The rationale of a field the model was not asked about: no plausible column.
+pub(super) const NOT_SENT: &str =
+    "the offline matcher found no plausible column; not sent to the model";
 
 /// A request the model would count over `llm.max_prompt_tokens`, not sent.
 pub(super) fn over_budget(e: &Error) -> bool {

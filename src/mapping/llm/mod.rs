@@ -88,6 +88,13 @@ pub struct LlmUsage {
     /// Fields whose expression never compiled and that the offline matcher mapped instead.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallback_fields: Vec<String>,
+    /// Fields whose mapping is the model's own answer (an expression, or its null): what the
+    /// model is measured on, apart from what the offline matcher decided or filled in.
+    pub model_fields: Vec<String>,
+    /// Fields not sent to the model because the offline matcher found no plausible column
+    /// (left unmapped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_sent_fields: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -347,6 +354,26 @@ impl Mapper for LlmMapper {
             let (mut document, mut usage) = self.propose(request).await?;
             self.value_tables(request, &mut document, &mut usage)
                 .await?;
+            let elsewhere: std::collections::HashSet<&String> = usage
+                .offline_fields
+                .iter()
+                .chain(&usage.fallback_fields)
+                .chain(&usage.unanswered_fields)
+                .collect();
+            let mut not_sent = Vec::new();
+            let mut model = Vec::new();
+            for (name, m) in &document.fields {
+                if elsewhere.contains(name) {
+                    continue;
+                }
+                if m.rationale == batch::NOT_SENT {
+                    not_sent.push(name.clone());
+                } else {
+                    model.push(name.clone());
+                }
+            }
+            usage.not_sent_fields = not_sent;
+            usage.model_fields = model;
             self.price(&mut usage);
             Ok(Proposal {
                 document,
