@@ -254,11 +254,12 @@ impl LlmMapper {
                     any_reply_read = true;
                     let answered: Vec<String> = entries.iter().map(|e| e.target.clone()).collect();
                     answered_ever.extend(answered.iter().cloned());
+                    let columns: Vec<&str> = req.profiles.iter().map(|p| p.name.as_str()).collect();
                     for e in entries {
                         match fields.get_mut(&e.target) {
                             Some(f) => {
                                 *f = FieldMapping {
-                                    expr: e.expr,
+                                    expr: e.expr.map(|x| reply::quote_bare_columns(&x, &columns)),
                                     sources: vec![],
                                     confidence: e.confidence.unwrap_or(0.5),
                                     rationale: e.rationale.unwrap_or_default(),

@@ -162,8 +162,79 @@ fn unfence(text: &str) -> &str {
     }
 }
 
+/// The expression with every column whose name is not a plain identifier (`Signup Date`,
+/// `E-mail`) quoted where the model wrote it bare: small models often write
+/// `try_to_date(Signup Date, …)`, which cannot parse, for the column they did pick. Text inside
+/// quotes is left alone, and a name counts only when it stands alone (not inside a longer
+/// word); longer names are tried first.
+pub fn quote_bare_columns(expr: &str, columns: &[&str]) -> String {
+    let mut odd: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| !c.is_empty() && !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'))
+        .collect();
+    if odd.is_empty() {
+        return expr.to_string();
+    }
+    odd.sort_by_key(|c| std::cmp::Reverse(c.len()));
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(expr.len() + 8);
+    let mut quote: Option<char> = None;
+    let mut i = 0;
+    // Bounded: every turn moves `i` forward by at least one character.
+    while i < expr.len() {
+        let rest = &expr[i..];
+        let c = rest.chars().next().unwrap_or(' ');
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None => {
+                let before = expr[..i].chars().next_back();
+                let hit = odd.iter().find(|name| {
+                    rest.starts_with(**name)
+                        && !word(before)
+                        && !word(rest[name.len()..].chars().next())
+                });
+                if let Some(name) = hit {
+                    out.push('"');
+                    out.push_str(&name.replace('"', "\"\""));
+                    out.push('"');
+                    i += name.len();
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bare_column_names_with_spaces_or_dashes_are_quoted() {
+        use super::quote_bare_columns as q;
+        let cols = ["Signup Date", "E-mail", "Lifetime Value", "id"];
+        assert_eq!(
+            q("try_to_date(Signup Date, '%Y-%m-%d')", &cols),
+            "try_to_date(\"Signup Date\", '%Y-%m-%d')"
+        );
+        assert_eq!(q("lower(E-mail)", &cols), "lower(\"E-mail\")");
+        // Already quoted, inside a literal, part of a longer word: left alone.
+        assert_eq!(q("lower(\"E-mail\")", &cols), "lower(\"E-mail\")");
+        assert_eq!(q("'Signup Date' || id", &cols), "'Signup Date' || id");
+        assert_eq!(
+            q("parse_number(Lifetime Values)", &cols),
+            "parse_number(Lifetime Values)"
+        );
+        assert_eq!(q("id + 1", &cols), "id + 1");
+    }
+
     use super::*;
 
     #[test]
