@@ -1,5 +1,5 @@
 //! The limits that keep hostile or careless input from exhausting the stack, memory or time.
-//! Each is documented in the README's "Security and limits" section.
+//! Each is documented in `docs/security-and-limits.md`.
 
 use serde_json::Value;
 

@@ -1,7 +1,7 @@
 //! The house reads in one direction: every `crate::` path in `src/` points to its own layer or
 //! a lower one, and no two files import each other, directly or through others.
 //!
-//! Layers, lowest first (README, "Architecture"):
+//! Layers, lowest first (`docs/architecture.md`):
 //! 0. `error`, `limits`, `net`, `sql`, `fs`, `format`: helpers everything may use;
 //! 1. `config`, `schema`, `functions`;
 //! 2. `source`;
