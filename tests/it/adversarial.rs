@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{ITEMS_SCHEMA, Run, Workdir, config, ids, items, walk};
+use crate::harness::{ITEMS_SCHEMA, Run, Workdir, config, ids, items, pinned, walk};
 
 const SCHEMA: &str = ITEMS_SCHEMA;
 
@@ -343,18 +343,6 @@ async fn deep_nesting_is_a_malformed_row_not_a_crash() {
     let r = w.run(&["check"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("levels"), "{}", r.stderr);
-}
-
-/// A pinned mapping document for source `s` with the given field expressions.
-fn pinned(w: &Workdir, fields: &[(&str, &str)]) {
-    let fields: serde_json::Map<String, Value> = fields
-        .iter()
-        .map(|(f, e)| (f.to_string(), json!({"expr": e})))
-        .collect();
-    w.write(
-        "m.json",
-        json!({"source": "s", "source_fingerprint": "-", "mapper": "file", "pinned": true, "fields": fields}).to_string(),
-    );
 }
 
 #[test]

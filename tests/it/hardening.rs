@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::harness::{ITEMS_SCHEMA, Run, Workdir, config, walk};
+use crate::harness::{ITEMS_SCHEMA, Run, Workdir, config, pinned, walk};
 
 const KEY: &str = "Kq8-custom-param-key";
 
@@ -100,18 +100,6 @@ async fn a_query_key_under_a_custom_name_is_masked_everywhere_and_sent_once() {
             .collect();
         assert_eq!(keys, vec![KEY.to_string()], "{}", req.url);
     }
-}
-
-/// A pinned mapping document for source `s`.
-fn pinned(w: &Workdir, fields: &[(&str, &str)]) {
-    let fields: serde_json::Map<String, Value> = fields
-        .iter()
-        .map(|(f, e)| (f.to_string(), json!({"expr": e})))
-        .collect();
-    w.write(
-        "m.json",
-        json!({"source": "s", "source_fingerprint": "-", "mapper": "file", "pinned": true, "fields": fields}).to_string(),
-    );
 }
 
 #[test]

@@ -212,3 +212,15 @@ pub fn ids(w: &Workdir, source: &str) -> Vec<u64> {
         .map(|v| v["id"].as_u64().unwrap())
         .collect()
 }
+
+/// A pinned mapping document `m.json` for source `s` with the given field expressions.
+pub fn pinned(w: &Workdir, fields: &[(&str, &str)]) {
+    let fields: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(f, e)| (f.to_string(), serde_json::json!({"expr": e})))
+        .collect();
+    w.write(
+        "m.json",
+        serde_json::json!({"source": "s", "source_fingerprint": "-", "mapper": "file", "pinned": true, "fields": fields}).to_string(),
+    );
+}
