@@ -271,7 +271,6 @@ fn kind_of(root: &Value, s: &Value) -> String {
             .filter(|t| *t != "null")
             .collect::<Vec<_>>()
             .join(" or "),
-        _ if s == &Value::Bool(true) => "any JSON".into(),
         _ => "any JSON".into(),
     };
     if s.get("writeOnly") == Some(&Value::Bool(true)) {
@@ -424,7 +423,6 @@ pub fn markdown() -> String {
             row.range.as_ref().map(Range::describe).unwrap_or_default(),
             cell(&row.doc)
         ));
-        let _ = &row.path;
     }
     md
 }
