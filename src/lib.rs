@@ -62,6 +62,7 @@ pub use mapping::MappingDocument;
 pub use pipeline::{MapperChoice, Pipeline, PreparedSource, SourceReport, SplitBatch, SplitStream};
 pub use schema::TargetSchema;
 pub use sink::{InvalidSink, ValidSink};
+pub use source::stream::{BatchIterator, StreamSource};
 pub use validate::report::{InvalidRow, Record, RowError};
 
 /// Tells the library that the process is stopping on a signal (Ctrl-C, SIGTERM): requests that

@@ -11,7 +11,7 @@ const MAX_SOURCE_NAME: usize = 128;
 /// A source name becomes part of file names (`NAME_valid_data.json`, `NAME.mapping.json`) and is
 /// printed on the console, so it must be a safe file-name component: letters, digits, `_`, `-`
 /// and `.`, not starting with `.`, at most 128 characters.
-pub(super) fn check_source_name(name: &str) -> Result<()> {
+pub(crate) fn check_source_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_SOURCE_NAME
         && !name.starts_with('.')

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use checks::{check_source_name, duplicate_keys, interpolate};
+pub(crate) use checks::check_source_name;
+use checks::{duplicate_keys, interpolate};
 pub use llm::{LlmConfig, LlmFallback, TokenPrice};
 pub use secret::Secret;
 pub use sources::{CsvOptions, HttpOptions, InputFormat, Pagination, PostgresConfig, SourceConfig};
@@ -318,37 +319,39 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config> {
-        let opts = jsonc_parser::ParseOptions {
-            allow_comments: true,
-            allow_loose_object_property_names: false,
-            allow_trailing_commas: true,
+        Config::from_value(parse_text(text)?, base_dir, env, true)
+    }
+
+    /// Settings for data the caller hands over in memory (an Arrow stream) rather than names
+    /// in `data_sources`: the config text, if any, with `overrides` replacing its top-level
+    /// keys (`internal_schema`, `llm`, `limits`, …). `data_sources` may be absent or empty,
+    /// and `output_directory` defaults to the working directory of `base_dir`.
+    pub fn for_data(
+        text: Option<&str>,
+        overrides: serde_json::Map<String, Value>,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config> {
+        let value = match text {
+            Some(t) => parse_text(t)?,
+            None => Value::Object(Default::default()),
         };
-        // The parsers and schema walks recurse: nesting is bounded before any of them runs.
-        let depth = crate::limits::json_text_depth(text.as_bytes());
-        if depth > crate::limits::MAX_CONFIG_DEPTH {
-            return Err(Error::config(
-                "",
-                format!(
-                    "nested {depth} levels deep; a config file may nest at most {} levels",
-                    crate::limits::MAX_CONFIG_DEPTH
-                ),
-            ));
-        }
-        let ast = jsonc_parser::parse_to_ast(
-            text,
-            &jsonc_parser::CollectOptions {
-                comments: jsonc_parser::CommentCollectionStrategy::Off,
-                tokens: false,
-            },
-            &opts,
-        )
-        .map_err(|e| Error::config("", format!("not valid JSON: {e}")))?;
-        if let Some(jsonc_parser::ast::Value::Object(top)) = &ast.value {
-            duplicate_keys(top, "")?;
-        }
-        let mut value = jsonc_parser::parse_to_serde_value(text, &opts)
-            .map_err(|e| Error::config("", format!("not valid JSON: {e}")))?
-            .ok_or_else(|| Error::config("", "the file is empty"))?;
+        let Value::Object(mut top) = value else {
+            return Err(Error::config("", "the top level must be a JSON object"));
+        };
+        top.extend(overrides);
+        top.entry("output_directory").or_insert_with(|| ".".into());
+        top.entry("data_sources")
+            .or_insert_with(|| Value::Object(Default::default()));
+        Config::from_value(Value::Object(top), base_dir, env, false)
+    }
+
+    fn from_value(
+        mut value: Value,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        sources_required: bool,
+    ) -> Result<Config> {
         interpolate(&mut value, "", env)?;
         reference::check_ranges(&value)?;
         let Value::Object(mut top) = value else {
@@ -367,7 +370,7 @@ impl Config {
                 "must be an object of source name → source settings",
             ));
         };
-        if sources.is_empty() {
+        if sources.is_empty() && sources_required {
             return Err(Error::config(
                 "data_sources",
                 "no sources: add at least one source",
@@ -544,6 +547,42 @@ impl Config {
     pub fn source_names(&self) -> Vec<String> {
         self.data_sources.iter().map(|(n, _)| n.clone()).collect()
     }
+}
+
+/// Config text (JSON with comments and trailing commas) as a value: nesting bounded first,
+/// duplicate keys refused.
+fn parse_text(text: &str) -> Result<Value> {
+    let opts = jsonc_parser::ParseOptions {
+        allow_comments: true,
+        allow_loose_object_property_names: false,
+        allow_trailing_commas: true,
+    };
+    // The parsers and schema walks recurse: nesting is bounded before any of them runs.
+    let depth = crate::limits::json_text_depth(text.as_bytes());
+    if depth > crate::limits::MAX_CONFIG_DEPTH {
+        return Err(Error::config(
+            "",
+            format!(
+                "nested {depth} levels deep; a config file may nest at most {} levels",
+                crate::limits::MAX_CONFIG_DEPTH
+            ),
+        ));
+    }
+    let ast = jsonc_parser::parse_to_ast(
+        text,
+        &jsonc_parser::CollectOptions {
+            comments: jsonc_parser::CommentCollectionStrategy::Off,
+            tokens: false,
+        },
+        &opts,
+    )
+    .map_err(|e| Error::config("", format!("not valid JSON: {e}")))?;
+    if let Some(jsonc_parser::ast::Value::Object(top)) = &ast.value {
+        duplicate_keys(top, "")?;
+    }
+    jsonc_parser::parse_to_serde_value(text, &opts)
+        .map_err(|e| Error::config("", format!("not valid JSON: {e}")))?
+        .ok_or_else(|| Error::config("", "the file is empty"))
 }
 
 /// Deserializes `value`, reporting an error with its full key path under `prefix`.

@@ -233,6 +233,27 @@ pub struct SourceConfig {
     pub max_page_bytes: usize,
 }
 
+impl SourceConfig {
+    /// Settings with nothing configured: the source's data comes from elsewhere (a cluster
+    /// partition's files, an in-memory stream).
+    pub fn bare(format: Option<InputFormat>) -> SourceConfig {
+        SourceConfig {
+            path: None,
+            url: None,
+            records: None,
+            pagination: None,
+            http: Default::default(),
+            postgres: None,
+            format,
+            csv: Default::default(),
+            credentials: Default::default(),
+            mapping: None,
+            max_record_bytes: crate::limits::DEFAULT_MAX_RECORD_BYTES,
+            max_page_bytes: crate::limits::DEFAULT_MAX_PAGE_BYTES,
+        }
+    }
+}
+
 fn default_max_page_bytes() -> usize {
     crate::limits::DEFAULT_MAX_PAGE_BYTES
 }

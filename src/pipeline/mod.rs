@@ -156,6 +156,10 @@ pub struct Pipeline {
     cluster: Option<String>,
     /// The engine that runs them there (see [`Pipeline::with_remote_engine`]).
     remote: Option<Arc<dyn RemoteEngine>>,
+    /// Sources the caller handed over in memory ([`Pipeline::add_stream`]), by name.
+    streams: BTreeMap<String, FileSource>,
+    /// Mapping documents the caller handed over ([`Pipeline::with_document`]), by source.
+    documents: BTreeMap<String, MappingDocument>,
 }
 
 impl Pipeline {
@@ -171,6 +175,8 @@ impl Pipeline {
             frozen: false,
             cluster: config.engine.cluster.clone(),
             remote: None,
+            streams: BTreeMap::new(),
+            documents: BTreeMap::new(),
             config: Arc::new(config),
         })
     }
@@ -204,6 +210,33 @@ impl Pipeline {
         Ok(self)
     }
 
+    /// Adds a source whose data the caller holds in memory: any stream of record batches
+    /// ([`StreamSource`](crate::StreamSource)), read once. It runs like a configured
+    /// source of that name (locally, never on a cluster); the name may not be one of
+    /// `data_sources`.
+    pub fn add_stream(&mut self, name: &str, stream: crate::StreamSource) -> Result<()> {
+        crate::config::check_source_name(name)?;
+        if self.config.source(name).is_some() {
+            return Err(Error::config(
+                format!("data_sources.{name}"),
+                "a source of this name is configured already; give the stream another name",
+            ));
+        }
+        let source = FileSource::from_stream(name, stream, self.config.batch_size)?;
+        Arc::make_mut(&mut self.config)
+            .data_sources
+            .push((name.to_string(), crate::config::SourceConfig::bare(None)));
+        self.streams.insert(name.to_string(), source);
+        Ok(())
+    }
+
+    /// Uses `document` as source `name`'s mapping, as a configured `mapping` file would be:
+    /// nothing is generated, and the columns the document reads must be in the source.
+    pub fn with_document(mut self, name: &str, document: MappingDocument) -> Pipeline {
+        self.documents.insert(name.to_string(), document);
+        self
+    }
+
     /// The LLM mapper for the configured endpoint.
     pub async fn llm(&self) -> Result<Arc<LlmMapper>> {
         self.llm
@@ -230,7 +263,10 @@ impl Pipeline {
     /// Opens a configured source (resolves files, reads the schema; for HTTP and PostgreSQL
     /// sources this connects and checks the credentials). Blocking.
     pub fn open(&self, name: &str) -> Result<FileSource> {
-        Pipeline::open_with(&self.config, name)
+        match self.streams.get(name) {
+            Some(s) => Ok(s.clone()),
+            None => Pipeline::open_with(&self.config, name),
+        }
     }
 
     fn open_with(config: &Config, name: &str) -> Result<FileSource> {

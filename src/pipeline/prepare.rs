@@ -23,17 +23,26 @@ impl Pipeline {
         choice: MapperChoice,
         path: &std::path::Path,
         fp: &str,
+        columns: &arrow::datatypes::Schema,
     ) -> Result<Option<MappingDocument>> {
-        let explicit = self
-            .config
-            .source(name)
-            .and_then(|s| s.mapping.as_ref())
-            .is_some();
-        let stored = match crate::store::read_text_optional(name, path)? {
-            Some(text) => Some(MappingDocument::from_json(path, &text)?),
-            None => None,
+        let given = self.documents.get(name);
+        let explicit = given.is_some()
+            || self
+                .config
+                .source(name)
+                .and_then(|s| s.mapping.as_ref())
+                .is_some();
+        let stored = match given {
+            Some(d) => Some(d.clone()),
+            None => match crate::store::read_text_optional(name, path)? {
+                Some(text) => Some(MappingDocument::from_json(path, &text)?),
+                None => None,
+            },
         };
-        let shown = path.display();
+        let shown = match given {
+            Some(_) => "the mapping document given".to_string(),
+            None => path.display().to_string(),
+        };
         if self.frozen {
             return match stored {
                 Some(d) if d.pinned && d.source_fingerprint == fp => Ok(Some(d)),
@@ -66,6 +75,17 @@ impl Pipeline {
                 ));
             };
             if d.source_fingerprint != fp {
+                let missing = missing_columns(&d, columns);
+                if !missing.is_empty() {
+                    return Err(Error::mapping(
+                        name,
+                        format!(
+                            "the source has no column {} that {shown} reads; the source's columns are {}. Map it again, review and pin",
+                            quoted(&missing),
+                            quoted(&columns.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>())
+                        ),
+                    ));
+                }
                 tracing::warn!(source = name, document = %shown, "The mapping document was made for different source columns; using it as configured.");
             }
             return Ok(Some(d));
@@ -90,16 +110,19 @@ impl Pipeline {
     ) -> Result<PreparedSource> {
         // Opening and sampling read files or call a server: off the async threads, so that
         // other sources proceed meanwhile.
-        let source = {
-            let (config, name) = (Arc::clone(&self.config), name.to_string());
-            blocking(move || Pipeline::open_with(&config, &name)).await?
+        let source = match self.streams.get(name) {
+            Some(s) => s.clone(),
+            None => {
+                let (config, name) = (Arc::clone(&self.config), name.to_string());
+                blocking(move || Pipeline::open_with(&config, &name)).await?
+            }
         };
         let path = self.mapping_path(name);
         let fp = fingerprint(&source.data_schema());
         let stored = if fresh {
             None
         } else {
-            self.stored_document(name, choice, &path, &fp)?
+            self.stored_document(name, choice, &path, &fp, &source.data_schema())?
         };
         let mut feedback_report = None;
         let mut learned_applied = Vec::new();
@@ -271,6 +294,28 @@ impl Pipeline {
 }
 
 /// Runs blocking work on tokio's blocking pool.
+/// The columns `doc`'s expressions read that `columns` lacks, in field order.
+fn missing_columns<'a>(doc: &'a MappingDocument, columns: &arrow::datatypes::Schema) -> Vec<&'a str> {
+    let mut missing: Vec<&str> = Vec::new();
+    for m in doc.fields.values() {
+        for c in &m.sources {
+            if columns.field_with_name(c).is_err() && !missing.contains(&c.as_str()) {
+                missing.push(c);
+            }
+        }
+    }
+    missing
+}
+
+/// `a`, `b`, `c` for a message.
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await

@@ -18,6 +18,7 @@ pub(crate) mod limit;
 pub mod parquet;
 pub mod postgres;
 pub mod profile;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ enum Kind {
     Http(Arc<http::HttpSpec>),
     /// A PostgreSQL query (`postgres`); `files` is empty.
     Postgres(Arc<postgres::PgSpec>),
+    /// Batches the caller holds in memory, read once; `files` is empty.
+    Stream(Arc<stream::StreamInput>),
 }
 
 /// A configured source: one or more files of one format, an HTTP JSON API or a PostgreSQL
@@ -160,6 +163,24 @@ impl FileSource {
         })
     }
 
+    /// A source over batches the caller holds in memory (see [`stream`]): read once, the
+    /// mapper's sample buffered and replayed.
+    pub fn from_stream(name: &str, source: stream::StreamSource, batch_size: usize) -> Result<FileSource> {
+        let input = stream::StreamInput::try_new(name, source)?;
+        let data_schema = input.data_schema();
+        check_reserved(name, &data_schema)?;
+        Ok(FileSource {
+            name: name.to_string(),
+            files: vec![],
+            format: InputFormat::Parquet,
+            kind: Kind::Stream(Arc::new(input)),
+            config: crate::config::SourceConfig::bare(None),
+            data_schema,
+            batch_size,
+            ranges: Vec::new(),
+        })
+    }
+
     /// A file source over the given files with a schema already known: one partition of a
     /// source on a cluster executor, which reads with the schema fixed on the client instead
     /// of inferring it again.
@@ -179,18 +200,8 @@ impl FileSource {
             format,
             kind: Kind::Files,
             config: SourceConfig {
-                path: None,
-                url: None,
-                records: None,
-                pagination: None,
-                http: Default::default(),
-                postgres: None,
-                format: Some(format),
                 csv,
-                credentials: Default::default(),
-                mapping: None,
-                max_record_bytes: crate::limits::DEFAULT_MAX_RECORD_BYTES,
-                max_page_bytes: crate::limits::DEFAULT_MAX_PAGE_BYTES,
+                ..SourceConfig::bare(Some(format))
             },
             data_schema,
             batch_size,
@@ -229,6 +240,7 @@ impl FileSource {
         match &self.kind {
             Kind::Http(h) => h.display(),
             Kind::Postgres(p) => p.display().to_string(),
+            Kind::Stream(s) => format!("the in-memory stream `{}`", s.label()),
             Kind::Files => format!("{} file(s)", self.files.len()),
         }
     }
@@ -273,6 +285,12 @@ impl FileSource {
                 failed: false,
             });
         }
+        if let Kind::Stream(input) = &self.kind {
+            return Ok(BatchIter {
+                inner: Box::new(input.take(schema)?),
+                failed: false,
+            });
+        }
         let inner: Box<dyn ReadBatch> = match self.format {
             InputFormat::Csv => Box::new(Files::<csv::OpenFile>::new(self.clone(), schema)),
             InputFormat::Ndjson | InputFormat::Json => {
@@ -290,6 +308,9 @@ impl FileSource {
 
     /// The first `n` rows (fewer if the source is shorter), read from the start.
     pub fn sample(&self, n: usize) -> Result<RecordBatch> {
+        if let Kind::Stream(input) = &self.kind {
+            return input.sample(n, &self.schema());
+        }
         let mut batches = Vec::new();
         let mut rows = 0;
         for b in self.batches()? {

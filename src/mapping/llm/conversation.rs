@@ -16,7 +16,7 @@ impl LlmMapper {
         boost: u32,
         usage: &mut LlmUsage,
     ) -> Result<String> {
-        let schema = prompt::response_schema(targets, exact);
+        let schema = prompt::response_schema(targets, exact, !self.openai);
         self.ask_with(source, conversation, schema, targets.len(), boost, usage)
             .await
     }

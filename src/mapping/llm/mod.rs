@@ -115,6 +115,8 @@ pub struct LlmMapper {
     tokenizer: Option<&'static tiktoken_rs::CoreBPE>,
     /// Counts prompts with the server's tokenizer where it offers one (see `count`).
     counter: count::TokenCounter,
+    /// The endpoint is OpenAI's: its strict structured output gets no extra bounds.
+    openai: bool,
 }
 
 impl std::fmt::Debug for LlmMapper {
@@ -182,6 +184,7 @@ impl LlmMapper {
             json_object_only: AtomicBool::new(false),
             tokenizer,
             counter,
+            openai,
         })
     }
 

@@ -14,6 +14,10 @@ use crate::source::ColumnProfile;
 /// Version of the prompt wording; bump it whenever the text below changes meaning.
 pub const PROMPT_VERSION: &str = "conform-mapping-v1";
 
+/// The longest rationale a grammar-constrained server lets the model write: one short
+/// sentence, as rule 7 asks.
+pub const RATIONALE_MAX_CHARS: usize = 160;
+
 /// Name of the structured-output schema.
 pub const RESPONSE_NAME: &str = "mapping";
 
@@ -47,8 +51,11 @@ Reply with a JSON object only: {\"fields\": [{\"target\": ..., \"expr\": ... or 
 /// The JSON Schema of the reply, for `response_format: json_schema` with `strict: true`: one
 /// entry per field of `targets` — the names listed as an `enum` and the entry count fixed — so
 /// that a grammar-constrained server cannot answer `{"fields": []}` or name a field that is not
-/// asked for.
-pub fn response_schema(targets: &[&str], exact: bool) -> Value {
+/// asked for. With `bounded`, the rationale is capped at [`RATIONALE_MAX_CHARS`]: a
+/// grammar-constrained local server enforces `maxLength`, and without it a small model's
+/// rationale runs on until the completion budget cuts the reply. OpenAI's strict mode is
+/// not sent the bound (its supported subset of JSON Schema has varied; its models stop).
+pub fn response_schema(targets: &[&str], exact: bool, bounded: bool) -> Value {
     let mut fields = json!({
                 "type": "array",
                 "items": {
@@ -63,6 +70,9 @@ pub fn response_schema(targets: &[&str], exact: bool) -> Value {
                     "additionalProperties": false
                 }
     });
+    if bounded {
+        fields["items"]["properties"]["rationale"]["maxLength"] = json!(RATIONALE_MAX_CHARS);
+    }
     if exact {
         fields["minItems"] = json!(targets.len());
         fields["maxItems"] = json!(targets.len());
@@ -510,15 +520,21 @@ mod tests {
     #[test]
     fn response_schema_is_strict_compatible() {
         // Strict structured output needs every property required and no extra properties.
-        let s = response_schema(&["id", "name"], true);
+        let s = response_schema(&["id", "name"], true, false);
         let fields = &s["properties"]["fields"];
         assert_eq!(fields["minItems"], 2);
         assert_eq!(fields["maxItems"], 2);
         let item = &fields["items"];
         assert_eq!(item["properties"]["target"]["enum"], json!(["id", "name"]));
         assert_eq!(item["required"].as_array().unwrap().len(), 4);
-        let open = response_schema(&["id", "name"], false);
+        let open = response_schema(&["id", "name"], false, false);
         assert!(open["properties"]["fields"].get("minItems").is_none());
+        assert!(item["properties"]["rationale"].get("maxLength").is_none());
+        let bounded = response_schema(&["id"], true, true);
+        assert_eq!(
+            bounded["properties"]["fields"]["items"]["properties"]["rationale"]["maxLength"],
+            RATIONALE_MAX_CHARS
+        );
         assert_eq!(item["additionalProperties"], false);
         assert_eq!(s["additionalProperties"], false);
     }
