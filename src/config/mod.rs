@@ -324,8 +324,9 @@ impl Config {
 
     /// Settings for data the caller hands over in memory (an Arrow stream) rather than names
     /// in `data_sources`: the config text, if any, with `overrides` replacing its top-level
-    /// keys (`internal_schema`, `llm`, `limits`, …). `data_sources` may be absent or empty,
-    /// and `output_directory` defaults to the working directory of `base_dir`.
+    /// keys (`internal_schema`, `llm`, `limits`, …). Its `data_sources` are left out (the
+    /// caller adds its streams with [`Pipeline::add_stream`](crate::Pipeline::add_stream)),
+    /// and `output_directory` defaults to `base_dir`.
     pub fn for_data(
         text: Option<&str>,
         overrides: serde_json::Map<String, Value>,
@@ -341,8 +342,8 @@ impl Config {
         };
         top.extend(overrides);
         top.entry("output_directory").or_insert_with(|| ".".into());
-        top.entry("data_sources")
-            .or_insert_with(|| Value::Object(Default::default()));
+        // The data is the caller's: sources configured for the command line are not read.
+        top.insert("data_sources".into(), Value::Object(Default::default()));
         Config::from_value(Value::Object(top), base_dir, env, false)
     }
 

@@ -21,3 +21,4 @@ mod postgres;
 mod prop;
 mod reference;
 mod store;
+mod stream;
