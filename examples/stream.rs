@@ -23,7 +23,8 @@ async fn main() -> conform::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "testdata/demo/config.json".into())
         .into();
-    let text = std::fs::read_to_string(&path).map_err(|e| conform::Error::io("reading", &path, e))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| conform::Error::io("reading", &path, e))?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let config = Config::for_data(Some(&text), Default::default(), base, &|k| {
         std::env::var(k).ok()
@@ -43,7 +44,10 @@ async fn main() -> conform::Result<()> {
     let stream = rows.execute_stream().await?;
 
     let mut pipeline = Pipeline::try_new(config)?;
-    pipeline.add_stream("crm", StreamSource::from_stream(stream).with_label("crm-query"))?;
+    pipeline.add_stream(
+        "crm",
+        StreamSource::from_stream(stream).with_label("crm-query"),
+    )?;
     let prepared = pipeline.prepare("crm", MapperChoice::Heuristic).await?;
     for (field, m) in &prepared.document.fields {
         println!("{field} <- {}", m.expr.as_deref().unwrap_or("(unmapped)"));
@@ -59,7 +63,12 @@ async fn main() -> conform::Result<()> {
                 .iter()
                 .map(|e| format!("{}: {}", e.field.as_deref().unwrap_or("(record)"), e.rule))
                 .collect();
-            println!("invalid: {} row {}: {}", row.source_file, row.row, reasons.join(", "));
+            println!(
+                "invalid: {} row {}: {}",
+                row.source_file,
+                row.row,
+                reasons.join(", ")
+            );
         }
         invalid += bad.len();
     }

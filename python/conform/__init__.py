@@ -9,6 +9,10 @@ Three calls, each the counterpart of a command of the ``conform`` CLI:
 - :func:`transform` gives one source's valid and invalid rows as two Arrow streams
   (``__arrow_c_stream__``), read batch by batch with bounded memory.
 
+:func:`map` and :func:`transform` also take in-memory data instead of a config: any object
+with ``__arrow_c_stream__`` (pyarrow, Polars, DuckDB, …) and the internal JSON Schema, as in
+``conform.transform(df, schema)``.
+
 ``config`` is the path of a config file, or the config itself as a ``dict`` (its relative
 paths then resolve against the working directory). Errors are raised as :class:`ConfigError`,
 :class:`SourceError`, :class:`CredentialsError` or :class:`MappingError` (all
@@ -49,6 +53,7 @@ __all__ = [
 ]
 
 ConfigLike = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+SchemaLike = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
 _MAPPERS = ("auto", "heuristic", "llm", "file")
 
@@ -187,7 +192,12 @@ class MappingDocument:
 
     @property
     def pinned(self) -> bool:
+        """Whether the document is used whatever the source's columns (reviewed)."""
         return bool(self._data.get("pinned", False))
+
+    @pinned.setter
+    def pinned(self, value: bool) -> None:
+        self._data["pinned"] = bool(value)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MappingDocument) and self._data == other._data
@@ -224,31 +234,141 @@ def run(
 
 
 def map(
-    config: ConfigLike,
+    config: Any,
+    schema: Optional[SchemaLike] = None,
+    /,
     *,
     sources: Optional[Union[str, Sequence[str]]] = None,
     mapper: str = "auto",
-) -> Dict[str, MappingDocument]:
-    """Works out (or reads) each source's mapping document, writes it for review as
-    ``conform map`` does, and returns the documents by source name."""
+    **settings: Any,
+) -> Any:
+    """Works out a mapping.
+
+    ``map(config)`` works out (or reads) each configured source's mapping document, writes it
+    for review as ``conform map`` does, and returns the documents by source name.
+
+    ``map(data, schema)``, where ``data`` is any object with ``__arrow_c_stream__`` (a pyarrow
+    Table or RecordBatchReader, a Polars DataFrame, a DuckDB relation, …), maps in-memory data
+    onto ``schema`` (the internal JSON Schema as a dict or a path) and returns its
+    :class:`MappingDocument`; nothing is written. Only a sample is read (the first rows, up to
+    the sampling bound). The keyword arguments are those of :func:`transform` on data.
+    """
+    if _is_data(config):
+        doc = _conform.map_data(config, *_data_args(schema, settings), _mapper(mapper))
+        return MappingDocument.from_json(doc)
+    _no_data_settings(schema, settings)
     text, is_text = _config(config)
     docs = _conform.map(text, is_text, _sources(sources), _mapper(mapper))
     return {name: MappingDocument.from_json(doc) for name, doc in docs}
 
 
 def transform(
-    config: ConfigLike, source: str, *, mapper: str = "auto"
+    config: Any,
+    source: Optional[Union[str, SchemaLike]] = None,
+    /,
+    *,
+    mapper: str = "auto",
+    schema: Optional[SchemaLike] = None,
+    mapping: Optional[Union[MappingDocument, Mapping[str, Any], str, "os.PathLike[str]"]] = None,
+    **settings: Any,
 ) -> Tuple[ArrowStream, ArrowStream]:
-    """One source's rows as two Arrow streams: the valid rows in the target's Arrow schema,
-    and the invalid rows (``source_file``, ``row``, ``record`` as JSON text, ``raw``,
-    ``errors`` as a list of ``field``/``rule``/``message``).
+    """Rows as two Arrow streams: the valid rows in the target's Arrow schema, and the
+    invalid rows (``source_file``, ``row``, ``record`` as JSON text, ``raw``, ``errors`` as a
+    list of ``field``/``rule``/``message``).
+
+    ``transform(config, source)`` runs one configured source; no output files are written,
+    except the mapping document.
+
+    ``transform(data, schema)`` (or ``schema=``) runs in-memory data: any object with
+    ``__arrow_c_stream__``, read batch by batch and never collected. ``mapping`` is a mapping
+    document to use as it is (a :class:`MappingDocument`, its dict, or a path): no mapper and no
+    LLM request, and a :class:`MappingError` naming the columns if the data lacks some the
+    document reads. Further keywords:
+
+    - ``config``: a config (path or dict) whose settings apply; its ``data_sources`` are not read;
+    - ``name`` (default ``"data"``): the name in messages and in the mapping document;
+    - ``source_file`` (default ``"<memory>"``): what the invalid rows' ``source_file`` says;
+      their ``row`` is the row's 1-based position in the stream;
+    - any top-level config key (``llm``, ``feedback``, ``limits``, ``batch_size``, …), over
+      the config's.
+
+    Nothing is written in either form except, for a configured source, its mapping document.
 
     Each stream implements ``__arrow_c_stream__`` and is consumed once, e.g. by
     ``pyarrow.RecordBatchReader.from_stream(valid)``, ``polars.from_arrow(valid)`` or
     ``duckdb.from_arrow(valid)``. Rows flow batch by batch with bounded memory; the two
     streams may be read in either order (a side whose reader is not reading spills to a
-    temporary file rather than stall the other), and ``close()`` drops one unread. No output
-    files are written, except the mapping document.
+    temporary file rather than stall the other), and ``close()`` drops one unread.
     """
+    if _is_data(config):
+        if source is not None and schema is not None:
+            raise TypeError("give the schema once: as the second argument or as schema=")
+        schema = source if source is not None else schema
+        return _conform.transform_data(
+            config, *_data_args(schema, settings), _mapper(mapper), _document(mapping)
+        )
+    if not isinstance(source, str):
+        raise TypeError(
+            "transform(config, source) takes a source name; to transform in-memory data, "
+            "pass an object with __arrow_c_stream__ first"
+        )
+    _no_data_settings(schema, settings, mapping)
     text, is_text = _config(config)
     return _conform.transform(text, is_text, source, _mapper(mapper))
+
+
+def _is_data(obj: Any) -> bool:
+    """Whether ``obj`` is in-memory data (the Arrow PyCapsule stream interface)."""
+    return hasattr(obj, "__arrow_c_stream__")
+
+
+def _schema(schema: SchemaLike) -> Any:
+    if isinstance(schema, Mapping):
+        return dict(schema)
+    if isinstance(schema, (str, os.PathLike)):
+        with open(os.fspath(schema), encoding="utf-8") as f:
+            return json.load(f)
+    raise TypeError(f"schema must be a dict or a path, not {type(schema).__name__}")
+
+
+def _data_args(schema: Optional[SchemaLike], settings: Dict[str, Any]) -> Tuple[Any, ...]:
+    """The arguments ``_conform.map_data``/``transform_data`` take after the data."""
+    settings = dict(settings)
+    config = settings.pop("config", None)
+    name = settings.pop("name", "data")
+    label = settings.pop("source_file", "<memory>")
+    if schema is not None:
+        settings["internal_schema"] = _schema(schema)
+    if config is None:
+        if "internal_schema" not in settings:
+            raise TypeError("in-memory data needs a schema: map(data, schema) / transform(data, schema)")
+        text, is_text = None, True
+    else:
+        text, is_text = _config(config)
+    return (text, is_text, json.dumps(settings), str(name), str(label))
+
+
+def _document(mapping: Any) -> Optional[str]:
+    if mapping is None:
+        return None
+    if isinstance(mapping, MappingDocument):
+        return mapping.to_json()
+    if isinstance(mapping, Mapping):
+        return json.dumps(dict(mapping))
+    if isinstance(mapping, (str, os.PathLike)):
+        with open(os.fspath(mapping), encoding="utf-8") as f:
+            return f.read()
+    raise TypeError(
+        f"mapping must be a MappingDocument, a dict or a path, not {type(mapping).__name__}"
+    )
+
+
+def _no_data_settings(schema: Any, settings: Dict[str, Any], mapping: Any = None) -> None:
+    """A configured source takes its schema and settings from its config."""
+    extra = sorted(settings) + (["schema"] if schema is not None else [])
+    extra += ["mapping"] if mapping is not None else []
+    if extra:
+        raise TypeError(
+            f"{', '.join(extra)}: only for in-memory data; a configured source takes them "
+            "from its config"
+        )

@@ -30,3 +30,22 @@ def map(config: str, is_text: bool, sources: List[str], mapper: str) -> List[Tup
 def transform(
     config: str, is_text: bool, source: str, mapper: str
 ) -> Tuple[ArrowStream, ArrowStream]: ...
+def map_data(
+    data: Any,
+    config: Optional[str],
+    is_text: bool,
+    overrides: str,
+    name: str,
+    label: str,
+    mapper: str,
+) -> str: ...
+def transform_data(
+    data: Any,
+    config: Optional[str],
+    is_text: bool,
+    overrides: str,
+    name: str,
+    label: str,
+    mapper: str,
+    document: Optional[str] = None,
+) -> Tuple[ArrowStream, ArrowStream]: ...

@@ -19,7 +19,7 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::ffi_stream::FFI_ArrowArrayStream;
-use conform::{Config, Error, InvalidRow, MapperChoice, Pipeline};
+use conform::{Config, Error, InvalidRow, MapperChoice, Pipeline, StreamSource};
 use futures::StreamExt;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
@@ -229,6 +229,137 @@ fn transform(
         prepared.save()?;
         pipeline.execute(&prepared).await
     })?;
+    Ok(split_streams(stream))
+}
+
+/// A pipeline over in-memory data: the config (path or text, optional) with the caller's
+/// settings over it, `data` added as source `name` and, if given, its mapping document.
+#[allow(clippy::too_many_arguments)]
+fn data_pipeline(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    config: Option<String>,
+    is_text: bool,
+    overrides: &str,
+    name: &str,
+    label: String,
+    document: Option<String>,
+) -> PyResult<Pipeline> {
+    let (text, base) = match config {
+        Some(c) if !is_text => {
+            let path = PathBuf::from(c);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                to_py(Error::config(
+                    path.display().to_string(),
+                    format!("cannot read the file: {e}"),
+                ))
+            })?;
+            let base = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (Some(text), base)
+        }
+        other => (other, std::env::current_dir()?),
+    };
+    let overrides: serde_json::Map<String, serde_json::Value> = serde_json::from_str(overrides)
+        .map_err(|e| PyValueError::new_err(format!("the settings are not JSON values: {e}")))?;
+    let config = Config::for_data(text.as_deref(), overrides, &base, &|k| {
+        std::env::var(k).ok()
+    })
+    .map_err(to_py)?;
+    let mut pipeline = pipeline(config).map_err(to_py)?;
+    if let Some(doc) = document {
+        let doc =
+            conform::MappingDocument::from_json(Path::new("<mapping>"), &doc).map_err(to_py)?;
+        pipeline = pipeline.with_document(name, doc);
+    }
+    let reader = import_stream(py, data)?;
+    pipeline
+        .add_stream(name, StreamSource::from_reader(reader).with_label(label))
+        .map_err(to_py)?;
+    Ok(pipeline)
+}
+
+/// The Arrow C stream of any object with `__arrow_c_stream__` (pyarrow, Polars, DuckDB, …),
+/// taken over without a copy. It is read later on the engine's threads; a producer that
+/// runs Python code (a generator behind a pyarrow reader) takes the GIL itself.
+fn import_stream(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<arrow::ffi_stream::ArrowArrayStreamReader> {
+    let _ = py;
+    if !data.hasattr("__arrow_c_stream__")? {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "data must implement the Arrow PyCapsule interface (`__arrow_c_stream__`): a pyarrow Table or RecordBatchReader, a Polars DataFrame, a DuckDB relation, …; got {}",
+            data.get_type().name()?
+        )));
+    }
+    let capsule = data.call_method0("__arrow_c_stream__")?;
+    let capsule = capsule.downcast::<PyCapsule>()?;
+    if capsule.name()? != Some(c"arrow_array_stream") {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "`__arrow_c_stream__` did not return an `arrow_array_stream` capsule",
+        ));
+    }
+    // SAFETY: the capsule holds an `ArrowArrayStream` (its name says so); `from_raw` moves
+    // it out and marks the capsule's copy released, so the capsule's destructor does not
+    // release it a second time.
+    let stream =
+        unsafe { FFI_ArrowArrayStream::from_raw(capsule.pointer() as *mut FFI_ArrowArrayStream) };
+    arrow::ffi_stream::ArrowArrayStreamReader::try_new(stream)
+        .map_err(|e| PyValueError::new_err(format!("cannot read the Arrow stream: {e}")))
+}
+
+/// `conform.map(data, schema)`: the mapping document of in-memory data; nothing is written.
+#[pyfunction]
+#[pyo3(signature = (data, config, is_text, overrides, name, label, mapper))]
+#[allow(clippy::too_many_arguments)]
+fn map_data(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    config: Option<String>,
+    is_text: bool,
+    overrides: &str,
+    name: String,
+    label: String,
+    mapper: &str,
+) -> PyResult<String> {
+    let choice = mapper_choice(mapper)?;
+    let pipeline = data_pipeline(py, data, config, is_text, overrides, &name, label, None)?;
+    wait(py, async move {
+        let prepared = pipeline.prepare(&name, choice).await?;
+        Ok(serde_json::to_string(&prepared.document)?)
+    })
+}
+
+/// `conform.transform(data, schema)`: in-memory data's valid and invalid rows as two Arrow
+/// streams; nothing is written.
+#[pyfunction]
+#[pyo3(signature = (data, config, is_text, overrides, name, label, mapper, document=None))]
+#[allow(clippy::too_many_arguments)]
+fn transform_data(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    config: Option<String>,
+    is_text: bool,
+    overrides: &str,
+    name: String,
+    label: String,
+    mapper: &str,
+    document: Option<String>,
+) -> PyResult<(ArrowStream, ArrowStream)> {
+    let choice = mapper_choice(mapper)?;
+    let pipeline = data_pipeline(py, data, config, is_text, overrides, &name, label, document)?;
+    let stream = wait(py, async move {
+        let prepared = pipeline.prepare(&name, choice).await?;
+        pipeline.execute(&prepared).await
+    })?;
+    Ok(split_streams(stream))
+}
+
+/// The two reading ends of a source's split: valid rows and invalid rows.
+fn split_streams(stream: conform::SplitStream) -> (ArrowStream, ArrowStream) {
     let valid_schema = stream.valid_schema();
     let split = Arc::new(Split {
         state: Mutex::new(State {
@@ -241,10 +372,10 @@ fn transform(
     let pump = Arc::clone(&split);
     // The plan's stream is polled from a blocking thread: pushing may wait for a reader.
     runtime().spawn_blocking(move || pump.pump(stream));
-    Ok((
+    (
         ArrowStream::new(Arc::clone(&split), VALID, valid_schema),
         ArrowStream::new(split, INVALID, invalid_schema()),
-    ))
+    )
 }
 
 const VALID: usize = 0;
@@ -561,7 +692,12 @@ struct SideReader {
 impl Iterator for SideReader {
     type Item = Result<RecordBatch, ArrowError>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.split.next(self.side)
+        // A consumer holding the GIL (pyarrow, Polars or DuckDB reading this stream) lets
+        // it go while it waits: the input may be a Python generator, which the engine's
+        // reader can then run to produce the batch waited for. (`with_gil` on a thread
+        // that holds the GIL already only counts; on another it takes the GIL for the
+        // moment `allow_threads` needs to release it.)
+        Python::with_gil(|py| py.allow_threads(|| self.split.next(self.side)))
     }
 }
 
@@ -645,6 +781,8 @@ fn _conform(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(map, m)?)?;
     m.add_function(wrap_pyfunction!(transform, m)?)?;
+    m.add_function(wrap_pyfunction!(map_data, m)?)?;
+    m.add_function(wrap_pyfunction!(transform_data, m)?)?;
     m.add_class::<ArrowStream>()?;
     let py = m.py();
     m.add("ConformError", py.get_type::<ConformError>())?;

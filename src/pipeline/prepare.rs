@@ -82,7 +82,13 @@ impl Pipeline {
                         format!(
                             "the source has no column {} that {shown} reads; the source's columns are {}. Map it again, review and pin",
                             quoted(&missing),
-                            quoted(&columns.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>())
+                            quoted(
+                                &columns
+                                    .fields()
+                                    .iter()
+                                    .map(|f| f.name().as_str())
+                                    .collect::<Vec<_>>()
+                            )
                         ),
                     ));
                 }
@@ -295,7 +301,10 @@ impl Pipeline {
 
 /// Runs blocking work on tokio's blocking pool.
 /// The columns `doc`'s expressions read that `columns` lacks, in field order.
-fn missing_columns<'a>(doc: &'a MappingDocument, columns: &arrow::datatypes::Schema) -> Vec<&'a str> {
+fn missing_columns<'a>(
+    doc: &'a MappingDocument,
+    columns: &arrow::datatypes::Schema,
+) -> Vec<&'a str> {
     let mut missing: Vec<&str> = Vec::new();
     for m in doc.fields.values() {
         for c in &m.sources {

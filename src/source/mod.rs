@@ -165,7 +165,11 @@ impl FileSource {
 
     /// A source over batches the caller holds in memory (see [`stream`]): read once, the
     /// mapper's sample buffered and replayed.
-    pub fn from_stream(name: &str, source: stream::StreamSource, batch_size: usize) -> Result<FileSource> {
+    pub fn from_stream(
+        name: &str,
+        source: stream::StreamSource,
+        batch_size: usize,
+    ) -> Result<FileSource> {
         let input = stream::StreamInput::try_new(name, source)?;
         let data_schema = input.data_schema();
         check_reserved(name, &data_schema)?;

@@ -348,7 +348,11 @@ pub fn normalized_type(dt: &DataType) -> DataType {
 }
 
 fn normalized_field(f: &FieldRef) -> FieldRef {
-    Arc::new(f.as_ref().clone().with_data_type(normalized_type(f.data_type())))
+    Arc::new(
+        f.as_ref()
+            .clone()
+            .with_data_type(normalized_type(f.data_type())),
+    )
 }
 
 fn normalized_schema(schema: &Schema) -> Schema {
@@ -362,8 +366,8 @@ fn normalized_schema(schema: &Schema) -> Schema {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::ReadBatch;
+    use super::*;
     use arrow::array::{DictionaryArray, Int8Array, Int32Array, StringViewArray};
     use arrow::datatypes::Int8Type;
 
@@ -383,7 +387,10 @@ mod tests {
             panic!("a struct stays a struct")
         };
         assert_eq!(fields[0].data_type(), &DataType::Utf8);
-        let ts = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("+02:00".into()));
+        let ts = DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Microsecond,
+            Some("+02:00".into()),
+        );
         assert_eq!(normalized_type(&ts), ts);
     }
 
@@ -467,7 +474,10 @@ mod tests {
         let mut full = i.take(schema).unwrap();
         assert_eq!(full.read_batch().unwrap().unwrap().num_rows(), 1);
         let e = full.read_batch().unwrap_err().to_string();
-        assert!(e.contains("after 1 rows") && e.contains("the producer stopped"), "{e}");
+        assert!(
+            e.contains("after 1 rows") && e.contains("the producer stopped"),
+            "{e}"
+        );
     }
 
     #[test]

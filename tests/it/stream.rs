@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, Decimal128Array, DictionaryArray, Int32Array, LargeStringArray,
-    ListBuilder, RecordBatch, StringArray, StringBuilder, StringViewArray, StructArray,
+    ArrayRef, AsArray, Decimal128Array, DictionaryArray, Int32Array, LargeStringArray, ListBuilder,
+    RecordBatch, StringArray, StringBuilder, StringViewArray, StructArray,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
@@ -73,8 +73,11 @@ async fn a_query_stream_splits_as_its_file_does() {
         Config::for_data(Some(&config), Default::default(), w.path(), &|_| None).unwrap(),
     )
     .unwrap();
-    p.add_stream("crm", StreamSource::from_stream(stream).with_label("crm-query"))
-        .unwrap();
+    p.add_stream(
+        "crm",
+        StreamSource::from_stream(stream).with_label("crm-query"),
+    )
+    .unwrap();
     let (valid, invalid) = split(&p, "crm", MapperChoice::Heuristic).await;
     assert_eq!(valid, file_valid);
     let rows = |v: &[(String, u64)]| v.iter().map(|(_, r)| *r).collect::<Vec<_>>();
@@ -183,19 +186,30 @@ async fn every_kind_of_arrow_column_is_mapped_and_validated() {
     let valid = arrow::compute::concat_batches(&valid[0].schema(), &valid).unwrap();
     assert_eq!(valid.num_rows(), 1, "{invalid:?}");
     let col = |n: &str| valid.column_by_name(n).unwrap();
-    assert_eq!(col("id").as_primitive::<arrow::datatypes::Int64Type>().value(0), 7);
+    assert_eq!(
+        col("id")
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0),
+        7
+    );
     assert_eq!(col("name").as_string::<i32>().value(0), "Ada Lovelace");
     assert_eq!(col("city").as_string::<i32>().value(0), "London");
     assert_eq!(col("notes").as_string::<i32>().value(0), "first order");
     assert_eq!(
-        col("amount").as_primitive::<arrow::datatypes::Float64Type>().value(0),
+        col("amount")
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .value(0),
         19.99
     );
     let seen = arrow::util::display::array_value_to_string(col("seen_at"), 0).unwrap();
     assert!(seen.starts_with("2023-11-14T22:13:20"), "{seen}");
     let address = col("address").as_struct();
     assert_eq!(
-        address.column_by_name("zip").unwrap().as_string::<i32>().value(0),
+        address
+            .column_by_name("zip")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
         "N1 9GU"
     );
     let tags = col("tags").as_list::<i32>().value(0);
@@ -218,7 +232,9 @@ async fn every_kind_of_arrow_column_is_mapped_and_validated() {
 async fn a_document_made_once_maps_later_partitions_and_names_missing_columns() {
     let w = crate::harness::Workdir::new();
     let mut first = typed_pipeline(w.path());
-    first.add_stream("part", reader(vec![typed_batch()])).unwrap();
+    first
+        .add_stream("part", reader(vec![typed_batch()]))
+        .unwrap();
     let mut doc = first
         .prepare("part", MapperChoice::Heuristic)
         .await
@@ -236,7 +252,10 @@ async fn a_document_made_once_maps_later_partitions_and_names_missing_columns() 
         assert_eq!(prepared.document, doc);
         let (valid, invalid) = split(&p, "part", MapperChoice::File).await;
         assert_eq!((valid, invalid.len()), (2, 2));
-        assert_eq!(invalid[1].1, 4, "rows are numbered across the stream's batches");
+        assert_eq!(
+            invalid[1].1, 4,
+            "rows are numbered across the stream's batches"
+        );
     }
 
     // A partition that lost two columns the document reads.
