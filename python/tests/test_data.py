@@ -204,3 +204,46 @@ def test_a_stream_of_a_million_rows_keeps_memory_flat(orders_1m):
     assert result["stream"]["invalid"] == result["file"]["invalid"]
     assert result["stream"]["rows"] == 1_000_000
     assert result["stream"]["peak_rss_mb"] <= 1.5 * result["file"]["peak_rss_mb"], result
+
+
+def test_nested_dictionary_decimal_and_zoned_columns_are_mapped_and_validated():
+    import datetime
+    import decimal
+
+    import polars as pl
+
+    df = pl.DataFrame(
+        {
+            "id": [1, 2],
+            "name": pl.Series(["Ada", "Alan"], dtype=pl.Categorical),  # dictionary-encoded views
+            "amount": pl.Series([decimal.Decimal("19.99"), decimal.Decimal("-1.00")], dtype=pl.Decimal(10, 2)),
+            "seen_at": pl.Series(
+                [datetime.datetime(2024, 5, 1, 12, 0), datetime.datetime(2024, 5, 2, 12, 0)]
+            ).dt.replace_time_zone("Europe/Paris"),
+            "address": [{"street": "1 High St", "zip": "N1"}, {"street": "2 Rue X", "zip": "75001"}],
+            "tags": [["vip", "eu"], []],
+        }
+    )
+    schema = {
+        "type": "object",
+        "required": ["id", "name"],
+        "properties": {
+            "id": {"type": "integer"},
+            "name": {"type": "string"},
+            "amount": {"type": "number", "minimum": 0},
+            "seen_at": {"type": "string", "format": "date-time"},
+            "address": {"type": "object", "properties": {"street": {"type": "string"}, "zip": {"type": "string"}}},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    doc = conform.map(df, schema, mapper="heuristic")
+    assert doc.unmapped == [], doc.expressions
+    valid, invalid = conform.transform(df, schema, mapper="heuristic")
+    good = pl.DataFrame(valid)
+    bad = pl.DataFrame(invalid)
+    assert good.height == 1 and good["amount"].to_list() == [19.99]
+    assert good["address"].to_list() == [{"street": "1 High St", "zip": "N1"}]
+    assert good["tags"].to_list() == [["vip", "eu"]]
+    assert good["seen_at"].cast(pl.Utf8).to_list()[0].startswith("2024-05-01")
+    assert bad["row"].to_list() == [2]
+    assert [e["rule"] for e in bad["errors"][0]] == ["minimum"]
