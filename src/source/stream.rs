@@ -339,9 +339,7 @@ pub fn normalized_type(dt: &DataType) -> DataType {
             DataType::LargeList(normalized_field(f))
         }
         DataType::FixedSizeList(f, n) => DataType::FixedSizeList(normalized_field(f), *n),
-        DataType::Struct(fields) => {
-            DataType::Struct(fields.iter().map(|f| normalized_field(f)).collect())
-        }
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(normalized_field).collect()),
         DataType::Map(f, sorted) => DataType::Map(normalized_field(f), *sorted),
         other => other.clone(),
     }

@@ -10,7 +10,7 @@ use arrow::array::{
     RecordBatch, StringArray, StringBuilder, StringViewArray, StructArray,
     TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use conform::{Config, MapperChoice, Pipeline, StreamSource};
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use futures::StreamExt;
