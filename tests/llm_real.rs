@@ -134,10 +134,14 @@ impl Drop for Server {
     }
 }
 
+/// The test's LLM settings. Five sample rows, one repair round and a 768-token completion
+/// budget keep each request of a 135M model on two cores under a minute or so (prompt
+/// evaluation dominates, then generation): what is tested is the protocol, not the answers.
 fn llm_block(server: &Server) -> String {
     format!(
         r#""llm": {{"base_url": "{}", "model": "smollm2-135m-instruct", "max_prompt_tokens": {BUDGET},
-            "max_completion_tokens": 2048, "timeout_s": 600, "max_concurrent": 1}},"#,
+            "max_completion_tokens": 768, "sample_rows": 5, "max_repairs": 1, "timeout_s": 600,
+            "max_concurrent": 1}},"#,
         server.base_url()
     )
 }
@@ -199,7 +203,7 @@ fn a_real_model_maps_the_demo_and_a_200_field_schema_within_its_budget() {
     }
     assert_within_budget(&server.requests());
 
-    // A 200-field target, 24 of whose fields have a column in a 24-column source: the rest
+    // A 200-field target, 12 of whose fields have a column in a 12-column source: the rest
     // must be decided offline, and what goes to the model must go in budgeted batches.
     let before = server.requests().len();
     let w = wide_case();
@@ -228,35 +232,23 @@ fn a_real_model_maps_the_demo_and_a_200_field_schema_within_its_budget() {
     );
 }
 
-/// Words of the 24 columns the source has, and how the target spells them.
-const PAIRS: [(&str, &str); 24] = [
+/// The 12 columns the source has, and how the target spells them.
+const PAIRS: [(&str, &str); 12] = [
     ("customer_id", "customerId"),
     ("first_name", "givenName"),
     ("last_name", "familyName"),
     ("email", "emailAddress"),
-    ("phone", "telephone"),
     ("signup_date", "signupDate"),
     ("city", "addressLocality"),
     ("country", "addressCountry"),
-    ("postal_code", "postalCode"),
-    ("plan", "subscriptionPlan"),
     ("monthly_fee", "monthlyFee"),
     ("is_active", "active"),
     ("last_login", "lastLoginAt"),
-    ("age", "ageYears"),
-    ("company", "companyName"),
-    ("job_title", "jobTitle"),
-    ("department", "department"),
-    ("salary", "annualSalary"),
-    ("currency", "currencyCode"),
-    ("street", "streetAddress"),
-    ("region", "addressRegion"),
     ("birth_date", "birthDate"),
-    ("gender", "gender"),
     ("website", "url"),
 ];
 
-/// A 24-column CSV and a 200-field target: the 24 fields above plus 176 measurement fields
+/// A 12-column CSV and a 200-field target: the 12 fields above plus 188 measurement fields
 /// that nothing in the source resembles.
 fn wide_case() -> Workdir {
     let w = Workdir::new();
@@ -268,25 +260,13 @@ fn wide_case() -> Workdir {
             ["Ada", "Alan", "Grace", "Edsger"][i as usize % 4].to_string(),
             ["Lovelace", "Turing", "Hopper", "Dijkstra"][i as usize % 4].to_string(),
             format!("user{i}@example.com"),
-            format!("+44 20 7946 {:04}", i),
             format!("2024-{:02}-{:02}", i % 12 + 1, i % 28 + 1),
             ["London", "Paris", "Berlin", "Madrid"][i as usize % 4].to_string(),
             ["GB", "FR", "DE", "ES"][i as usize % 4].to_string(),
-            format!("{:05}", 10000 + i * 7),
-            ["basic", "pro", "team"][i as usize % 3].to_string(),
             format!("{}.99", 9 + i % 3 * 10),
             ["true", "false"][i as usize % 2].to_string(),
             format!("2024-06-{:02}T10:{:02}:00Z", i % 28 + 1, i % 60),
-            format!("{}", 20 + i % 50),
-            ["Acme", "Globex", "Initech"][i as usize % 3].to_string(),
-            ["Engineer", "Analyst", "Manager"][i as usize % 3].to_string(),
-            ["R&D", "Sales", "Finance"][i as usize % 3].to_string(),
-            format!("{}", 40000 + i * 1000),
-            ["GBP", "EUR"][i as usize % 2].to_string(),
-            format!("{} High Street", i + 1),
-            ["England", "Ile-de-France", "Berlin", "Madrid"][i as usize % 4].to_string(),
             format!("19{:02}-0{}-1{}", 60 + i % 30, i % 9 + 1, i % 9),
-            ["female", "male"][i as usize % 2].to_string(),
             format!("https://example.com/u/{i}"),
         ];
         csv.push_str(&row.join(","));
@@ -297,8 +277,8 @@ fn wide_case() -> Workdir {
     let mut props = serde_json::Map::new();
     for (_, field) in PAIRS {
         let schema = match field {
-            "customerId" | "ageYears" => serde_json::json!({"type": ["integer", "null"]}),
-            "monthlyFee" | "annualSalary" => serde_json::json!({"type": ["number", "null"]}),
+            "customerId" => serde_json::json!({"type": ["integer", "null"]}),
+            "monthlyFee" => serde_json::json!({"type": ["number", "null"]}),
             "active" => serde_json::json!({"type": ["boolean", "null"]}),
             "signupDate" | "birthDate" => {
                 serde_json::json!({"type": ["string", "null"], "format": "date"})
@@ -320,6 +300,7 @@ fn wide_case() -> Workdir {
         "condenser",
         "impeller",
         "gearbox",
+        "compressor",
     ];
     let measures = [
         (
