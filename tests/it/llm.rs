@@ -865,7 +865,7 @@ async fn the_prompt_carries_the_offline_matchers_ranked_candidates() {
         "{prompt}"
     );
     assert!(
-        prompt.contains("- customer_id: \"CustomerID\" (1.00)"),
+        prompt.contains("- customer_id: 1. \"CustomerID\" (1.00) `CAST("),
         "{prompt}"
     );
     // Turned off with `llm.candidates: 0`.
@@ -881,6 +881,63 @@ async fn the_prompt_carries_the_offline_matchers_ranked_candidates() {
     let r = run(&w2, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!prompt_text(&bodies(&s2).await[0]).contains("Candidate columns"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_field_answered_by_a_candidates_number_gets_that_candidates_expression() {
+    let s = server().await;
+    // The model picks the first candidate for two fields, writes its own expression for one,
+    // gives an out-of-range number with an expression for another (the expression counts),
+    // and leaves the rest unmapped.
+    let reply = json!({"fields": [
+        {"target": "customer_id", "choice": 1, "expr": null, "confidence": 0.9, "rationale": "the id"},
+        {"target": "email", "choice": "1", "expr": null, "confidence": 0.8, "rationale": ""},
+        {"target": "full_name", "choice": 0, "expr": "upper(clean(\"Full Name\"))", "confidence": 0.7, "rationale": "own"},
+        {"target": "signup_date", "choice": 99, "expr": "try_to_date(\"Signup Date\", '%Y-%m-%d')", "confidence": 0.7, "rationale": "date"},
+        {"target": "lifetime_value", "choice": 0, "expr": null, "confidence": 0.5, "rationale": "none"},
+        {"target": "is_active", "choice": 0, "expr": null, "confidence": 0.5, "rationale": "none"}
+    ]});
+    Mock::given(method("POST"))
+        .respond_with(ok(&reply.to_string()))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc = w.json("out/mappings/source1.mapping.json");
+    let f = &doc["fields"];
+    // The matcher's own first candidates, as the prompt listed them.
+    let prompt = prompt_text(&bodies(&s).await[0]);
+    let listed = |field: &str| -> String {
+        let line = prompt
+            .lines()
+            .find(|l| l.starts_with(&format!("- {field}: 1. ")))
+            .unwrap_or_else(|| panic!("no candidates for {field}:\n{prompt}"));
+        let start = line.find('`').unwrap() + 1;
+        line[start..start + line[start..].find('`').unwrap()].to_string()
+    };
+    assert_eq!(f["customer_id"]["expr"], listed("customer_id"));
+    assert_eq!(f["customer_id"]["sources"], json!(["CustomerID"]));
+    assert!(
+        f["customer_id"]["rationale"]
+            .as_str()
+            .unwrap()
+            .starts_with("chose candidate 1 (CustomerID): the id"),
+        "{doc}"
+    );
+    assert_eq!(f["email"]["expr"], listed("email"));
+    assert_eq!(f["full_name"]["expr"], r#"upper(clean("Full Name"))"#);
+    assert_eq!(
+        f["signup_date"]["expr"],
+        r#"try_to_date("Signup Date", '%Y-%m-%d')"#
+    );
+    assert_eq!(f["lifetime_value"]["expr"], Value::Null);
+    // The reply schema asks for the number, bounded.
+    let body = &bodies(&s).await[0];
+    let item = &body["response_format"]["json_schema"]["schema"]["properties"]["fields"]["items"];
+    assert_eq!(item["properties"]["choice"]["type"], "integer");
+    assert_eq!(item["properties"]["choice"]["minimum"], 0);
+    assert_eq!(item["properties"]["rationale"]["maxLength"], 160);
 }
 
 /// Answers every field a request's reply schema asks for: the column of the same name when

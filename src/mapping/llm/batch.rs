@@ -91,7 +91,7 @@ impl LlmMapper {
         &self,
         req: &MappingRequest<'_>,
     ) -> Result<(MappingDocument, LlmUsage)> {
-        let whole = self.tokens(&self.opening(req));
+        let whole = self.tokens(&self.opening(req).0);
         let all_columns: Vec<String> = req.profiles.iter().map(|p| p.name.clone()).collect();
         let n = req.target.fields.len();
         // Set when the batches are the halves of a whole request that failed.
@@ -286,7 +286,7 @@ impl LlmMapper {
     ) -> Result<usize> {
         let parts = batch_parts(req, fields, columns)?;
         let sub = parts.request(req);
-        Ok(self.tokens(&self.opening(&sub)))
+        Ok(self.tokens(&self.opening(&sub).0))
     }
 
     /// The batches, each split in halves until its prompt, plus `reserve(fields)` tokens for

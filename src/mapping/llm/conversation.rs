@@ -4,6 +4,41 @@
 use super::batch::{OVER_BUDGET, UNREADABLE};
 use super::*;
 
+/// The numbered candidates offered per field (see [`prompt::offered`]).
+pub(super) type Offers = indexmap::IndexMap<String, Vec<prompt::Offered>>;
+
+/// A reply entry as the field's mapping: the offered candidate it chose by number, else the
+/// expression it wrote (bare column names quoted).
+pub(super) fn answer(e: reply::ReplyField, offers: &Offers, columns: &[&str]) -> FieldMapping {
+    let confidence = e.confidence.unwrap_or(0.5);
+    let rationale = e.rationale.unwrap_or_default();
+    let chosen = e
+        .choice
+        .filter(|c| c.fract() == 0.0 && *c >= 1.0)
+        .and_then(|c| offers.get(&e.target)?.get(c as usize - 1));
+    match chosen {
+        Some(c) => FieldMapping {
+            expr: Some(c.expr.clone()),
+            sources: c.sources.clone(),
+            confidence,
+            rationale: format!(
+                "chose candidate {} ({}){}{rationale}",
+                e.choice.unwrap_or_default(),
+                c.sources.join(" + "),
+                if rationale.is_empty() { "" } else { ": " }
+            ),
+            ..FieldMapping::unmapped()
+        },
+        None => FieldMapping {
+            expr: e.expr.map(|x| reply::quote_bare_columns(&x, columns)),
+            sources: vec![],
+            confidence,
+            rationale,
+            ..FieldMapping::unmapped()
+        },
+    }
+}
+
 impl LlmMapper {
     /// One chat completion over the conversation so far; the reply's text.
     /// `targets` are the fields the reply must answer (exactly one entry each when `exact`).
@@ -138,22 +173,28 @@ impl LlmMapper {
     }
 
     /// The conversation's first two messages: the instructions and the mapping request.
-    pub(super) fn opening(&self, req: &MappingRequest<'_>) -> Vec<ChatCompletionRequestMessage> {
-        // The offline matcher's ranked columns go in as evidence: the model reranks and writes
-        // the conversion instead of searching every column for every field.
+    /// The opening messages, and the numbered candidates they offer per field.
+    pub(super) fn opening(
+        &self,
+        req: &MappingRequest<'_>,
+    ) -> (Vec<ChatCompletionRequestMessage>, Offers) {
+        // The offline matcher's ranked expressions go in as numbered choices: the model
+        // reranks them, and writes a conversion only where none is right. Choosing is what a
+        // small model does well; writing SQL is where it goes wrong and runs long.
         let k = self.settings.candidates;
-        let offline = (k > 0).then(|| crate::mapping::heuristic::HeuristicMapper.map_now(req));
-        vec![
+        let offered = (k > 0)
+            .then(|| prompt::offered(&crate::mapping::heuristic::HeuristicMapper.map_now(req), k));
+        let messages = vec![
             ChatCompletionRequestSystemMessage::from(prompt::SYSTEM).into(),
             ChatCompletionRequestUserMessage::from(prompt::mapping_request(
                 req,
                 self.settings.sample_rows,
                 self.settings.redact_samples,
-                offline.as_ref(),
-                k,
+                offered.as_ref(),
             ))
             .into(),
-        ]
+        ];
+        (messages, offered.unwrap_or_default())
     }
 
     /// Compile errors of the fields that have an expression: (field, expr, error). A date
@@ -207,7 +248,7 @@ impl LlmMapper {
         req: &MappingRequest<'_>,
         usage: &mut LlmUsage,
     ) -> Result<MappingDocument> {
-        let mut conversation = self.opening(req);
+        let (mut conversation, offers) = self.opening(req);
         let mut fields = placeholders(req, "the model proposed no expression for this field");
         let mut any_reply_read = false;
         let mut last_unreadable = String::new();
@@ -247,25 +288,19 @@ impl LlmMapper {
                         .iter()
                         .filter(|e| fields.contains_key(&e.target))
                         .collect();
+                    let columns: Vec<&str> = req.profiles.iter().map(|p| p.name.as_str()).collect();
                     let repeated = usage.repair_rounds > 0
                         && !known.is_empty()
-                        && known.iter().all(|e| fields[&e.target].expr == e.expr)
+                        && known.iter().all(|e| {
+                            fields[&e.target].expr == answer((*e).clone(), &offers, &columns).expr
+                        })
                         && !known.iter().any(|e| missing_asked.contains(&e.target));
                     any_reply_read = true;
                     let answered: Vec<String> = entries.iter().map(|e| e.target.clone()).collect();
                     answered_ever.extend(answered.iter().cloned());
-                    let columns: Vec<&str> = req.profiles.iter().map(|p| p.name.as_str()).collect();
                     for e in entries {
                         match fields.get_mut(&e.target) {
-                            Some(f) => {
-                                *f = FieldMapping {
-                                    expr: e.expr.map(|x| reply::quote_bare_columns(&x, &columns)),
-                                    sources: vec![],
-                                    confidence: e.confidence.unwrap_or(0.5),
-                                    rationale: e.rationale.unwrap_or_default(),
-                                    ..FieldMapping::unmapped()
-                                };
-                            }
+                            Some(f) => *f = answer(e, &offers, &columns),
                             None => {
                                 tracing::warn!(source = req.source, target = %e.target, "The LLM mapped a field that is not in the target schema; ignored.")
                             }

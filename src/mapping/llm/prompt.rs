@@ -12,11 +12,14 @@ use crate::mapping::compile::ALLOWED_FUNCTIONS;
 use crate::source::ColumnProfile;
 
 /// Version of the prompt wording; bump it whenever the text below changes meaning.
-pub const PROMPT_VERSION: &str = "conform-mapping-v1";
+pub const PROMPT_VERSION: &str = "conform-mapping-v2";
 
 /// The longest rationale a grammar-constrained server lets the model write: one short
 /// sentence, as rule 7 asks.
 pub const RATIONALE_MAX_CHARS: usize = 160;
+
+/// The most candidates a field is offered by number (`llm.candidates` shows fewer).
+pub const MAX_CHOICES: usize = 100;
 
 /// Name of the structured-output schema.
 pub const RESPONSE_NAME: &str = "mapping";
@@ -44,9 +47,11 @@ the target wants one value built from several columns, arithmetic for unit conve
 Do not hide bad values with defaults.
 7. confidence is your probability (0 to 1) that the expression is right; rationale is one short \
 sentence naming the evidence (column name, values, units).
+8. When a field lists numbered candidates and one of them is right, set choice to its number and \
+expr to null: its expression is used as it is. Otherwise set choice to 0 and write expr (or null).
 
-Reply with a JSON object only: {\"fields\": [{\"target\": ..., \"expr\": ... or null, \
-\"confidence\": ..., \"rationale\": ...}]}.";
+Reply with a JSON object only: {\"fields\": [{\"target\": ..., \"choice\": ..., \"expr\": ... \
+or null, \"confidence\": ..., \"rationale\": ...}]}.";
 
 /// The JSON Schema of the reply, for `response_format: json_schema` with `strict: true`: one
 /// entry per field of `targets` — the names listed as an `enum` and the entry count fixed — so
@@ -62,16 +67,20 @@ pub fn response_schema(targets: &[&str], exact: bool, bounded: bool) -> Value {
                     "type": "object",
                     "properties": {
                         "target": {"type": "string", "enum": targets},
+                        "choice": {"type": "integer"},
                         "expr": {"type": ["string", "null"]},
                         "confidence": {"type": "number"},
                         "rationale": {"type": "string"}
                     },
-                    "required": ["target", "expr", "confidence", "rationale"],
+                    "required": ["target", "choice", "expr", "confidence", "rationale"],
                     "additionalProperties": false
                 }
     });
     if bounded {
-        fields["items"]["properties"]["rationale"]["maxLength"] = json!(RATIONALE_MAX_CHARS);
+        let item = &mut fields["items"]["properties"];
+        item["rationale"]["maxLength"] = json!(RATIONALE_MAX_CHARS);
+        item["choice"]["minimum"] = json!(0);
+        item["choice"]["maximum"] = json!(MAX_CHOICES);
     }
     if exact {
         fields["minItems"] = json!(targets.len());
@@ -186,8 +195,7 @@ pub fn mapping_request(
     req: &MappingRequest<'_>,
     sample_rows: usize,
     redact: bool,
-    candidates: Option<&crate::mapping::MappingDocument>,
-    per_field: usize,
+    candidates: Option<&indexmap::IndexMap<String, Vec<Offered>>>,
 ) -> String {
     let mut s = String::new();
     s.push_str("## Target JSON Schema\n");
@@ -212,8 +220,8 @@ pub fn mapping_request(
     }
     s.push_str("\n## Expression language\n");
     s.push_str(&expression_language());
-    if let Some(offline) = candidates {
-        s.push_str(&candidate_lines(offline, per_field));
+    if let Some(offered) = candidates {
+        s.push_str(&candidate_lines(offered));
     }
     s.push_str("\n## Target fields to map\n");
     let names: Vec<&str> = req.target.fields.iter().map(|f| f.name.as_str()).collect();
@@ -325,31 +333,69 @@ fn nearness(allowed: &Value, samples: &[String]) -> usize {
         .unwrap_or(0)
 }
 
-/// The offline matcher's ranked columns per field (best first, at most `k`): evidence for the
-/// model to choose from, not a constraint.
-fn candidate_lines(doc: &crate::mapping::MappingDocument, k: usize) -> String {
+/// One candidate offered to the model by number: the offline matcher's expression for a field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offered {
+    /// The expression used when the model chooses it.
+    pub expr: String,
+    /// The column(s) it reads.
+    pub sources: Vec<String>,
+    /// The matcher's score.
+    pub score: f64,
+}
+
+/// The offline matcher's ranked expressions per field (best first, at most `k`): the numbered
+/// choices of the prompt. Number `n` is `[n - 1]`.
+pub fn offered(
+    doc: &crate::mapping::MappingDocument,
+    k: usize,
+) -> indexmap::IndexMap<String, Vec<Offered>> {
+    doc.fields
+        .iter()
+        .map(|(field, m)| {
+            let mut ranked: Vec<Offered> = Vec::new();
+            if let Some(expr) = &m.expr {
+                ranked.push(Offered {
+                    expr: expr.clone(),
+                    sources: m.sources.clone(),
+                    score: m.confidence,
+                });
+            }
+            ranked.extend(m.candidates.iter().map(|c| Offered {
+                expr: c.expr.clone(),
+                sources: c.sources.clone(),
+                score: c.score,
+            }));
+            ranked.truncate(k.min(MAX_CHOICES));
+            (field.clone(), ranked)
+        })
+        .collect()
+}
+
+/// The numbered candidates as the prompt shows them: evidence for the model to choose from,
+/// or to write another expression beside.
+fn candidate_lines(offered: &indexmap::IndexMap<String, Vec<Offered>>) -> String {
     let mut s = String::from(
-        "\n## Candidate columns per field (offline matcher, best first; choose among them or another column, or null)\n",
+        "\n## Candidate columns per field (offline matcher, best first; answer with the number of the right one, or choice 0 with your own expr or null)\n",
     );
-    for (field, m) in &doc.fields {
-        let mut ranked: Vec<(String, f64)> = Vec::new();
-        if m.expr.is_some() {
-            ranked.push((m.sources.join(" + "), m.confidence));
-        }
-        ranked.extend(
-            m.candidates
-                .iter()
-                .map(|c| (c.sources.join(" + "), c.score)),
-        );
-        ranked.truncate(k);
+    for (field, ranked) in offered {
         if ranked.is_empty() {
             s.push_str(&format!("- {field}: no plausible column\n"));
         } else {
             let list: Vec<String> = ranked
                 .iter()
-                .map(|(c, score)| format!("{c:?} ({score:.2})"))
+                .enumerate()
+                .map(|(i, c)| {
+                    format!(
+                        "{}. {:?} ({:.2}) `{}`",
+                        i + 1,
+                        c.sources.join(" + "),
+                        c.score,
+                        clip(&c.expr, REPAIR_EXPR_CHARS)
+                    )
+                })
                 .collect();
-            s.push_str(&format!("- {field}: {}\n", list.join(", ")));
+            s.push_str(&format!("- {field}: {}\n", list.join("; ")));
         }
     }
     s
@@ -454,7 +500,7 @@ pub fn revision_request(digest: &str) -> String {
 pub fn unreadable_reply(error: &str) -> String {
     format!(
         "Your reply could not be read ({error}). Reply with the JSON object only: \
-         {{\"fields\": [{{\"target\": ..., \"expr\": ..., \"confidence\": ..., \"rationale\": ...}}]}}."
+         {{\"fields\": [{{\"target\": ..., \"choice\": ..., \"expr\": ..., \"confidence\": ..., \"rationale\": ...}}]}}."
     )
 }
 
@@ -526,7 +572,7 @@ mod tests {
         assert_eq!(fields["maxItems"], 2);
         let item = &fields["items"];
         assert_eq!(item["properties"]["target"]["enum"], json!(["id", "name"]));
-        assert_eq!(item["required"].as_array().unwrap().len(), 4);
+        assert_eq!(item["required"].as_array().unwrap().len(), 5);
         let open = response_schema(&["id", "name"], false, false);
         assert!(open["properties"]["fields"].get("minItems").is_none());
         assert!(item["properties"]["rationale"].get("maxLength").is_none());

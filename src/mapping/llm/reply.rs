@@ -7,6 +7,10 @@ use serde::Deserialize;
 pub struct ReplyField {
     /// Target field name.
     pub target: String,
+    /// The number of the offline candidate the model chose (1 = the first); 0 or absent when
+    /// it wrote `expr` instead.
+    #[serde(default, deserialize_with = "lenient_number")]
+    pub choice: Option<f64>,
     /// Expression, or null for unmapped.
     #[serde(default)]
     pub expr: Option<String>,

@@ -182,7 +182,7 @@ impl LlmMapper {
             for f in &fields {
                 digest.push_str(&lines[f]);
             }
-            let mut conversation = self.opening(&sub);
+            let (mut conversation, offers) = self.opening(&sub);
             conversation
                 .push(ChatCompletionRequestAssistantMessage::from(previous.to_string()).into());
             conversation.push(
@@ -196,6 +196,7 @@ impl LlmMapper {
                 source_name: req.source.to_string(),
                 message: format!("the revision could not be read: {e}"),
             })?;
+            let columns: Vec<&str> = req.profiles.iter().map(|p| p.name.as_str()).collect();
             for e in entries {
                 let Some(t) = req.target.field(&e.target) else {
                     continue;
@@ -206,7 +207,9 @@ impl LlmMapper {
                 let Some(current) = revised.fields.get_mut(&e.target) else {
                     continue;
                 };
-                if current.expr == e.expr {
+                let target = e.target.clone();
+                let proposed = super::conversation::answer(e, &offers, &columns);
+                if current.expr == proposed.expr {
                     continue;
                 }
                 let compiles = crate::mapping::compile::compile_field(
@@ -214,17 +217,17 @@ impl LlmMapper {
                     &req.source_schema,
                     &t.name,
                     &t.kind.data_type(),
-                    e.expr.as_deref(),
+                    proposed.expr.as_deref(),
                 );
                 match compiles {
                     Ok(_) => {
-                        current.expr = e.expr;
-                        current.confidence = e.confidence.unwrap_or(current.confidence);
-                        current.rationale = e.rationale.unwrap_or_default();
-                        changed.push(e.target);
+                        current.expr = proposed.expr;
+                        current.confidence = proposed.confidence;
+                        current.rationale = proposed.rationale;
+                        changed.push(target);
                     }
                     Err(err) => {
-                        tracing::warn!(source = req.source, field = %e.target, error = %err, "The model's revised expression does not compile; the field keeps its expression.");
+                        tracing::warn!(source = req.source, field = %target, error = %err, "The model's revised expression does not compile; the field keeps its expression.");
                     }
                 }
             }
