@@ -937,7 +937,7 @@ async fn a_field_answered_by_a_candidates_number_gets_that_candidates_expression
     let item = &body["response_format"]["json_schema"]["schema"]["properties"]["fields"]["items"];
     assert_eq!(item["properties"]["choice"]["type"], "integer");
     assert_eq!(item["properties"]["choice"]["minimum"], 0);
-    assert_eq!(item["properties"]["rationale"]["maxLength"], 160);
+    assert_eq!(item["properties"]["rationale"]["maxLength"], 48);
 }
 
 /// Answers every field a request's reply schema asks for: the column of the same name when

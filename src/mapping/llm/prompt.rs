@@ -14,9 +14,10 @@ use crate::source::ColumnProfile;
 /// Version of the prompt wording; bump it whenever the text below changes meaning.
 pub const PROMPT_VERSION: &str = "conform-mapping-v2";
 
-/// The longest rationale a grammar-constrained server lets the model write: one short
-/// sentence, as rule 7 asks.
-pub const RATIONALE_MAX_CHARS: usize = 160;
+/// The longest rationale a grammar-constrained server lets the model write: a few words, as
+/// rule 7 asks. Every token of a reply costs a small model on a CPU about a seventh of a
+/// second, and the rationale was most of a reply that chooses a candidate.
+pub const RATIONALE_MAX_CHARS: usize = 48;
 
 /// The most candidates a field is offered by number (`llm.candidates` shows fewer).
 pub const MAX_CHOICES: usize = 100;
@@ -45,8 +46,8 @@ text, lower()/upper() when the target's enum values use one case, concat_ws(' ',
 the target wants one value built from several columns, arithmetic for unit conversions.
 6. A conversion that fails on a row yields null; the pipeline then reports that row as invalid. \
 Do not hide bad values with defaults.
-7. confidence is your probability (0 to 1) that the expression is right; rationale is one short \
-sentence naming the evidence (column name, values, units).
+7. confidence is your probability (0 to 1) that the expression is right; rationale is a few \
+words naming the evidence (column name, values, units).
 8. When a field lists numbered candidates and one of them is right, set choice to its number and \
 expr to null: its expression is used as it is. Otherwise set choice to 0 and write expr (or null).
 
