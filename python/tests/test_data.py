@@ -247,3 +247,20 @@ def test_nested_dictionary_decimal_and_zoned_columns_are_mapped_and_validated():
     assert good["seen_at"].cast(pl.Utf8).to_list()[0].startswith("2024-05-01")
     assert bad["row"].to_list() == [2]
     assert [e["rule"] for e in bad["errors"][0]] == ["minimum"]
+
+
+def test_a_generator_that_fails_ends_the_streams_with_its_error_after_its_rows(crm, schema):
+    table = pacsv.read_csv(crm)
+
+    def batches():
+        yield from table.to_batches(max_chunksize=2)[:2]
+        raise ValueError("the upstream partition is gone")
+
+    reader = pa.RecordBatchReader.from_batches(table.schema, batches())
+    valid, invalid = conform.transform(reader, schema, mapper="heuristic")
+    invalid.close()
+    rows = 0
+    with pytest.raises(Exception, match="the upstream partition is gone"):
+        for batch in pa.RecordBatchReader.from_stream(valid):
+            rows += batch.num_rows
+    assert rows == 2  # of the four rows before the failure, rows 1 and 2 are valid
