@@ -89,7 +89,8 @@ def test_each_kind_of_data_splits_as_the_file_does(crm, schema, tmp_path):
         assert got == (valid, bad_rows, {kind}), kind
 
 
-def test_a_schema_path_a_config_and_settings_apply(crm, schema, tmp_path):
+def test_a_schema_path_a_config_and_settings_apply(crm, schema, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a config dict's relative paths would land
     schema_path = tmp_path / "schema.json"
     schema_path.write_text(json.dumps(schema))
     # The config gives the settings; its data_sources (a file that does not exist) are not read.
@@ -99,7 +100,8 @@ def test_a_schema_path_a_config_and_settings_apply(crm, schema, tmp_path):
     assert split(valid, invalid)[:2] == (4, [3, 4, 6])
     valid, invalid = conform.transform(pacsv.read_csv(crm), str(schema_path), batch_size=2, name="crm")
     assert split(valid, invalid)[:2] == (4, [3, 4, 6])
-    assert not (tmp_path / "nowhere").exists()
+    # Nothing is written: no output directory, no mapping document.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crm.csv", "schema.json"]
     with pytest.raises(conform.ConfigError, match="batch_size"):
         conform.transform(pacsv.read_csv(crm), schema, batch_size=0)
     with pytest.raises(conform.ConfigError, match="no_such_setting"):
