@@ -254,6 +254,8 @@ def map(
     the sampling bound). The keyword arguments are those of :func:`transform` on data.
     """
     if _is_data(config):
+        if sources is not None:
+            raise TypeError("sources= names configured sources; in-memory data is named with name=")
         doc = _conform.map_data(config, *_data_args(schema, settings), _mapper(mapper))
         return MappingDocument.from_json(doc)
     _no_data_settings(schema, settings)

@@ -106,6 +106,8 @@ def test_a_schema_path_a_config_and_settings_apply(crm, schema, tmp_path, monkey
         conform.transform(pacsv.read_csv(crm), schema, batch_size=0)
     with pytest.raises(conform.ConfigError, match="no_such_setting"):
         conform.map(pacsv.read_csv(crm), schema, no_such_setting=1)
+    with pytest.raises(TypeError, match="name="):
+        conform.map(pacsv.read_csv(crm), schema, sources=["crm"])
     with pytest.raises(TypeError, match="needs a schema"):
         conform.map(pacsv.read_csv(crm))
     with pytest.raises(TypeError, match="__arrow_c_stream__"):
