@@ -373,8 +373,8 @@ pub fn offered(
         .collect()
 }
 
-/// The numbered candidates as the prompt shows them (columns and score): evidence for the
-/// model to choose from, or to write another expression beside.
+/// The numbered candidates as the prompt shows them (columns, score, expression): evidence for
+/// the model to choose from, or to write another expression beside.
 fn candidate_lines(offered: &indexmap::IndexMap<String, Vec<Offered>>) -> String {
     let mut s = String::from(
         "\n## Candidate columns per field (offline matcher, best first; answer with the number of the right one, or choice 0 with your own expr or null)\n",
@@ -386,9 +386,17 @@ fn candidate_lines(offered: &indexmap::IndexMap<String, Vec<Offered>>) -> String
             let list: Vec<String> = ranked
                 .iter()
                 .enumerate()
-                // The columns and the score are what the choice rests on; the expressions
-                // would double the section (and the batches a wide schema needs).
-                .map(|(i, c)| format!("{}. {:?} ({:.2})", i + 1, c.sources.join(" + "), c.score))
+                // The expression shows the model what choosing it means (the conversion, the
+                // date format); without it a 1.5B model wrote its own and ran long.
+                .map(|(i, c)| {
+                    format!(
+                        "{}. {:?} ({:.2}) `{}`",
+                        i + 1,
+                        c.sources.join(" + "),
+                        c.score,
+                        clip(&c.expr, REPAIR_EXPR_CHARS)
+                    )
+                })
                 .collect();
             s.push_str(&format!("- {field}: {}\n", list.join("; ")));
         }
