@@ -134,14 +134,15 @@ impl Drop for Server {
     }
 }
 
-/// The test's LLM settings. Five sample rows, one repair round and a 768-token completion
-/// budget keep each request of a 135M model on two cores under a minute or so (prompt
-/// evaluation dominates, then generation): what is tested is the protocol, not the answers.
+/// The test's LLM settings. Five sample rows, three candidates, one repair round and a
+/// 768-token completion budget keep each request of a 135M model on two cores under a minute
+/// or so (prompt evaluation dominates, then generation): what is tested is the protocol, not
+/// the answers.
 fn llm_block(server: &Server) -> String {
     format!(
         r#""llm": {{"base_url": "{}", "model": "smollm2-135m-instruct", "max_prompt_tokens": {BUDGET},
-            "max_completion_tokens": 768, "sample_rows": 5, "max_repairs": 1, "timeout_s": 600,
-            "max_concurrent": 1}},"#,
+            "max_completion_tokens": 768, "sample_rows": 5, "max_repairs": 1, "candidates": 3,
+            "timeout_s": 600, "max_concurrent": 1}},"#,
         server.base_url()
     )
 }
