@@ -16,7 +16,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use conform::MapperChoice;
-use conform::pipeline::eval::{Score, at_threshold, evaluate_all, exact_score, model_alone};
+use conform::pipeline::eval::{
+    Score, at_threshold, evaluate_all, exact_score, model_alone, value_score,
+};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -92,6 +94,12 @@ async fn main() -> std::process::ExitCode {
                     .llm
                     .map(|(req, p, c)| format!("  {req} req, {p} + {c} tokens"))
                     .unwrap_or_default();
+                let (right, placed, total) = r.values;
+                let cost = if total > 0 {
+                    format!("{cost}  values: {right} right, {placed} placed of {total}")
+                } else {
+                    cost
+                };
                 let _ = writeln!(
                     out,
                     "{:<34} {:>4} {:>4} {:>4}  {:>6.3} {:>7.3}{cost}",
@@ -106,7 +114,7 @@ async fn main() -> std::process::ExitCode {
     }
     let _ = writeln!(
         out,
-        "\n{:<12} {:>5} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9} {:>9} {:>8}",
+        "\n{:<12} {:>5} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9} {:>9} {:>8} {:>11}",
         "group",
         "cases",
         "precision",
@@ -116,14 +124,18 @@ async fn main() -> std::process::ExitCode {
         "MRR",
         "mean s",
         "max s",
-        "exact F1"
+        "exact F1",
+        "values P/R"
     );
     for (group, results) in &totals {
         let s = Score::of(results);
         let (_, _, exact) = exact_score(results);
+        // Value-level precision/recall, for groups with published value truth.
+        let values =
+            value_score(results).map_or_else(|| "-".to_string(), |(p, r)| format!("{p:.2}/{r:.2}"));
         let _ = writeln!(
             out,
-            "{:<12} {:>5} {:>9.3} {:>6.3} {:>6.3} {:>9.3} {:>6.3} {:>9.3} {:>9.3} {:>8.3}",
+            "{:<12} {:>5} {:>9.3} {:>6.3} {:>6.3} {:>9.3} {:>6.3} {:>9.3} {:>9.3} {:>8.3} {:>11}",
             group,
             results.len(),
             s.precision,
@@ -133,7 +145,8 @@ async fn main() -> std::process::ExitCode {
             s.mrr,
             s.mean_seconds,
             s.max_seconds,
-            exact
+            exact,
+            values
         );
     }
     // The precision/recall curve: what leaving fields below a confidence unmapped trades.

@@ -45,6 +45,112 @@ pub struct CaseResult {
     /// LLM mapper: fields answered by the model, filled by the offline fallback, decided
     /// offline (certain enough, or no plausible column), and never answered.
     pub origins: Option<[usize; 4]>,
+    /// Value truth (`values` in `case.json`: field → source value → target value) against what
+    /// the field's expression makes of the source's rows: entries right, entries given a value
+    /// (right or wrong), and entries whose source value occurs in the case's rows.
+    pub values: (usize, usize, usize),
+}
+
+/// Value-level precision and recall over the cases with value truth: an entry is right when
+/// the field's expression turns the source value into the published target value. `None`
+/// when no case has value truth.
+pub fn value_score(results: &[CaseResult]) -> Option<(f64, f64)> {
+    let (right, placed, total) = results.iter().fold((0, 0, 0), |a, r| {
+        (a.0 + r.values.0, a.1 + r.values.1, a.2 + r.values.2)
+    });
+    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    (total > 0).then(|| (ratio(right, placed), ratio(right, total)))
+}
+
+/// Scores the document's value mappings against the case's value truth (see
+/// [`CaseResult::values`]). A field that does not read the column the truth is about places
+/// nothing, so its entries count as missed.
+async fn value_truth(
+    truth: &serde_json::Map<String, Value>,
+    expected: &serde_json::Map<String, Value>,
+    prepared: &super::PreparedSource,
+    target: &crate::schema::TargetSchema,
+) -> Result<(usize, usize, usize)> {
+    use arrow::array::Array;
+    let sample = prepared.source.sample(10_000)?;
+    let ctx = crate::mapping::compile::session();
+    let text = |a: &arrow::array::ArrayRef| -> Result<Vec<Option<String>>> {
+        let s = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)?;
+        let s = s
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| Error::config("value truth", "cast to text failed"))?;
+        Ok((0..s.len())
+            .map(|i| (!s.is_null(i)).then(|| s.value(i).trim().to_string()))
+            .collect())
+    };
+    let (mut right, mut placed, mut total) = (0, 0, 0);
+    for (field, entries) in truth {
+        let Some(entries) = entries.as_object() else {
+            continue;
+        };
+        let Some(column) = expected
+            .get(field)
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let Some(index) = sample.schema().index_of(column).ok() else {
+            continue;
+        };
+        let inputs = text(sample.column(index))?;
+        let present: Vec<(&String, &Value)> = entries
+            .iter()
+            .filter(|(from, _)| inputs.iter().flatten().any(|v| v == from.trim()))
+            .collect();
+        total += present.len();
+        let m = prepared.document.fields.get(field);
+        let (Some(m), Some(t)) = (m, target.field(field)) else {
+            continue;
+        };
+        if !m.sources.iter().any(|s| s == column) {
+            continue;
+        }
+        let compiled = crate::mapping::compile::compile_field(
+            &ctx,
+            sample.schema().as_ref(),
+            field,
+            &t.kind.data_type(),
+            m.expr.as_deref(),
+        )
+        .map_err(|e| Error::config(field.clone(), e))?;
+        let out = ctx
+            .read_batch(sample.clone())?
+            .select(vec![compiled.expr])?
+            .collect()
+            .await?;
+        let outputs: Vec<Option<String>> = out
+            .iter()
+            .map(|b| text(b.column(0)))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        for (from, to) in present {
+            let Some(row) = inputs
+                .iter()
+                .position(|v| v.as_deref() == Some(from.trim()))
+            else {
+                continue;
+            };
+            if let Some(Some(got)) = outputs.get(row) {
+                placed += 1;
+                let want = match to {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                right += usize::from(*got == want);
+            }
+        }
+    }
+    Ok((right, placed, total))
 }
 
 /// Precision, recall and F1 of the model's own answers alone: fields the offline matcher
@@ -313,6 +419,10 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
         ));
     };
     result.exact = exact_baseline(&columns, &expected);
+    let case = read_json(&dir.join("case.json")).unwrap_or_default();
+    if let Some(truth) = case.get("values").and_then(Value::as_object) {
+        result.values = value_truth(truth, &expected, &prepared, pipeline.target()).await?;
+    }
     for (field, want) in &expected {
         let mut want: Vec<String> = want
             .as_array()

@@ -135,13 +135,20 @@ fn with_units(ws: Vec<String>) -> Vec<String> {
 impl<'a> FieldFacts<'a> {
     /// Facts of `field`.
     pub fn of(field: &'a TargetField) -> FieldFacts<'a> {
+        FieldFacts::named(field, &field.name)
+    }
+
+    /// Facts of `field`, its name read as `name`: on a target made of tables, the name within
+    /// its table (`Encounter.subject` is a `subject`; a column named like the table refers to
+    /// it, it is not each of its fields).
+    pub fn named(field: &'a TargetField, name: &str) -> FieldFacts<'a> {
         let title = field.schema.get("title").and_then(Value::as_str);
         let desc = [title, field.description.as_deref()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
             .join(". ");
-        let name_words = plain_words(&field.name, 12);
+        let name_words = plain_words(name, 12);
         let desc_tokens = tokens(&desc).into_iter().collect();
         let examples: HashSet<String> = field
             .schema
@@ -169,7 +176,7 @@ impl<'a> FieldFacts<'a> {
             role_words.extend(plain_words(t, 12));
         }
         FieldFacts {
-            tokens: tokens(&field.name),
+            tokens: tokens(name),
             title_tokens: title.map(tokens).unwrap_or_default(),
             role: role_of(&name_words),
             desc_words: acronym_words(&desc, 48),

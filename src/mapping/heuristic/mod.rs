@@ -14,6 +14,7 @@ mod convert;
 mod evidence;
 mod fit;
 mod values;
+mod wide;
 
 use futures::future::BoxFuture;
 use indexmap::IndexMap;
@@ -181,11 +182,22 @@ impl Pair {
 impl HeuristicMapper {
     /// Maps without awaiting anything.
     pub fn map_now(&self, req: &MappingRequest<'_>) -> MappingDocument {
-        let fields: Vec<FieldFacts<'_>> = req.target.fields.iter().map(FieldFacts::of).collect();
+        // On a target made of tables, the tables' names are the groups' evidence and each
+        // field is named within its table.
+        let group_of = wide::groups(req.target.fields.iter().map(|f| f.name.as_str()));
+        let fields: Vec<FieldFacts<'_>> = req
+            .target
+            .fields
+            .iter()
+            .map(|f| match (&group_of, f.name.split_once('.')) {
+                (Some(_), Some((_, local))) => FieldFacts::named(f, local),
+                _ => FieldFacts::of(f),
+            })
+            .collect();
         let columns: Vec<ColumnFacts<'_>> = req.profiles.iter().map(ColumnFacts::of).collect();
         let rarity = Rarity::of(&fields);
         // Ranked pairs per field, best first.
-        let ranked: Vec<Vec<Pair>> = fields
+        let mut ranked: Vec<Vec<Pair>> = fields
             .iter()
             .map(|f| {
                 let mut ps: Vec<Pair> = columns
@@ -198,7 +210,16 @@ impl HeuristicMapper {
                 ps
             })
             .collect();
-        let chosen = assign(&fields, &columns, &ranked);
+        // On a target made of tables, a column's pairs outside the table it belongs to are
+        // lowered, and fields of tables the source does not fill take nothing by elimination.
+        let active: Vec<bool> = match &group_of {
+            Some(g) => {
+                let active = wide::focus(g, columns.len(), &mut ranked);
+                g.iter().map(|g| g.is_none_or(|g| active[g])).collect()
+            }
+            None => vec![true; fields.len()],
+        };
+        let chosen = assign(&fields, &columns, &ranked, &active);
         let mut used = vec![false; columns.len()];
         for c in chosen.iter().flatten() {
             used[c.column] = true;
@@ -284,6 +305,7 @@ fn assign(
     fields: &[FieldFacts<'_>],
     columns: &[ColumnFacts<'_>],
     ranked: &[Vec<Pair>],
+    active: &[bool],
 ) -> Vec<Option<Pair>> {
     let mut all: Vec<(usize, &Pair)> = ranked
         .iter()
@@ -325,7 +347,7 @@ fn assign(
     }
     // A boolean or date field still unmapped takes the one remaining column of that kind.
     for (fi, f) in fields.iter().enumerate() {
-        if chosen[fi].is_some() {
+        if chosen[fi].is_some() || !active[fi] {
             continue;
         }
         let kind_fits = |c: &ColumnFacts<'_>| match f.field.kind {

@@ -325,3 +325,88 @@ fn fill_ins_only_merge_columns_of_the_fields_kind() {
     assert_eq!(email.len(), 1, "{email:?}");
     assert!(email[0].0.contains("contact_email"));
 }
+
+/// A target made of tables: three of them, each with an identifier and a date.
+fn tables() -> Value {
+    json!({
+        "order.id": {"type": "string"},
+        "order.placed_on": {"type": "string", "format": "date"},
+        "order.customer": {"type": "string"},
+        "shipment.id": {"type": "string"},
+        "shipment.shipped_on": {"type": "string", "format": "date"},
+        "shipment.carrier": {"type": "string"},
+        "shipment.tracking_number": {"type": "string"},
+        "invoice.id": {"type": "string"},
+        "invoice.issued_on": {"type": "string", "format": "date"},
+        "invoice.amount": {"type": "number"},
+    })
+}
+
+#[test]
+fn on_a_target_made_of_tables_a_generic_column_feeds_only_the_table_the_source_fills() {
+    let doc = map(
+        tables(),
+        &[
+            ("id", vec!["s-1", "s-2", "s-3"]),
+            ("carrier", vec!["UPS", "DHL", "UPS"]),
+            ("tracking", vec!["1Z999", "JD014", "1Z998"]),
+        ],
+    );
+    assert_eq!(sources(&doc, "shipment.id"), ["id"]);
+    assert_eq!(sources(&doc, "shipment.carrier"), ["carrier"]);
+    assert_eq!(sources(&doc, "shipment.tracking_number"), ["tracking"]);
+    // Every table has an `id`; the source fills the shipments, not the orders or invoices.
+    for other in ["order.id", "invoice.id"] {
+        assert!(doc.fields[other].expr.is_none(), "{other}: {doc:?}");
+        // Still offered, lowered, for a reviewer.
+        assert_eq!(
+            doc.fields[other].candidates[0].sources,
+            ["id"],
+            "{other}: {doc:?}"
+        );
+        assert!(doc.fields[other].candidates[0].score < 0.5, "{other}");
+    }
+}
+
+#[test]
+fn a_column_named_like_a_table_is_not_each_of_its_fields() {
+    let doc = map(
+        json!({
+            "Encounter.id": {"type": "string"},
+            "Encounter.status": {"type": "string"},
+            "Encounter.class": {"type": "string"},
+            "Condition.id": {"type": "string"},
+            "Condition.encounter": {"type": "string"},
+            "Condition.onset": {"type": "string", "format": "date"},
+            "Patient.id": {"type": "string"},
+            "Patient.gender": {"type": "string"},
+        }),
+        &[
+            ("encounter", vec!["e-1", "e-2", "e-3"]),
+            ("onset", vec!["2024-01-02", "2024-02-03", "2024-03-04"]),
+        ],
+    );
+    assert_eq!(sources(&doc, "Condition.encounter"), ["encounter"]);
+    assert_eq!(sources(&doc, "Condition.onset"), ["onset"]);
+    for other in ["Encounter.id", "Encounter.status", "Encounter.class"] {
+        assert!(doc.fields[other].expr.is_none(), "{other}: {doc:?}");
+    }
+}
+
+#[test]
+fn a_target_of_one_or_two_tables_is_matched_field_by_field() {
+    // With two groups every field is part of what the source fills: `id` may feed both.
+    let doc = map(
+        json!({
+            "order.id": {"type": "string"},
+            "order.carrier": {"type": "string"},
+            "shipment.id": {"type": "string"},
+        }),
+        &[
+            ("id", vec!["s-1", "s-2", "s-3"]),
+            ("carrier", vec!["UPS", "DHL", "UPS"]),
+        ],
+    );
+    assert_eq!(sources(&doc, "order.carrier"), ["carrier"]);
+    assert!(doc.fields["order.id"].expr.is_some() || doc.fields["shipment.id"].expr.is_some());
+}

@@ -1,0 +1,122 @@
+//! Evidence weighed against the whole target, for wide standards made of several tables or
+//! resources (`condition_occurrence.condition_start_date`, `Patient.birthDate`).
+//!
+//! On such a target every table has a start date, a person and a code, so a column like
+//! `start` matches a field in dozens of tables equally well, and field-by-field scoring
+//! proposes it for all of them. A source usually fills one table, or a few: the column's
+//! *home* is the table whose fields it matches best, ties going to the table that explains
+//! most of the source. Pairs outside a column's home are lowered below acceptance; they stay
+//! in the document as ranked candidates.
+
+use super::{ACCEPT, Pair};
+
+/// Groups needed before a target counts as made of tables: with one or two, every field is
+/// part of what a source fills.
+const MIN_GROUPS: usize = 3;
+/// Scores this close to a column's best group tie with it.
+const TIE: f64 = 0.05;
+/// A group whose evidence is below this share of the best group's, and rests on a single
+/// column, is a stray match rather than a table the source fills.
+const STRAY: f64 = 1.0 / 3.0;
+/// What a pair outside its column's home keeps of its score: below acceptance, whatever it was.
+const AWAY: f64 = 0.45;
+
+/// The group of each field: the first segment of a dotted name, `None` for a name without a
+/// dot. `None` for the whole target when it has fewer than [`MIN_GROUPS`] groups.
+pub(super) fn groups<'a>(names: impl Iterator<Item = &'a str>) -> Option<Vec<Option<usize>>> {
+    let mut keys: Vec<&str> = Vec::new();
+    let of: Vec<Option<usize>> = names
+        .map(|n| {
+            let (g, _) = n.split_once('.')?;
+            Some(match keys.iter().position(|k| *k == g) {
+                Some(i) => i,
+                None => {
+                    keys.push(g);
+                    keys.len() - 1
+                }
+            })
+        })
+        .collect();
+    (keys.len() >= MIN_GROUPS).then_some(of)
+}
+
+/// Works out each column's home from the accepted pairs in `ranked` (pairs per field) and
+/// lowers every pair outside it, keeping each field's pairs sorted best first. Returns
+/// whether each group is the home of some column: an *active* group, one the source fills.
+pub(super) fn focus(
+    group_of: &[Option<usize>],
+    columns: usize,
+    ranked: &mut [Vec<Pair>],
+) -> Vec<bool> {
+    let n_groups = group_of.iter().flatten().max().map_or(0, |g| g + 1);
+    // The best accepted pair of each (group, column).
+    let mut best = vec![vec![0.0f64; columns]; n_groups];
+    for (fi, ps) in ranked.iter().enumerate() {
+        let Some(g) = group_of[fi] else { continue };
+        for p in ps.iter().filter(|p| p.score >= ACCEPT) {
+            let b = &mut best[g][p.column];
+            *b = b.max(p.score);
+        }
+    }
+    let total: Vec<f64> = best.iter().map(|row| row.iter().sum()).collect();
+    let claimed: Vec<usize> = best
+        .iter()
+        .map(|row| row.iter().filter(|s| **s > 0.0).count())
+        .collect();
+    let top = total.iter().copied().fold(0.0, f64::max);
+    let eligible: Vec<bool> = (0..n_groups)
+        .map(|g| claimed[g] >= 2 || total[g] >= STRAY * top)
+        .collect();
+    let mut home = vec![None; columns];
+    for (c, h) in home.iter_mut().enumerate() {
+        let most = (0..n_groups)
+            .filter(|&g| eligible[g])
+            .map(|g| best[g][c])
+            .fold(0.0, f64::max);
+        if most <= 0.0 {
+            continue;
+        }
+        // Among the groups tied for the column, the one that explains most of the source.
+        *h = (0..n_groups)
+            .filter(|&g| eligible[g] && best[g][c] >= most - TIE)
+            .max_by(|&a, &b| total[a].total_cmp(&total[b]).then(b.cmp(&a)));
+    }
+    let mut active = vec![false; n_groups];
+    for g in home.iter().flatten() {
+        active[*g] = true;
+    }
+    for (fi, ps) in ranked.iter_mut().enumerate() {
+        let Some(g) = group_of[fi] else { continue };
+        let mut changed = false;
+        for p in ps.iter_mut() {
+            // A column no group claims keeps its pairs in active groups (a field of the
+            // table the source fills, matched by values); elsewhere it is a stray.
+            let at_home = match home[p.column] {
+                Some(h) => h == g,
+                None => active[g],
+            };
+            if !at_home {
+                p.score = (p.score * AWAY * 100.0).round() / 100.0;
+                p.shareable = false;
+                changed = true;
+            }
+        }
+        if changed {
+            ps.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.column.cmp(&b.column)));
+        }
+    }
+    active
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_need_three_first_segments() {
+        assert!(groups(["a.x", "b.y"].into_iter()).is_none());
+        assert!(groups(["x", "y", "z"].into_iter()).is_none());
+        let g = groups(["a.x", "b.y", "c.z", "a.w", "v"].into_iter()).unwrap();
+        assert_eq!(g, [Some(0), Some(1), Some(2), Some(0), None]);
+    }
+}
