@@ -64,6 +64,18 @@ pub struct Common {
     /// columns; never generate one.
     #[arg(long)]
     pub frozen: bool,
+    /// Leave fields whose mapping confidence is below this (0 to 1) unmapped in a newly
+    /// generated mapping, their best column kept as a candidate (overrides `min_confidence`).
+    #[arg(long, value_parser = confidence)]
+    pub min_confidence: Option<f64>,
+}
+
+/// A confidence between 0 and 1.
+fn confidence(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("`{text}` is not a number from 0 to 1")),
+    }
 }
 
 impl Common {
@@ -81,6 +93,9 @@ impl Common {
                 ));
             }
             config.llm.base_url = Some(u.clone());
+        }
+        if let Some(m) = self.min_confidence {
+            config.min_confidence = m;
         }
         Ok(config)
     }

@@ -236,6 +236,13 @@ pub struct Config {
     pub output_format: OutputFormat,
     /// Where mapping documents are read and written. Default `<output_directory>/mappings`.
     pub mappings_dir: Option<PathBuf>,
+    /// A newly generated mapping leaves a field unmapped when its confidence is below this;
+    /// the field's best column is then its first candidate, for review (`conform map` lists
+    /// such undecided fields first). `--min-confidence` overrides it for one run. Default 0.5:
+    /// the best F1 on the real-table groups (see docs/mapping.md).
+    #[serde(default = "default_min_confidence")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_confidence: f64,
     /// Rows per Arrow record batch. Default 8192.
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = crate::limits::MAX_BATCH_ROWS))]
@@ -277,6 +284,10 @@ pub struct Config {
     /// Directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+fn default_min_confidence() -> f64 {
+    0.5
 }
 
 fn default_batch_size() -> usize {

@@ -134,6 +134,38 @@ pub struct MappingDocument {
 }
 
 impl MappingDocument {
+    /// Leaves every field whose confidence is below `min` unmapped: its expression becomes the
+    /// first of its ranked candidates, for a reviewer to take with one edit. Returns the
+    /// fields held back.
+    pub fn hold_below(&mut self, min: f64) -> Vec<String> {
+        let mut held = Vec::new();
+        for (name, m) in self.fields.iter_mut() {
+            let Some(expr) = m.expr.clone() else { continue };
+            if m.confidence >= min {
+                continue;
+            }
+            m.candidates.insert(
+                0,
+                Candidate {
+                    expr,
+                    sources: std::mem::take(&mut m.sources),
+                    score: m.confidence,
+                    why: std::mem::take(&mut m.rationale),
+                },
+            );
+            *m = FieldMapping {
+                rationale: format!(
+                    "undecided: the best candidate's confidence {:.2} is below min_confidence {min:.2}",
+                    m.confidence
+                ),
+                candidates: std::mem::take(&mut m.candidates),
+                ..FieldMapping::unmapped()
+            };
+            held.push(name.clone());
+        }
+        held
+    }
+
     /// Reads a document from a file.
     pub fn load(path: &Path) -> Result<MappingDocument> {
         let text =

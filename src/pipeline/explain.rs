@@ -64,20 +64,51 @@ fn cell(s: &str, width: usize) -> String {
     }
 }
 
+/// Unmapped fields with no candidate listed one per line at most; past this (a wide target
+/// that a source fills a few percent of) they are counted on one line.
+const SILENT_LISTED: usize = 20;
+
 /// A mapping document for review: `target ← expression  confidence  rationale`, one line per
-/// target field; rejected expressions show their error.
+/// target field; rejected expressions show their error. Undecided fields (unmapped, with
+/// candidates) come first, since they are what a reviewer must decide.
 pub fn table(doc: &MappingDocument) -> String {
-    let tw = doc
+    let undecided = |m: &crate::mapping::FieldMapping| {
+        m.expr.is_none() && m.error.is_none() && !m.candidates.is_empty()
+    };
+    let silent = |m: &crate::mapping::FieldMapping| {
+        m.expr.is_none() && m.error.is_none() && m.candidates.is_empty()
+    };
+    let n_silent = doc.fields.values().filter(|m| silent(m)).count();
+    let fold = n_silent > SILENT_LISTED;
+    let rows: Vec<(&String, &crate::mapping::FieldMapping)> = doc
         .fields
-        .keys()
-        .map(|k| k.chars().count())
+        .iter()
+        .filter(|(_, m)| undecided(m))
+        .chain(
+            doc.fields
+                .iter()
+                .filter(|(_, m)| !undecided(m) && !(fold && silent(m))),
+        )
+        .collect();
+    let mut out = rows_table(&rows);
+    if fold {
+        out.push_str(&format!(
+            "  {n_silent} more fields unmapped: no source column is a candidate for them\n"
+        ));
+    }
+    out
+}
+
+fn rows_table(rows: &[(&String, &crate::mapping::FieldMapping)]) -> String {
+    let tw = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
         .max()
         .unwrap_or(6)
         .max(6);
-    let exprs: Vec<String> = doc
-        .fields
-        .values()
-        .map(|m| cell(m.expr.as_deref().unwrap_or("(unmapped)"), 60))
+    let exprs: Vec<String> = rows
+        .iter()
+        .map(|(_, m)| cell(m.expr.as_deref().unwrap_or("(unmapped)"), 60))
         .collect();
     let ew = exprs
         .iter()
@@ -89,7 +120,7 @@ pub fn table(doc: &MappingDocument) -> String {
         "  {:tw$}   {:ew$}  {:>4}  {}\n",
         "target", "expression", "conf", "rationale"
     );
-    for ((name, m), expr) in doc.fields.iter().zip(&exprs) {
+    for ((name, m), expr) in rows.iter().zip(&exprs) {
         let why = match &m.error {
             Some(e) => format!("REJECTED: {e}"),
             None => m.rationale.clone(),
@@ -210,6 +241,32 @@ mod tests {
         assert!(d.contains("+ c: w"), "{d}");
         assert!(d.contains("- d: z → (unmapped)"), "{d}");
         assert_eq!(diff(&old, &old).trim(), "no changes");
+    }
+
+    #[test]
+    fn table_lists_undecided_fields_first_and_counts_a_wide_targets_silent_ones() {
+        let mut names: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
+        names.push("later".into());
+        let mut d = doc(&names
+            .iter()
+            .map(|n| (n.as_str(), None))
+            .chain([("mapped", Some("\"a\""))])
+            .collect::<Vec<_>>());
+        d.fields["later"]
+            .candidates
+            .push(crate::mapping::Candidate {
+                expr: "\"b\"".into(),
+                sources: vec!["b".into()],
+                score: 0.4,
+                why: "column `b` matches by name".into(),
+            });
+        let t = table(&d);
+        let rows: Vec<&str> = t.lines().collect();
+        assert!(rows[1].trim_start().starts_with("later "), "{t}");
+        assert!(rows[2].contains("or: b (0.40)"), "{t}");
+        assert!(rows[3].trim_start().starts_with("mapped "), "{t}");
+        assert!(rows[4].contains("30 more fields unmapped"), "{t}");
+        assert_eq!(rows.len(), 5, "{t}");
     }
 
     #[test]

@@ -199,8 +199,9 @@ impl Pipeline {
                     let no_endpoint = choice == MapperChoice::Auto;
                     (p, MappingOrigin::Heuristic { no_endpoint })
                 };
-                tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), "Generated a mapping.");
                 let mut proposal = proposal;
+                let held = proposal.document.hold_below(self.config.min_confidence);
+                tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), undecided = ?held, "Generated a mapping.");
                 // Repairs learned on earlier runs (of any source) for columns like these.
                 for f in compile(
                     &self.ctx,

@@ -108,6 +108,55 @@ fn pinned_mapping_is_used_and_edits_take_effect() {
 }
 
 #[test]
+fn fields_below_min_confidence_are_left_undecided_and_listed_first() {
+    let w = demo();
+    let r = w.run(&["map", "--source", "source1", "--min-confidence", "0.99"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc = w.json("output/mappings/source1.mapping.json");
+    let fields = doc["fields"].as_object().unwrap();
+    let undecided: Vec<&String> = fields
+        .iter()
+        .filter(|(_, m)| m["expr"].is_null() && m["candidates"].is_array())
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!undecided.is_empty(), "{doc:#}");
+    for name in &undecided {
+        let m = &fields[name.as_str()];
+        assert!(
+            m["rationale"].as_str().unwrap().starts_with("undecided"),
+            "{m}"
+        );
+        // The column it would have taken is its first candidate.
+        assert!(m["candidates"][0]["score"].as_f64().unwrap() < 0.99, "{m}");
+        assert!(!m["candidates"][0]["expr"].as_str().unwrap().is_empty());
+    }
+    // The review table starts with them.
+    let first_row = r
+        .stdout
+        .lines()
+        .skip_while(|l| !l.contains("expression"))
+        .nth(1);
+    assert!(
+        first_row.is_some_and(
+            |l| l.trim_start().starts_with(undecided[0].as_str()) && l.contains("(unmapped)")
+        ),
+        "{}",
+        r.stdout
+    );
+    // A new mapping at the default keeps them mapped; the range is checked.
+    let r = w.run(&["map", "--source", "source1", "--mapper", "heuristic"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc = w.json("output/mappings/source1.mapping.json");
+    assert!(
+        doc["fields"][undecided[0].as_str()]["expr"].is_string(),
+        "{doc:#}"
+    );
+    let r = w.run(&["map", "--min-confidence", "1.5"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("from 0 to 1"), "{}", r.stderr);
+}
+
+#[test]
 fn bad_expression_fails_only_its_source_with_the_field_named() {
     let w = demo();
     assert_eq!(w.run(&["map"]).code, 0);
