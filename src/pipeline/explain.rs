@@ -87,7 +87,7 @@ pub fn table(doc: &MappingDocument) -> String {
         .chain(
             doc.fields
                 .iter()
-                .filter(|(_, m)| !undecided(m) && !(fold && silent(m))),
+                .filter(|(_, m)| !(undecided(m) || (fold && silent(m)))),
         )
         .collect();
     let mut out = rows_table(&rows);
