@@ -247,17 +247,7 @@ fn data_pipeline(
 ) -> PyResult<Pipeline> {
     let (text, base) = match config {
         Some(c) if !is_text => {
-            let path = PathBuf::from(c);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                to_py(Error::config(
-                    path.display().to_string(),
-                    format!("cannot read the file: {e}"),
-                ))
-            })?;
-            let base = path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."));
+            let (text, base) = Config::read(Path::new(&c)).map_err(to_py)?;
             (Some(text), base)
         }
         other => (other, std::env::current_dir()?),

@@ -18,17 +18,9 @@ from conftest import ROOT, read_config
 sys.path.insert(0, str(ROOT / "scripts"))
 import stream_memory  # noqa: E402
 
-# A CRM export with rows that break the demo schema's rules in several ways.
-CRM = """\
-CustomerID,Full Name,E-mail,Signup Date,Lifetime Value,Active
-101,Ada Lovelace,ada@example.com,2023-01-15,"$1,250.00",yes
-102,Alan Turing,ALAN.TURING@example.org,2023-02-01,$310.50,no
-103,,grace@example.com,2023-02-11,$12.00,yes
-104,Edsger Dijkstra,not-an-email,2023-03-01,$0.00,no
-105,Barbara Liskov,barbara@example.com,01/04/2023,$99.00,yes
-106,Ken Thompson,ken@example.com,2023-04-02,-$5.00,maybe
-107,Frances Allen,fran@example.com,2023-05-20,$45.10,yes
-"""
+# A CRM export with rows that break the demo schema's rules in several ways (shared with the
+# Rust tests).
+CRM = (ROOT / "testdata" / "stream" / "crm.csv").read_text()
 
 
 @pytest.fixture()

@@ -297,16 +297,7 @@ fn default_batch_size() -> usize {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(
-                path.display().to_string(),
-                format!("cannot read the file: {e}"),
-            )
-        })?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let (text, base) = Config::read(path)?;
         Config::from_str_with_env(&text, &base, &|k| std::env::var(k).ok()).map_err(|e| match e {
             Error::Config { path: p, message } => Error::config(
                 format!(
@@ -331,6 +322,21 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config> {
         Config::from_value(parse_text(text)?, base_dir, env, true)
+    }
+
+    /// A config file's text and the directory its relative paths resolve against.
+    pub fn read(path: &Path) -> Result<(String, PathBuf)> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(
+                path.display().to_string(),
+                format!("cannot read the file: {e}"),
+            )
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok((text, base))
     }
 
     /// Settings for data the caller hands over in memory (an Arrow stream) rather than names
