@@ -210,12 +210,13 @@ pub fn token_similarity(t: &str, u: &str) -> f64 {
     0.0
 }
 
-fn weight(t: &str) -> f64 {
+/// A token's weight in name similarity: generic tokens count half.
+pub fn weight(t: &str) -> f64 {
     if GENERIC.contains(&t) { 0.5 } else { 1.0 }
 }
 
 /// Share of `a`'s token weight that `b` covers, token by token (best partner each).
-fn covered(a: &[String], b: &[String]) -> f64 {
+fn covered(a: &[String], b: &[String], weight: &dyn Fn(&str) -> f64) -> f64 {
     a.iter()
         .map(|t| {
             let best = b.iter().map(|u| token_similarity(t, u)).fold(0.0, f64::max);
@@ -233,6 +234,12 @@ pub fn similarity(a: &str, b: &str) -> f64 {
 
 /// [`similarity`] over token lists.
 pub fn token_list_similarity(ta: &[String], tb: &[String]) -> f64 {
+    weighted_similarity(ta, tb, &weight)
+}
+
+/// [`token_list_similarity`] with the tokens' weights given (a wide target's own common
+/// words count less).
+pub fn weighted_similarity(ta: &[String], tb: &[String], weight: &dyn Fn(&str) -> f64) -> f64 {
     if ta.is_empty() || tb.is_empty() {
         return 0.0;
     }
@@ -250,7 +257,7 @@ pub fn token_list_similarity(ta: &[String], tb: &[String]) -> f64 {
     }
     let wa: f64 = ta.iter().map(|t| weight(t)).sum();
     let wb: f64 = tb.iter().map(|t| weight(t)).sum();
-    ((covered(ta, tb) + covered(tb, ta)) / (wa + wb)).min(1.0)
+    ((covered(ta, tb, weight) + covered(tb, ta, weight)) / (wa + wb)).min(1.0)
 }
 
 /// Whether two words differ by at most one edit (insertion, deletion, substitution or

@@ -15,7 +15,9 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::values::{Affix, EnumIndex, normalise};
-use crate::mapping::names::{canonical, token_list_similarity, tokens, unit, words};
+use crate::mapping::names::{
+    canonical, token_list_similarity, tokens, unit, weighted_similarity, words,
+};
 use crate::schema::{FieldKind, TargetField};
 use crate::source::ColumnProfile;
 
@@ -287,16 +289,33 @@ impl<'a> ColumnFacts<'a> {
 }
 
 /// How rare each description token is among the target's fields: rarer tokens are better
-/// evidence (every clinical description says "patient"; few say "centimeters").
-pub struct Rarity(HashMap<String, f64>, f64);
+/// evidence (every clinical description says "patient"; few say "centimeters"). Likewise the
+/// words of many fields' names on a wide target (`concept` in a hundred OMOP fields, `value`,
+/// `source`): a column sharing only such a word with a field says little about it.
+pub struct Rarity {
+    idf: HashMap<String, f64>,
+    unseen: f64,
+    common_names: HashSet<String>,
+}
+
+/// A name word in at least this many fields, and this share of them, is common on the target.
+const COMMON_FIELDS: usize = 20;
+const COMMON_SHARE: f64 = 0.05;
 
 impl Rarity {
-    /// Document frequencies over the fields' descriptions.
+    /// Document frequencies over the fields' descriptions and names.
     pub fn of(fields: &[FieldFacts<'_>]) -> Rarity {
         let mut df: HashMap<String, usize> = HashMap::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
         for f in fields {
             for t in &f.desc_tokens {
                 *df.entry(t.clone()).or_default() += 1;
+            }
+            let mut seen: Vec<&str> = f.tokens.iter().map(String::as_str).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for t in seen {
+                *names.entry(t).or_default() += 1;
             }
         }
         let n = fields.len().max(1) as f64;
@@ -304,11 +323,41 @@ impl Rarity {
             .into_iter()
             .map(|(t, d)| (t, (1.0 + n / d as f64).ln()))
             .collect();
-        Rarity(idf, (1.0 + n).ln())
+        let least = COMMON_FIELDS.max((COMMON_SHARE * n).ceil() as usize);
+        let common_names = names
+            .into_iter()
+            .filter(|(_, d)| *d >= least)
+            .map(|(t, _)| t.to_string())
+            .collect();
+        Rarity {
+            idf,
+            unseen: (1.0 + n).ln(),
+            common_names,
+        }
+    }
+
+    /// No target-wide statistics (one field judged alone).
+    pub fn none() -> Rarity {
+        Rarity {
+            idf: HashMap::new(),
+            unseen: 1.0,
+            common_names: HashSet::new(),
+        }
     }
 
     fn weight(&self, t: &str) -> f64 {
-        self.0.get(t).copied().unwrap_or(self.1)
+        self.idf.get(t).copied().unwrap_or(self.unseen)
+    }
+
+    /// A name token's weight: the generic words' half, and a quarter of that when the
+    /// target's names use it widely.
+    fn name_weight(&self, t: &str) -> f64 {
+        let w = crate::mapping::names::weight(t);
+        if self.common_names.contains(t) {
+            w * 0.25
+        } else {
+            w
+        }
     }
 }
 
@@ -379,10 +428,11 @@ fn glued<'w>(w: &'w str, name: &[String], desc: &[String]) -> Option<Vec<&'w str
 }
 
 /// Name evidence: tokens, title, acronyms and abbreviations.
-pub fn name_score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>) -> f64 {
-    let mut s = token_list_similarity(&f.tokens, &c.tokens);
+pub fn name_score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity) -> f64 {
+    let w = |t: &str| rarity.name_weight(t);
+    let mut s = weighted_similarity(&f.tokens, &c.tokens, &w);
     if !f.title_tokens.is_empty() {
-        s = s.max(token_list_similarity(&f.title_tokens, &c.tokens));
+        s = s.max(weighted_similarity(&f.title_tokens, &c.tokens, &w));
     }
     if s >= 0.75 {
         return s;

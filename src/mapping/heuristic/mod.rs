@@ -85,7 +85,7 @@ struct Pair {
 
 /// Scores one pair; `None` when the values rule the column out or nothing points to it.
 fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) -> Option<Pair> {
-    let name = name_score(f, c);
+    let name = name_score(f, c, rarity);
     let desc = description_score(f, c, rarity);
     let lex = name.max(desc);
     // Value evidence is what can identify a column whose name says nothing; skip computing it
@@ -422,7 +422,7 @@ pub fn fill_ins(
             // The field's words all in the column's name, and values that identify the field
             // (`contact_email` for `email`), or values shared with the current column.
             let names_it = f.tokens.iter().all(|t| c.tokens.contains(t));
-            let name = name_score(&f, &c);
+            let name = name_score(&f, &c, &Rarity::none());
             let kind = overlap >= 0.2 || (names_it && value_evidence(&f, &c).strong);
             (name >= ACCEPT && kind).then_some((name * 0.6 + overlap * 0.4, p))
         })

@@ -410,3 +410,57 @@ fn a_target_of_one_or_two_tables_is_matched_field_by_field() {
     assert_eq!(sources(&doc, "order.carrier"), ["carrier"]);
     assert!(doc.fields["order.id"].expr.is_some() || doc.fields["shipment.id"].expr.is_some());
 }
+
+#[test]
+fn a_word_in_many_field_names_says_little_on_a_wide_target() {
+    let things = [
+        "condition",
+        "drug",
+        "procedure",
+        "device",
+        "measurement",
+        "observation",
+        "note",
+        "specimen",
+        "visit",
+        "provider",
+        "care_site",
+        "location",
+        "payer",
+        "plan",
+        "cost",
+        "episode",
+        "death",
+        "gender",
+        "race",
+        "ethnicity",
+        "unit",
+        "route",
+        "modifier",
+        "qualifier",
+        "operator",
+    ];
+    let wide: serde_json::Map<String, Value> = things
+        .iter()
+        .map(|t| (format!("{t}_source_value"), json!({"type": "string"})))
+        .collect();
+    let column = [("source", repeat(&["web", "store", "phone"], 9))];
+    let doc = map(Value::Object(wide), &column);
+    let taken: Vec<&String> = doc
+        .fields
+        .iter()
+        .filter(|(_, m)| m.sources == ["source"])
+        .map(|(k, _)| k)
+        .collect();
+    assert!(taken.is_empty(), "{taken:?}");
+    // On a narrow target the same word is the evidence there is.
+    let narrow: serde_json::Map<String, Value> = things[..3]
+        .iter()
+        .map(|t| (format!("{t}_source_value"), json!({"type": "string"})))
+        .collect();
+    let doc = map(Value::Object(narrow), &column);
+    assert!(
+        doc.fields.values().any(|m| m.sources == ["source"]),
+        "{doc:?}"
+    );
+}
