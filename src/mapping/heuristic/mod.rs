@@ -338,16 +338,37 @@ fn assign(
                     && users[q.column].is_empty()
                     && q.score >= p.score - 0.05
             });
-            if rival {
+            // Nor when its values fit another field just as well, with nothing else to tell
+            // them apart: yes/no values fit every yes/no field of a wide target, and identify
+            // none of them.
+            let rival_field = ranked.iter().enumerate().any(|(fj, qs)| {
+                fj != fi
+                    && chosen[fj].is_none()
+                    && qs
+                        .iter()
+                        .any(|q| q.column == p.column && q.value_led && q.score >= p.score)
+            });
+            if rival || rival_field {
                 continue;
             }
         }
         users[p.column].push(p.shareable);
         chosen[fi] = Some(p.clone());
     }
-    // A boolean or date field still unmapped takes the one remaining column of that kind.
+    // A boolean or date field still unmapped takes the one remaining column of that kind,
+    // when it is the one field of that kind left: among several, nothing says which.
+    let kind = |f: &FieldFacts<'_>| match f.field.kind {
+        FieldKind::Boolean => Some(true),
+        FieldKind::Date | FieldKind::DateTime => Some(false),
+        _ => None,
+    };
+    let left = |k: Option<bool>, chosen: &[Option<Pair>]| {
+        (0..fields.len())
+            .filter(|&fj| chosen[fj].is_none() && active[fj] && kind(&fields[fj]) == k)
+            .count()
+    };
     for (fi, f) in fields.iter().enumerate() {
-        if chosen[fi].is_some() || !active[fi] {
+        if chosen[fi].is_some() || !active[fi] || kind(f).is_none() || left(kind(f), &chosen) > 1 {
             continue;
         }
         let kind_fits = |c: &ColumnFacts<'_>| match f.field.kind {

@@ -464,3 +464,69 @@ fn a_word_in_many_field_names_says_little_on_a_wide_target() {
         "{doc:?}"
     );
 }
+
+#[test]
+fn values_alone_do_not_pick_one_of_many_fields_they_fit_equally() {
+    // Thirty yes/no fields with unrelated names, one yes/no column: its values fit every
+    // field, so they identify none.
+    let mut fields: serde_json::Map<String, Value> = (0..30)
+        .map(|i| {
+            (
+                format!("finding_{i}_present"),
+                json!({"type": "string", "enum": ["Yes", "No"]}),
+            )
+        })
+        .collect();
+    fields.insert(
+        "visit_mode".into(),
+        json!({"type": "string", "enum": ["in person", "remote"]}),
+    );
+    let doc = map(
+        Value::Object(fields.clone()),
+        &[
+            ("answer", repeat(&["yes", "no", "no"], 9)),
+            ("mode", repeat(&["remote", "in person"], 9)),
+        ],
+    );
+    let taken: Vec<&String> = doc
+        .fields
+        .iter()
+        .filter(|(_, m)| m.sources == ["answer"])
+        .map(|(k, _)| k)
+        .collect();
+    assert!(taken.is_empty(), "{taken:?}");
+    // Values that fit one field only still identify it.
+    assert_eq!(sources(&doc, "visit_mode"), ["mode"]);
+    // With one such field, the values identify it.
+    let one: serde_json::Map<String, Value> = fields.into_iter().skip(29).collect();
+    let doc = map(
+        Value::Object(one),
+        &[("answer", repeat(&["yes", "no", "no"], 9))],
+    );
+    assert!(
+        doc.fields.values().any(|m| m.sources == ["answer"]),
+        "{doc:?}"
+    );
+}
+
+#[test]
+fn the_last_column_of_a_kind_goes_only_to_the_last_field_of_that_kind() {
+    let dates = [(
+        "when",
+        repeat(&["2024-01-02", "2024-02-03", "2024-03-04"], 3),
+    )];
+    let doc = map(
+        json!({"opened_on": {"type": "string", "format": "date"}, "x": {"type": "string"}}),
+        &dates,
+    );
+    assert_eq!(sources(&doc, "opened_on"), ["when"]);
+    // Two date fields, one date column that names neither: nothing says which.
+    let doc = map(
+        json!({
+            "opened_on": {"type": "string", "format": "date"},
+            "closed_on": {"type": "string", "format": "date"},
+        }),
+        &dates,
+    );
+    assert!(doc.fields.values().all(|m| m.expr.is_none()), "{doc:?}");
+}
