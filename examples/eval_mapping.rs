@@ -185,17 +185,37 @@ async fn main() -> std::process::ExitCode {
             );
         }
     }
+    // Every request must fit `llm.max_prompt_tokens` by the server's own count.
+    let budget = llm
+        .get("max_prompt_tokens")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(conform::config::LlmConfig::default().max_prompt_tokens as u64);
+    let mut over = Vec::new();
     for (group, results) in &totals {
         let (req, p, c) = results
             .iter()
             .filter_map(|r| r.llm)
             .fold((0u32, 0u64, 0u64), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
         if req > 0 {
+            let largest = results.iter().map(|r| r.largest_prompt).max().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "{group}: {req} model requests, {p} prompt + {c} completion tokens"
+                "{group}: {req} model requests, {p} prompt + {c} completion tokens; the largest request {largest} prompt tokens (budget {budget})"
+            );
+            over.extend(
+                results
+                    .iter()
+                    .filter(|r| r.largest_prompt > budget)
+                    .map(|r| format!("{group}/{} ({} tokens)", r.name, r.largest_prompt)),
             );
         }
+    }
+    if !over.is_empty() {
+        eprintln!(
+            "eval_mapping: requests over llm.max_prompt_tokens ({budget}) in {}",
+            over.join(", ")
+        );
+        return std::process::ExitCode::from(1);
     }
     std::process::ExitCode::SUCCESS
 }

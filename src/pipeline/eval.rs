@@ -34,6 +34,8 @@ pub struct CaseResult {
     pub seconds: f64,
     /// Model requests, prompt tokens and completion tokens (LLM mapper).
     pub llm: Option<(u32, u64, u64)>,
+    /// The largest prompt of any one model request, as the server counted it (LLM mapper).
+    pub largest_prompt: u64,
     /// True positives, false positives and false negatives of exact-name matching on the same
     /// case: a field takes the column whose name equals its own after Unicode NFKD,
     /// lower-casing and removing every non-alphanumeric character.
@@ -397,6 +399,7 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
             .llm
             .as_ref()
             .map(|u| (u.requests, u.prompt_tokens, u.completion_tokens)),
+        largest_prompt: prepared.llm.as_ref().map_or(0, |u| u.largest_prompt_tokens),
         origins: prepared.llm.as_ref().map(|u| {
             [
                 u.model_fields.len(),

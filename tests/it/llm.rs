@@ -184,6 +184,7 @@ async fn the_reply_drives_the_output_and_the_request_is_complete() {
     let llm = &summary["sources"]["source1"]["mapping"]["llm"];
     assert_eq!(llm["requests"], 1);
     assert_eq!(llm["prompt_tokens"], 1200);
+    assert_eq!(llm["largest_prompt_tokens"], 1200);
     assert_eq!(llm["completion_tokens"], 300);
     assert_eq!(llm["response_format"], "json_schema");
     assert!(llm["latency_s"].as_f64().unwrap() > 0.0);
@@ -448,6 +449,9 @@ async fn an_unreadable_reply_is_asked_again() {
     let llm = &w.json("out/run_summary.json")["sources"]["source1"]["mapping"]["llm"];
     assert_eq!(llm["requests"], 2);
     assert_eq!(llm["repair_rounds"], 1);
+    // Two requests of 1,200 prompt tokens: the total and the largest one.
+    assert_eq!(llm["prompt_tokens"], 2400);
+    assert_eq!(llm["largest_prompt_tokens"], 1200);
 
     // A model that never answers in JSON fails the source with a clear message.
     let s = server().await;

@@ -477,6 +477,7 @@ pub(super) fn halves(batch: &[String]) -> Vec<Vec<String>> {
 pub(super) fn absorb_usage(usage: &mut LlmUsage, u: LlmUsage) {
     usage.requests += u.requests;
     usage.prompt_tokens += u.prompt_tokens;
+    usage.largest_prompt_tokens = usage.largest_prompt_tokens.max(u.largest_prompt_tokens);
     usage.completion_tokens += u.completion_tokens;
     usage.spans.extend(u.spans);
     usage.latency_s = in_flight(&mut usage.spans);

@@ -139,6 +139,8 @@ impl LlmMapper {
                         self.counter
                             .observe(conversation, u64::from(u.prompt_tokens));
                         usage.prompt_tokens += u64::from(u.prompt_tokens);
+                        usage.largest_prompt_tokens =
+                            usage.largest_prompt_tokens.max(u64::from(u.prompt_tokens));
                         usage.completion_tokens += u64::from(u.completion_tokens);
                     }
                     let choice = resp.choices.into_iter().next();

@@ -53,6 +53,9 @@ pub struct LlmUsage {
     pub prompt_tokens: u64,
     /// Completion tokens, as reported by the server.
     pub completion_tokens: u64,
+    /// The largest prompt of any one request, as reported by the server: what
+    /// `llm.max_prompt_tokens` bounds.
+    pub largest_prompt_tokens: u64,
     /// Seconds during which at least one request was waiting for the endpoint, including
     /// retries: requests in flight at the same time count once.
     pub latency_s: f64,
