@@ -285,6 +285,15 @@ impl HeuristicMapper {
                     },
                 },
             };
+            let m = match address_parts(f, &m, req.profiles) {
+                Some((joined, parts)) => {
+                    for p in &parts {
+                        used[*p] = true;
+                    }
+                    joined
+                }
+                None => m,
+            };
             out.insert(t.name.clone(), m);
         }
         MappingDocument {
@@ -504,6 +513,88 @@ pub fn enum_table(
     }
     let expr = convert::value_case(&format!("clean({})", quote(&column.name)), &tab);
     Some((expr, tab.coverage.min(1.0), still))
+}
+
+/// The parts of an address a source keeps in columns of their own, in the order an address is
+/// written; each is recognised by a word of the column's name.
+const ADDRESS_PARTS: &[&[&str]] = &[
+    &["city", "town", "municipality"],
+    &["county", "district"],
+    &["state", "province"],
+    &["zip", "zipcode", "postal", "postcode", "plz"],
+    &["country"],
+];
+
+/// A text field named `address` mapped from the street column by name, joined with the
+/// columns that hold the rest of the address (`city`, `state`, `zip`, …): one field that
+/// takes several columns. Returns the joined mapping and the columns it adds.
+fn address_parts(
+    f: &FieldFacts<'_>,
+    m: &FieldMapping,
+    profiles: &[ColumnProfile],
+) -> Option<(FieldMapping, Vec<usize>)> {
+    if !matches!(f.field.kind, FieldKind::String)
+        || f.field.constraints.enum_values.is_some()
+        || f.tokens.last().map(String::as_str) != Some("address")
+        || m.confidence < NAMES_THE_FIELD
+    {
+        return None;
+    }
+    let [street] = m.sources.as_slice() else {
+        return None;
+    };
+    let words = |p: &ColumnProfile| crate::mapping::names::words(&p.name);
+    let street_profile = profiles.iter().find(|p| &p.name == street)?;
+    if !words(street_profile)
+        .iter()
+        .any(|w| matches!(w.as_str(), "address" | "street" | "addr" | "line"))
+    {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for names in ADDRESS_PARTS {
+        // A part column may already feed another field (`city` for a `city` field too).
+        let found = profiles.iter().enumerate().find(|(i, p)| {
+            !parts.contains(i)
+                && &p.name != street
+                && p.non_blank > 0
+                && words(p).iter().any(|w| names.contains(&w.as_str()))
+        });
+        if let Some((i, _)) = found {
+            parts.push(i);
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let text = |p: &ColumnProfile| {
+        if p.data_type == "Utf8" {
+            format!("clean({})", quote(&p.name))
+        } else {
+            format!("CAST({} AS VARCHAR)", quote(&p.name))
+        }
+    };
+    let all: Vec<&ColumnProfile> = std::iter::once(street_profile)
+        .chain(parts.iter().map(|i| &profiles[*i]))
+        .collect();
+    let joined = FieldMapping {
+        expr: Some(format!(
+            "nullif(concat_ws(', ', {}), '')",
+            all.iter().map(|p| text(p)).collect::<Vec<_>>().join(", ")
+        )),
+        sources: all.iter().map(|p| p.name.clone()).collect(),
+        rationale: format!(
+            "{}; joined with the address's other parts: `{}`",
+            m.rationale,
+            all[1..]
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join("`, `")
+        ),
+        ..m.clone()
+    };
+    Some((joined, parts))
 }
 
 /// A `name`/`full_name` target built from unused first- and last-name columns.

@@ -530,3 +530,41 @@ fn the_last_column_of_a_kind_goes_only_to_the_last_field_of_that_kind() {
     );
     assert!(doc.fields.values().all(|m| m.expr.is_none()), "{doc:?}");
 }
+
+#[test]
+fn an_address_field_takes_the_columns_of_the_address_parts() {
+    let doc = map(
+        json!({
+            "address": {"type": "string", "description": "Postal address"},
+            "city": {"type": "string"},
+            "birth_date": {"type": "string", "format": "date"},
+        }),
+        &[
+            ("ADDRESS", vec!["12 Elm St", "3 Oak Ave", "9 Pine Rd"]),
+            ("CITY", vec!["Boston", "Salem", "Lowell"]),
+            ("STATE", vec!["Massachusetts", "Massachusetts", "Maine"]),
+            ("ZIP", vec!["02155", "01970", "04101"]),
+            ("BIRTHDATE", vec!["1980-01-02", "1975-03-04", "1990-05-06"]),
+        ],
+    );
+    let m = &doc.fields["address"];
+    assert_eq!(m.sources, ["ADDRESS", "CITY", "STATE", "ZIP"], "{m:?}");
+    assert_eq!(
+        m.expr.as_deref(),
+        Some(
+            r#"nullif(concat_ws(', ', clean("ADDRESS"), clean("CITY"), clean("STATE"), clean("ZIP")), '')"#
+        )
+    );
+    assert!(m.rationale.contains("`CITY`, `STATE`, `ZIP`"), "{m:?}");
+    // The city still feeds its own field.
+    assert_eq!(sources(&doc, "city"), ["CITY"]);
+    // A street column matched weakly, or a field that is not an address, takes no parts.
+    let doc = map(
+        json!({"contact_address": {"type": "string"}, "x": {"type": "string"}}),
+        &[
+            ("ADDRESS", vec!["12 Elm St", "3 Oak Ave", "9 Pine Rd"]),
+            ("CITY", vec!["Boston", "Salem", "Lowell"]),
+        ],
+    );
+    assert!(doc.fields["contact_address"].sources.len() <= 1, "{doc:?}");
+}
