@@ -224,6 +224,30 @@ impl HeuristicMapper {
         for c in chosen.iter().flatten() {
             used[c.column] = true;
         }
+        // On a target made of tables, the unmapped name field of the table the source fills
+        // most (if one table leads) may join name parts that stray matches elsewhere took.
+        let name_target = group_of.as_ref().and_then(|g| {
+            let filled = |gi: usize| {
+                (0..fields.len())
+                    .filter(|&j| chosen[j].is_some() && g[j] == Some(gi))
+                    .count()
+            };
+            let mut named: Vec<(usize, usize)> = (0..fields.len())
+                .filter(|&fi| {
+                    chosen[fi].is_none()
+                        && active[fi]
+                        && matches!(fields[fi].tokens.as_slice(), [n] if n == "name")
+                })
+                .filter_map(|fi| g[fi].map(|gi| (filled(gi), fi)))
+                .collect();
+            named.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            match named.as_slice() {
+                [(n, fi), rest @ ..] if *n > 0 && rest.first().is_none_or(|r| r.0 < *n) => {
+                    Some(*fi)
+                }
+                _ => None,
+            }
+        });
         let mut out = IndexMap::new();
         for (fi, f) in fields.iter().enumerate() {
             let t = f.field;
@@ -276,8 +300,19 @@ impl HeuristicMapper {
                         ..FieldMapping::unmapped()
                     }
                 }
-                None => match full_name(t, req.profiles, &used) {
-                    Some(m) => m,
+                // On a target made of tables only the name field of the table the source
+                // fills is built from name parts; the parts then serve no other name field.
+                None => match full_name(t, req.profiles, &used, name_target == Some(fi))
+                    .filter(|_| group_of.is_none() || name_target == Some(fi))
+                {
+                    Some(m) => {
+                        for (i, p) in req.profiles.iter().enumerate() {
+                            if m.sources.contains(&p.name) {
+                                used[i] = true;
+                            }
+                        }
+                        m
+                    }
                     None => FieldMapping {
                         rationale: "no source column matches this field by name or values".into(),
                         candidates: alternatives(None),
@@ -597,30 +632,51 @@ fn address_parts(
     Some((joined, parts))
 }
 
-/// A `name`/`full_name` target built from unused first- and last-name columns.
-fn full_name(t: &TargetField, profiles: &[ColumnProfile], used: &[bool]) -> Option<FieldMapping> {
+/// A `name`/`full_name` target built from first- and last-name columns, with a prefix, a
+/// middle name and a suffix when the source has them. Only unused columns, unless
+/// `any_column` (the one name field of the table a wide source fills: stray matches elsewhere
+/// must not take its parts away).
+fn full_name(
+    t: &TargetField,
+    profiles: &[ColumnProfile],
+    used: &[bool],
+    any_column: bool,
+) -> Option<FieldMapping> {
     if !matches!(t.kind, FieldKind::String) || !tokens(&t.name).contains(&"name".to_string()) {
         return None;
     }
     let find = |want: &str| {
-        profiles.iter().enumerate().find(|(i, p)| {
-            !used[*i] && {
-                let tk = tokens(&p.name);
-                tk.iter().any(|x| x == want || x == &format!("{want}name"))
-            }
-        })
+        profiles
+            .iter()
+            .enumerate()
+            .find(|(i, p)| {
+                (any_column || !used[*i]) && p.non_blank > 0 && {
+                    let tk = tokens(&p.name);
+                    tk.iter().any(|x| x == want || x == &format!("{want}name"))
+                }
+            })
+            .map(|(_, p)| p)
     };
-    let (_, first) = find("first")?;
-    let (_, last) = find("last")?;
+    let first = find("first")?;
+    let last = find("last")?;
+    let parts: Vec<&ColumnProfile> = [find("prefix"), Some(first), find("middle"), Some(last)]
+        .into_iter()
+        .chain([find("suffix")])
+        .flatten()
+        .collect();
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
     Some(FieldMapping {
         expr: Some(format!(
-            "nullif(concat_ws(' ', clean({}), clean({})), '')",
-            quote(&first.name),
-            quote(&last.name)
+            "nullif(concat_ws(' ', {}), '')",
+            names
+                .iter()
+                .map(|n| format!("clean({})", quote(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
-        sources: vec![first.name.clone(), last.name.clone()],
+        sources: names.iter().map(|n| n.to_string()).collect(),
         confidence: 0.7,
-        rationale: format!("full name joined from `{}` and `{}`", first.name, last.name),
+        rationale: format!("full name joined from `{}`", names.join("`, `")),
         ..FieldMapping::unmapped()
     })
 }

@@ -568,3 +568,39 @@ fn an_address_field_takes_the_columns_of_the_address_parts() {
     );
     assert!(doc.fields["contact_address"].sources.len() <= 1, "{doc:?}");
 }
+
+#[test]
+fn the_name_field_of_the_table_a_source_fills_joins_the_name_parts() {
+    let doc = map(
+        json!({
+            "Patient.name": {"type": "string"},
+            "Patient.gender": {"type": "string", "enum": ["male", "female"]},
+            "Patient.birthDate": {"type": "string", "format": "date"},
+            "Practitioner.name": {"type": "string"},
+            "Practitioner.specialty": {"type": "string"},
+            "Location.name": {"type": "string"},
+            "Location.status": {"type": "string"},
+        }),
+        &[
+            ("PREFIX", vec!["Mr.", "Ms.", "Mrs."]),
+            ("FIRST", vec!["Ada", "Alan", "Grace"]),
+            ("LAST", vec!["Lovelace", "Turing", "Hopper"]),
+            ("SUFFIX", vec!["", "PhD", ""]),
+            ("GENDER", vec!["F", "M", "F"]),
+            ("BIRTHDATE", vec!["1815-12-10", "1912-06-23", "1906-12-09"]),
+        ],
+    );
+    assert_eq!(
+        sources(&doc, "Patient.name"),
+        ["PREFIX", "FIRST", "LAST", "SUFFIX"]
+    );
+    assert_eq!(
+        doc.fields["Patient.name"].expr.as_deref(),
+        Some(
+            r#"nullif(concat_ws(' ', clean("PREFIX"), clean("FIRST"), clean("LAST"), clean("SUFFIX")), '')"#
+        )
+    );
+    for other in ["Practitioner.name", "Location.name"] {
+        assert!(doc.fields[other].expr.is_none(), "{other}: {doc:?}");
+    }
+}
