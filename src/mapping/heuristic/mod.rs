@@ -240,7 +240,7 @@ impl HeuristicMapper {
                 })
                 .filter_map(|fi| g[fi].map(|gi| (filled(gi), fi)))
                 .collect();
-            named.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            named.sort_unstable_by_key(|a| std::cmp::Reverse(a.0));
             match named.as_slice() {
                 [(n, fi), rest @ ..] if *n > 0 && rest.first().is_none_or(|r| r.0 < *n) => {
                     Some(*fi)
