@@ -200,7 +200,13 @@ impl Pipeline {
                     (p, MappingOrigin::Heuristic { no_endpoint })
                 };
                 let mut proposal = proposal;
-                let held = proposal.document.hold_below(self.config.min_confidence);
+                // The offline matcher's scores are what the threshold is calibrated on; a
+                // model's own confidence is on no common scale, so its answers are kept.
+                let held = if proposal.document.mapper == MapperKind::Heuristic {
+                    proposal.document.hold_below(self.config.min_confidence)
+                } else {
+                    Vec::new()
+                };
                 tracing::info!(source = name, mapper = proposal.document.mapper.as_str(), unmapped = ?proposal.document.unmapped(), undecided = ?held, "Generated a mapping.");
                 // Repairs learned on earlier runs (of any source) for columns like these.
                 for f in compile(

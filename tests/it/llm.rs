@@ -131,6 +131,10 @@ async fn the_reply_drives_the_output_and_the_request_is_complete() {
             "llm",
             "--llm-base-url",
             &base,
+            // The model's answers (confidence 0.5 when it gives none) are kept whatever the
+            // offline matcher's threshold.
+            "--min-confidence",
+            "0.99",
         ],
         &[("MY_KEY", KEY)],
     )
