@@ -167,6 +167,11 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
     })
 }
 
+/// A field's pairs in rank order: best score first, ties in column order.
+fn best_first(ps: &mut [Pair]) {
+    ps.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.column.cmp(&b.column)));
+}
+
 impl Pair {
     /// The evidence in words, for the rationale.
     fn why(&self, columns: &[ColumnFacts<'_>]) -> String {
@@ -205,7 +210,7 @@ impl HeuristicMapper {
                     .enumerate()
                     .filter_map(|(ci, c)| score(f, c, &rarity, ci))
                     .collect();
-                ps.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.column.cmp(&b.column)));
+                best_first(&mut ps);
                 ps.truncate(ALTERNATIVES + 4);
                 ps
             })

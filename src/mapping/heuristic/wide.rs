@@ -8,7 +8,7 @@
 //! most of the source. Pairs outside a column's home are lowered below acceptance; they stay
 //! in the document as ranked candidates.
 
-use super::{ACCEPT, Pair};
+use super::{ACCEPT, Pair, best_first};
 
 /// Groups needed before a target counts as made of tables: with one or two, every field is
 /// part of what a source fills.
@@ -102,7 +102,7 @@ pub(super) fn focus(
             }
         }
         if changed {
-            ps.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.column.cmp(&b.column)));
+            best_first(ps);
         }
     }
     active
