@@ -31,6 +31,21 @@ fn unit_factor(target: &str, source: &str) -> Option<(f64, String)> {
     ))
 }
 
+/// Whether the column holds text.
+fn is_text(p: &ColumnProfile) -> bool {
+    matches!(p.data_type.as_str(), "Utf8" | "Utf8View" | "LargeUtf8")
+}
+
+/// Column `p` as trimmed text (empty → null), whatever its type: a part of a value joined
+/// from several columns.
+pub fn as_text(p: &ColumnProfile) -> String {
+    if is_text(p) {
+        format!("clean({})", quote(&p.name))
+    } else {
+        format!("CAST({} AS VARCHAR)", quote(&p.name))
+    }
+}
+
 /// The expression converting column `p` to the target's type, and a note saying why; `table`
 /// is the column's enum value table, when the field has an enum.
 pub fn conversion(
@@ -39,7 +54,7 @@ pub fn conversion(
     table: Option<&ValueTable>,
 ) -> (String, String) {
     let c = quote(&p.name);
-    let is_text = p.data_type == "Utf8" || p.data_type == "Utf8View" || p.data_type == "LargeUtf8";
+    let is_text = is_text(p);
     let clean = if is_text {
         format!("clean({c})")
     } else {

@@ -19,7 +19,7 @@ mod wide;
 use futures::future::BoxFuture;
 use indexmap::IndexMap;
 
-use self::convert::conversion;
+use self::convert::{as_text, conversion};
 use self::evidence::{
     ColumnFacts, FieldFacts, Rarity, Role, contained, description_score, name_score, shares_token,
     unexplained,
@@ -607,20 +607,16 @@ fn address_parts(
     if parts.is_empty() {
         return None;
     }
-    let text = |p: &ColumnProfile| {
-        if p.data_type == "Utf8" {
-            format!("clean({})", quote(&p.name))
-        } else {
-            format!("CAST({} AS VARCHAR)", quote(&p.name))
-        }
-    };
     let all: Vec<&ColumnProfile> = std::iter::once(street_profile)
         .chain(parts.iter().map(|i| &profiles[*i]))
         .collect();
     let joined = FieldMapping {
         expr: Some(format!(
             "nullif(concat_ws(', ', {}), '')",
-            all.iter().map(|p| text(p)).collect::<Vec<_>>().join(", ")
+            all.iter()
+                .map(|p| as_text(p))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
         sources: all.iter().map(|p| p.name.clone()).collect(),
         rationale: format!(
