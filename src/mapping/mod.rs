@@ -140,10 +140,10 @@ impl MappingDocument {
     pub fn hold_below(&mut self, min: f64) -> Vec<String> {
         let mut held = Vec::new();
         for (name, m) in self.fields.iter_mut() {
-            let Some(expr) = m.expr.clone() else { continue };
             if m.confidence >= min {
                 continue;
             }
+            let Some(expr) = m.expr.take() else { continue };
             m.candidates.insert(
                 0,
                 Candidate {
