@@ -203,7 +203,18 @@ impl Pipeline {
                 // The offline matcher's scores are what the threshold is calibrated on; a
                 // model's own confidence is on no common scale, so its answers are kept.
                 let held = if proposal.document.mapper == MapperKind::Heuristic {
-                    proposal.document.hold_below(self.config.min_confidence)
+                    let min = self.config.min_confidence;
+                    if min < crate::mapping::heuristic::ACCEPT {
+                        // The threshold filters what the matcher proposes; the matcher itself
+                        // proposes nothing below its own acceptance score.
+                        tracing::warn!(
+                            source = name,
+                            min_confidence = min,
+                            accept = crate::mapping::heuristic::ACCEPT,
+                            "min_confidence below the offline matcher's acceptance score maps nothing more."
+                        );
+                    }
+                    proposal.document.hold_below(min)
                 } else {
                     Vec::new()
                 };

@@ -154,6 +154,18 @@ fn fields_below_min_confidence_are_left_undecided_and_listed_first() {
     let r = w.run(&["map", "--min-confidence", "1.5"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("from 0 to 1"), "{}", r.stderr);
+    // Below the matcher's own acceptance score a threshold maps nothing more, and says so.
+    let r = w.run(&[
+        "map",
+        "--source",
+        "source1",
+        "--mapper",
+        "heuristic",
+        "--min-confidence",
+        "0.2",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("maps nothing more"), "{}", r.stderr);
 }
 
 #[test]

@@ -35,8 +35,9 @@ use crate::schema::{FieldKind, TargetField};
 use crate::source::{ColumnProfile, ValueShape};
 use crate::sql::quote;
 
-/// A pair scoring at least this maps the field.
-const ACCEPT: f64 = 0.5;
+/// A pair scoring at least this maps the field: the lowest `min_confidence` that has an
+/// effect.
+pub const ACCEPT: f64 = 0.5;
 /// A column feeds several fields only when every pair scores at least this.
 const SHARE: f64 = 0.7;
 /// Alternatives kept per field in the document.
