@@ -53,6 +53,11 @@ pub struct CaseResult {
     pub values: (usize, usize, usize),
 }
 
+/// `a / b`, or 1 when there is nothing to divide (no pairs proposed: nothing was wrong).
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 1.0 } else { a as f64 / b as f64 }
+}
+
 /// Value-level precision and recall over the cases with value truth: an entry is right when
 /// the field's expression turns the source value into the published target value. `None`
 /// when no case has value truth.
@@ -60,7 +65,6 @@ pub fn value_score(results: &[CaseResult]) -> Option<(f64, f64)> {
     let (right, placed, total) = results.iter().fold((0, 0, 0), |a, r| {
         (a.0 + r.values.0, a.1 + r.values.1, a.2 + r.values.2)
     });
-    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
     (total > 0).then(|| (ratio(right, placed), ratio(right, total)))
 }
 
@@ -182,7 +186,6 @@ pub fn exact_key(name: &str) -> String {
 
 /// Precision, recall and F1 from pair counts.
 pub fn prf(tp: usize, fp: usize, fneg: usize) -> (f64, f64, f64) {
-    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
     let (p, r) = (ratio(tp, tp + fp), ratio(tp, tp + fneg));
     let f1 = if p + r == 0.0 {
         0.0
@@ -297,7 +300,6 @@ impl Score {
         let tp: usize = results.iter().map(|r| r.true_positives).sum();
         let fp: usize = results.iter().map(|r| r.false_positives).sum();
         let fneg: usize = results.iter().map(|r| r.false_negatives).sum();
-        let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
         let precision = ratio(tp, tp + fp);
         let recall = ratio(tp, tp + fneg);
         let f1 = if precision + recall == 0.0 {
