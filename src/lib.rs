@@ -46,6 +46,7 @@ pub mod mapping;
 pub(crate) mod net;
 pub mod pipeline;
 pub(crate) mod plan;
+pub mod review;
 pub mod schema;
 pub(crate) mod sink;
 pub(crate) mod source;

@@ -30,8 +30,12 @@ fn main() -> ExitCode {
         // The handlers are installed before any work starts: a signal that arrives while the
         // first source is being read must still end the run cleanly.
         let interrupted = interrupt_signal();
+        // A server stops itself on the signal: it finishes the request in hand and exits 0.
+        if cli::serves(&cli) {
+            return cli::execute(cli, Some(Box::pin(interrupted))).await;
+        }
         tokio::select! {
-            r = cli::execute(cli) => r,
+            r = cli::execute(cli, None) => r,
             _ = interrupted => {
                 conform::stop_requested();
                 Err(conform::Error::Interrupted)

@@ -178,6 +178,7 @@ fn assert_every_field_answered(doc: &Value, fields: usize) {
 #[test]
 fn a_real_model_maps_the_demo_and_a_200_field_schema_within_its_budget() {
     let server = Server::start();
+    let started = Instant::now();
 
     // The demo: two sources, six fields.
     let w = harness::demo();
@@ -203,6 +204,8 @@ fn a_real_model_maps_the_demo_and_a_200_field_schema_within_its_budget() {
         assert_every_field_answered(&doc, 6);
     }
     assert_within_budget(&server.requests());
+    eprintln!("demo: {:.0} s", started.elapsed().as_secs_f64());
+    let started = Instant::now();
 
     // A 200-field target, 12 of whose fields have a column in a 12-column source: the rest
     // must be decided offline, and what goes to the model must go in budgeted batches.
@@ -220,7 +223,7 @@ fn a_real_model_maps_the_demo_and_a_200_field_schema_within_its_budget() {
     let s = &summary["sources"]["wide"];
     assert_ne!(s["status"], "failed", "{s}");
     let llm = &s["mapping"]["llm"];
-    eprintln!("wide: {llm}");
+    eprintln!("wide: {llm} ({:.0} s)", started.elapsed().as_secs_f64());
     assert!(llm["batches"].as_u64().unwrap() >= 2, "{llm}");
     let doc = w.json("out/mappings/wide.mapping.json");
     assert_every_field_answered(&doc, 200);

@@ -159,6 +159,25 @@ pub enum Command {
         #[arg(long)]
         diff: bool,
     },
+    /// Review each source's mapping in the browser: a page on 127.0.0.1 that lists the fields
+    /// needing attention first, with sample rows, candidates and invalid rows. Decisions are
+    /// applied to the sample; only "Pin" writes the document.
+    Review {
+        #[command(flatten)]
+        common: Common,
+        /// Port on 127.0.0.1; by default a free one.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Write the page as one self-contained, read-only HTML file instead of serving it.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// The name the document's review entries record (default: the operating-system user).
+        #[arg(long)]
+        reviewer: Option<String>,
+        /// Sample rows per source (at most 10,000).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        rows: u64,
+    },
     /// Check the config, the schema, every source and its mapping; writes nothing.
     Check {
         #[command(flatten)]
@@ -248,8 +267,16 @@ impl Console {
     }
 }
 
-/// Runs a command; returns the exit code.
-pub async fn execute(cli: Cli) -> Result<u8, Error> {
+/// Resolves when the user asks a long-running command to stop (Ctrl-C, SIGTERM).
+pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Whether the command serves until it is stopped, handling the stop itself (`review`).
+pub fn serves(cli: &Cli) -> bool {
+    matches!(&cli.command, Command::Review { html: None, .. })
+}
+
+/// Runs a command; returns the exit code. `stop` is given to a command that [`serves`].
+pub async fn execute(cli: Cli, stop: Option<Stop>) -> Result<u8, Error> {
     let quiet = cli.quiet;
     let mut console = Console {
         out: std::io::stdout(),
@@ -387,6 +414,60 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
         Command::Map { common, diff } => {
             let mode = if diff { Mode::Diff } else { Mode::Map };
             per_source(mode, common, quiet, &mut console).await
+        }
+        Command::Review {
+            common,
+            port,
+            html,
+            reviewer,
+            rows,
+        } => {
+            let config = common.load()?;
+            let redact = config.llm.redact_samples;
+            let pipeline = common.pipeline(config)?.without_learning();
+            let sources = pipeline.select(&common.sources)?;
+            let rows = rows as usize;
+            if let Some(file) = html {
+                let mut sections = Vec::new();
+                for name in sources {
+                    let review =
+                        conform::review::ReviewBase::load(&pipeline, &name, common.mapper.into(), rows)
+                            .await;
+                    let review = match review {
+                        Ok(base) => std::sync::Arc::new(base)
+                            .review(&pipeline, &conform::review::Decisions::new())
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = &review {
+                        eprintln!("conform: source `{name}`: {e}");
+                    }
+                    sections.push((name, review));
+                }
+                conform::review::write_html(&file, &sections, redact)?;
+                console.line(&format!("Review page written to {}", file.display()));
+                return Ok(0);
+            }
+            let options = conform::review::ServeOptions {
+                sources,
+                port,
+                reviewer: conform::review::reviewer(reviewer.as_deref()),
+                rows,
+                mapper: common.mapper.into(),
+            };
+            let stop = stop.unwrap_or_else(|| Box::pin(std::future::pending()));
+            conform::review::serve(
+                pipeline,
+                options,
+                |url| {
+                    console.line(&format!("Review page: {url}"));
+                    console.line("Press Ctrl-C to stop.");
+                },
+                stop,
+            )
+            .await?;
+            Ok(0)
         }
         Command::Check { common } => per_source(Mode::Check, common, quiet, &mut console).await,
         Command::Explain { common } => per_source(Mode::Explain, common, quiet, &mut console).await,

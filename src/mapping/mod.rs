@@ -131,6 +131,24 @@ pub struct MappingDocument {
     pub model: Option<String>,
     /// Target field → mapping, in target schema order.
     pub fields: IndexMap<String, FieldMapping>,
+    /// Decisions a reviewer made on the review page (`conform review`), oldest first: who,
+    /// when, which field, what changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<ReviewEntry>,
+}
+
+/// One reviewer's decision on one field, as recorded when the document was pinned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewEntry {
+    /// The target field.
+    pub field: String,
+    /// The reviewer (`--reviewer`, else the operating-system user).
+    pub by: String,
+    /// When it was pinned (RFC 3339, UTC).
+    pub at: String,
+    /// What changed: `expr A → B`, `left unmapped`, `value 'x' → 'Y'`, `reviewed, kept`.
+    pub change: String,
 }
 
 impl MappingDocument {

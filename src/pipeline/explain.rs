@@ -201,6 +201,7 @@ mod tests {
 
     fn doc(fields: &[(&str, Option<&str>)]) -> MappingDocument {
         MappingDocument {
+            reviews: vec![],
             source: "s".into(),
             source_fingerprint: "f".into(),
             mapper: MapperKind::Heuristic,

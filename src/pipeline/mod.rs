@@ -160,6 +160,8 @@ pub struct Pipeline {
     streams: BTreeMap<String, FileSource>,
     /// Mapping documents the caller handed over ([`Pipeline::with_document`]), by source.
     documents: BTreeMap<String, MappingDocument>,
+    /// Whether repairs the feedback loop keeps are recorded in the mapping memory.
+    learn: bool,
 }
 
 impl Pipeline {
@@ -177,6 +179,7 @@ impl Pipeline {
             remote: None,
             streams: BTreeMap::new(),
             documents: BTreeMap::new(),
+            learn: true,
             config: Arc::new(config),
         })
     }
@@ -234,6 +237,13 @@ impl Pipeline {
     /// nothing is generated, and the columns the document reads must be in the source.
     pub fn with_document(mut self, name: &str, document: MappingDocument) -> Pipeline {
         self.documents.insert(name.to_string(), document);
+        self
+    }
+
+    /// Proposes mappings without recording what the feedback loop learns in the mapping
+    /// memory: nothing is written to the mappings directory (`conform review` until "Pin").
+    pub fn without_learning(mut self) -> Pipeline {
+        self.learn = false;
         self
     }
 

@@ -259,7 +259,7 @@ impl Pipeline {
                     };
                     let (doc, report) = feedback.run(proposal.document, &mut proposal.llm).await?;
                     // Kept repairs are remembered for the next source with such a column.
-                    for round in report.rounds.iter().filter(|r| r.kept) {
+                    for round in report.rounds.iter().filter(|r| r.kept && self.learn) {
                         for (field, change) in &round.changes {
                             let (Some(after), Some([column])) = (
                                 change.after.as_deref(),

@@ -20,5 +20,6 @@ mod pg;
 mod postgres;
 mod prop;
 mod reference;
+mod review;
 mod store;
 mod stream;

@@ -338,6 +338,7 @@ impl HeuristicMapper {
             out.insert(t.name.clone(), m);
         }
         MappingDocument {
+            reviews: vec![],
             source: req.source.to_string(),
             source_fingerprint: fingerprint(&req.source_schema),
             mapper: MapperKind::Heuristic,

@@ -28,6 +28,7 @@ impl LlmMapper {
         }
         let (mut doc, mut usage) = if asked.is_empty() {
             let doc = MappingDocument {
+                reviews: vec![],
                 fields: IndexMap::new(),
                 ..self.empty_document(req)
             };
@@ -77,6 +78,7 @@ impl LlmMapper {
     /// An LLM document for `req` with no fields yet.
     pub(super) fn empty_document(&self, req: &MappingRequest<'_>) -> MappingDocument {
         MappingDocument {
+            reviews: vec![],
             source: req.source.to_string(),
             source_fingerprint: crate::mapping::fingerprint(&req.source_schema),
             mapper: MapperKind::Llm,
@@ -252,6 +254,7 @@ impl LlmMapper {
             }
         }
         let doc = MappingDocument {
+            reviews: vec![],
             source: req.source.to_string(),
             source_fingerprint: crate::mapping::fingerprint(&req.source_schema),
             mapper: MapperKind::Llm,

@@ -458,6 +458,7 @@ impl LlmMapper {
             }
         }
         let doc = MappingDocument {
+            reviews: vec![],
             source: req.source.to_string(),
             source_fingerprint: crate::mapping::fingerprint(&req.source_schema),
             mapper: MapperKind::Llm,
