@@ -253,7 +253,10 @@ const PAIRS: [(&str, &str); 12] = [
 ];
 
 /// A 12-column CSV and a 200-field target: the 12 fields above plus 188 measurement fields
-/// that nothing in the source resembles.
+/// that nothing in the source resembles. The offline matcher finds no candidate for any of
+/// them (`conform map --mapper heuristic` shows candidates for the 12 fields alone), so only
+/// the 12 go to the model: measurement names that shared a word or an abbreviation with a
+/// column (`rate`, `index`, `cst`) sent 36 more fields, 40 requests and 11 minutes of CI.
 fn wide_case() -> Workdir {
     let w = Workdir::new();
     let mut csv = PAIRS.map(|(c, _)| c).join(",");
@@ -314,16 +317,16 @@ fn wide_case() -> Workdir {
         ("coolant_temp_k", "Coolant temperature in kelvin"),
         ("pressure_kpa", "Gauge pressure in kilopascals"),
         ("torque_nm", "Shaft torque in newton metres"),
-        ("flow_l_min", "Flow rate in litres per minute"),
+        ("viscosity", "Oil viscosity in centistokes"),
         ("voltage_kv", "Supply voltage in kilovolts"),
         ("humidity_pct", "Relative humidity of the housing"),
         ("rpm", "Rotational speed in revolutions per minute"),
-        ("wear_index", "Wear index from the last inspection, 0 to 10"),
+        ("corrosion_um", "Corrosion depth in micrometres"),
         ("noise_db", "Sound level in decibels"),
         ("oil_ppm", "Oil particle count in parts per million"),
         ("load_factor", "Share of rated load"),
         ("stroke_mm", "Stroke length in millimetres"),
-        ("leak_rate", "Leak rate in millilitres per hour"),
+        ("amperage", "Motor current in amperes"),
         ("duty_cycles", "Duty cycles since commissioning"),
         ("inlet_temp_k", "Inlet temperature in kelvin"),
     ];

@@ -430,9 +430,13 @@ pub async fn execute(cli: Cli, stop: Option<Stop>) -> Result<u8, Error> {
             if let Some(file) = html {
                 let mut sections = Vec::new();
                 for name in sources {
-                    let review =
-                        conform::review::ReviewBase::load(&pipeline, &name, common.mapper.into(), rows)
-                            .await;
+                    let review = conform::review::ReviewBase::load(
+                        &pipeline,
+                        &name,
+                        common.mapper.into(),
+                        rows,
+                    )
+                    .await;
                     let review = match review {
                         Ok(base) => std::sync::Arc::new(base)
                             .review(&pipeline, &conform::review::Decisions::new())

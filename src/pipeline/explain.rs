@@ -177,11 +177,24 @@ pub fn diff(old: &MappingDocument, new: &MappingDocument) -> String {
     for (name, m) in &new.fields {
         let before = old.fields.get(name).and_then(|o| o.expr.as_deref());
         let after = m.expr.as_deref();
+        // The stored side's last review of the field says who decided what it is now.
+        let reviewed = old
+            .reviews
+            .iter()
+            .rev()
+            .find(|r| &r.field == name)
+            .map(|r| {
+                format!(
+                    "  (stored side reviewed by {} at {}: {})",
+                    r.by, r.at, r.change
+                )
+            })
+            .unwrap_or_default();
         match (before, after) {
             (b, a) if b == a => {}
-            (None, Some(a)) => out.push_str(&format!("+ {name}: {a}\n")),
-            (Some(b), None) => out.push_str(&format!("- {name}: {b} → {none}\n")),
-            (Some(b), Some(a)) => out.push_str(&format!("~ {name}: {b} → {a}\n")),
+            (None, Some(a)) => out.push_str(&format!("+ {name}: {a}{reviewed}\n")),
+            (Some(b), None) => out.push_str(&format!("- {name}: {b} → {none}{reviewed}\n")),
+            (Some(b), Some(a)) => out.push_str(&format!("~ {name}: {b} → {a}{reviewed}\n")),
             (None, None) => {}
         }
     }
@@ -241,6 +254,20 @@ mod tests {
         assert!(d.contains("~ b: y → y2"), "{d}");
         assert!(d.contains("+ c: w"), "{d}");
         assert!(d.contains("- d: z → (unmapped)"), "{d}");
+        // A reviewer's decision on the stored side is named beside its field.
+        let mut reviewed = old.clone();
+        reviewed.reviews.push(crate::mapping::ReviewEntry {
+            field: "b".into(),
+            by: "ana".into(),
+            at: "2026-12-03T09:00:00Z".into(),
+            change: "expr `y0` → `y`".into(),
+        });
+        let d = diff(&reviewed, &new);
+        assert!(
+            d.contains("~ b: y → y2  (stored side reviewed by ana at 2026-12-03T09:00:00Z: expr `y0` → `y`)"),
+            "{d}"
+        );
+        assert!(!d.contains("+ c: w  (stored"), "{d}");
         assert_eq!(diff(&old, &old).trim(), "no changes");
     }
 

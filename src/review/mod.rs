@@ -265,23 +265,26 @@ pub struct Pinned {
 /// The version of the document stored at `path`: a hash of its text, `none` when there is
 /// no document. A pin is refused when the version changed since its page was made.
 pub fn version_of(path: &Path) -> Result<String> {
-    Ok(match crate::store::read_text_optional("mapping document", path)? {
-        Some(text) => {
-            let hash = Sha256::digest(text.as_bytes());
-            hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
-        }
-        None => "none".to_string(),
-    })
+    Ok(
+        match crate::store::read_text_optional("mapping document", path)? {
+            Some(text) => {
+                let hash = Sha256::digest(text.as_bytes());
+                hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
+            }
+            None => "none".to_string(),
+        },
+    )
 }
 
 /// The reviewer's name: `given`, else the operating-system user, else `unknown`.
 pub fn reviewer(given: Option<&str>) -> String {
+    let named = |s: &String| !s.trim().is_empty();
     given
         .map(str::to_string)
-        .or_else(|| std::env::var("USER").ok())
-        .or_else(|| std::env::var("LOGNAME").ok())
-        .or_else(|| std::env::var("USERNAME").ok())
-        .filter(|s| !s.trim().is_empty())
+        .filter(named)
+        .or_else(|| std::env::var("USER").ok().filter(named))
+        .or_else(|| std::env::var("LOGNAME").ok().filter(named))
+        .or_else(|| std::env::var("USERNAME").ok().filter(named))
         .unwrap_or_else(|| "unknown".to_string())
 }
 
@@ -447,7 +450,12 @@ impl ReviewBase {
                 .cloned()
                 .unwrap_or_else(FieldMapping::unmapped);
             let source_values = sample::source_values(&self.rows, &m.sources)?;
-            let examples = examples_of(&run, i, &t.name, &source_values);
+            // An unmapped field's rows are all null: its candidates' rows are what to look at.
+            let examples = if m.expr.is_some() {
+                examples_of(&run, i, &t.name, &source_values)
+            } else {
+                Vec::new()
+            };
             let failing = run.failing(&t.name);
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
             for errs in &run.errors {
@@ -516,7 +524,11 @@ impl ReviewBase {
                 required: t.required,
                 description: t.description.clone(),
                 allowed,
-                proposed: self.document.fields.get(&t.name).and_then(|m| m.expr.clone()),
+                proposed: self
+                    .document
+                    .fields
+                    .get(&t.name)
+                    .and_then(|m| m.expr.clone()),
                 mapping: m,
                 attention,
                 failing,
@@ -529,7 +541,11 @@ impl ReviewBase {
             });
         }
         // A stable order: attention, then more failing rows, then the schema's order.
-        fields.sort_by(|a, b| a.attention.cmp(&b.attention).then(b.failing.cmp(&a.failing)));
+        fields.sort_by(|a, b| {
+            a.attention
+                .cmp(&b.attention)
+                .then(b.failing.cmp(&a.failing))
+        });
         Ok(SourceReview {
             base: Arc::clone(self),
             document,
@@ -572,7 +588,9 @@ fn value_table(
     let mut seen: BTreeMap<&str, (usize, Option<String>)> = BTreeMap::new();
     for (r, v) in source.iter().enumerate() {
         let Some(v) = v else { continue };
-        let e = seen.entry(v.as_str()).or_insert((0, run.mapped[r][i].clone()));
+        let e = seen
+            .entry(v.as_str())
+            .or_insert((0, run.mapped[r][i].clone()));
         e.0 += 1;
     }
     let mut rows: Vec<ValueRow> = seen
@@ -622,13 +640,18 @@ fn with_values(
         }
     }
     // The column the expression reads, as the compiler finds it.
-    let sources = compile_field(ctx, data_schema, &t.name, &t.kind.data_type(), Some(expr))?.sources;
+    let sources =
+        compile_field(ctx, data_schema, &t.name, &t.kind.data_type(), Some(expr))?.sources;
     let [column] = sources.as_slice() else {
         return Err("value corrections apply to an expression that reads one column".to_string());
     };
     let mut case = format!("CASE CAST({} AS VARCHAR)", crate::sql::quote(column));
     for (from, to) in values {
-        case.push_str(&format!(" WHEN {} THEN {}", crate::sql::literal(from), crate::sql::literal(to)));
+        case.push_str(&format!(
+            " WHEN {} THEN {}",
+            crate::sql::literal(from),
+            crate::sql::literal(to)
+        ));
     }
     case.push_str(&format!(" ELSE ({expr}) END"));
     Ok(Some(case))
@@ -644,10 +667,18 @@ fn entries(review: &SourceReview, by: &str, at: &str) -> Vec<ReviewEntry> {
             .fields
             .get(field)
             .and_then(|m| m.expr.clone());
-        let after = review.document.fields.get(field).and_then(|m| m.expr.clone());
+        let after = review
+            .document
+            .fields
+            .get(field)
+            .and_then(|m| m.expr.clone());
         let mut changes = Vec::new();
         for (from, to) in &d.values {
-            changes.push(format!("value {} → {}", crate::sql::literal(from), crate::sql::literal(to)));
+            changes.push(format!(
+                "value {} → {}",
+                crate::sql::literal(from),
+                crate::sql::literal(to)
+            ));
         }
         let change = match (&before, &after) {
             (b, a) if b == a => {
@@ -725,4 +756,83 @@ pub fn pin(review: &SourceReview, by: &str) -> Result<Pinned> {
         version: version_of(&base.path)?,
         entries: added,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field};
+
+    fn status_field() -> TargetField {
+        let schema = crate::schema::TargetSchema::try_new(&serde_json::json!({
+            "type": "object",
+            "properties": {"status": {"type": "string", "enum": ["Active", "On hold"]}}
+        }))
+        .unwrap();
+        schema.fields[0].clone()
+    }
+
+    fn columns() -> Schema {
+        Schema::new(vec![
+            Field::new("state", DataType::Utf8, true),
+            Field::new("other", DataType::Utf8, true),
+        ])
+    }
+
+    #[test]
+    fn value_corrections_become_a_case_in_front_of_the_expression() {
+        let ctx = crate::mapping::compile::session();
+        let t = status_field();
+        let values = BTreeMap::from([("it's held".to_string(), "On hold".to_string())]);
+        let e = with_values(&ctx, Some("clean(\"state\")"), &values, &t, &columns()).unwrap();
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "CASE CAST(\"state\" AS VARCHAR) WHEN 'it''s held' THEN 'On hold' ELSE (clean(\"state\")) END"
+            )
+        );
+        // What it writes compiles.
+        compile_field(&ctx, &columns(), "status", &DataType::Utf8, e.as_deref()).unwrap();
+        // Without corrections the expression is kept as it is; an empty one unmaps.
+        let none = BTreeMap::new();
+        assert_eq!(
+            with_values(&ctx, Some(" lower(\"state\") "), &none, &t, &columns()).unwrap(),
+            Some("lower(\"state\")".to_string())
+        );
+        assert_eq!(
+            with_values(&ctx, Some(" "), &none, &t, &columns()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn value_corrections_are_refused_where_they_cannot_apply() {
+        let ctx = crate::mapping::compile::session();
+        let t = status_field();
+        let bad = BTreeMap::from([("x".to_string(), "Gone".to_string())]);
+        let e = with_values(&ctx, Some("clean(\"state\")"), &bad, &t, &columns()).unwrap_err();
+        assert!(e.contains("`Gone` is not an allowed value"), "{e}");
+        let ok = BTreeMap::from([("x".to_string(), "Active".to_string())]);
+        let e = with_values(
+            &ctx,
+            Some("concat(\"state\", \"other\")"),
+            &ok,
+            &t,
+            &columns(),
+        )
+        .unwrap_err();
+        assert!(e.contains("reads one column"), "{e}");
+        let e = with_values(&ctx, None, &ok, &t, &columns()).unwrap_err();
+        assert!(e.contains("need an expression"), "{e}");
+        let e = with_values(&ctx, Some("nope(\"state\")"), &ok, &t, &columns()).unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn the_reviewer_is_named_or_taken_from_the_environment() {
+        assert_eq!(reviewer(Some("ana")), "ana");
+        // A blank name is no name: the environment's (or `unknown`) is used instead.
+        assert_eq!(reviewer(Some("  ")), reviewer(None));
+        assert!(!reviewer(None).trim().is_empty());
+    }
 }

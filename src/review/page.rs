@@ -388,13 +388,12 @@ fn field(f: &FieldReview, redact: bool) -> String {
          <p class=\"compile\" aria-live=\"polite\">{}</p>\
          <button class=\"act unmap\" type=\"button\">Leave unmapped</button> \
          <label><input class=\"act reviewed\" type=\"checkbox\"{}> reviewed</label></div>",
-        esc(
-            f.decision
-                .as_ref()
-                .map(|d| d.expr.as_deref())
-                .unwrap_or(m.expr.as_deref())
-                .unwrap_or_default()
-        ),
+        esc(f
+            .decision
+            .as_ref()
+            .map(|d| d.expr.as_deref())
+            .unwrap_or(m.expr.as_deref())
+            .unwrap_or_default()),
         f.decision_error
             .as_deref()
             .map(|e| format!("<span class=\"bad\">{}</span>", esc(e)))

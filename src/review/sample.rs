@@ -13,8 +13,8 @@ use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::error::{Error, Result};
-use crate::mapping::compile::CompiledField;
 use crate::mapping::CompiledMapping;
+use crate::mapping::compile::CompiledField;
 use crate::schema::TargetSchema;
 use crate::validate::Validator;
 use crate::validate::report::{InvalidRow, RowError};
@@ -79,7 +79,8 @@ pub async fn run(
             out.mapped.push(
                 (0..layout.n_targets)
                     .map(|i| {
-                        (!b.column(i).is_null(r)).then(|| shorten(&formatters[i].value(r).to_string()))
+                        (!b.column(i).is_null(r))
+                            .then(|| shorten(&formatters[i].value(r).to_string()))
                     })
                     .collect(),
             );

@@ -146,10 +146,7 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
         ),
     );
-    headers.insert(
-        header::X_FRAME_OPTIONS,
-        HeaderValue::from_static("DENY"),
-    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
 }
 
@@ -186,13 +183,15 @@ impl App {
     }
 
     async fn fresh_base(&self, source: &str) -> Result<Arc<ReviewBase>> {
-        let base = Arc::new(ReviewBase::load(
-            &self.pipeline,
-            source,
-            self.options.mapper,
-            self.options.rows,
-        )
-        .await?);
+        let base = Arc::new(
+            ReviewBase::load(
+                &self.pipeline,
+                source,
+                self.options.mapper,
+                self.options.rows,
+            )
+            .await?,
+        );
         self.bases
             .lock()
             .expect("the bases lock is never poisoned")

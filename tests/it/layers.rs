@@ -10,7 +10,7 @@
 //! 5. `plan`, `split`;
 //! 6. `sink`, `anomaly`;
 //! 7. `pipeline`, `summary`;
-//! 8. `cluster`;
+//! 8. `cluster`, `review`;
 //! 9. `lib` (the crate root re-exports).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +37,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("pipeline", 7),
     ("summary", 7),
     ("cluster", 8),
+    ("review", 8),
 ];
 
 fn layer(module: &str) -> Option<usize> {

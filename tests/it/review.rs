@@ -86,7 +86,13 @@ impl Review {
     }
 
     /// One HTTP/1.1 request; `headers` may replace `Host`.
-    fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -108,7 +114,10 @@ impl Review {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("no status line: {text}"));
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -130,7 +139,10 @@ impl Review {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s.code().unwrap_or(-1);
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "review did not stop");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "review did not stop"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -178,9 +190,14 @@ fn the_served_page_refuses_strangers_and_writes_only_on_pin() {
     }
     // Fields needing attention come before fine ones.
     let first_fine = html.find("needs-fine").expect("a fine field");
-    let unplaced = html.find("needs-unplaced-values").expect("status's unplaced value");
+    let unplaced = html
+        .find("needs-unplaced-values")
+        .expect("status's unplaced value");
     assert!(unplaced < first_fine);
-    assert!(html.contains("on hold"), "the value table lists the unplaced value");
+    assert!(
+        html.contains("on hold"),
+        "the value table lists the unplaced value"
+    );
     assert_eq!(base_of(&html), "none", "no document is stored yet");
 
     // The compiler's verdict on an expression, as the page asks while typing.
@@ -206,7 +223,10 @@ fn the_served_page_refuses_strangers_and_writes_only_on_pin() {
     );
     assert_eq!(s, 400, "{body}");
     assert!(body.contains("no_such_field"), "{body}");
-    let (s, _) = review.post("/api/apply", &json!({"source": "elsewhere", "decisions": {}}));
+    let (s, _) = review.post(
+        "/api/apply",
+        &json!({"source": "elsewhere", "decisions": {}}),
+    );
     assert_eq!(s, 404);
     let (s, body) = review.post("/api/apply", &json!({"source": "orders", "extra": 1}));
     assert_eq!(s, 400, "{body}");
@@ -230,7 +250,10 @@ fn the_served_page_refuses_strangers_and_writes_only_on_pin() {
         &json!({"source": "orders", "decisions": decisions}),
     );
     assert_eq!(s, 200, "{section}");
-    assert!(section.contains("<dd class=\"invalid-count\">0</dd>"), "{section}");
+    assert!(
+        section.contains("<dd class=\"invalid-count\">0</dd>"),
+        "{section}"
+    );
     assert!(section.contains("3 decision(s) applied"), "{section}");
     assert!(mapping_files(&w).is_empty(), "{:?}", mapping_files(&w));
 
@@ -253,11 +276,21 @@ fn the_served_page_refuses_strangers_and_writes_only_on_pin() {
     let doc = w.json("out/mappings/orders.mapping.json");
     assert_eq!(doc["pinned"], true);
     let status_expr = doc["fields"]["status"]["expr"].as_str().unwrap();
-    assert!(status_expr.contains("WHEN 'on hold' THEN 'Pending'"), "{status_expr}");
-    assert_eq!(doc["fields"]["amount"]["expr"], "abs(parse_number(\"amt\"))");
+    assert!(
+        status_expr.contains("WHEN 'on hold' THEN 'Pending'"),
+        "{status_expr}"
+    );
+    assert_eq!(
+        doc["fields"]["amount"]["expr"],
+        "abs(parse_number(\"amt\"))"
+    );
     let reviews = doc["reviews"].as_array().unwrap();
     assert_eq!(reviews.len(), 3, "{reviews:?}");
-    assert!(reviews.iter().all(|r| r["by"] == "ana" && r["at"].as_str().unwrap().ends_with('Z')));
+    assert!(
+        reviews
+            .iter()
+            .all(|r| r["by"] == "ana" && r["at"].as_str().unwrap().ends_with('Z'))
+    );
     let email = reviews.iter().find(|r| r["field"] == "email").unwrap();
     assert_eq!(email["change"], "reviewed, kept", "{email}");
     // The pinned document runs: every row valid.
@@ -306,7 +339,11 @@ fn the_static_page_is_self_contained_and_masks_values_when_asked() {
     let w = orders();
     let r = w.run(&["review", "--config", "config.json", "--html", "page.html"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("Review page written to page.html"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Review page written to page.html"),
+        "{}",
+        r.stdout
+    );
     let html = w.read("page.html");
     assert!(html.contains("data-mode=\"static\""));
     assert!(html.contains("ada@example.com"));
@@ -314,7 +351,10 @@ fn the_static_page_is_self_contained_and_masks_values_when_asked() {
     for needle in ["src=", "<link", "http://", "https://"] {
         assert!(!html.contains(needle), "{needle}");
     }
-    assert!(mapping_files(&w).is_empty(), "nothing written to the mappings directory");
+    assert!(
+        mapping_files(&w).is_empty(),
+        "nothing written to the mappings directory"
+    );
 
     let config = w.read("config.json").replacen(
         "\"output_directory\"",
@@ -357,7 +397,8 @@ fn browser_dir() -> PathBuf {
 #[test]
 fn a_reviewer_corrects_and_pins_a_mapping_in_a_real_browser() {
     let deps = browser_dir();
-    if !deps.join("node_modules/playwright-core").is_dir() || !Path::new("/usr/bin/chromium").exists()
+    if !deps.join("node_modules/playwright-core").is_dir()
+        || !Path::new("/usr/bin/chromium").exists()
     {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-deps");
         let status = Command::new(script).arg("browser").status();
@@ -398,18 +439,50 @@ fn a_reviewer_corrects_and_pins_a_mapping_in_a_real_browser() {
         .iter()
         .map(|x| x[1].as_str().unwrap().to_string())
         .collect();
-    let first_fine = order.iter().position(|a| a == "fine").unwrap_or(order.len());
-    assert!(order[first_fine..].iter().all(|a| a == "fine" || a == "no candidate"), "{order:?}");
+    let first_fine = order
+        .iter()
+        .position(|a| a == "fine")
+        .unwrap_or(order.len());
+    assert!(
+        order[first_fine..]
+            .iter()
+            .all(|a| a == "fine" || a == "no candidate"),
+        "{order:?}"
+    );
     assert!(first_fine > 0, "{order:?}");
     assert_eq!(v["search"], json!(["status"]));
-    assert!(v["compile_error"].as_str().unwrap().contains("read_file"), "{v}");
-    assert!(v["compile_ok"].as_str().unwrap().contains("compiles; reads amt"), "{v}");
+    assert!(
+        v["compile_error"].as_str().unwrap().contains("read_file"),
+        "{v}"
+    );
+    assert!(
+        v["compile_ok"]
+            .as_str()
+            .unwrap()
+            .contains("compiles; reads amt"),
+        "{v}"
+    );
     assert_eq!(v["invalid_after_apply"], "0", "{v}");
-    assert!(v["pinned"].as_str().unwrap().contains("orders.mapping.json"), "{v}");
+    assert!(
+        v["pinned"]
+            .as_str()
+            .unwrap()
+            .contains("orders.mapping.json"),
+        "{v}"
+    );
     let doc = w.json("out/mappings/orders.mapping.json");
     assert_eq!(doc["pinned"], true);
-    assert!(doc["fields"]["status"]["expr"].as_str().unwrap().contains("'Pending'"), "{doc}");
-    assert_eq!(doc["fields"]["amount"]["expr"], "abs(parse_number(\"amt\"))");
+    assert!(
+        doc["fields"]["status"]["expr"]
+            .as_str()
+            .unwrap()
+            .contains("'Pending'"),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["fields"]["amount"]["expr"],
+        "abs(parse_number(\"amt\"))"
+    );
     let took = v["candidate_field"].as_str().unwrap();
     assert!(doc["fields"][took]["expr"].is_string(), "{took}: {doc}");
     assert!(doc["reviews"].as_array().unwrap().len() >= 3, "{doc}");
@@ -418,4 +491,25 @@ fn a_reviewer_corrects_and_pins_a_mapping_in_a_real_browser() {
     std::fs::copy(&shot, &kept).unwrap();
     assert!(std::fs::metadata(&kept).unwrap().len() > 10_000);
     assert_eq!(review.stop(), 0);
+}
+
+#[test]
+fn values_that_look_like_markup_stay_text() {
+    let w = orders();
+    w.write(
+        "orders.csv",
+        "order_id,mail,state,amt,dispatch\n\
+         1,ada@example.com,<script>alert(1)</script>,10.50,2024-01-05\n\
+         2,alan@example.com,active,-1,2024-01-06\n",
+    );
+    let r = w.run(&["review", "--config", "config.json", "--html", "page.html"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let html = w.read("page.html");
+    assert!(!html.contains("<script>alert(1)"), "a value became markup");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    // The inlined invalid rows cannot end their script element either.
+    assert!(
+        html.contains("\\u003cscript>alert(1)\\u003c/script>"),
+        "{html}"
+    );
 }
