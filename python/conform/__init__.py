@@ -7,7 +7,9 @@ Three calls, each the counterpart of a command of the ``conform`` CLI:
 - :func:`map` writes and returns each source's :class:`MappingDocument` for review
   (``conform map``);
 - :func:`transform` gives one source's valid and invalid rows as two Arrow streams
-  (``__arrow_c_stream__``), read batch by batch with bounded memory.
+  (``__arrow_c_stream__``), read batch by batch with bounded memory;
+- :func:`review` and :func:`pin` are the review page's data and its "Pin" button
+  (``conform review``).
 
 :func:`map` and :func:`transform` also take in-memory data instead of a config: any object
 with ``__arrow_c_stream__`` (pyarrow, Polars, DuckDB, …) and the internal JSON Schema, as in
@@ -48,6 +50,8 @@ __all__ = [
     "RunSummary",
     "SourceError",
     "map",
+    "pin",
+    "review",
     "run",
     "transform",
 ]
@@ -374,3 +378,69 @@ def _no_data_settings(schema: Any, settings: Dict[str, Any], mapping: Any = None
             f"{', '.join(extra)}: only for in-memory data; a configured source takes them "
             "from its config"
         )
+
+
+Decisions = Mapping[str, Mapping[str, Any]]
+
+
+def review(
+    config: ConfigLike,
+    source: str,
+    /,
+    *,
+    decisions: Optional[Decisions] = None,
+    rows: int = 200,
+    mapper: str = "auto",
+) -> Dict[str, Any]:
+    """What the review page shows for one configured source, as a dict.
+
+    The mapping is the one ``conform run`` would use: the stored document when it settles the
+    source, else a new proposal made in memory. ``decisions`` (field → ``{"expr": ... or None,
+    "values": {source value: allowed value}, "reviewed": bool}``) are applied to it, and the
+    first ``rows`` rows of the source are run through it and through each rank of candidates.
+    The result has ``source``, ``path`` (where a pin writes), ``base`` (the stored document's
+    version, for :func:`pin`), ``summary`` (fields, mapped, mean confidence, rows, valid,
+    invalid), ``document`` (the mapping with the decisions), ``fields`` (every field in order
+    of need: ``attention``, examples, candidates with their own examples, the value table, a
+    decision's compile error) and ``invalid_rows``. Nothing is written.
+    """
+    text, is_text = _config(config)
+    out = _conform.review(
+        text, is_text, source, _mapper(mapper), rows, json.dumps(dict(decisions or {}))
+    )
+    return json.loads(out)
+
+
+def pin(
+    config: ConfigLike,
+    source: str,
+    /,
+    *,
+    base: str,
+    decisions: Optional[Decisions] = None,
+    reviewer: Optional[str] = None,
+    rows: int = 200,
+    mapper: str = "auto",
+) -> Dict[str, Any]:
+    """Writes the source's mapping with ``decisions`` applied, pinned, as the review page's Pin
+    does: atomically, the document it replaces kept as ``NAME.mapping.previous.json``, each
+    decision recorded in the document's ``reviews`` with ``reviewer`` (default: the
+    operating-system user) and the time.
+
+    ``base`` is the ``base`` of the :func:`review` the decisions were made on; if the stored
+    document changed since, nothing is written and :class:`MappingError` is raised. A decision
+    whose expression does not compile raises it too. Returns ``path``, ``previous``,
+    ``version`` and the ``entries`` added.
+    """
+    text, is_text = _config(config)
+    out = _conform.pin(
+        text,
+        is_text,
+        source,
+        _mapper(mapper),
+        rows,
+        json.dumps(dict(decisions or {})),
+        base,
+        reviewer,
+    )
+    return json.loads(out)

@@ -49,3 +49,16 @@ def transform_data(
     mapper: str,
     document: Optional[str] = None,
 ) -> Tuple[ArrowStream, ArrowStream]: ...
+def review(
+    config: str, is_text: bool, source: str, mapper: str, rows: int, decisions: str
+) -> str: ...
+def pin(
+    config: str,
+    is_text: bool,
+    source: str,
+    mapper: str,
+    rows: int,
+    decisions: str,
+    base: str,
+    reviewer: Optional[str] = None,
+) -> str: ...

@@ -209,6 +209,84 @@ fn map(
     })
 }
 
+fn decisions(text: &str) -> PyResult<conform::review::Decisions> {
+    serde_json::from_str(text)
+        .map_err(|e| PyValueError::new_err(format!("not valid decisions: {e}")))
+}
+
+/// `conform review`'s data for one source: the mapping (stored, or proposed in memory), the
+/// decisions applied, the sample run of it and of every field's candidates; returns the
+/// review as JSON text. Nothing is written.
+#[pyfunction]
+#[pyo3(signature = (config, is_text, source, mapper, rows, decisions))]
+fn review(
+    py: Python<'_>,
+    config: String,
+    is_text: bool,
+    source: String,
+    mapper: &str,
+    rows: usize,
+    decisions: &str,
+) -> PyResult<String> {
+    let choice = mapper_choice(mapper)?;
+    let decisions = self::decisions(decisions)?;
+    let pipeline = pipeline(load_config(&config, is_text).map_err(to_py)?)
+        .map_err(to_py)?
+        .without_learning();
+    wait(py, async move {
+        pipeline.select(std::slice::from_ref(&source))?;
+        let base =
+            Arc::new(conform::review::ReviewBase::load(&pipeline, &source, choice, rows).await?);
+        Ok(base
+            .review(&pipeline, &decisions)
+            .await?
+            .to_json()
+            .to_string())
+    })
+}
+
+/// The review page's "Pin": writes the document with the decisions, pinned, when the stored
+/// document is still at version `base`; returns what was written as JSON text.
+#[pyfunction]
+#[pyo3(signature = (config, is_text, source, mapper, rows, decisions, base, reviewer=None))]
+#[allow(clippy::too_many_arguments)]
+fn pin(
+    py: Python<'_>,
+    config: String,
+    is_text: bool,
+    source: String,
+    mapper: &str,
+    rows: usize,
+    decisions: &str,
+    base: String,
+    reviewer: Option<String>,
+) -> PyResult<String> {
+    let choice = mapper_choice(mapper)?;
+    let decisions = self::decisions(decisions)?;
+    let pipeline = pipeline(load_config(&config, is_text).map_err(to_py)?)
+        .map_err(to_py)?
+        .without_learning();
+    wait(py, async move {
+        pipeline.select(std::slice::from_ref(&source))?;
+        let loaded =
+            Arc::new(conform::review::ReviewBase::load(&pipeline, &source, choice, rows).await?);
+        if loaded.version != base {
+            return Err(Error::mapping(
+                &source,
+                format!(
+                    "not pinned: {} changed since the review was made (version {base} → {}); review it again",
+                    loaded.path.display(),
+                    loaded.version
+                ),
+            ));
+        }
+        let review = loaded.review(&pipeline, &decisions).await?;
+        let pinned =
+            conform::review::pin(&review, &conform::review::reviewer(reviewer.as_deref()))?;
+        Ok(serde_json::to_string(&pinned)?)
+    })
+}
+
 /// One source's valid and invalid rows as two Arrow streams.
 #[pyfunction]
 #[pyo3(signature = (config, is_text, source, mapper))]
@@ -773,6 +851,8 @@ fn _conform(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transform, m)?)?;
     m.add_function(wrap_pyfunction!(map_data, m)?)?;
     m.add_function(wrap_pyfunction!(transform_data, m)?)?;
+    m.add_function(wrap_pyfunction!(review, m)?)?;
+    m.add_function(wrap_pyfunction!(pin, m)?)?;
     m.add_class::<ArrowStream>()?;
     let py = m.py();
     m.add("ConformError", py.get_type::<ConformError>())?;

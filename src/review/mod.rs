@@ -230,6 +230,29 @@ impl SourceReview {
         }
     }
 
+    /// The review as JSON, for programs (the Python package's `conform.review`): the source,
+    /// the document's path and version, the summary, the document with the decisions applied,
+    /// every field in attention order, and the sample's invalid rows.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source": self.base.source,
+            "path": self.base.path.display().to_string(),
+            "base": self.base.version,
+            "stored": self.base.stored,
+            "summary": {
+                "fields": self.fields.len(),
+                "mapped": self.mapped(),
+                "mean_confidence": self.mean_confidence(),
+                "rows": self.rows(),
+                "valid": self.run.valid_rows(),
+                "invalid": self.rows() - self.run.valid_rows(),
+            },
+            "document": self.document,
+            "fields": self.fields,
+            "invalid_rows": self.run.invalid,
+        })
+    }
+
     /// Decisions whose expression does not compile.
     pub fn decision_errors(&self) -> Vec<(&str, &str)> {
         self.fields

@@ -104,7 +104,7 @@ pub fn render(sources: &[(String, Result<SourceReview, String>)], mode: Mode<'_>
             }
         }
     }
-    let _ = write!(out, "</main><script>{SCRIPT}</script></body></html>\n");
+    let _ = writeln!(out, "</main><script>{SCRIPT}</script></body></html>");
     out
 }
 

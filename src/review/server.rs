@@ -159,6 +159,15 @@ fn json_error(status: StatusCode, message: &str, reload: bool) -> Response {
         .into_response()
 }
 
+/// A refused API request: its status, the message, and whether reloading the page helps.
+struct Refusal(StatusCode, String, bool);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        json_error(self.0, &self.1, self.2)
+    }
+}
+
 fn json_ok(value: serde_json::Value) -> Response {
     (
         StatusCode::OK,
@@ -199,11 +208,11 @@ impl App {
         Ok(base)
     }
 
-    async fn base(&self, source: &str) -> std::result::Result<Arc<ReviewBase>, Response> {
+    async fn base(&self, source: &str) -> std::result::Result<Arc<ReviewBase>, Refusal> {
         if !self.sources().iter().any(|s| s == source) {
-            return Err(json_error(
+            return Err(Refusal(
                 StatusCode::NOT_FOUND,
-                &format!("`{source}` is not a source under review"),
+                format!("`{source}` is not a source under review"),
                 false,
             ));
         }
@@ -218,7 +227,7 @@ impl App {
             None => self
                 .fresh_base(source)
                 .await
-                .map_err(|e| json_error(StatusCode::BAD_REQUEST, &e.to_string(), false)),
+                .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string(), false)),
         }
     }
 
@@ -242,11 +251,11 @@ async fn index(State(app): State<Arc<App>>) -> Response {
     Html(page::render(&sections, app.mode())).into_response()
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> std::result::Result<T, Response> {
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> std::result::Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|e| {
-        json_error(
+        Refusal(
             StatusCode::BAD_REQUEST,
-            &format!("not a valid request: {e}"),
+            format!("not a valid request: {e}"),
             false,
         )
     })
@@ -263,11 +272,11 @@ struct ApplyRequest {
 async fn apply(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let req: ApplyRequest = match parse(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let base = match app.base(&req.source).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match base.review(&app.pipeline, &req.decisions).await {
         Ok(review) => Html(page::section(&review, app.mode())).into_response(),
@@ -286,11 +295,11 @@ struct CompileRequest {
 async fn compile(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let req: CompileRequest = match parse(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let base = match app.base(&req.source).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match base.check(&app.pipeline, &req.field, &req.expr) {
         Ok(Ok(sources)) => json_ok(json!({"ok": true, "sources": sources})),
@@ -311,11 +320,11 @@ struct PinRequest {
 async fn pin(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let req: PinRequest = match parse(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let base = match app.base(&req.source).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let _one_at_a_time = app.pins.lock().await;
     let now = match version_of(&base.path) {
