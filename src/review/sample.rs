@@ -140,7 +140,7 @@ pub fn source_values(rows: &RecordBatch, columns: &[String]) -> Result<Vec<Optio
         .collect())
 }
 
-/// At most [`SHOWN_CHARS`] characters, with a marker when cut.
+/// At most 120 characters (`SHOWN_CHARS`), with a marker when cut.
 pub fn shorten(s: &str) -> String {
     if s.chars().count() <= SHOWN_CHARS {
         return s.to_string();
