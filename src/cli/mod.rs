@@ -162,6 +162,20 @@ pub enum Command {
     /// Review each source's mapping in the browser: a page on 127.0.0.1 that lists the fields
     /// needing attention first, with sample rows, candidates and invalid rows. Decisions are
     /// applied to the sample; only "Pin" writes the document.
+    ///
+    /// The page shows, per source, the fields in order of need (undecided, low confidence,
+    /// unplaced enum values, failing rows, fine, no candidate), each with its type, description
+    /// and allowed values, its expression and rationale, sample rows (source value → mapped
+    /// value → valid or the error), its ranked candidates with their own sample rows, and an
+    /// enum field's value table; then the sample's invalid rows by field and rule.
+    ///
+    /// "Use" takes a candidate, the expression box is compiled as you type, a value table's
+    /// choices correct values, "Leave unmapped" and "reviewed" say the rest: none of them
+    /// writes anything. "Apply" runs the sample again with the decisions; it writes nothing.
+    /// "Pin" writes the mapping document with the decisions and "pinned": true (atomically; the
+    /// document it replaces is kept as NAME.mapping.previous.json) and records each decision
+    /// with the reviewer and the time in its "reviews"; it is refused if the document changed
+    /// since the page was loaded. The URL carries a per-run token; Ctrl-C stops the server.
     Review {
         #[command(flatten)]
         common: Common,

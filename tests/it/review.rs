@@ -410,6 +410,10 @@ fn a_reviewer_corrects_and_pins_a_mapping_in_a_real_browser() {
     let w = orders();
     let review = Review::start(&w, &["--min-confidence", "0.9"]);
     let shot = w.join("review.png");
+    // The static copy, written before anything is pinned: the proposal's invalid rows.
+    let r = w.run(&["review", "--config", "config.json", "--html", "static.html"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let downloaded = w.join("invalid.ndjson");
     // An ES module finds its packages beside it: the script runs from the install directory.
     let script = deps.join("browser.mjs");
     std::fs::copy(
@@ -421,6 +425,8 @@ fn a_reviewer_corrects_and_pins_a_mapping_in_a_real_browser() {
         .arg(&script)
         .arg(review.url())
         .arg(&shot)
+        .arg(w.join("static.html"))
+        .arg(&downloaded)
         .current_dir(&deps)
         .output()
         .expect("run node");
@@ -462,6 +468,7 @@ fn a_reviewer_corrects_and_pins_a_mapping_in_a_real_browser() {
             .contains("compiles; reads amt"),
         "{v}"
     );
+    assert_eq!(v["invalid_before"], "3", "{v}");
     assert_eq!(v["invalid_after_apply"], "0", "{v}");
     assert!(
         v["pinned"]
@@ -486,6 +493,30 @@ fn a_reviewer_corrects_and_pins_a_mapping_in_a_real_browser() {
     let took = v["candidate_field"].as_str().unwrap();
     assert!(doc["fields"][took]["expr"].is_string(), "{took}: {doc}");
     assert!(doc["reviews"].as_array().unwrap().len() >= 3, "{doc}");
+    // Production runs only pinned documents: this one.
+    let run = w.run(&["run", "--config", "config.json", "--frozen"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("Successfully validated 5 items"),
+        "{}",
+        run.stdout
+    );
+    // The static copy from disk.
+    assert_eq!(v["static_disabled"], true, "{v}");
+    assert_eq!(v["static_search"], json!(["amount"]), "{v}");
+    assert_eq!(v["static_groups"], json!(["status"]), "{v}");
+    assert_eq!(v["download_name"], "orders_invalid_sample.ndjson");
+    let lines: Vec<Value> = std::fs::read_to_string(&downloaded)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["source_file"].as_str().unwrap().ends_with("orders.csv"))
+    );
     // The screenshot for the docs (docs/images/review.png is refreshed from it by hand).
     let kept = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/review.png");
     std::fs::copy(&shot, &kept).unwrap();
@@ -512,4 +543,33 @@ fn values_that_look_like_markup_stay_text() {
         html.contains("\\u003cscript>alert(1)\\u003c/script>"),
         "{html}"
     );
+}
+
+#[test]
+fn two_tabs_pinning_at_once_leave_one_consistent_document() {
+    let w = orders();
+    let review = std::sync::Arc::new(Review::start(&w, &[]));
+    let (_, html) = review.http("GET", &format!("/?token={}", review.token), &[], b"");
+    let base = base_of(&html);
+    let tabs: Vec<_> = ["lower(\"mail\")", "upper(\"mail\")"]
+        .into_iter()
+        .map(|expr| {
+            let review = std::sync::Arc::clone(&review);
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let body = json!({"source": "orders", "base": base,
+                                  "decisions": {"email": {"expr": expr}}});
+                (expr, review.post("/api/pin", &body))
+            })
+        })
+        .collect();
+    let results: Vec<(&str, (u16, String))> = tabs.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut codes: Vec<u16> = results.iter().map(|(_, (c, _))| *c).collect();
+    codes.sort();
+    assert_eq!(codes, vec![200, 409], "{results:?}");
+    let winner = results.iter().find(|(_, (c, _))| *c == 200).unwrap().0;
+    let doc = w.json("out/mappings/orders.mapping.json");
+    assert_eq!(doc["fields"]["email"]["expr"], winner);
+    assert_eq!(doc["reviews"].as_array().unwrap().len(), 1, "{doc}");
+    assert!(!w.join("out/mappings/orders.mapping.previous.json").exists());
 }

@@ -3,7 +3,7 @@
 // pins. Prints one JSON line of what it saw; the Rust test judges it.
 import { chromium } from "playwright-core";
 
-const [url, shot] = process.argv.slice(2);
+const [url, shot, staticFile, downloadTo] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   args: [
@@ -17,6 +17,7 @@ try {
   page.setDefaultTimeout(30000);
   page.on("pageerror", (e) => out.errors.push(String(e)));
   await page.goto(url);
+  out.invalid_before = (await page.textContent("section.source dd.invalid-count")).trim();
   out.order = await page.$$eval("section.source .field", (els) =>
     els.map((e) => [e.dataset.field, e.querySelector("summary .att").textContent]));
 
@@ -55,6 +56,26 @@ try {
   await page.click("section.source button.pin");
   await page.locator("section.source .status", { hasText: "pinned" }).waitFor();
   out.pinned = await page.textContent("section.source .status");
+
+  // The static copy opened from disk: read-only, yet searchable, filterable, downloadable.
+  if (staticFile) {
+    const copy = await browser.newPage({ acceptDownloads: true });
+    copy.setDefaultTimeout(30000);
+    copy.on("pageerror", (e) => out.errors.push("static: " + String(e)));
+    await copy.goto("file://" + staticFile);
+    out.static_disabled = await copy.$$eval("button.act, textarea.edit, select.correct",
+      (els) => els.length > 0 && els.every((e) => e.disabled));
+    await copy.fill("#search", "amount");
+    out.static_search = await copy.$$eval(".field:not(.hidden)", (els) => els.map((e) => e.dataset.field));
+    await copy.selectOption("select.by-field", "status");
+    out.static_groups = await copy.$$eval("table.groups tbody tr:not(.hidden)", (els) => els.map((e) => e.dataset.field));
+    const [download] = await Promise.all([
+      copy.waitForEvent("download"),
+      copy.click("button.download"),
+    ]);
+    await download.saveAs(downloadTo);
+    out.download_name = download.suggestedFilename();
+  }
 } finally {
   await browser.close();
 }
