@@ -238,7 +238,7 @@ fn review(
         let base =
             Arc::new(conform::review::ReviewBase::load(&pipeline, &source, choice, rows).await?);
         Ok(base
-            .review(&pipeline, &decisions)
+            .review(&pipeline, &decisions, conform::review::Scope::Everything)
             .await?
             .to_json()
             .to_string())
@@ -280,7 +280,9 @@ fn pin(
                 ),
             ));
         }
-        let review = loaded.review(&pipeline, &decisions).await?;
+        let review = loaded
+            .review(&pipeline, &decisions, conform::review::Scope::FirstLook(0))
+            .await?;
         let pinned =
             conform::review::pin(&review, &conform::review::reviewer(reviewer.as_deref()))?;
         Ok(serde_json::to_string(&pinned)?)

@@ -453,7 +453,11 @@ pub async fn execute(cli: Cli, stop: Option<Stop>) -> Result<u8, Error> {
                     .await;
                     let review = match review {
                         Ok(base) => std::sync::Arc::new(base)
-                            .review(&pipeline, &conform::review::Decisions::new())
+                            .review(
+                                &pipeline,
+                                &conform::review::Decisions::new(),
+                                conform::review::Scope::Everything,
+                            )
                             .await
                             .map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),

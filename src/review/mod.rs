@@ -101,6 +101,16 @@ pub struct Example {
     pub error: Option<String>,
 }
 
+/// Whose candidates a review runs on the sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every field's (the static page, programs).
+    Everything,
+    /// The first `n` fields that need attention, and every decided one (the served page; the
+    /// others are run when the reviewer unfolds them).
+    FirstLook(usize),
+}
+
 /// A candidate with what it would make of the sample.
 #[derive(Debug, Clone, Serialize)]
 pub struct CandidateReview {
@@ -112,6 +122,8 @@ pub struct CandidateReview {
     pub failing: usize,
     /// Why the candidate does not compile, if it does not.
     pub error: Option<String>,
+    /// Whether it was run on the sample (`examples` and `failing` are then its own).
+    pub sampled: bool,
 }
 
 /// One distinct source value of an enum field: how often the sample has it and where the
@@ -368,13 +380,95 @@ impl ReviewBase {
         })
     }
 
+    /// The ranked candidates of `names` (fields of `document`), each run on the sample: one
+    /// plan per rank, holding only those fields' candidates, so that the cost follows what is
+    /// shown and not the width of the target.
+    pub async fn candidate_reviews(
+        &self,
+        pipeline: &Pipeline,
+        document: &MappingDocument,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, Vec<CandidateReview>>> {
+        let target = pipeline.target();
+        let ctx = pipeline.session();
+        let ranks = names
+            .iter()
+            .filter_map(|n| document.fields.get(*n))
+            .map(|m| m.candidates.len())
+            .max()
+            .unwrap_or(0)
+            .min(CANDIDATES);
+        let mut out: BTreeMap<String, Vec<CandidateReview>> = BTreeMap::new();
+        for k in 0..ranks {
+            let mut errors: BTreeMap<&str, String> = BTreeMap::new();
+            let mut compiled = Vec::with_capacity(target.fields.len());
+            for t in &target.fields {
+                let text = names
+                    .contains(&t.name.as_str())
+                    .then(|| document.fields.get(&t.name))
+                    .flatten()
+                    .and_then(|m| m.candidates.get(k))
+                    .map(|c| c.expr.as_str());
+                let dt = t.kind.data_type();
+                compiled.push(
+                    compile_field(ctx, &self.data_schema, &t.name, &dt, text).unwrap_or_else(|e| {
+                        errors.insert(t.name.as_str(), e);
+                        compile_field(ctx, &self.data_schema, &t.name, &dt, None)
+                            .expect("a null of the field's type compiles")
+                    }),
+                );
+            }
+            let run = sample::run(ctx, target, &self.data_schema, &self.rows, compiled).await?;
+            for (i, t) in target.fields.iter().enumerate() {
+                if !names.contains(&t.name.as_str()) {
+                    continue;
+                }
+                let Some(c) = document
+                    .fields
+                    .get(&t.name)
+                    .and_then(|m| m.candidates.get(k))
+                else {
+                    continue;
+                };
+                let values = sample::source_values(&self.rows, &c.sources)?;
+                out.entry(t.name.clone())
+                    .or_default()
+                    .push(CandidateReview {
+                        candidate: c.clone(),
+                        examples: examples_of(&run, i, &t.name, &values),
+                        failing: run.failing(&t.name),
+                        error: errors.get(t.name.as_str()).cloned(),
+                        sampled: true,
+                    });
+            }
+        }
+        // Candidates past the ranks that are run are listed without rows.
+        for name in names {
+            let Some(m) = document.fields.get(*name) else {
+                continue;
+            };
+            let list = out.entry(name.to_string()).or_default();
+            for c in m.candidates.iter().skip(list.len()) {
+                list.push(CandidateReview {
+                    candidate: c.clone(),
+                    examples: vec![],
+                    failing: 0,
+                    error: None,
+                    sampled: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// The review with `decisions` applied: the document they make and its sample run, with
-    /// every field's candidates run too. A decision naming no target field is an error; one
+    /// the candidates of the fields `scope` names run too. A decision naming no target field is an error; one
     /// whose expression does not compile is reported on its field and not applied.
     pub async fn review(
         self: &Arc<Self>,
         pipeline: &Pipeline,
         decisions: &Decisions,
+        scope: Scope,
     ) -> Result<SourceReview> {
         let target = pipeline.target();
         let ctx = pipeline.session();
@@ -433,38 +527,6 @@ impl ReviewBase {
         }
         let run = sample::run(ctx, target, &self.data_schema, &self.rows, compiled).await?;
 
-        // Each rank of candidates, run as one mapping: candidate k of every field at once.
-        let ranks = document
-            .fields
-            .values()
-            .map(|m| m.candidates.len())
-            .max()
-            .unwrap_or(0)
-            .min(CANDIDATES);
-        let mut candidate_runs: Vec<(SampleRun, BTreeMap<String, String>)> = Vec::new();
-        for k in 0..ranks {
-            let mut errors = BTreeMap::new();
-            let fields = target
-                .fields
-                .iter()
-                .map(|t| {
-                    let text = document
-                        .fields
-                        .get(&t.name)
-                        .and_then(|m| m.candidates.get(k))
-                        .map(|c| c.expr.as_str());
-                    let dt = t.kind.data_type();
-                    compile_field(ctx, &self.data_schema, &t.name, &dt, text).unwrap_or_else(|e| {
-                        errors.insert(t.name.clone(), e);
-                        compile_field(ctx, &self.data_schema, &t.name, &dt, None)
-                            .expect("a null of the field's type compiles")
-                    })
-                })
-                .collect();
-            let r = sample::run(ctx, target, &self.data_schema, &self.rows, fields).await?;
-            candidate_runs.push((r, errors));
-        }
-
         let mut fields = Vec::with_capacity(target.fields.len());
         for (i, t) in target.fields.iter().enumerate() {
             let m = document
@@ -481,35 +543,23 @@ impl ReviewBase {
             };
             let failing = run.failing(&t.name);
             let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-            for errs in &run.errors {
-                for e in errs.iter().filter(|e| e.field.as_deref() == Some(&t.name)) {
-                    *reasons.entry(e.message.clone()).or_default() += 1;
-                }
+            for (_, e) in run.errors_of(&t.name) {
+                *reasons.entry(e.message.clone()).or_default() += 1;
             }
             let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
             reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            // Candidates' own sample rows are run below, for the fields `scope` asks for.
             let candidates = m
                 .candidates
                 .iter()
-                .enumerate()
-                .map(|(k, c)| match candidate_runs.get(k) {
-                    Some((r, errors)) => {
-                        let values = sample::source_values(&self.rows, &c.sources)?;
-                        Ok(CandidateReview {
-                            candidate: c.clone(),
-                            examples: examples_of(r, i, &t.name, &values),
-                            failing: r.failing(&t.name),
-                            error: errors.get(&t.name).cloned(),
-                        })
-                    }
-                    None => Ok(CandidateReview {
-                        candidate: c.clone(),
-                        examples: vec![],
-                        failing: 0,
-                        error: None,
-                    }),
+                .map(|c| CandidateReview {
+                    candidate: c.clone(),
+                    examples: vec![],
+                    failing: 0,
+                    error: None,
+                    sampled: false,
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect();
             let allowed: Vec<String> = t
                 .constraints
                 .enum_values
@@ -563,12 +613,43 @@ impl ReviewBase {
                 decision_error: decision_errors.remove(&t.name),
             });
         }
-        // A stable order: attention, then more failing rows, then the schema's order.
+        // Attention first; within it, more failing rows, then the likeliest fix first: an
+        // undecided field by its best candidate's score, a mapped one by its lowest
+        // confidence; ties keep the schema's order (the sort is stable).
+        let weight = |f: &FieldReview| match f.attention {
+            Attention::Undecided => -f.mapping.candidates.first().map_or(0.0, |c| c.score),
+            _ => f.mapping.confidence,
+        };
         fields.sort_by(|a, b| {
             a.attention
                 .cmp(&b.attention)
                 .then(b.failing.cmp(&a.failing))
+                .then(weight(a).total_cmp(&weight(b)))
         });
+        let wanted: Vec<String> = match scope {
+            Scope::Everything => fields.iter().map(|f| f.name.clone()).collect(),
+            Scope::FirstLook(n) => {
+                let mut wanted: Vec<String> = fields
+                    .iter()
+                    .filter(|f| f.attention < Attention::Fine && !f.candidates.is_empty())
+                    .take(n)
+                    .map(|f| f.name.clone())
+                    .collect();
+                for f in fields.iter().filter(|f| f.decision.is_some()) {
+                    if !wanted.contains(&f.name) {
+                        wanted.push(f.name.clone());
+                    }
+                }
+                wanted
+            }
+        };
+        let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let mut sampled = self.candidate_reviews(pipeline, &document, &wanted).await?;
+        for f in &mut fields {
+            if let Some(c) = sampled.remove(&f.name) {
+                f.candidates = c;
+            }
+        }
         Ok(SourceReview {
             base: Arc::clone(self),
             document,
@@ -581,13 +662,20 @@ impl ReviewBase {
 
 /// A field's example rows: failing rows first, then others, [`EXAMPLES`] in all.
 fn examples_of(run: &SampleRun, i: usize, field: &str, source: &[Option<String>]) -> Vec<Example> {
+    // The first error of each failing row, in row order.
+    let mut first: Vec<(usize, &str)> = Vec::new();
+    for (r, e) in run.errors_of(field) {
+        if first.last().is_none_or(|(last, _)| *last != r) {
+            first.push((r, &e.message));
+        }
+    }
     let error_of = |r: usize| {
-        run.errors[r]
-            .iter()
-            .find(|e| e.field.as_deref() == Some(field))
-            .map(|e| e.message.clone())
+        first
+            .binary_search_by_key(&r, |(row, _)| *row)
+            .ok()
+            .map(|k| first[k].1.to_string())
     };
-    let failing = (0..run.mapped.len()).filter(|&r| error_of(r).is_some());
+    let failing = first.iter().map(|(r, _)| *r);
     let passing = (0..run.mapped.len()).filter(|&r| error_of(r).is_none());
     failing
         .take(EXAMPLES)

@@ -66,11 +66,35 @@
       }, 250);
     }
     if (edit) edit.addEventListener("input", check);
-    field.querySelectorAll("button.use").forEach(function (b) {
-      b.addEventListener("click", function () {
-        edit.value = b.dataset.expr;
-        check();
+    function bindUse() {
+      field.querySelectorAll("button.use").forEach(function (b) {
+        b.addEventListener("click", function () {
+          edit.value = b.dataset.expr;
+          check();
+        });
       });
+    }
+    bindUse();
+    // A folded field's candidates are run on the sample when it is first unfolded.
+    field.addEventListener("toggle", function () {
+      var list = field.querySelector("ol.candidates[data-lazy]");
+      if (!served || !field.open || !list || list.dataset.loading) return;
+      list.dataset.loading = "1";
+      post("/api/candidates", { source: src, field: field.dataset.field })
+        .then(function (r) {
+          return r.text().then(function (t) { return { ok: r.ok, text: t }; });
+        })
+        .then(function (r) {
+          if (!r.ok) {
+            list.insertAdjacentHTML("beforeend", "<li class=\"bad\"></li>");
+            list.lastElementChild.textContent = JSON.parse(r.text).error;
+            return;
+          }
+          var doc = new DOMParser().parseFromString(r.text, "text/html");
+          list.replaceWith(doc.querySelector("ol.candidates"));
+          bindUse();
+        })
+        .catch(function (e) { list.insertAdjacentText("beforeend", String(e)); });
     });
     var unmap = field.querySelector("button.unmap");
     if (unmap) unmap.addEventListener("click", function () {
@@ -103,15 +127,26 @@
     if (byField) byField.addEventListener("change", filter);
     if (byReason) byReason.addEventListener("change", filter);
     var download = section.querySelector("button.download");
-    var rows = section.querySelector("script.invalid-rows");
-    if (download && rows) download.addEventListener("click", function () {
-      var blob = new Blob([rows.textContent], { type: "application/x-ndjson" });
+    function save(text) {
+      var blob = new Blob([text], { type: "application/x-ndjson" });
       var a = document.createElement("a");
       a.href = URL.createObjectURL(blob);
       a.download = section.dataset.source + "_invalid_sample.ndjson";
       document.body.appendChild(a);
       a.click();
       a.remove();
+    }
+    if (download) download.addEventListener("click", function () {
+      var rows = section.querySelector("script.invalid-rows");
+      if (rows) return save(rows.textContent);
+      var src = section.dataset.source;
+      post("/api/invalid", { source: src, decisions: state[src] || {} })
+        .then(function (r) { return r.text().then(function (t) { return { ok: r.ok, text: t }; }); })
+        .then(function (r) {
+          if (!r.ok) return status(section, JSON.parse(r.text).error, true);
+          save(r.text);
+        })
+        .catch(function (e) { status(section, String(e), true); });
     });
   }
 

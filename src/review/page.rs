@@ -10,6 +10,8 @@ use crate::mapping::llm::prompt::mask;
 
 const STYLE: &str = include_str!("page.css");
 const SCRIPT: &str = include_str!("page.js");
+/// Fields needing attention shown unfolded at most; the rest are a click away.
+pub const UNFOLDED: usize = 12;
 
 /// How the page is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,16 +219,34 @@ pub fn section(review: &SourceReview, mode: Mode<'_>) -> String {
         );
     }
     out.push_str("</p><div class=\"fields\">");
+    // The first fields that need a look are unfolded; on a wide target the rest wait folded.
+    let mut unfold = UNFOLDED;
     for f in &review.fields {
-        out.push_str(&field(f, redact));
+        let open = f.decision.is_some()
+            || (unfold > 0
+                && matches!(
+                    f.attention,
+                    Attention::Undecided
+                        | Attention::LowConfidence
+                        | Attention::Unplaced
+                        | Attention::Failing
+                ));
+        if open && f.decision.is_none() {
+            unfold -= 1;
+        }
+        out.push_str(&field(f, redact, open));
     }
     out.push_str("</div>");
-    out.push_str(&invalid(review, redact));
+    out.push_str(&invalid(
+        review,
+        redact,
+        matches!(mode, Mode::Static { .. }),
+    ));
     out.push_str("</section>");
     out
 }
 
-fn field(f: &FieldReview, redact: bool) -> String {
+fn field(f: &FieldReview, redact: bool, open: bool) -> String {
     let mut out = String::new();
     let m = &f.mapping;
     let (band_name, band_class) = band(m.confidence);
@@ -237,10 +257,6 @@ fn field(f: &FieldReview, redact: bool) -> String {
         .as_ref()
         .map(|d| serde_json::to_string(d).expect("a decision serialises"))
         .unwrap_or_default();
-    let open = matches!(
-        f.attention,
-        Attention::Undecided | Attention::LowConfidence | Attention::Unplaced | Attention::Failing
-    ) || f.decision.is_some();
     let _ = write!(
         out,
         "<details class=\"field needs-{att}{}\" data-field=\"{}\" data-current=\"{}\" data-decision=\"{}\"{}>\
@@ -311,31 +327,8 @@ fn field(f: &FieldReview, redact: bool) -> String {
         out.push_str("</ul>");
     }
     if !f.candidates.is_empty() {
-        out.push_str("<h4>Candidates</h4><ol class=\"candidates\">");
-        for c in &f.candidates {
-            let _ = write!(
-                out,
-                "<li><code class=\"expr\">{}</code> <span class=\"score\">{:.2}</span> {}\
-                 <button class=\"act use\" type=\"button\" data-expr=\"{}\">Use</button>",
-                esc(&c.candidate.expr),
-                c.candidate.score,
-                if c.failing > 0 {
-                    format!("<span class=\"bad\">{} failing</span>", c.failing)
-                } else {
-                    String::new()
-                },
-                esc(&c.candidate.expr),
-            );
-            if !c.candidate.why.is_empty() {
-                let _ = write!(out, "<p class=\"why\">{}</p>", esc(&c.candidate.why));
-            }
-            if let Some(e) = &c.error {
-                let _ = write!(out, "<p class=\"error\">{}</p>", esc(e));
-            }
-            out.push_str(&examples_table(&c.examples, redact));
-            out.push_str("</li>");
-        }
-        out.push_str("</ol>");
+        out.push_str("<h4>Candidates</h4>");
+        out.push_str(&candidates(&f.name, &f.candidates, redact));
     }
     if !f.value_table.is_empty() {
         let corrections = f.decision.as_ref().map(|d| &d.values);
@@ -408,8 +401,50 @@ fn field(f: &FieldReview, redact: bool) -> String {
     out
 }
 
+/// A field's ranked candidates; when some were not run on the sample yet, the list says so
+/// and the page fetches it run (`/api/candidates`) when the field is unfolded.
+pub fn candidates(field: &str, list: &[super::CandidateReview], redact: bool) -> String {
+    let lazy = list.iter().any(|c| !c.sampled);
+    let mut out = format!(
+        "<ol class=\"candidates\"{}>",
+        if lazy {
+            format!(" data-lazy=\"{}\"", esc(field))
+        } else {
+            String::new()
+        }
+    );
+    for c in list {
+        let _ = write!(
+            out,
+            "<li><code class=\"expr\">{}</code> <span class=\"score\">{:.2}</span> {}\
+             <button class=\"act use\" type=\"button\" data-expr=\"{}\">Use</button>",
+            esc(&c.candidate.expr),
+            c.candidate.score,
+            if c.failing > 0 {
+                format!("<span class=\"bad\">{} failing</span>", c.failing)
+            } else {
+                String::new()
+            },
+            esc(&c.candidate.expr),
+        );
+        if !c.candidate.why.is_empty() {
+            let _ = write!(out, "<p class=\"why\">{}</p>", esc(&c.candidate.why));
+        }
+        if let Some(e) = &c.error {
+            let _ = write!(out, "<p class=\"error\">{}</p>", esc(e));
+        }
+        out.push_str(&examples_table(&c.examples, redact));
+        out.push_str("</li>");
+    }
+    if lazy {
+        out.push_str("<li class=\"later\">sample rows of these candidates are run when the field is unfolded</li>");
+    }
+    out.push_str("</ol>");
+    out
+}
+
 /// Invalid rows of the sample grouped by field and rule, with filters and a download.
-fn invalid(review: &SourceReview, redact: bool) -> String {
+fn invalid(review: &SourceReview, redact: bool, inline: bool) -> String {
     let mut groups: BTreeMap<(String, String), (usize, Vec<String>)> = BTreeMap::new();
     for row in &review.run.invalid {
         for e in &row.errors {
@@ -462,6 +497,21 @@ fn invalid(review: &SourceReview, redact: bool) -> String {
         );
     }
     out.push_str("</tbody></table>");
+    // A static page carries its rows; the served page asks for them (`/api/invalid`), which
+    // keeps a wide source's page light.
+    if inline {
+        let _ = write!(
+            out,
+            "<script type=\"application/x-ndjson\" class=\"invalid-rows\">{}</script>",
+            script_json(&invalid_ndjson(review, redact))
+        );
+    }
+    out.push_str("</div>");
+    out
+}
+
+/// The sample's invalid rows as NDJSON, the lines of a run's invalid output.
+pub fn invalid_ndjson(review: &SourceReview, redact: bool) -> String {
     let mut ndjson = Vec::new();
     for row in &review.run.invalid {
         if redact {
@@ -473,12 +523,7 @@ fn invalid(review: &SourceReview, redact: bool) -> String {
         }
         ndjson.push(b'\n');
     }
-    let _ = write!(
-        out,
-        "<script type=\"application/x-ndjson\" class=\"invalid-rows\">{}</script></div>",
-        script_json(&String::from_utf8_lossy(&ndjson))
-    );
-    out
+    String::from_utf8_lossy(&ndjson).into_owned()
 }
 
 /// Masks every string of a redacted invalid row but the provenance and rule names.

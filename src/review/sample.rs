@@ -31,6 +31,9 @@ pub struct SampleRun {
     pub errors: Vec<Vec<RowError>>,
     /// The invalid rows as the run's invalid output would have them.
     pub invalid: Vec<InvalidRow>,
+    /// Each field's errors as (row, index into that row's errors), rows ascending: a wide
+    /// target asks about hundreds of fields, and every question is then one lookup.
+    by_field: HashMap<String, Vec<(usize, usize)>>,
 }
 
 impl SampleRun {
@@ -41,10 +44,30 @@ impl SampleRun {
 
     /// Rows with an error on `field`.
     pub fn failing(&self, field: &str) -> usize {
-        self.errors
-            .iter()
-            .filter(|errs| errs.iter().any(|e| e.field.as_deref() == Some(field)))
-            .count()
+        let Some(errors) = self.by_field.get(field) else {
+            return 0;
+        };
+        let mut rows = 0;
+        let mut last = None;
+        for (r, _) in errors {
+            if last != Some(*r) {
+                rows += 1;
+                last = Some(*r);
+            }
+        }
+        rows
+    }
+
+    /// Every error on `field` with its row, rows ascending.
+    pub fn errors_of<'a>(
+        &'a self,
+        field: &str,
+    ) -> impl Iterator<Item = (usize, &'a RowError)> + 'a {
+        self.by_field
+            .get(field)
+            .into_iter()
+            .flatten()
+            .map(|&(r, i)| (r, &self.errors[r][i]))
     }
 }
 
@@ -96,6 +119,13 @@ pub async fn run(
                 })?;
             out.errors[at] = row.errors.clone();
             out.invalid.push(row);
+        }
+    }
+    for (r, errs) in out.errors.iter().enumerate() {
+        for (i, e) in errs.iter().enumerate() {
+            if let Some(f) = &e.field {
+                out.by_field.entry(f.clone()).or_default().push((r, i));
+            }
         }
     }
     if out.mapped.len() != rows.num_rows() {

@@ -18,9 +18,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::page::{self, Mode};
-use super::{Decisions, ReviewBase, SourceReview, version_of};
+use super::{Decisions, ReviewBase, Scope, SourceReview, version_of};
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
+
+/// The fields whose candidates a page comes with; the others' are fetched when unfolded.
+const FIRST_LOOK: Scope = Scope::FirstLook(page::UNFOLDED);
 
 /// Largest request body: decisions for every field of a wide target fit many times over.
 const BODY_LIMIT: usize = 1 << 20;
@@ -94,6 +97,8 @@ pub async fn serve(
         .route("/", get(index))
         .route("/api/apply", post(apply))
         .route("/api/compile", post(compile))
+        .route("/api/candidates", post(candidates))
+        .route("/api/invalid", post(invalid))
         .route("/api/pin", post(pin))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -241,7 +246,7 @@ async fn index(State(app): State<Arc<App>>) -> Response {
     for source in app.sources() {
         let review = match app.fresh_base(&source).await {
             Ok(base) => base
-                .review(&app.pipeline, &Decisions::new())
+                .review(&app.pipeline, &Decisions::new(), FIRST_LOOK)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -278,8 +283,32 @@ async fn apply(State(app): State<Arc<App>>, body: Bytes) -> Response {
         Ok(b) => b,
         Err(r) => return r.into_response(),
     };
-    match base.review(&app.pipeline, &req.decisions).await {
+    match base.review(&app.pipeline, &req.decisions, FIRST_LOOK).await {
         Ok(review) => Html(page::section(&review, app.mode())).into_response(),
+        Err(e) => json_error(StatusCode::BAD_REQUEST, &e.to_string(), false),
+    }
+}
+
+/// The sample's invalid rows under the decisions, as NDJSON (the page's download).
+async fn invalid(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let req: ApplyRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    let base = match app.base(&req.source).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    match base
+        .review(&app.pipeline, &req.decisions, Scope::FirstLook(0))
+        .await
+    {
+        Ok(review) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            page::invalid_ndjson(&review, false),
+        )
+            .into_response(),
         Err(e) => json_error(StatusCode::BAD_REQUEST, &e.to_string(), false),
     }
 }
@@ -304,6 +333,44 @@ async fn compile(State(app): State<Arc<App>>, body: Bytes) -> Response {
     match base.check(&app.pipeline, &req.field, &req.expr) {
         Ok(Ok(sources)) => json_ok(json!({"ok": true, "sources": sources})),
         Ok(Err(message)) => json_ok(json!({"ok": false, "error": message})),
+        Err(e) => json_error(StatusCode::BAD_REQUEST, &e.to_string(), false),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandidatesRequest {
+    source: String,
+    field: String,
+}
+
+/// A folded field's candidates, run on the sample when the reviewer unfolds it.
+async fn candidates(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let req: CandidatesRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    let base = match app.base(&req.source).await {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    if app.pipeline.target().field(&req.field).is_none() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("`{}` is not a field of the target schema", req.field),
+            false,
+        );
+    }
+    match base
+        .candidate_reviews(&app.pipeline, &base.document, &[req.field.as_str()])
+        .await
+    {
+        Ok(mut c) => Html(page::candidates(
+            &req.field,
+            &c.remove(&req.field).unwrap_or_default(),
+            false,
+        ))
+        .into_response(),
         Err(e) => json_error(StatusCode::BAD_REQUEST, &e.to_string(), false),
     }
 }
@@ -341,7 +408,10 @@ async fn pin(State(app): State<Arc<App>>, body: Bytes) -> Response {
             true,
         );
     }
-    let review = match base.review(&app.pipeline, &req.decisions).await {
+    let review = match base
+        .review(&app.pipeline, &req.decisions, Scope::FirstLook(0))
+        .await
+    {
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string(), false),
     };
@@ -352,7 +422,7 @@ async fn pin(State(app): State<Arc<App>>, body: Bytes) -> Response {
     tracing::info!(source = %req.source, document = %pinned.path.display(), entries = pinned.entries.len(), "Pinned a reviewed mapping.");
     // The page continues from the document as pinned.
     let html = match app.fresh_base(&req.source).await {
-        Ok(b) => match b.review(&app.pipeline, &Decisions::new()).await {
+        Ok(b) => match b.review(&app.pipeline, &Decisions::new(), FIRST_LOOK).await {
             Ok(r) => page::section(&r, app.mode()),
             Err(e) => format!(
                 "<section class=\"source failed\" data-source=\"{0}\"><p class=\"error\">{1}</p></section>",

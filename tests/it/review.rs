@@ -216,6 +216,29 @@ fn the_served_page_refuses_strangers_and_writes_only_on_pin() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v, json!({"ok": true, "sources": ["amt"]}));
 
+    // A field's candidates run on the sample (a folded field's, fetched when unfolded).
+    let (s, list) = review.post(
+        "/api/candidates",
+        &json!({"source": "orders", "field": "amount"}),
+    );
+    assert_eq!(s, 200, "{list}");
+    assert!(list.starts_with("<ol class=\"candidates\">"), "{list}");
+    assert!(list.contains("<table class=\"examples\">"), "{list}");
+    let (s, _) = review.post(
+        "/api/candidates",
+        &json!({"source": "orders", "field": "nope"}),
+    );
+    assert_eq!(s, 400);
+    // The sample's invalid rows, as the download gives them.
+    let (s, ndjson) = review.post("/api/invalid", &json!({"source": "orders"}));
+    assert_eq!(s, 200);
+    assert_eq!(ndjson.lines().count(), 3, "{ndjson}");
+    let row: Value = serde_json::from_str(ndjson.lines().next().unwrap()).unwrap();
+    assert!(
+        row["errors"].as_array().is_some_and(|e| !e.is_empty()),
+        "{row}"
+    );
+
     // Tampered requests change nothing.
     let (s, body) = review.post(
         "/api/apply",
@@ -469,6 +492,7 @@ fn a_reviewer_corrects_and_pins_a_mapping_in_a_real_browser() {
         "{v}"
     );
     assert_eq!(v["invalid_before"], "3", "{v}");
+    assert_eq!(v["served_download"], 3, "{v}");
     assert_eq!(v["invalid_after_apply"], "0", "{v}");
     assert!(
         v["pinned"]

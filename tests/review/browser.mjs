@@ -13,7 +13,7 @@ const browser = await chromium.launch({
 });
 const out = { errors: [] };
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
   page.setDefaultTimeout(30000);
   page.on("pageerror", (e) => out.errors.push(String(e)));
   await page.goto(url);
@@ -23,6 +23,13 @@ try {
 
   // The docs' screenshot: the page as it opens, the value table of `status` unfolded.
   if (shot) await page.screenshot({ path: shot });
+
+  // The served page's download: the sample's invalid rows as they stand.
+  const [served] = await Promise.all([
+    page.waitForEvent("download"),
+    page.click("section.source button.download"),
+  ]);
+  out.served_download = (await (await served.createReadStream()).toArray()).join("").split("\n").filter(Boolean).length;
 
   await page.fill("#search", "stat");
   out.search = await page.$$eval(".field:not(.hidden)", (els) => els.map((e) => e.dataset.field));
