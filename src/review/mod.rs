@@ -389,7 +389,9 @@ impl ReviewBase {
         document: &MappingDocument,
         names: &[&str],
     ) -> Result<BTreeMap<String, Vec<CandidateReview>>> {
-        let target = pipeline.target();
+        // Only the named fields are planned: a plan's cost follows its fields, and a wide
+        // target's others would be nulls.
+        let target = &pipeline.target().only(names);
         let ctx = pipeline.session();
         let ranks = names
             .iter()

@@ -52,6 +52,8 @@ struct App {
     bases: Mutex<HashMap<String, Arc<ReviewBase>>>,
     /// One pin at a time: the version check and the write are one step.
     pins: tokio::sync::Mutex<()>,
+    /// The page made before the URL was printed, for the first request.
+    warm: Mutex<Option<String>>,
 }
 
 /// A random token of 128 bits, as hex.
@@ -92,7 +94,20 @@ pub async fn serve(
         port,
         bases: Mutex::new(HashMap::new()),
         pins: tokio::sync::Mutex::new(()),
+        warm: Mutex::new(None),
     });
+    // Proposals and sample runs are made before the URL is given, so that the page opens at
+    // once and a source's failure is on the console before anyone looks.
+    let sections = app.sections().await;
+    for (name, r) in &sections {
+        if let Err(e) = r {
+            tracing::warn!(source = %name, error = %e, "This source cannot be reviewed; its page shows why.");
+        }
+    }
+    *app.warm
+        .lock()
+        .expect("the warm page's lock is never poisoned") =
+        Some(page::render(&sections, app.mode()));
     let router = Router::new()
         .route("/", get(index))
         .route("/api/apply", post(apply))
@@ -241,18 +256,36 @@ impl App {
     }
 }
 
-async fn index(State(app): State<Arc<App>>) -> Response {
-    let mut sections: Vec<(String, std::result::Result<SourceReview, String>)> = Vec::new();
-    for source in app.sources() {
-        let review = match app.fresh_base(&source).await {
-            Ok(base) => base
-                .review(&app.pipeline, &Decisions::new(), FIRST_LOOK)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        sections.push((source, review));
+impl App {
+    /// Every source's review as it stands on disk now (a source that fails shows its error).
+    async fn sections(&self) -> Vec<(String, std::result::Result<SourceReview, String>)> {
+        let mut sections = Vec::new();
+        for source in self.sources() {
+            let review = match self.fresh_base(&source).await {
+                Ok(base) => base
+                    .review(&self.pipeline, &Decisions::new(), FIRST_LOOK)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            sections.push((source, review));
+        }
+        sections
     }
+}
+
+async fn index(State(app): State<Arc<App>>) -> Response {
+    // The page made while starting serves the first request; later ones read the disk again
+    // (another tab or process may have pinned since).
+    let warm = app
+        .warm
+        .lock()
+        .expect("the warm page's lock is never poisoned")
+        .take();
+    if let Some(page) = warm {
+        return Html(page).into_response();
+    }
+    let sections = app.sections().await;
     Html(page::render(&sections, app.mode())).into_response()
 }
 
