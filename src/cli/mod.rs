@@ -469,7 +469,9 @@ pub async fn execute(cli: Cli, stop: Option<Stop>) -> Result<u8, Error> {
                 }
                 conform::review::write_html(&file, &sections, redact)?;
                 console.line(&format!("Review page written to {}", file.display()));
-                return Ok(0);
+                // As for every command: a source that failed is exit code 1, the others done.
+                let failed = sections.iter().any(|(_, r)| r.is_err());
+                return Ok(if failed { 1 } else { 0 });
             }
             let options = conform::review::ServeOptions {
                 sources,

@@ -404,7 +404,7 @@ fn a_source_that_cannot_be_read_shows_its_error_beside_the_others() {
         ),
     );
     let r = w.run(&["review", "--config", "config.json", "--html", "page.html"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 1, "a source failed: {}", r.stderr);
     let html = w.read("page.html");
     assert!(html.contains("data-field=\"status\""));
     assert!(html.contains("This source could not be reviewed"), "{html}");
