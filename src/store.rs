@@ -327,6 +327,12 @@ impl Object {
         })
     }
 
+    /// The store client (its root is the bucket or container) and the object's key in it.
+    #[cfg_attr(not(feature = "delta"), allow(dead_code))]
+    pub(crate) fn parts(&self) -> (Arc<dyn ObjectStore>, ObjectPath) {
+        (Arc::clone(&self.store), self.key.clone())
+    }
+
     /// The object's URL.
     pub fn url(&self) -> &str {
         &self.url
@@ -741,6 +747,40 @@ pub(crate) fn remove_files(who: &str, dir: &Path, remove: impl Fn(&str) -> bool)
         }
     }
     Ok(n)
+}
+
+/// Removes one file (object); a missing one is not an error.
+#[cfg_attr(not(feature = "delta"), allow(dead_code))]
+pub(crate) fn remove(who: &str, path: &Path) -> Result<()> {
+    if !is_remote(path) {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("removing", path, e))
+            }
+            _ => Ok(()),
+        };
+    }
+    let object = Object::at(who, path)?;
+    let (store, key) = (Arc::clone(&object.store), object.key.clone());
+    match io_wait(async move { store.delete(&key).await }) {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(failure(who, object.url(), "removing", e)),
+    }
+}
+
+/// Runs `f` on the process-wide IO runtime and waits for it without blocking the caller's
+/// runtime: work that talks to stores through other libraries (Delta commits) then shares
+/// the runtime the store clients' connections belong to.
+#[cfg_attr(not(feature = "delta"), allow(dead_code))]
+pub(crate) async fn on_io<F>(f: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match io_runtime().spawn(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// Joins a relative path onto `base` unless it is absolute or a store URL.

@@ -13,6 +13,8 @@ use crate::pipeline::SourceReport;
 pub struct RunSummary {
     /// conform's version.
     pub conform_version: &'static str,
+    /// The run's id (`--run-id`; Delta commits carry it).
+    pub run_id: String,
     /// Start time, RFC 3339 UTC.
     pub started_at: String,
     /// End time, RFC 3339 UTC.
@@ -58,6 +60,7 @@ impl RunSummary {
     pub fn new(
         started: chrono::DateTime<chrono::Utc>,
         output_format: crate::config::OutputFormat,
+        run_id: &str,
         reports: &[SourceReport],
     ) -> RunSummary {
         let finished = chrono::Utc::now();
@@ -74,6 +77,7 @@ impl RunSummary {
         }
         RunSummary {
             conform_version: env!("CARGO_PKG_VERSION"),
+            run_id: run_id.to_string(),
             started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             finished_at: finished.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             duration_s: (finished - started).num_milliseconds() as f64 / 1000.0,

@@ -223,16 +223,19 @@ def run(
     mapper: str = "auto",
     output_format: Optional[str] = None,
     output_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+    run_id: Optional[str] = None,
 ) -> RunSummary:
     """Runs the sources (all, or those named) as ``conform run`` does and returns the summary.
 
     A source that fails is a failed entry of the summary (``summary.ok`` is then false), as in
     the CLI; what stops the whole run (the config, the schema, the output directory) raises.
+    ``run_id`` names the run in Delta commits (``output_format="delta"``); a run id already
+    committed to a table adds nothing to it again, as ``conform run --run-id``.
     """
     text, is_text = _config(config)
     out = os.fspath(output_dir) if output_dir is not None else None
     summary = _conform.run(
-        text, is_text, _sources(sources), _mapper(mapper), output_format, out
+        text, is_text, _sources(sources), _mapper(mapper), output_format, out, run_id
     )
     return RunSummary(json.loads(summary))
 

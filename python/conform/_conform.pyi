@@ -25,6 +25,7 @@ def run(
     mapper: str,
     output_format: Optional[str] = None,
     output_dir: Optional[str] = None,
+    run_id: Optional[str] = None,
 ) -> str: ...
 def map(config: str, is_text: bool, sources: List[str], mapper: str) -> List[Tuple[str, str]]: ...
 def transform(

@@ -156,7 +156,8 @@ fn pipeline(config: Config) -> conform::Result<Pipeline> {
 /// `conform run`: every selected source, the same output files and `run_summary.json`;
 /// returns the summary as JSON text.
 #[pyfunction]
-#[pyo3(signature = (config, is_text, sources, mapper, output_format=None, output_dir=None))]
+#[pyo3(signature = (config, is_text, sources, mapper, output_format=None, output_dir=None, run_id=None))]
+#[allow(clippy::too_many_arguments)]
 fn run(
     py: Python<'_>,
     config: String,
@@ -165,6 +166,7 @@ fn run(
     mapper: &str,
     output_format: Option<String>,
     output_dir: Option<String>,
+    run_id: Option<String>,
 ) -> PyResult<String> {
     let choice = mapper_choice(mapper)?;
     let mut config = load_config(&config, is_text).map_err(to_py)?;
@@ -176,7 +178,10 @@ fn run(
     if let Some(d) = output_dir {
         config.set_output_directory(PathBuf::from(d));
     }
-    let pipeline = pipeline(config).map_err(to_py)?;
+    let mut pipeline = pipeline(config).map_err(to_py)?;
+    if let Some(id) = run_id {
+        pipeline = pipeline.with_run_id(&id).map_err(to_py)?;
+    }
     let names = pipeline.select(&sources).map_err(to_py)?;
     wait(py, async move {
         let summary = pipeline.run(&names, choice, &|_| None, &mut |_| {}).await?;

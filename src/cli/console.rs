@@ -82,5 +82,19 @@ pub fn note(n: &Note) -> String {
             "ran on the cluster at {address}: {partitions} partition(s) from {files} file(s), listed in {listed_s:.2} s"
         ),
         Note::Anomaly(message) => format!("anomaly: {message}"),
+        Note::Delta {
+            table,
+            version,
+            already: false,
+            run_id,
+        } => format!("Delta table {table}: committed version {version} (run {run_id})"),
+        Note::Delta {
+            table,
+            version,
+            already: true,
+            run_id,
+        } => format!(
+            "Delta table {table}: run {run_id} was committed already (version {version}); nothing added"
+        ),
     }
 }

@@ -149,6 +149,11 @@ pub enum Command {
         /// `engine.cluster`; needs a build with `--features ballista`).
         #[arg(long, value_name = "URL")]
         cluster: Option<String>,
+        /// Names this run in Delta commits and data files (1–64 letters, digits, `_`, `-`,
+        /// `.`). A run id already committed to a table adds nothing to it again: give a
+        /// retried run the id of the run it retries. Default: a new id per run.
+        #[arg(long, env = "CONFORM_RUN_ID", value_name = "ID")]
+        run_id: Option<String>,
     },
     /// Write each source's mapping document for review and print it as a table, without
     /// transforming data.
@@ -358,6 +363,7 @@ pub async fn execute(cli: Cli, stop: Option<Stop>) -> Result<u8, Error> {
             output_dir,
             progress,
             cluster,
+            run_id,
         } => {
             let mut config = common.load()?;
             if let Some(f) = format {
@@ -366,7 +372,10 @@ pub async fn execute(cli: Cli, stop: Option<Stop>) -> Result<u8, Error> {
             if let Some(d) = output_dir {
                 config.set_output_directory(d);
             }
-            let pipeline = common.pipeline(config)?.with_cluster(cluster)?;
+            let mut pipeline = common.pipeline(config)?.with_cluster(cluster)?;
+            if let Some(id) = run_id {
+                pipeline = pipeline.with_run_id(&id)?;
+            }
             #[cfg(feature = "ballista")]
             let pipeline =
                 pipeline.with_remote_engine(std::sync::Arc::new(conform::cluster::Ballista));

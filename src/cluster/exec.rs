@@ -457,17 +457,29 @@ pub struct SinkSpec {
     /// The source columns each target field reads, in target order (for the checks' error
     /// messages and presence rules).
     pub sources: Vec<Vec<String>>,
+    /// Delta output: the run id and partition columns; the client commits what the
+    /// partitions wrote.
+    #[cfg(feature = "delta")]
+    pub delta: Option<crate::sink::delta::DeltaWrite>,
 }
 
 impl SinkSpec {
-    /// Directory of the valid part files.
+    /// Directory of the valid part files (the valid table, for Delta output).
     pub fn valid_dir(&self) -> PathBuf {
-        PathBuf::from(&self.out_dir).join(format!("{}_valid_data", self.source))
+        let suffix = match self.format {
+            OutputFormat::Delta => "valid",
+            _ => "valid_data",
+        };
+        PathBuf::from(&self.out_dir).join(format!("{}_{suffix}", self.source))
     }
 
-    /// Directory of the invalid part files.
+    /// Directory of the invalid part files (the invalid table, for Delta output).
     pub fn invalid_dir(&self) -> PathBuf {
-        PathBuf::from(&self.out_dir).join(format!("{}_invalid_data", self.source))
+        let suffix = match self.format {
+            OutputFormat::Delta => "invalid",
+            _ => "invalid_data",
+        };
+        PathBuf::from(&self.out_dir).join(format!("{}_{suffix}", self.source))
     }
 }
 
@@ -511,6 +523,8 @@ fn counts_schema() -> SchemaRef {
         Field::new("valid", DataType::UInt64, false),
         Field::new("invalid", DataType::UInt64, false),
         Field::new("errors", DataType::Utf8, false),
+        // Delta output: the data files written (`DeltaFiles` as JSON), for the client's commit.
+        Field::new("files", DataType::Utf8, true),
     ]))
 }
 
@@ -619,6 +633,30 @@ async fn write_partition(
     spec: &SinkSpec,
     parts: &SinkParts,
 ) -> Result<RecordBatch> {
+    #[cfg(feature = "delta")]
+    if let (OutputFormat::Delta, Some(delta)) = (spec.format, &spec.delta) {
+        let mut out = crate::sink::delta::DeltaSplit::try_new(
+            &spec.valid_dir(),
+            &spec.invalid_dir(),
+            &parts.valid_schema,
+            partition,
+            delta,
+            &spec.parquet,
+        )?;
+        let mut counts = (0u64, 0u64, ErrorCounts::new());
+        while let Some(batch) = input.next().await {
+            let batch = batch.map_err(|e| Error::source(&spec.source, e.to_string()))?;
+            let (v, bad) = split(&batch, &parts.layout, &parts.checks, &parts.valid_schema)?;
+            counts.0 += v.num_rows() as u64;
+            counts.1 += bad.len() as u64;
+            count_errors(&bad, &mut counts.2);
+            out.write(&v, &bad)?;
+        }
+        let files = out.finish()?;
+        let files = serde_json::to_string(&files)
+            .map_err(|e| Error::source(&spec.source, format!("file list: {e}")))?;
+        return counts_row(partition, counts, Some(files));
+    }
     let part = format!("part-{partition:05}");
     let valid_path = spec
         .valid_dir()
@@ -644,6 +682,15 @@ async fn write_partition(
         out.write(&v, &bad)?;
     }
     out.finish()?;
+    counts_row(partition, (n_valid, n_invalid, errors), None)
+}
+
+/// One partition's row of the sink's output.
+fn counts_row(
+    partition: u32,
+    (n_valid, n_invalid, errors): (u64, u64, ErrorCounts),
+    files: Option<String>,
+) -> Result<RecordBatch> {
     let errors = serde_json::to_string(&errors).unwrap_or_else(|_| "{}".into());
     Ok(RecordBatch::try_new(
         counts_schema(),
@@ -652,6 +699,7 @@ async fn write_partition(
             Arc::new(UInt64Array::from(vec![n_valid])),
             Arc::new(UInt64Array::from(vec![n_invalid])),
             Arc::new(StringArray::from(vec![errors])),
+            Arc::new(StringArray::from(vec![files])),
         ],
     )?)
 }

@@ -13,7 +13,7 @@ mod exec;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Schema, SchemaRef, UInt32Type, UInt64Type};
 use ballista_core::config::BallistaConfig;
 use ballista_core::extension::SessionConfigExt;
@@ -31,6 +31,7 @@ use prost::Message;
 
 pub use exec::{ScanExec, ScanSpec, ScanTable, SinkExec, SinkSpec, WorkItem, work_exec, work_list};
 
+use crate::config::OutputFormat;
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, PreparedSource, SourceReport};
 use crate::validate::report::ErrorCounts;
@@ -190,6 +191,9 @@ struct Merged {
     invalid: u64,
     errors: ErrorCounts,
     invalid_parts: usize,
+    /// Delta output: the data files the partitions wrote.
+    #[cfg(feature = "delta")]
+    files: crate::sink::delta::DeltaFiles,
     /// Partitions counted. Each partition runs once, so its row arrives once; should a retried
     /// task deliver it again, it still counts once.
     seen: std::collections::BTreeSet<u32>,
@@ -262,16 +266,41 @@ pub(crate) async fn transform(
             .iter()
             .map(|f| f.sources.clone())
             .collect(),
+        #[cfg(feature = "delta")]
+        delta: (config.output_format == OutputFormat::Delta).then(|| {
+            crate::sink::delta::DeltaWrite {
+                run_id: pipeline.run_id().to_string(),
+                partition_by: config.delta.partition_by.clone(),
+            }
+        }),
     };
     let (valid_dir, invalid_dir) = (spec.valid_dir(), spec.invalid_dir());
-    for dir in [&valid_dir, &invalid_dir] {
-        clear_parts(dir)?;
+    let delta = config.output_format == OutputFormat::Delta;
+    #[cfg(feature = "delta")]
+    let tables = if delta {
+        let schema =
+            crate::schema::TargetSchema::try_new(&config.internal_schema)?.valid_arrow_schema();
+        let tables = pipeline.delta_tables(name, &valid_dir, &invalid_dir, &schema);
+        // A table this run cannot commit to fails the source before the job is submitted.
+        for t in &tables {
+            t.check().await?;
+        }
+        Some(tables)
+    } else {
+        None
+    };
+    // A table's files stay: the log says which are live. Part directories hold one run's.
+    if !delta {
+        for dir in [&valid_dir, &invalid_dir] {
+            clear_parts(dir)?;
+        }
     }
     let sink: Arc<dyn ExecutionPlan> = Arc::new(SinkExec::try_new(physical, Arc::new(spec))?);
     let codec = ConformCodec::default();
     let session_config = SessionConfig::new_with_ballista()
         .with_ballista_physical_extension_codec(Arc::new(ConformCodec::default()));
     let session_id = format!("conform-{}-{}", std::process::id(), name);
+    let mut merged = Merged::default();
     let job = async {
         let mut stream = ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
             scheduler_url(cluster)?,
@@ -283,7 +312,6 @@ pub(crate) async fn transform(
         )
         .await
         .map_err(|e| Error::source(name, format!("the cluster at {cluster} failed: {e}")))?;
-        let mut merged = Merged::default();
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| {
                 Error::source(name, format!("the cluster at {cluster} failed: {e}"))
@@ -299,29 +327,46 @@ pub(crate) async fn transform(
                 ),
             ));
         }
-        Ok(merged)
+        Ok(())
     };
-    let merged = match job.await {
-        Ok(m) => m,
+    match job.await {
+        Ok(()) => {}
         Err(e) => {
             // Parts of the partitions that did finish are whole files but not the whole
-            // output: remove them, so a failed run leaves no output that looks complete.
-            for dir in [&valid_dir, &invalid_dir] {
-                let _ = clear_parts(dir);
+            // output: remove them, so a failed run leaves no output that looks complete (a
+            // Delta table's log never referenced them).
+            #[cfg(feature = "delta")]
+            merged.files.remove();
+            if !delta {
+                for dir in [&valid_dir, &invalid_dir] {
+                    let _ = clear_parts(dir);
+                }
             }
             return Err(e);
         }
-    };
+    }
     report.valid = merged.valid;
     report.invalid = merged.invalid;
     report.rows_read = merged.valid + merged.invalid;
-    report.errors = merged.errors;
+    report.errors = std::mem::take(&mut merged.errors);
     report.notes.push(crate::pipeline::Note::Cluster {
         address: cluster.to_string(),
         partitions,
         files: source.files().len(),
         listed_s: listed,
     });
+    // Every partition's files in one commit per table: the load is as atomic as a local one.
+    #[cfg(feature = "delta")]
+    if let Some(tables) = &tables {
+        let files = std::mem::take(&mut merged.files);
+        pipeline.commit_delta(name, tables, files, report).await?;
+        let shown = |dir: &str| format!("{}/", config.output_directory.join(dir).display());
+        report.saved(
+            (shown(&format!("{name}_valid")), valid_dir),
+            Some((shown(&format!("{name}_invalid")), invalid_dir)),
+        );
+        return Ok(());
+    }
     // Directories are shown with a trailing slash: they hold one part per partition.
     let shown = |dir: &str| format!("{}/", config.output_directory.join(dir).display());
     report.saved(
@@ -342,10 +387,19 @@ fn merge(batch: &RecordBatch, into: &mut Merged) -> Result<()> {
     let invalid = col("invalid")?.as_primitive::<UInt64Type>();
     let errors = col("errors")?.as_string::<i32>();
     let partition = col("partition")?.as_primitive::<UInt32Type>();
+    #[cfg(feature = "delta")]
+    let files = col("files")?.as_string::<i32>();
     for i in 0..batch.num_rows() {
         if !into.seen.insert(partition.value(i)) {
             tracing::debug!(partition = partition.value(i), "partition reported again");
             continue;
+        }
+        #[cfg(feature = "delta")]
+        if files.is_valid(i) {
+            let f: crate::sink::delta::DeltaFiles = serde_json::from_str(files.value(i))
+                .map_err(|e| Error::source("(cluster)", format!("a partition's file list: {e}")))?;
+            into.files.valid.extend(f.valid);
+            into.files.invalid.extend(f.invalid);
         }
         into.valid += valid.value(i);
         into.invalid += invalid.value(i);

@@ -37,6 +37,9 @@ pub enum OutputFormat {
     Ndjson,
     /// Apache Parquet, zstd-compressed. Invalid rows are then written as NDJSON.
     Parquet,
+    /// Delta Lake tables `NAME_valid` and `NAME_invalid`, one commit to each per run (see
+    /// `delta`). Needs the `delta` cargo feature (on by default).
+    Delta,
 }
 
 impl OutputFormat {
@@ -45,15 +48,17 @@ impl OutputFormat {
         match self {
             OutputFormat::Json => "json",
             OutputFormat::Ndjson => "ndjson",
-            OutputFormat::Parquet => "parquet",
+            OutputFormat::Parquet | OutputFormat::Delta => "parquet",
         }
     }
 
-    /// File extension of the invalid-rows file (Parquet runs write NDJSON).
+    /// File extension of the invalid-rows file (Parquet runs write NDJSON; Delta tables hold
+    /// Parquet files).
     pub fn invalid_extension(self) -> &'static str {
         match self {
             OutputFormat::Json => "json",
             OutputFormat::Ndjson | OutputFormat::Parquet => "ndjson",
+            OutputFormat::Delta => "parquet",
         }
     }
 }
@@ -65,8 +70,9 @@ impl std::str::FromStr for OutputFormat {
             "json" => Ok(OutputFormat::Json),
             "ndjson" => Ok(OutputFormat::Ndjson),
             "parquet" => Ok(OutputFormat::Parquet),
+            "delta" => Ok(OutputFormat::Delta),
             other => Err(format!(
-                "unknown output format `{other}`; valid formats are `json`, `ndjson`, `parquet`"
+                "unknown output format `{other}`; valid formats are `json`, `ndjson`, `parquet`, `delta`"
             )),
         }
     }
@@ -201,6 +207,48 @@ impl Default for EngineConfig {
     }
 }
 
+/// How a run's rows enter an existing Delta table.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaMode {
+    /// Each run adds its rows. Default.
+    #[default]
+    Append,
+    /// Each run replaces the table's rows (earlier versions stay readable until vacuumed).
+    Overwrite,
+}
+
+/// What a run does when the internal schema and an existing table's schema differ.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaSchemaMode {
+    /// A field new to the table and optional in the schema is added to the table by the
+    /// run's commit. Default. A changed type, a field the table requires that the schema no
+    /// longer has, or a new required field still fail the source.
+    #[default]
+    Evolve,
+    /// Any difference fails the source before anything is written.
+    Freeze,
+}
+
+/// Delta Lake output settings (`output_format: "delta"`).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeltaOptions {
+    /// `append` (default) or `overwrite`: how each run's commit treats the rows already in
+    /// the tables.
+    pub mode: DeltaMode,
+    /// Top-level fields of `internal_schema` (string, integer, boolean or date) the valid
+    /// table is partitioned by, in directory order. Fixed when the table is created.
+    pub partition_by: Vec<String>,
+    /// `evolve` (default) or `freeze`: the schema contract with an existing table.
+    pub schema: DeltaSchemaMode,
+}
+
 /// Limits on input sizes.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -231,7 +279,8 @@ impl Default for LimitsConfig {
 pub struct Config {
     /// Directory for all outputs; created if missing. Relative to the config file.
     pub output_directory: PathBuf,
-    /// Format of the valid-rows files: `json` (default), `ndjson` or `parquet`.
+    /// Format of the valid-rows files: `json` (default), `ndjson`, `parquet`, or `delta`
+    /// (Delta Lake tables for valid and invalid rows).
     #[serde(default)]
     pub output_format: OutputFormat,
     /// Where mapping documents are read and written. Default `<output_directory>/mappings`.
@@ -250,9 +299,12 @@ pub struct Config {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = crate::limits::MAX_BATCH_ROWS))]
     pub batch_size: usize,
-    /// Parquet output settings.
+    /// Parquet output settings (also the Delta tables' data files).
     #[serde(default)]
     pub parquet: ParquetOptions,
+    /// Delta Lake output settings, for `output_format: "delta"`.
+    #[serde(default)]
+    pub delta: DeltaOptions,
     /// Sources processed at once. Default: the number of cores.
     #[schemars(range(min = 1, max = 1024))]
     pub max_concurrent_sources: Option<usize>,

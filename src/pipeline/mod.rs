@@ -162,12 +162,96 @@ pub struct Pipeline {
     documents: BTreeMap<String, MappingDocument>,
     /// Whether repairs the feedback loop keeps are recorded in the mapping memory.
     learn: bool,
+    /// Names this run in Delta commits and data files ([`Pipeline::with_run_id`]).
+    run_id: String,
+}
+
+/// A new run id: the UTC time and 32 random bits (`20261203T170000Z-1a2b3c4d`), sortable and
+/// unique enough for runs that start in the same second.
+pub fn new_run_id() -> String {
+    let mut bytes = [0u8; 4];
+    // Without randomness the time alone still names the run.
+    let _ = getrandom::fill(&mut bytes);
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Checks a run id given by the caller: it goes into file names and the Delta log.
+pub fn check_run_id(id: &str) -> Result<()> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(
+            "run_id",
+            format!("`{id}`: use 1–64 letters, digits, `_`, `-` or `.` (not starting with `.`)"),
+        ))
+    }
+}
+
+/// Checks the Delta settings against the target schema and this build.
+fn check_delta(config: &Config, target: &TargetSchema) -> Result<()> {
+    use crate::schema::FieldKind;
+    if config.output_format != crate::config::OutputFormat::Delta {
+        return Ok(());
+    }
+    if !cfg!(feature = "delta") {
+        return Err(Error::config(
+            "output_format",
+            "this conform was built without Delta Lake support; build it with the `delta` feature (on by default)",
+        ));
+    }
+    let partition_by = &config.delta.partition_by;
+    for (i, name) in partition_by.iter().enumerate() {
+        let Some(field) = target.field(name) else {
+            return Err(Error::config(
+                "delta.partition_by",
+                format!(
+                    "`{name}` is not a field of internal_schema (fields: {})",
+                    target.field_names().join(", ")
+                ),
+            ));
+        };
+        if !matches!(
+            field.kind,
+            FieldKind::String | FieldKind::Integer | FieldKind::Boolean | FieldKind::Date
+        ) {
+            return Err(Error::config(
+                "delta.partition_by",
+                format!(
+                    "`{name}` is {}; partition by a string, integer, boolean or date field",
+                    field.kind.json_name()
+                ),
+            ));
+        }
+        if partition_by[..i].contains(name) {
+            return Err(Error::config(
+                "delta.partition_by",
+                format!("`{name}` is listed twice"),
+            ));
+        }
+    }
+    if !partition_by.is_empty() && partition_by.len() >= target.fields.len() {
+        return Err(Error::config(
+            "delta.partition_by",
+            "every field is a partition column; a table needs at least one column in its data files",
+        ));
+    }
+    Ok(())
 }
 
 impl Pipeline {
     /// Checks the target schema; fails before any data is read if it is unusable.
     pub fn try_new(config: Config) -> Result<Pipeline> {
         let target = TargetSchema::try_new(&config.internal_schema)?;
+        check_delta(&config, &target)?;
         config.register_storage()?;
         Ok(Pipeline {
             target: Arc::new(target),
@@ -180,6 +264,7 @@ impl Pipeline {
             streams: BTreeMap::new(),
             documents: BTreeMap::new(),
             learn: true,
+            run_id: new_run_id(),
             config: Arc::new(config),
         })
     }
@@ -245,6 +330,20 @@ impl Pipeline {
     pub fn without_learning(mut self) -> Pipeline {
         self.learn = false;
         self
+    }
+
+    /// Names this run (`--run-id`): Delta commits record it, and a run id already committed
+    /// to a table adds nothing to it again, so an orchestrator that retries a failed run
+    /// with the same id loads each source once. Default: a new id per pipeline.
+    pub fn with_run_id(mut self, run_id: &str) -> Result<Pipeline> {
+        check_run_id(run_id)?;
+        self.run_id = run_id.to_string();
+        Ok(self)
+    }
+
+    /// This run's id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
     }
 
     /// The LLM mapper for the configured endpoint.

@@ -36,8 +36,11 @@ pub struct MappingInfo {
 pub struct Timings {
     /// Opening, sampling, mapping and compiling.
     pub mapping_s: f64,
-    /// Reading, transforming, validating and writing.
+    /// Reading, transforming, validating and writing (with Delta output, the commits too).
     pub transform_s: f64,
+    /// Delta output: the two tables' commits (part of `transform_s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_s: Option<f64>,
     /// Everything.
     pub total_s: f64,
 }
@@ -49,6 +52,20 @@ pub struct Outputs {
     pub valid: Option<String>,
     /// The invalid-rows file (absent when every row was valid).
     pub invalid: Option<String>,
+    /// The Delta tables' versions holding this run's rows (`output_format: "delta"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaVersions>,
+}
+
+/// The versions of a source's two Delta tables after its run's commits.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeltaVersions {
+    /// The run id the commits carry.
+    pub run_id: String,
+    /// Version of `NAME_valid`.
+    pub valid: u64,
+    /// Version of `NAME_invalid`.
+    pub invalid: u64,
 }
 
 /// Whether a source ran to the end (`ok`) or stopped (`failed`).
@@ -112,6 +129,17 @@ pub enum Note {
     },
     /// An anomaly flag raised on the valid rows.
     Anomaly(String),
+    /// A Delta table committed (or found committed by an earlier attempt of the run).
+    Delta {
+        /// The table.
+        table: String,
+        /// The version holding the run's rows.
+        version: u64,
+        /// An earlier attempt of the run had committed; nothing was added.
+        already: bool,
+        /// The run id.
+        run_id: String,
+    },
 }
 
 /// What happened to one source; also its entry in `run_summary.json`.

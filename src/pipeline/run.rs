@@ -60,7 +60,7 @@ impl Pipeline {
         }
         drop(running);
         reports.sort_by_key(|r| names.iter().position(|n| *n == r.name));
-        let summary = RunSummary::new(started, self.config.output_format, &reports);
+        let summary = RunSummary::new(started, self.config.output_format, &self.run_id, &reports);
         summary.write(&out_dir)?;
         Ok(summary)
     }

@@ -2,6 +2,7 @@
 //! threads of their own, the report, and the source's history.
 
 use super::*;
+use crate::config::OutputFormat;
 use crate::sink::{SplitWriter, Written};
 
 impl Pipeline {
@@ -135,8 +136,14 @@ impl Pipeline {
         }
         let format = self.config.output_format;
         let out_dir = self.config.output_dir();
-        let valid_name = format!("{name}_valid_data.{}", format.valid_extension());
-        let invalid_name = format!("{name}_invalid_data.{}", format.invalid_extension());
+        let (valid_name, invalid_name) = if format == OutputFormat::Delta {
+            (format!("{name}_valid"), format!("{name}_invalid"))
+        } else {
+            (
+                format!("{name}_valid_data.{}", format.valid_extension()),
+                format!("{name}_invalid_data.{}", format.invalid_extension()),
+            )
+        };
         let mut stream = self.execute(&prepared).await?;
         let monitor = if self.config.anomalies.enabled {
             let previous = anomaly::load_profiles(
@@ -155,20 +162,47 @@ impl Pipeline {
         let valid_schema = monitor
             .as_ref()
             .map_or_else(|| stream.valid_schema(), Monitor::output_schema);
+        let (valid_path, invalid_path) = (out_dir.join(&valid_name), out_dir.join(&invalid_name));
+        #[cfg(feature = "delta")]
+        let tables = if format == OutputFormat::Delta {
+            let tables = self.delta_tables(name, &valid_path, &invalid_path, &valid_schema);
+            // A table this run cannot commit to fails the source before anything is written.
+            for t in &tables {
+                t.check().await?;
+            }
+            Some(tables)
+        } else {
+            None
+        };
         // Splitting and writing run on a blocking thread, overlapping with evaluation.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(4);
         let writer = {
-            let valid_path = out_dir.join(&valid_name);
-            let invalid_path = out_dir.join(&invalid_name);
+            let (valid_path, invalid_path) = (valid_path.clone(), invalid_path.clone());
             let parquet = self.config.parquet.clone();
-            tokio::task::spawn_blocking(move || -> Result<Written> {
-                let mut out = SplitWriter::create(
-                    &valid_path,
-                    &invalid_path,
-                    format,
-                    &valid_schema,
-                    &parquet,
-                )?;
+            #[cfg(feature = "delta")]
+            let delta = crate::sink::delta::DeltaWrite {
+                run_id: self.run_id.clone(),
+                partition_by: self.config.delta.partition_by.clone(),
+            };
+            tokio::task::spawn_blocking(move || -> Result<Finished> {
+                let mut out = match format {
+                    #[cfg(feature = "delta")]
+                    OutputFormat::Delta => Out::Delta(crate::sink::delta::DeltaSplit::try_new(
+                        &valid_path,
+                        &invalid_path,
+                        &valid_schema,
+                        0,
+                        &delta,
+                        &parquet,
+                    )?),
+                    _ => Out::Files(SplitWriter::create(
+                        &valid_path,
+                        &invalid_path,
+                        format,
+                        &valid_schema,
+                        &parquet,
+                    )?),
+                };
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
                         Message::Batch(v, bad) => out.write(&v, &bad)?,
@@ -240,6 +274,18 @@ impl Pipeline {
             (Ok(a), Ok(w)) => (a, w),
         };
         report.rows_read = rows_read;
+        let written = match written {
+            Finished::Files(w) => w,
+            #[cfg(feature = "delta")]
+            Finished::Delta(files) => {
+                let tables = tables.expect("Delta output has its tables");
+                self.commit_delta(name, &tables, files, report).await?;
+                Written {
+                    valid: valid_path,
+                    invalid: Some(invalid_path),
+                }
+            }
+        };
         report.timings.transform_s = t1.elapsed().as_secs_f64();
         if let Some((profile, anomalies)) = anomalies {
             for f in &anomalies.flags {
@@ -258,11 +304,146 @@ impl Pipeline {
                 .display()
                 .to_string()
         };
+        // A table is a directory: shown with a trailing slash, as a cluster's part directories.
+        let shown = |file: &str| match format {
+            OutputFormat::Delta => format!("{}/", shown(file)),
+            _ => shown(file),
+        };
         report.saved(
             (shown(&valid_name), written.valid),
             written.invalid.map(|i| (shown(&invalid_name), i)),
         );
         Ok(())
+    }
+
+    /// The two Delta tables of source `name`.
+    #[cfg(feature = "delta")]
+    pub(crate) fn delta_tables(
+        &self,
+        name: &str,
+        valid: &std::path::Path,
+        invalid: &std::path::Path,
+        valid_schema: &SchemaRef,
+    ) -> [crate::sink::delta::TableSpec; 2] {
+        use crate::sink::delta::{TableSpec, invalid_schema};
+        let options = self.config.delta.clone();
+        [
+            TableSpec {
+                source: name.to_string(),
+                dir: valid.to_path_buf(),
+                schema: Arc::clone(valid_schema),
+                partition_by: options.partition_by.clone(),
+                options: options.clone(),
+            },
+            TableSpec {
+                source: name.to_string(),
+                dir: invalid.to_path_buf(),
+                schema: invalid_schema(),
+                partition_by: Vec::new(),
+                options,
+            },
+        ]
+    }
+
+    /// Commits a run's files to the source's two tables, one commit each; on a failure, the
+    /// files not committed are removed. The versions go into the report.
+    #[cfg(feature = "delta")]
+    pub(crate) async fn commit_delta(
+        &self,
+        name: &str,
+        tables: &[crate::sink::delta::TableSpec; 2],
+        files: crate::sink::delta::DeltaFiles,
+        report: &mut SourceReport,
+    ) -> Result<()> {
+        use crate::sink::delta::{DeltaFiles, RunInfo};
+        let m = report.mapping.as_ref();
+        let info = |table: &'static str| RunInfo {
+            run_id: self.run_id.clone(),
+            source: name.to_string(),
+            table,
+            mapping_fingerprint: m.map(|m| m.fingerprint.clone()),
+            mapper: m.map(|m| m.mapper.as_str().to_string()),
+            rows_read: report.rows_read,
+            valid: report.valid,
+            invalid: report.invalid,
+            conform_version: env!("CARGO_PKG_VERSION"),
+        };
+        let started = Instant::now();
+        let DeltaFiles { valid, invalid } = files;
+        let unreferenced = |files: Vec<_>| DeltaFiles {
+            valid: files,
+            invalid: Vec::new(),
+        };
+        let mut versions = Vec::new();
+        let mut pending = vec![
+            (&tables[1], invalid, "invalid"),
+            (&tables[0], valid, "valid"),
+        ];
+        while let Some((table, files, which)) = pending.pop() {
+            match table.commit(files.clone(), info(which)).await {
+                Ok(c) => {
+                    if c.already {
+                        // An earlier attempt of this run committed: this attempt's copies go.
+                        unreferenced(files).remove();
+                    }
+                    report.notes.push(Note::Delta {
+                        table: table.dir.display().to_string(),
+                        version: c.version,
+                        already: c.already,
+                        run_id: self.run_id.clone(),
+                    });
+                    versions.push(c);
+                }
+                Err(e) => {
+                    // Nothing references this table's files, nor those of a table not
+                    // committed yet.
+                    unreferenced(files).remove();
+                    for (_, files, _) in pending {
+                        unreferenced(files).remove();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        report.timings.commit_s = Some(started.elapsed().as_secs_f64());
+        report.outputs.delta = Some(crate::pipeline::report::DeltaVersions {
+            run_id: self.run_id.clone(),
+            valid: versions[0].version,
+            invalid: versions[1].version,
+        });
+        Ok(())
+    }
+}
+
+/// The writer thread's outputs.
+enum Out {
+    Files(SplitWriter),
+    #[cfg(feature = "delta")]
+    Delta(crate::sink::delta::DeltaSplit),
+}
+
+/// What the writer thread completed.
+enum Finished {
+    Files(Written),
+    #[cfg(feature = "delta")]
+    Delta(crate::sink::delta::DeltaFiles),
+}
+
+impl Out {
+    fn write(&mut self, valid: &RecordBatch, invalid: &[InvalidRow]) -> Result<()> {
+        match self {
+            Out::Files(w) => w.write(valid, invalid),
+            #[cfg(feature = "delta")]
+            Out::Delta(w) => w.write(valid, invalid),
+        }
+    }
+
+    fn finish(self) -> Result<Finished> {
+        match self {
+            Out::Files(w) => w.finish().map(Finished::Files),
+            #[cfg(feature = "delta")]
+            Out::Delta(w) => w.finish().map(Finished::Delta),
+        }
     }
 }
 

@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 use crate::fs::AtomicFile;
 use crate::validate::report::InvalidRow;
 
+#[cfg(feature = "delta")]
+pub mod delta;
+
 /// The two outputs of one split stream: the valid rows' file, and the invalid rows' file
 /// created on the first invalid row (a source or partition without invalid rows writes none).
 /// The local run's writer stage and each cluster partition write through it.
@@ -104,15 +107,21 @@ impl ValidSink {
         schema: &SchemaRef,
         parquet: &ParquetOptions,
     ) -> Result<ValidSink> {
-        let file = AtomicFile::create(dest)?;
         let writer = match format {
-            OutputFormat::Json => {
-                ValidWriter::Json(WriterBuilder::new().build::<_, JsonArray>(file))
-            }
-            OutputFormat::Ndjson => {
-                ValidWriter::Ndjson(WriterBuilder::new().build::<_, LineDelimited>(file))
+            OutputFormat::Json => ValidWriter::Json(
+                WriterBuilder::new().build::<_, JsonArray>(AtomicFile::create(dest)?),
+            ),
+            OutputFormat::Ndjson => ValidWriter::Ndjson(
+                WriterBuilder::new().build::<_, LineDelimited>(AtomicFile::create(dest)?),
+            ),
+            OutputFormat::Delta => {
+                return Err(Error::config(
+                    "output_format",
+                    "Delta tables are written by `sink::delta`, not as one file",
+                ));
             }
             OutputFormat::Parquet => {
+                let file = AtomicFile::create(dest)?;
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::try_new(parquet.zstd_level)?))
                     .set_max_row_group_row_count(Some(parquet.row_group_size))
@@ -164,7 +173,7 @@ impl ValidSink {
 
 /// A writer's error as an I/O error on `dest` when an I/O error is at its root, so that the
 /// message says which file and what the system said.
-fn write_error(dest: &Path, e: Error) -> Error {
+pub(crate) fn write_error(dest: &Path, e: Error) -> Error {
     let io = match e {
         Error::Arrow(arrow::error::ArrowError::IoError(_, io)) => io,
         Error::Parquet(parquet::errors::ParquetError::External(inner)) => {

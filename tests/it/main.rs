@@ -7,6 +7,8 @@ mod bench_job;
 mod cli;
 #[cfg(feature = "ballista")]
 mod cluster;
+#[cfg(feature = "delta")]
+mod delta;
 mod docs;
 mod feedback;
 mod hardening;
