@@ -187,14 +187,16 @@ impl Pipeline {
             tokio::task::spawn_blocking(move || -> Result<Finished> {
                 let mut out = match format {
                     #[cfg(feature = "delta")]
-                    OutputFormat::Delta => Out::Delta(crate::sink::delta::DeltaSplit::try_new(
-                        &valid_path,
-                        &invalid_path,
-                        &valid_schema,
-                        0,
-                        &delta,
-                        &parquet,
-                    )?),
+                    OutputFormat::Delta => {
+                        Out::Delta(Box::new(crate::sink::delta::DeltaSplit::try_new(
+                            &valid_path,
+                            &invalid_path,
+                            &valid_schema,
+                            0,
+                            &delta,
+                            &parquet,
+                        )?))
+                    }
                     _ => Out::Files(SplitWriter::create(
                         &valid_path,
                         &invalid_path,
@@ -419,7 +421,7 @@ impl Pipeline {
 enum Out {
     Files(SplitWriter),
     #[cfg(feature = "delta")]
-    Delta(crate::sink::delta::DeltaSplit),
+    Delta(Box<crate::sink::delta::DeltaSplit>),
 }
 
 /// What the writer thread completed.
