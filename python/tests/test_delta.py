@@ -14,6 +14,8 @@ from conftest import read_config
 
 def demo_config(demo, out, **delta):
     config = read_config(demo / "config.json")
+    for source in config["data_sources"].values():
+        source["path"] = str(demo / source["path"])
     config["output_format"] = "delta"
     config["output_directory"] = out
     if delta:
