@@ -197,13 +197,13 @@ impl Pipeline {
                             &parquet,
                         )?))
                     }
-                    _ => Out::Files(SplitWriter::create(
+                    _ => Out::Files(Box::new(SplitWriter::create(
                         &valid_path,
                         &invalid_path,
                         format,
                         &valid_schema,
                         &parquet,
-                    )?),
+                    )?)),
                 };
                 while let Some(msg) = rx.blocking_recv() {
                     match msg {
@@ -419,7 +419,7 @@ impl Pipeline {
 
 /// The writer thread's outputs.
 enum Out {
-    Files(SplitWriter),
+    Files(Box<SplitWriter>),
     #[cfg(feature = "delta")]
     Delta(Box<crate::sink::delta::DeltaSplit>),
 }
