@@ -280,12 +280,12 @@ pub(crate) async fn transform(
     let tables = if delta {
         let schema =
             crate::schema::TargetSchema::try_new(&config.internal_schema)?.valid_arrow_schema();
-        let tables = pipeline.delta_tables(name, &valid_dir, &invalid_dir, &schema);
         // A table this run cannot commit to fails the source before the job is submitted.
-        for t in &tables {
-            t.check().await?;
-        }
-        Some(tables)
+        Some(
+            pipeline
+                .delta_tables(name, &valid_dir, &invalid_dir, &schema)
+                .await?,
+        )
     } else {
         None
     };

@@ -165,12 +165,10 @@ impl Pipeline {
         let (valid_path, invalid_path) = (out_dir.join(&valid_name), out_dir.join(&invalid_name));
         #[cfg(feature = "delta")]
         let tables = if format == OutputFormat::Delta {
-            let tables = self.delta_tables(name, &valid_path, &invalid_path, &valid_schema);
-            // A table this run cannot commit to fails the source before anything is written.
-            for t in &tables {
-                t.check().await?;
-            }
-            Some(tables)
+            Some(
+                self.delta_tables(name, &valid_path, &invalid_path, &valid_schema)
+                    .await?,
+            )
         } else {
             None
         };
@@ -318,18 +316,18 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The two Delta tables of source `name`.
+    /// The two Delta tables of source `name`, checked against the schema contract.
     #[cfg(feature = "delta")]
-    pub(crate) fn delta_tables(
+    pub(crate) async fn delta_tables(
         &self,
         name: &str,
         valid: &std::path::Path,
         invalid: &std::path::Path,
         valid_schema: &SchemaRef,
-    ) -> [crate::sink::delta::TableSpec; 2] {
+    ) -> Result<[crate::sink::delta::TableSpec; 2]> {
         use crate::sink::delta::{TableSpec, invalid_schema};
         let options = self.config.delta.clone();
-        [
+        let tables = [
             TableSpec {
                 source: name.to_string(),
                 dir: valid.to_path_buf(),
@@ -344,7 +342,12 @@ impl Pipeline {
                 partition_by: Vec::new(),
                 options,
             },
-        ]
+        ];
+        // A table this run cannot commit to fails the source before anything is written.
+        for t in &tables {
+            t.check().await?;
+        }
+        Ok(tables)
     }
 
     /// Commits a run's files to the source's two tables, one commit each; on a failure, the
