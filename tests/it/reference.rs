@@ -59,7 +59,7 @@ fn every_config_key_is_in_the_reference_with_its_default_and_range() {
         "## `data_sources.NAME.http`",
         "## `data_sources.NAME.pagination` with `\"type\": \"offset\"`",
         "| `max_prompt_tokens` |",
-        "| `output_format` | one of `json`, `ndjson`, `parquet` |",
+        "| `output_format` | one of `json`, `ndjson`, `parquet`, `delta` |",
     ] {
         assert!(md.contains(needle), "{needle} missing from:\n{md}");
     }
