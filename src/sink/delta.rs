@@ -678,6 +678,11 @@ async fn open_table(who: &str, dir: &Path) -> Result<(DeltaTable, LogStoreRef)> 
         deltalake_core::logstore::logstore_for(&url, StorageConfig::default()).map_err(fail)?
     };
     let mut table = DeltaTable::new(log_store.clone());
+    // A new table is told apart by its empty log before loading: loading a missing table
+    // makes delta-rs log an error line of its own, which would read as a failure.
+    if !log_store.is_delta_table_location().await.map_err(fail)? {
+        return Ok((table, log_store));
+    }
     match table.load().await {
         Ok(()) => {}
         Err(DeltaTableError::NotATable(_)) => {}
