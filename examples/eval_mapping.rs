@@ -1,6 +1,7 @@
 //! Scores a mapper on schema-matching case groups (see `conform::pipeline::eval`).
 //!
-//! `cargo run --example eval_mapping -- [DIR ...] [--mapper heuristic|llm] [--summary]`
+//! `cargo run --example eval_mapping -- [DIR ...] [--mapper heuristic|llm] [--summary]
+//! [--unnamed-sources]`
 //!
 //! Without directories it scores the five groups under `testdata/matching`: the hand-made
 //! cases, `real/` (public tables), `frozen/` (public tables set aside, never tuned on), `wide/`
@@ -11,6 +12,10 @@
 //! OPENAI_API_KEY / OPENAI_BASE_URL, the model from CONFORM_EVAL_MODEL, and further `llm`
 //! settings from CONFORM_EVAL_LLM (a JSON object, e.g. `{"max_prompt_tokens": 3000}` for a
 //! small model's context).
+//!
+//! Each case's source is named after the public file it was taken from (`procedures` for
+//! `…/procedures.csv`), as a user names a source after its table; `--unnamed-sources` names
+//! every source `source` instead, to measure what the name adds.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,6 +31,7 @@ async fn main() -> std::process::ExitCode {
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut choice = MapperChoice::Heuristic;
     let mut summary = false;
+    let mut named = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -38,6 +44,7 @@ async fn main() -> std::process::ExitCode {
                 }
             },
             "--summary" => summary = true,
+            "--unnamed-sources" => named = false,
             _ => dirs.push(PathBuf::from(a)),
         }
     }
@@ -66,7 +73,7 @@ async fn main() -> std::process::ExitCode {
     let mut out = std::io::stdout().lock();
     let mut totals = Vec::new();
     for dir in &dirs {
-        let results = match evaluate_all(dir, choice, &llm).await {
+        let results = match evaluate_all(dir, choice, &llm, named).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("eval_mapping: {e}");

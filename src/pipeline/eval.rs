@@ -357,8 +357,43 @@ fn read_json(path: &Path) -> Result<Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
+/// The name a case's source gets in its config: the stem of the public file it was taken from
+/// (`case.json` `source`, e.g. `…/seeds/synthea/procedures.csv` → `procedures`), as a user
+/// names a source after its table; `source` when the case records none, or when `named` is
+/// false (to measure what the name adds).
+pub fn case_source_name(dir: &Path, named: bool) -> String {
+    let from_case = || -> Option<String> {
+        let case = read_json(&dir.join("case.json")).ok()?;
+        let url = case.get("source")?.as_str()?;
+        let file = url.rsplit(['/', '\\']).next()?;
+        let stem = file.split('.').next()?;
+        let name: String = stem
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(128)
+            .collect();
+        (!name.is_empty()).then_some(name)
+    };
+    named
+        .then(from_case)
+        .flatten()
+        .unwrap_or_else(|| "source".into())
+}
+
 /// Maps one case with `choice` and compares the columns each field reads with the expected ones.
-pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Result<CaseResult> {
+/// `named`: the source is named after its public file ([`case_source_name`]).
+pub async fn evaluate_case(
+    dir: &Path,
+    choice: MapperChoice,
+    llm: &Value,
+    named: bool,
+) -> Result<CaseResult> {
     // Source paths in the config are relative to the config's directory, so the case
     // directory itself must not be relative too.
     let dir = &std::path::absolute(dir).map_err(|e| Error::io("resolving", dir, e))?;
@@ -382,9 +417,10 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
     let _cleanup = RemoveOnDrop(out_dir.clone());
     let source = source_file(dir)?;
     let columns = column_names(&source);
+    let source_name = case_source_name(dir, named);
     let config = json!({
         "output_directory": out_dir,
-        "data_sources": {"source": {"path": source}},
+        "data_sources": {source_name.as_str(): {"path": source}},
         "internal_schema": schema,
         "llm": llm,
     });
@@ -392,7 +428,7 @@ pub async fn evaluate_case(dir: &Path, choice: MapperChoice, llm: &Value) -> Res
         crate::Config::from_str_with_env(&config.to_string(), dir, &|k| std::env::var(k).ok())?;
     let pipeline = Pipeline::try_new(config)?;
     let started = std::time::Instant::now();
-    let prepared = pipeline.prepare_fresh("source", choice).await?;
+    let prepared = pipeline.prepare_fresh(&source_name, choice).await?;
     let seconds = started.elapsed().as_secs_f64();
     let mut result = CaseResult {
         name,
@@ -512,6 +548,7 @@ pub async fn evaluate_all(
     root: &Path,
     choice: MapperChoice,
     llm: &Value,
+    named: bool,
 ) -> Result<Vec<CaseResult>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| Error::io("reading", root, e))?
@@ -522,7 +559,7 @@ pub async fn evaluate_all(
     let mut out = Vec::with_capacity(dirs.len());
     for d in dirs {
         // A case that cannot be mapped at all counts as all pairs missed, with the reason.
-        let r = match evaluate_case(&d, choice, llm).await {
+        let r = match evaluate_case(&d, choice, llm, named).await {
             Ok(r) => r,
             Err(e) => {
                 let expected = read_json(&d.join("expected.json")).unwrap_or_default();

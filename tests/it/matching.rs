@@ -7,7 +7,7 @@ use conform::pipeline::eval::{Score, evaluate_all, evaluate_case, exact_score, v
 #[tokio::test]
 async fn heuristic_mapper_scores_at_least_0_9_f1_on_the_matching_cases() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching");
-    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}))
+    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}), true)
         .await
         .unwrap();
     assert!(results.len() >= 15, "{} cases", results.len());
@@ -34,7 +34,7 @@ async fn heuristic_mapper_holds_its_score_on_the_real_tables() {
     // The tuned group of real public tables (the frozen group is only reported, never
     // asserted on, so that nothing is tuned to it).
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching/real");
-    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}))
+    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}), true)
         .await
         .unwrap();
     assert!(results.len() >= 25, "{} cases", results.len());
@@ -50,7 +50,7 @@ async fn heuristic_mapper_beats_exact_names_on_the_wide_standards() {
     // tables): every table has a start date, a patient and a code, so a column's evidence
     // must be weighed against the whole target.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching/wide");
-    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}))
+    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}), true)
         .await
         .unwrap();
     assert!(results.len() >= 20, "{} cases", results.len());
@@ -90,7 +90,7 @@ async fn value_truth_counts_what_the_expression_makes_of_each_source_value() {
         r#"{"values": {"sex": {"male": "M", "female": "X", "other": "O"}}}"#,
     )
     .unwrap();
-    let r = evaluate_case(d, MapperChoice::Heuristic, &serde_json::json!({}))
+    let r = evaluate_case(d, MapperChoice::Heuristic, &serde_json::json!({}), true)
         .await
         .unwrap();
     assert_eq!(r.true_positives, 2, "{:?}", r.mistakes);

@@ -220,8 +220,9 @@ impl HeuristicMapper {
         // lowered, and fields of tables the source does not fill take nothing by elimination.
         let active: Vec<bool> = match &group_of {
             Some(g) => {
-                let active = wide::focus(g, columns.len(), &mut ranked);
-                g.iter().map(|g| g.is_none_or(|g| active[g])).collect()
+                let named = wide::named_by_source(&g.keys, req.source);
+                let active = wide::focus(&g.of, &named, columns.len(), &mut ranked);
+                g.of.iter().map(|g| g.is_none_or(|g| active[g])).collect()
             }
             None => vec![true; fields.len()],
         };
@@ -232,7 +233,7 @@ impl HeuristicMapper {
         }
         // On a target made of tables, the unmapped name field of the table the source fills
         // most (if one table leads) may join name parts that stray matches elsewhere took.
-        let name_target = group_of.as_ref().and_then(|g| {
+        let name_target = group_of.as_ref().map(|g| &g.of).and_then(|g| {
             let filled = |gi: usize| {
                 (0..fields.len())
                     .filter(|&j| chosen[j].is_some() && g[j] == Some(gi))

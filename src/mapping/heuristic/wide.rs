@@ -21,9 +21,17 @@ const STRAY: f64 = 1.0 / 3.0;
 /// What a pair outside its column's home keeps of its score: below acceptance, whatever it was.
 const AWAY: f64 = 0.45;
 
+/// The fields' groups on a target made of tables.
+pub(super) struct Groups {
+    /// The group of each field, `None` for a name without a dot.
+    pub of: Vec<Option<usize>>,
+    /// Each group's name (the first segment).
+    pub keys: Vec<String>,
+}
+
 /// The group of each field: the first segment of a dotted name, `None` for a name without a
 /// dot. `None` for the whole target when it has fewer than [`MIN_GROUPS`] groups.
-pub(super) fn groups<'a>(names: impl Iterator<Item = &'a str>) -> Option<Vec<Option<usize>>> {
+pub(super) fn groups<'a>(names: impl Iterator<Item = &'a str>) -> Option<Groups> {
     let mut keys: Vec<&str> = Vec::new();
     let of: Vec<Option<usize>> = names
         .map(|n| {
@@ -37,14 +45,65 @@ pub(super) fn groups<'a>(names: impl Iterator<Item = &'a str>) -> Option<Vec<Opt
             })
         })
         .collect();
-    (keys.len() >= MIN_GROUPS).then_some(of)
+    (keys.len() >= MIN_GROUPS).then(|| Groups {
+        of,
+        keys: keys.into_iter().map(str::to_string).collect(),
+    })
+}
+
+/// The groups the source's own name points to: a source is usually named after the table it
+/// holds (`procedures` → `procedure_occurrence`, `Procedure`; `claims_transactions` → `Claim`,
+/// `ClaimResponse`). A word of the name (of 3 letters or more, singular or plural) names a
+/// group when the group's name, in lower-case letters and digits, is that word or starts with
+/// it; the whole name counts as one more word. Several groups may be named; none when the name
+/// says nothing (`source`, `export_2024`).
+pub(super) fn named_by_source(keys: &[String], source: &str) -> Vec<bool> {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let mut words: Vec<String> = crate::mapping::names::tokens(source)
+        .into_iter()
+        .map(|w| squash(&w))
+        .collect();
+    words.push(squash(source));
+    // Each word and its singular forms.
+    let forms: Vec<String> = words
+        .iter()
+        .filter(|w| w.len() >= 3 && w.chars().any(|c| c.is_ascii_alphabetic()))
+        .flat_map(|w| {
+            let mut f = vec![w.clone()];
+            if let Some(stem) = w.strip_suffix("ies") {
+                f.push(format!("{stem}y"));
+            }
+            if let Some(stem) = w.strip_suffix("es") {
+                f.push(stem.to_string());
+            }
+            if let Some(stem) = w.strip_suffix('s') {
+                f.push(stem.to_string());
+            }
+            f
+        })
+        .filter(|f| f.len() >= 3)
+        .collect();
+    keys.iter()
+        .map(|k| {
+            let k = squash(k);
+            forms.iter().any(|f| k.starts_with(f.as_str()))
+        })
+        .collect()
 }
 
 /// Works out each column's home from the accepted pairs in `ranked` (pairs per field) and
-/// lowers every pair outside it, keeping each field's pairs sorted best first. Returns
-/// whether each group is the home of some column: an *active* group, one the source fills.
+/// lowers every pair outside it, keeping each field's pairs sorted best first. A column with
+/// an accepted pair in a group the source's name points to (`named`) has its home there.
+/// Returns whether each group is the home of some column: an *active* group, one the source
+/// fills.
 pub(super) fn focus(
     group_of: &[Option<usize>],
+    named: &[bool],
     columns: usize,
     ranked: &mut [Vec<Pair>],
 ) -> Vec<bool> {
@@ -64,13 +123,18 @@ pub(super) fn focus(
         .map(|row| row.iter().filter(|s| **s > 0.0).count())
         .collect();
     let top = total.iter().copied().fold(0.0, f64::max);
+    let is_named = |g: usize| named.get(g).copied().unwrap_or(false);
     let eligible: Vec<bool> = (0..n_groups)
-        .map(|g| claimed[g] >= 2 || total[g] >= STRAY * top)
+        .map(|g| claimed[g] >= 2 || total[g] >= STRAY * top || (is_named(g) && claimed[g] > 0))
         .collect();
     let mut home = vec![None; columns];
     for (c, h) in home.iter_mut().enumerate() {
+        // The source's name outweighs a better match in a table it does not name: every table
+        // has a `description` and a start date.
+        let in_named = (0..n_groups).any(|g| is_named(g) && best[g][c] > 0.0);
+        let candidate = |g: usize| eligible[g] && (!in_named || is_named(g));
         let most = (0..n_groups)
-            .filter(|&g| eligible[g])
+            .filter(|&g| candidate(g))
             .map(|g| best[g][c])
             .fold(0.0, f64::max);
         if most <= 0.0 {
@@ -78,7 +142,7 @@ pub(super) fn focus(
         }
         // Among the groups tied for the column, the one that explains most of the source.
         *h = (0..n_groups)
-            .filter(|&g| eligible[g] && best[g][c] >= most - TIE)
+            .filter(|&g| candidate(g) && best[g][c] >= most - TIE)
             .max_by(|&a, &b| total[a].total_cmp(&total[b]).then(b.cmp(&a)));
     }
     let mut active = vec![false; n_groups];
@@ -117,6 +181,37 @@ mod tests {
         assert!(groups(["a.x", "b.y"].into_iter()).is_none());
         assert!(groups(["x", "y", "z"].into_iter()).is_none());
         let g = groups(["a.x", "b.y", "c.z", "a.w", "v"].into_iter()).unwrap();
-        assert_eq!(g, [Some(0), Some(1), Some(2), Some(0), None]);
+        assert_eq!(g.of, [Some(0), Some(1), Some(2), Some(0), None]);
+        assert_eq!(g.keys, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_source_name_points_to_its_tables() {
+        let keys: Vec<String> = [
+            "procedure_occurrence",
+            "Procedure",
+            "Claim",
+            "ClaimResponse",
+            "SupplyDelivery",
+            "person",
+            "CarePlan",
+        ]
+        .map(String::from)
+        .to_vec();
+        let named = |s: &str| -> Vec<&str> {
+            let n = named_by_source(&keys, s);
+            keys.iter()
+                .zip(n)
+                .filter(|(_, n)| *n)
+                .map(|(k, _)| k.as_str())
+                .collect()
+        };
+        assert_eq!(named("procedures"), ["procedure_occurrence", "Procedure"]);
+        assert_eq!(named("claims_transactions"), ["Claim", "ClaimResponse"]);
+        assert_eq!(named("supplies"), ["SupplyDelivery"]);
+        assert_eq!(named("careplans"), ["CarePlan"]);
+        assert_eq!(named("patients"), Vec::<&str>::new());
+        assert_eq!(named("source"), Vec::<&str>::new());
+        assert_eq!(named("x"), Vec::<&str>::new());
     }
 }
