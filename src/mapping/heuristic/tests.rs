@@ -32,12 +32,17 @@ fn batch(columns: &[(&str, Vec<&str>)]) -> RecordBatch {
 }
 
 fn map(properties: Value, columns: &[(&str, Vec<&str>)]) -> MappingDocument {
+    map_named("s", properties, columns)
+}
+
+/// Maps a source called `source`.
+fn map_named(source: &str, properties: Value, columns: &[(&str, Vec<&str>)]) -> MappingDocument {
     let target =
         TargetSchema::try_new(&json!({"type": "object", "properties": properties})).unwrap();
     let sample = batch(columns);
     let profiles = profile(&sample);
     let req = MappingRequest {
-        source: "s",
+        source,
         target: &target,
         source_schema: sample.schema(),
         sample: &sample,
@@ -365,6 +370,39 @@ fn on_a_target_made_of_tables_a_generic_column_feeds_only_the_table_the_source_f
             "{other}: {doc:?}"
         );
         assert!(doc.fields[other].candidates[0].score < 0.5, "{other}");
+    }
+}
+
+#[test]
+fn the_source_name_tells_look_alike_tables_apart() {
+    // Three tables with the same fields: only the source's name says which one it fills.
+    let target = json!({
+        "ticket.id": {"type": "string"},
+        "ticket.description": {"type": "string"},
+        "ticket.owner": {"type": "string"},
+        "incident.id": {"type": "string"},
+        "incident.description": {"type": "string"},
+        "incident.owner": {"type": "string"},
+        "change_request.id": {"type": "string"},
+        "change_request.description": {"type": "string"},
+        "change_request.owner": {"type": "string"},
+    });
+    let columns = [
+        ("id", vec!["a-1", "a-2", "a-3"]),
+        ("description", vec!["disk full", "login fails", "slow page"]),
+        ("owner", vec!["kim", "lee", "kim"]),
+    ];
+    for (source, table) in [
+        ("incidents", "incident"),
+        ("Tickets", "ticket"),
+        ("change_requests_2024", "change_request"),
+        ("changes", "change_request"),
+    ] {
+        let doc = map_named(source, target.clone(), &columns);
+        for (field, m) in &doc.fields {
+            let home = field.starts_with(&format!("{table}."));
+            assert_eq!(m.expr.is_some(), home, "{source}: {field}: {m:?}");
+        }
     }
 }
 
