@@ -48,7 +48,8 @@ async fn heuristic_mapper_holds_its_score_on_the_real_tables() {
 async fn heuristic_mapper_beats_exact_names_on_the_wide_standards() {
     // Sources mapped onto OMOP CDM, Darwin Core and FHIR (hundreds of fields in dozens of
     // tables): every table has a start date, a patient and a code, so a column's evidence
-    // must be weighed against the whole target.
+    // must be weighed against the whole target, and the source's name (each case's source is
+    // named after its public file) says which table it fills.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching/wide");
     let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}), true)
         .await
@@ -56,8 +57,8 @@ async fn heuristic_mapper_beats_exact_names_on_the_wide_standards() {
     assert!(results.len() >= 20, "{} cases", results.len());
     let s = Score::of(&results);
     let (_, _, exact) = exact_score(&results);
-    assert!(s.f1 >= 0.16 && s.precision >= 0.17, "{s:?}");
-    assert!(s.f1 >= exact + 0.12, "{s:?} against exact names {exact}");
+    assert!(s.f1 >= 0.26 && s.precision >= 0.3, "{s:?}");
+    assert!(s.f1 >= exact + 0.2, "{s:?} against exact names {exact}");
     // Published value truth (the publishers' recodes) is scored too.
     let (vp, vr) = value_score(&results).unwrap();
     assert!(vp >= 0.8 && vr > 0.1, "value precision {vp}, recall {vr}");

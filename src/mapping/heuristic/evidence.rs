@@ -95,6 +95,10 @@ pub struct FieldFacts<'a> {
     pub untyped: bool,
     /// The name is the role word alone (`name`, `definition`, `url`).
     pub generic_role: bool,
+    /// On a target made of tables, how deep in its table the field sits: 0 for a table's own
+    /// element (`Encounter.subject`), 1 for an element of a part of it
+    /// (`Encounter.hospitalization.origin`), and so on.
+    pub depth: usize,
 }
 
 const STOP: &[&str] = &[
@@ -190,6 +194,7 @@ impl<'a> FieldFacts<'a> {
             examples,
             untyped,
             field,
+            depth: 0,
         }
     }
 }

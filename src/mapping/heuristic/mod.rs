@@ -40,6 +40,8 @@ use crate::sql::quote;
 pub const ACCEPT: f64 = 0.5;
 /// A column feeds several fields only when every pair scores at least this.
 const SHARE: f64 = 0.7;
+/// What a field nested inside its table keeps of its score, per level.
+const NESTED: f64 = 0.85;
 /// Alternatives kept per field in the document.
 const ALTERNATIVES: usize = 3;
 /// Pairs below this are not worth showing as alternatives.
@@ -140,6 +142,12 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
     if c.metadata && lex < 0.9 {
         s *= 0.7;
     }
+    if f.depth > 0 {
+        // A column of a table's row is first the table's own element (`CarePlan.title`), then
+        // one of an element's parts (`CarePlan.activity.detail.description`): a nested field
+        // wins only on clearly better evidence, and shares no column with its table's own.
+        s *= NESTED.powi(f.depth.min(3) as i32);
+    }
     tracing::trace!(
         field = %f.field.name,
         column = %c.profile.name,
@@ -196,7 +204,10 @@ impl HeuristicMapper {
             .fields
             .iter()
             .map(|f| match (&group_of, f.name.split_once('.')) {
-                (Some(_), Some((_, local))) => FieldFacts::named(f, local),
+                (Some(_), Some((_, local))) => FieldFacts {
+                    depth: local.matches('.').count(),
+                    ..FieldFacts::named(f, local)
+                },
                 _ => FieldFacts::of(f),
             })
             .collect();

@@ -407,6 +407,35 @@ fn the_source_name_tells_look_alike_tables_apart() {
 }
 
 #[test]
+fn a_column_goes_to_the_tables_own_element_before_a_nested_one() {
+    let doc = map_named(
+        "visits",
+        json!({
+            "visit.description": {"type": "string"},
+            "visit.subject": {"type": "string"},
+            "visit.activity.description": {"type": "string"},
+            "visit.contact.subject": {"type": "string"},
+            "order.id": {"type": "string"},
+            "order.note": {"type": "string"},
+            "invoice.id": {"type": "string"},
+            "invoice.note": {"type": "string"},
+        }),
+        &[
+            ("description", vec!["check-up", "follow-up", "x-ray"]),
+            ("subject", vec!["p-1", "p-2", "p-3"]),
+        ],
+    );
+    assert_eq!(sources(&doc, "visit.description"), ["description"]);
+    assert_eq!(sources(&doc, "visit.subject"), ["subject"]);
+    // The nested fields keep the columns as candidates, and take neither.
+    for nested in ["visit.activity.description", "visit.contact.subject"] {
+        let m = &doc.fields[nested];
+        assert!(m.expr.is_none(), "{nested}: {m:?}");
+        assert!(!m.candidates.is_empty(), "{nested}: {m:?}");
+    }
+}
+
+#[test]
 fn a_column_named_like_a_table_is_not_each_of_its_fields() {
     let doc = map(
         json!({
