@@ -241,6 +241,22 @@ pub(super) const SYNONYMS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "latitude",
+        &["latitude", "lat", "latitud", "breite", "breitengrad"],
+    ),
+    (
+        "longitude",
+        &[
+            "longitude",
+            "lon",
+            "lng",
+            "long",
+            "longitud",
+            "laenge",
+            "laengengrad",
+        ],
+    ),
+    (
         "region",
         &[
             "region",

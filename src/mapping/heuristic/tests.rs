@@ -436,6 +436,24 @@ fn a_column_goes_to_the_tables_own_element_before_a_nested_one() {
 }
 
 #[test]
+fn coordinate_abbreviations_name_latitude_and_longitude() {
+    let doc = map(
+        json!({
+            "decimalLatitude": {"type": "number", "minimum": -90, "maximum": 90},
+            "decimalLongitude": {"type": "number", "minimum": -180, "maximum": 180},
+            "locality": {"type": "string"},
+        }),
+        &[
+            ("site_lat", vec!["51.29", "50.85", "51.05"]),
+            ("site_lng", vec!["3.34", "4.35", "3.72"]),
+            ("site_name", vec!["Damme", "Brussels", "Ghent"]),
+        ],
+    );
+    assert_eq!(sources(&doc, "decimalLatitude"), ["site_lat"]);
+    assert_eq!(sources(&doc, "decimalLongitude"), ["site_lng"]);
+}
+
+#[test]
 fn a_column_named_like_a_table_is_not_each_of_its_fields() {
     let doc = map(
         json!({
