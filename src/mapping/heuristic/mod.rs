@@ -40,6 +40,10 @@ use crate::sql::quote;
 pub const ACCEPT: f64 = 0.5;
 /// A column feeds several fields only when every pair scores at least this.
 const SHARE: f64 = 0.7;
+/// Name evidence of a column naming the same end of a span as the field (`stop` ~ `end`).
+const SAME_END: f64 = 0.6;
+/// What name and description evidence keep when the column names the other end of the span.
+const OTHER_END: f64 = 0.4;
 /// What a field nested inside its table keeps of its score, per level.
 const NESTED: f64 = 0.85;
 /// Alternatives kept per field in the document.
@@ -88,8 +92,18 @@ struct Pair {
 
 /// Scores one pair; `None` when the values rule the column out or nothing points to it.
 fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) -> Option<Pair> {
-    let name = name_score(f, c, rarity);
-    let desc = description_score(f, c, rarity);
+    let mut name = name_score(f, c, rarity);
+    let mut desc = description_score(f, c, rarity);
+    match (span_end(&f.name_words), span_end(&c.name_words)) {
+        // `STOP` for `condition_end_date`: the same end of a span, said another way.
+        (Some(a), Some(b)) if a == b => name = name.max(SAME_END),
+        // `START` for `condition_end_date`, whatever the description says about start dates.
+        (Some(_), Some(_)) => {
+            name *= OTHER_END;
+            desc *= OTHER_END;
+        }
+        _ => {}
+    }
     let lex = name.max(desc);
     // Value evidence is what can identify a column whose name says nothing; skip computing it
     // when neither the name nor the field's constraints could lead anywhere.
@@ -174,6 +188,22 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
         by,
         values: v,
     })
+}
+
+/// Which end of a span a name's words speak of: `Some(false)` for its start (`start`, `begin`,
+/// `onset`), `Some(true)` for its end (`end`, `stop`, `finish`); `None` for neither, or both.
+fn span_end(words: &[String]) -> Option<bool> {
+    let start = words
+        .iter()
+        .any(|w| matches!(w.as_str(), "start" | "begin" | "beginning" | "onset"));
+    let end = words
+        .iter()
+        .any(|w| matches!(w.as_str(), "end" | "stop" | "finish" | "ending"));
+    match (start, end) {
+        (true, false) => Some(false),
+        (false, true) => Some(true),
+        _ => None,
+    }
 }
 
 /// A field's pairs in rank order: best score first, ties in column order.

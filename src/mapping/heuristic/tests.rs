@@ -454,6 +454,24 @@ fn coordinate_abbreviations_name_latitude_and_longitude() {
 }
 
 #[test]
+fn the_ends_of_a_span_are_told_apart_by_their_words() {
+    let doc = map(
+        json!({
+            "rental_start_date": {"type": "string", "format": "date",
+                "description": "The day the rental starts."},
+            "rental_end_date": {"type": "string", "format": "date",
+                "description": "The day the rental ends; without one, use the start date."},
+        }),
+        &[
+            ("BEGIN", vec!["2024-01-02", "2024-02-03", "2024-03-04"]),
+            ("STOP", vec!["2024-01-09", "2024-02-10", "2024-03-11"]),
+        ],
+    );
+    assert_eq!(sources(&doc, "rental_start_date"), ["BEGIN"]);
+    assert_eq!(sources(&doc, "rental_end_date"), ["STOP"]);
+}
+
+#[test]
 fn a_column_named_like_a_table_is_not_each_of_its_fields() {
     let doc = map(
         json!({
