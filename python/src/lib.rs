@@ -16,7 +16,7 @@ use arrow::array::{
     ArrayRef, ListArray, RecordBatch, RecordBatchReader, StringArray, StructArray, UInt64Array,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::ffi_stream::FFI_ArrowArrayStream;
 use conform::{Config, Error, InvalidRow, MapperChoice, Pipeline, StreamSource};
@@ -471,20 +471,12 @@ fn invalid_schema() -> SchemaRef {
             "errors",
             DataType::List(Arc::new(Field::new(
                 "item",
-                DataType::Struct(error_fields()),
+                DataType::Struct(conform::RowError::arrow_fields()),
                 false,
             ))),
             false,
         ),
     ]))
-}
-
-fn error_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("field", DataType::Utf8, true),
-        Field::new("rule", DataType::Utf8, false),
-        Field::new("message", DataType::Utf8, false),
-    ])
 }
 
 /// Invalid rows as one batch of [`invalid_schema`]: the record as its JSON text, the errors
@@ -499,7 +491,7 @@ fn invalid_batch(rows: &[InvalidRow]) -> Result<RecordBatch, ArrowError> {
     let rules: StringArray = errors.clone().map(|e| Some(e.rule.as_str())).collect();
     let messages: StringArray = errors.map(|e| Some(e.message.as_str())).collect();
     let items = StructArray::try_new(
-        error_fields(),
+        conform::RowError::arrow_fields(),
         vec![
             Arc::new(fields) as ArrayRef,
             Arc::new(rules),

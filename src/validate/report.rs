@@ -15,6 +15,19 @@ pub struct RowError {
     pub message: String,
 }
 
+impl RowError {
+    /// The fields of one error in the Arrow outputs of invalid rows (the Delta table's
+    /// `errors` list, the Python package's invalid stream): `field`, `rule`, `message`.
+    pub fn arrow_fields() -> arrow::datatypes::Fields {
+        use arrow::datatypes::{DataType, Field};
+        arrow::datatypes::Fields::from(vec![
+            Field::new("field", DataType::Utf8, true),
+            Field::new("rule", DataType::Utf8, false),
+            Field::new("message", DataType::Utf8, false),
+        ])
+    }
+}
+
 /// The source values of an invalid row as read: a JSON object, column name → value, in source
 /// column order. Kept as its JSON text, written once from the Arrow columns and copied into
 /// the invalid output as it is; [`Record::to_map`] and [`Record::get`] read it back.
