@@ -21,7 +21,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
     StructBuilder, UInt32Array,
 };
-use arrow::datatypes::{DataType, Date32Type, Field, Fields, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Date32Type, Field, Int64Type, Schema, SchemaRef};
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, MetadataExt, StructType, Transaction};
@@ -97,11 +97,7 @@ impl DeltaFiles {
 /// The Arrow schema of the invalid-rows table: the same fields as the NDJSON output, with the
 /// record as JSON text.
 pub fn invalid_schema() -> SchemaRef {
-    let error = Fields::from(vec![
-        Field::new("field", DataType::Utf8, true),
-        Field::new("rule", DataType::Utf8, false),
-        Field::new("message", DataType::Utf8, false),
-    ]);
+    let error = crate::RowError::arrow_fields();
     Arc::new(Schema::new(vec![
         Field::new("source_file", DataType::Utf8, false),
         Field::new("row", DataType::Int64, false),
@@ -415,23 +411,31 @@ impl TableWriter {
             .iter()
             .map(|(i, _)| arrow::compute::cast(batch.column(*i), &DataType::Utf8))
             .collect::<std::result::Result<_, _>>()?;
-        let mut groups: Vec<(Vec<Option<String>>, Vec<u32>)> = Vec::new();
-        let mut index: HashMap<Vec<Option<String>>, usize> = HashMap::new();
-        for row in 0..batch.num_rows() {
-            let key: Vec<Option<String>> = keys
-                .iter()
-                .map(|k| {
-                    let k = k.as_string::<i32>();
-                    k.is_valid(row).then(|| k.value(row).to_string())
-                })
-                .collect();
-            let g = *index.entry(key.clone()).or_insert_with(|| {
-                groups.push((key, Vec::new()));
+        // Rows grouped by their keys' row-format bytes: one allocation per group, not per row.
+        let converter = arrow::row::RowConverter::new(
+            keys.iter()
+                .map(|_| arrow::row::SortField::new(DataType::Utf8))
+                .collect(),
+        )?;
+        let encoded = converter.convert_columns(&keys)?;
+        let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut index: HashMap<&[u8], usize> = HashMap::new();
+        for (row, key) in encoded.iter().enumerate() {
+            let g = *index.entry(key.data()).or_insert_with(|| {
+                groups.push((row, Vec::new()));
                 groups.len() - 1
             });
             groups[g].1.push(row as u32);
         }
-        for (key, rows) in groups {
+        for (first, rows) in groups {
+            // The group's key as Delta serialises it, read from its first row.
+            let key: Vec<Option<String>> = keys
+                .iter()
+                .map(|k| {
+                    let k = k.as_string::<i32>();
+                    k.is_valid(first).then(|| k.value(first).to_string())
+                })
+                .collect();
             let rows = UInt32Array::from(rows);
             let taken = arrow::compute::take_record_batch(batch, &rows)?;
             self.write_to(key, taken)?;
