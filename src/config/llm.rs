@@ -69,6 +69,12 @@ pub struct LlmConfig {
     /// model. Default 0: every field with a plausible column goes to the model.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_uncertainty: f64,
+    /// A target with more fields than this is asked column by column: each source column with
+    /// the `candidates` target fields the offline matcher ranks best for it, the model picking
+    /// the ones the column fills (or none). Field by field, a wide standard's hundreds of
+    /// fields would each be a question. Default 100; 0 asks every target column by column.
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub by_column_above: usize,
     /// Prices per million tokens, for `estimated_cost` in the summary. Default none.
     pub price_per_million_tokens: Option<TokenPrice>,
 }
@@ -104,6 +110,7 @@ impl Default for LlmConfig {
             fallback: LlmFallback::None,
             max_concurrent: 4,
             min_uncertainty: 0.0,
+            by_column_above: 100,
             price_per_million_tokens: None,
         }
     }

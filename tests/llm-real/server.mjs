@@ -98,6 +98,8 @@ async function complete(body) {
         finish_reason: finish,
         format: format?.type ?? null,
         ms: Date.now() - started,
+        // What the model wrote: the evidence for why a reply runs long or goes wrong.
+        reply: out.responseText,
     }) + "\n");
     return [200, {
         id: `chatcmpl-${started}`,

@@ -10,6 +10,9 @@ impl LlmMapper {
     /// them, run concurrently (under `llm.max_concurrent`). Fields for which the matcher finds
     /// no plausible column are left unmapped without asking.
     pub async fn propose(&self, req: &MappingRequest<'_>) -> Result<(MappingDocument, LlmUsage)> {
+        if req.target.fields.len() > self.settings.by_column_above {
+            return self.propose_by_column(req).await;
+        }
         let floor = self.settings.min_uncertainty;
         if floor <= 0.0 {
             return self.propose_fields(req).await;

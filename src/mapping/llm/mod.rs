@@ -4,6 +4,7 @@
 //! does not compile is left unmapped with its error recorded, never run.
 
 mod batch;
+mod columns;
 mod conversation;
 mod count;
 pub mod prompt;

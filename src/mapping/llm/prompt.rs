@@ -436,6 +436,134 @@ fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// Version of the column-by-column wording (targets wider than `llm.by_column_above`).
+pub const COLUMN_PROMPT_VERSION: &str = "conform-columns-v1";
+
+/// Longest field description in a column-by-column request, in bytes: a request lists several
+/// fields per column, and the first sentence of a standard's definition carries its meaning.
+pub const COLUMN_DESCRIPTION_SHOWN: usize = 160;
+
+/// Most allowed values shown for one field in a column-by-column request.
+pub const COLUMN_ENUM_SHOWN: usize = 8;
+
+/// Most fields one column may fill in a column-by-column reply.
+pub const COLUMN_MAX_FIELDS: usize = 3;
+
+/// The instructions of a column-by-column request.
+pub const COLUMN_SYSTEM: &str = "\
+You match the columns of a source table to the fields of a wide target schema for a data \
+pipeline. Each source column is listed with its type and example values, followed by numbered \
+target fields an offline matcher ranked for it (best first), each with its type and \
+description.
+
+For each column, give the numbers of the fields whose values this column holds: usually one; \
+more only when the same values belong in several fields; an empty list when no listed field \
+fits. Judge by meaning: the column's name, its values and the source table's name against the \
+field's name and description. A wrong match is worse than none.
+
+Reply with a JSON object only: {\"columns\": [{\"column\": ..., \"fields\": [numbers]}]}, one \
+entry per column.";
+
+/// One column of a column-by-column request: its name, type and examples (masked when
+/// redacting), then its numbered fields.
+pub fn column_request_part(
+    p: &ColumnProfile,
+    fields: &[&crate::schema::TargetField],
+    redact: bool,
+) -> String {
+    let mut s = format!(
+        "\n### {}\n",
+        column_line(p, redact).trim_start_matches("- ")
+    );
+    let samples: Vec<String> = p.top_values.iter().map(|(v, _)| nearness_key(v)).collect();
+    for (i, t) in fields.iter().enumerate() {
+        let mut line = format!("{}. {} ({}", i + 1, t.name, kind_word(&t.kind));
+        if let Some(values) = &t.constraints.enum_values {
+            let mut scored: Vec<(usize, usize, &Value)> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (nearness(v, &samples), i, v))
+                .collect();
+            scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let shown: Vec<String> = scored
+                .iter()
+                .take(COLUMN_ENUM_SHOWN)
+                .map(|(_, _, v)| match v {
+                    Value::String(s) => clip(s, 40),
+                    other => other.to_string(),
+                })
+                .collect();
+            line.push_str(&format!("; one of {}", shown.join(", ")));
+            if values.len() > COLUMN_ENUM_SHOWN {
+                line.push_str(&format!(" (+{} more)", values.len() - COLUMN_ENUM_SHOWN));
+            }
+        }
+        line.push(')');
+        if let Some(d) = t.description.as_deref().filter(|d| !d.trim().is_empty()) {
+            line.push_str(": ");
+            line.push_str(&clip(d.trim(), COLUMN_DESCRIPTION_SHOWN));
+        }
+        s.push_str(&line);
+        s.push('\n');
+    }
+    s
+}
+
+/// The user message of a column-by-column request: the source's name and its columns' parts.
+pub fn column_request(source: &str, parts: &[String]) -> String {
+    format!(
+        "Source table: {source:?}\n## Columns and the target fields ranked for each{}",
+        parts.concat()
+    )
+}
+
+/// The JSON type word of a field kind, as a column-by-column request shows it.
+fn kind_word(kind: &crate::schema::FieldKind) -> &'static str {
+    use crate::schema::FieldKind as K;
+    match kind {
+        K::Integer => "integer",
+        K::Number => "number",
+        K::String => "string",
+        K::Boolean => "boolean",
+        K::Date => "date",
+        K::DateTime => "date-time",
+        K::Object(_) => "object",
+        K::Array(_) => "array",
+        K::Json => "any",
+    }
+}
+
+/// The reply schema of a column-by-column request: one entry per column of `columns`, each
+/// with the numbers of the fields it fills (1..=`offered` of that column). With `bounded`
+/// (servers other than OpenAI's) the numbers and the list length are bounded by the grammar.
+pub fn column_schema(columns: &[&str], most_offered: usize, bounded: bool) -> Value {
+    let mut numbers = json!({"type": "array", "items": {"type": "integer"}});
+    if bounded {
+        numbers["maxItems"] = json!(COLUMN_MAX_FIELDS);
+        numbers["items"]["minimum"] = json!(1);
+        numbers["items"]["maximum"] = json!(most_offered.max(1));
+    }
+    json!({
+        "type": "object",
+        "properties": {"columns": {
+            "type": "array",
+            "minItems": columns.len(),
+            "maxItems": columns.len(),
+            "items": {
+                "type": "object",
+                "properties": {
+                    "column": {"type": "string", "enum": columns},
+                    "fields": numbers
+                },
+                "required": ["column", "fields"],
+                "additionalProperties": false
+            }
+        }},
+        "required": ["columns"],
+        "additionalProperties": false
+    })
+}
+
 /// The instructions for a value table request.
 pub const VALUE_SYSTEM: &str = "You map the values of a source column onto the allowed values \
 of a target field for a data pipeline. For each source value give the one allowed value it \

@@ -107,17 +107,62 @@ pub fn parse_values(content: &str) -> Vec<(String, Option<String>)> {
         .unwrap_or_default()
 }
 
-/// The complete entries of a reply cut short (at its token budget): the objects of the
-/// `fields` array up to the cut. None when not even one entry is complete.
-fn salvage(text: &str) -> Option<Reply> {
-    let start = text.find("\"fields\"")?;
+/// The entries of a column-by-column reply: (column, the numbers it chose), the first entry
+/// per column counting; numbers that are not whole positive numbers are dropped. Entries
+/// complete before a cut (a reply stopped at its token budget) are kept. `Err` when nothing
+/// can be read.
+pub fn parse_columns(content: &str) -> Result<Vec<(String, Vec<usize>)>, String> {
+    let text = unfence(content.trim());
+    let whole: Option<serde_json::Value> = serde_json::from_str(text).ok().or_else(|| {
+        let (a, b) = (text.find('{')?, text.rfind('}')?);
+        (a < b).then(|| serde_json::from_str(&text[a..=b]).ok())?
+    });
+    let entries: Vec<serde_json::Value> = match whole
+        .as_ref()
+        .and_then(|v| v.get("columns"))
+        .and_then(serde_json::Value::as_array)
+    {
+        Some(a) => a.clone(),
+        None => complete_objects(text, "\"columns\"")
+            .ok_or_else(|| "not the requested JSON object".to_string())?,
+    };
+    let mut seen = std::collections::HashSet::new();
+    let out: Vec<(String, Vec<usize>)> = entries
+        .iter()
+        .filter_map(|e| {
+            let column = e.get("column")?.as_str()?.to_string();
+            let numbers = e
+                .get("fields")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| {
+                            n.as_u64()
+                                .or_else(|| n.as_str().and_then(|s| s.trim().parse().ok()))
+                        })
+                        .filter(|n| *n >= 1)
+                        .map(|n| n as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((column, numbers))
+        })
+        .filter(|(c, _)| seen.insert(c.clone()))
+        .collect();
+    if out.is_empty() && whole.is_none() {
+        return Err("not the requested JSON object".into());
+    }
+    Ok(out)
+}
+
+/// The complete JSON objects of the array after `key` in a reply cut short; `None` when the key
+/// or its array is missing.
+fn complete_objects(text: &str, key: &str) -> Option<Vec<serde_json::Value>> {
+    let start = text.find(key)?;
     let open = start + text[start..].find('[')?;
     let b = text.as_bytes();
-    let mut fields = Vec::new();
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut object_start = None;
+    let mut out = Vec::new();
+    let (mut depth, mut in_string, mut escaped, mut from) = (0usize, false, false, None);
     for (i, &c) in b.iter().enumerate().skip(open + 1) {
         if in_string {
             match c {
@@ -132,23 +177,33 @@ fn salvage(text: &str) -> Option<Reply> {
             b'"' => in_string = true,
             b'{' => {
                 if depth == 0 {
-                    object_start = Some(i);
+                    from = Some(i);
                 }
                 depth += 1;
             }
             b'}' if depth > 0 => {
                 depth -= 1;
                 if depth == 0
-                    && let Some(s) = object_start.take()
-                    && let Ok(f) = serde_json::from_str::<ReplyField>(&text[s..=i])
+                    && let Some(a) = from.take()
+                    && let Ok(v) = serde_json::from_str(&text[a..=i])
                 {
-                    fields.push(f);
+                    out.push(v);
                 }
             }
             b']' if depth == 0 => break,
             _ => {}
         }
     }
+    Some(out)
+}
+
+/// The complete entries of a reply cut short (at its token budget): the objects of the
+/// `fields` array up to the cut. None when not even one entry is complete.
+fn salvage(text: &str) -> Option<Reply> {
+    let fields: Vec<ReplyField> = complete_objects(text, "\"fields\"")?
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
     (!fields.is_empty()).then_some(Reply { fields })
 }
 
@@ -220,6 +275,24 @@ pub fn quote_bare_columns(expr: &str, columns: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_column_reply_is_read_whole_fenced_or_cut() {
+        use super::parse_columns as p;
+        let whole = r#"{"columns": [{"column": "START", "fields": [2]}, {"column": "CODE", "fields": []}, {"column": "START", "fields": [1]}]}"#;
+        assert_eq!(
+            p(whole).unwrap(),
+            [("START".to_string(), vec![2]), ("CODE".to_string(), vec![])]
+        );
+        let fenced = "Here:\n```json\n{\"columns\": [{\"column\": \"A\", \"fields\": [\"3\", 0, -1, 1.5, 1]}]}\n```";
+        assert_eq!(p(fenced).unwrap(), [("A".to_string(), vec![3, 1])]);
+        // Cut at the token budget: the complete entries before the cut count.
+        let cut = r#"{"columns": [{"column": "A", "fields": [1]}, {"column": "B", "fie"#;
+        assert_eq!(p(cut).unwrap(), [("A".to_string(), vec![1])]);
+        assert!(p("column A is the start date").is_err());
+        // JSON, but not the requested object: unreadable.
+        assert!(p(r#"{"fields": []}"#).is_err());
+    }
+
     #[test]
     fn bare_column_names_with_spaces_or_dashes_are_quoted() {
         use super::quote_bare_columns as q;
