@@ -103,9 +103,9 @@ pub(super) fn pack(
     (batches, alone)
 }
 
-/// Tokens of a column-by-column reply per column (its name, up to three numbers, the JSON
-/// around them), kept free in the budget for the request.
-const REPLY_TOKENS_PER_COLUMN: u32 = 24;
+/// Tokens of a column-by-column reply per column (its name, a field's name, the JSON around
+/// them): the completion budget of the request.
+const REPLY_TOKENS_PER_COLUMN: u32 = 40;
 
 impl LlmMapper {
     /// [`Self::propose`] for a wide target: one question per source column.
@@ -261,14 +261,17 @@ impl LlmMapper {
         let mut usage = LlmUsage::default();
         let conversation = self.column_conversation(req, offers, cols);
         let names: Vec<&str> = cols.iter().map(String::as_str).collect();
-        let most = cols
+        let mut fields: Vec<&str> = cols
             .iter()
-            .filter_map(|c| offers.get(c).map(Vec::len))
-            .max()
-            .unwrap_or(1);
-        let schema = prompt::column_schema(&names, most, !self.openai);
-        // The completion budget: `ask_with` gives 200 + 80 per item; a column's entry is a
-        // name and a few numbers, so the items are counted in quarters of a field's share.
+            .filter_map(|c| offers.get(c))
+            .flatten()
+            .map(|o| o.field.as_str())
+            .collect();
+        fields.sort_unstable();
+        fields.dedup();
+        let schema = prompt::column_schema(&names, &fields);
+        // The completion budget: `ask_with` gives 200 + 80 per item; a column's entry is its
+        // name and a field's, so the items are counted in shares of a field's 80.
         let items = (cols.len() as u32 * REPLY_TOKENS_PER_COLUMN).div_ceil(80) as usize;
         let content = match self
             .ask_with(req.source, &conversation, schema, items, 0, &mut usage)
@@ -279,15 +282,20 @@ impl LlmMapper {
         };
         match reply::parse_columns(&content) {
             Ok(entries) => {
+                // An answer names one of the column's own fields (or gives its number); a
+                // field listed under another column, "none" or anything else is no pick.
                 let answers = entries
                     .into_iter()
-                    .filter_map(|(c, numbers)| {
-                        let n = offers.get(&c)?.len();
-                        let mut numbers: Vec<usize> =
-                            numbers.into_iter().filter(|k| *k <= n).collect();
-                        numbers.dedup();
-                        numbers.truncate(prompt::COLUMN_MAX_FIELDS);
-                        cols.contains(&c).then_some((c, numbers))
+                    .filter(|(c, _)| cols.contains(c))
+                    .filter_map(|(c, answer)| {
+                        let list = offers.get(&c)?;
+                        let n = list
+                            .iter()
+                            .position(|o| o.field == answer)
+                            .map(|i| i + 1)
+                            .or_else(|| answer.parse::<usize>().ok())
+                            .filter(|n| (1..=list.len()).contains(n));
+                        Some((c, n.into_iter().collect()))
                     })
                     .collect();
                 (Ok(answers), usage)

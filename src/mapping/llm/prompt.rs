@@ -446,23 +446,23 @@ pub const COLUMN_DESCRIPTION_SHOWN: usize = 160;
 /// Most allowed values shown for one field in a column-by-column request.
 pub const COLUMN_ENUM_SHOWN: usize = 8;
 
-/// Most fields one column may fill in a column-by-column reply.
-pub const COLUMN_MAX_FIELDS: usize = 3;
+/// The answer of a column-by-column reply for a column none of whose fields fits.
+pub const NO_FIELD: &str = "none";
 
 /// The instructions of a column-by-column request.
 pub const COLUMN_SYSTEM: &str = "\
 You match the columns of a source table to the fields of a wide target schema for a data \
-pipeline. Each source column is listed with its type and example values, followed by numbered \
+pipeline. Each source column is listed with its type and example values, followed by the \
 target fields an offline matcher ranked for it (best first), each with its type and \
 description.
 
-For each column, give the numbers of the fields whose values this column holds: usually one; \
-more only when the same values belong in several fields; an empty list when no listed field \
-fits. Judge by meaning: the column's name, its values and the source table's name against the \
-field's name and description. A wrong match is worse than none.
+For each column, answer the name of the one listed field whose values this column holds, or \
+\"none\" when no field listed under that column fits. Judge by meaning: the column's name, \
+its values and the source table's name against the field's name and description. A wrong match \
+is worse than none.
 
-Reply with a JSON object only: {\"columns\": [{\"column\": ..., \"fields\": [numbers]}]}, one \
-entry per column.";
+Reply with a JSON object only: {\"columns\": [{\"column\": ..., \"field\": ...}]}, one entry \
+per column.";
 
 /// One column of a column-by-column request: its name, type and examples (masked when
 /// redacting), then its numbered fields.
@@ -534,15 +534,12 @@ fn kind_word(kind: &crate::schema::FieldKind) -> &'static str {
 }
 
 /// The reply schema of a column-by-column request: one entry per column of `columns`, each
-/// with the numbers of the fields it fills (1..=`offered` of that column). With `bounded`
-/// (servers other than OpenAI's) the numbers and the list length are bounded by the grammar.
-pub fn column_schema(columns: &[&str], most_offered: usize, bounded: bool) -> Value {
-    let mut numbers = json!({"type": "array", "items": {"type": "integer"}});
-    if bounded {
-        numbers["maxItems"] = json!(COLUMN_MAX_FIELDS);
-        numbers["items"]["minimum"] = json!(1);
-        numbers["items"]["maximum"] = json!(most_offered.max(1));
-    }
+/// naming one of `fields` (the fields offered in the request) or [`NO_FIELD`]. A name, not a
+/// number: asked for numbers, a 1.5B model answered 1, 2, 3, … down the columns, or filled a
+/// list with the first three numbers for every column.
+pub fn column_schema(columns: &[&str], fields: &[&str]) -> Value {
+    let mut names: Vec<&str> = fields.to_vec();
+    names.push(NO_FIELD);
     json!({
         "type": "object",
         "properties": {"columns": {
@@ -553,9 +550,9 @@ pub fn column_schema(columns: &[&str], most_offered: usize, bounded: bool) -> Va
                 "type": "object",
                 "properties": {
                     "column": {"type": "string", "enum": columns},
-                    "fields": numbers
+                    "field": {"type": "string", "enum": names}
                 },
-                "required": ["column", "fields"],
+                "required": ["column", "field"],
                 "additionalProperties": false
             }
         }},

@@ -107,11 +107,10 @@ pub fn parse_values(content: &str) -> Vec<(String, Option<String>)> {
         .unwrap_or_default()
 }
 
-/// The entries of a column-by-column reply: (column, the numbers it chose), the first entry
-/// per column counting; numbers that are not whole positive numbers are dropped. Entries
-/// complete before a cut (a reply stopped at its token budget) are kept. `Err` when nothing
-/// can be read.
-pub fn parse_columns(content: &str) -> Result<Vec<(String, Vec<usize>)>, String> {
+/// The entries of a column-by-column reply: (column, its answer: a field's name, a number, or
+/// blank for none), the first entry per column counting. Entries complete before a cut (a reply
+/// stopped at its token budget) are kept. `Err` when nothing can be read.
+pub fn parse_columns(content: &str) -> Result<Vec<(String, String)>, String> {
     let text = unfence(content.trim());
     let whole: Option<serde_json::Value> = serde_json::from_str(text).ok().or_else(|| {
         let (a, b) = (text.find('{')?, text.rfind('}')?);
@@ -127,32 +126,19 @@ pub fn parse_columns(content: &str) -> Result<Vec<(String, Vec<usize>)>, String>
             .ok_or_else(|| "not the requested JSON object".to_string())?,
     };
     let mut seen = std::collections::HashSet::new();
-    let out: Vec<(String, Vec<usize>)> = entries
+    Ok(entries
         .iter()
         .filter_map(|e| {
             let column = e.get("column")?.as_str()?.to_string();
-            let numbers = e
-                .get("fields")
-                .and_then(serde_json::Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|n| {
-                            n.as_u64()
-                                .or_else(|| n.as_str().and_then(|s| s.trim().parse().ok()))
-                        })
-                        .filter(|n| *n >= 1)
-                        .map(|n| n as usize)
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some((column, numbers))
+            let answer = match e.get("field") {
+                Some(serde_json::Value::String(s)) => s.trim().to_string(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => String::new(),
+            };
+            Some((column, answer))
         })
         .filter(|(c, _)| seen.insert(c.clone()))
-        .collect();
-    if out.is_empty() && whole.is_none() {
-        return Err("not the requested JSON object".into());
-    }
-    Ok(out)
+        .collect())
 }
 
 /// The complete JSON objects of the array after `key` in a reply cut short; `None` when the key
@@ -278,16 +264,17 @@ mod tests {
     #[test]
     fn a_column_reply_is_read_whole_fenced_or_cut() {
         use super::parse_columns as p;
-        let whole = r#"{"columns": [{"column": "START", "fields": [2]}, {"column": "CODE", "fields": []}, {"column": "START", "fields": [1]}]}"#;
+        let pair = |c: &str, f: &str| (c.to_string(), f.to_string());
+        let whole = r#"{"columns": [{"column": "START", "field": "a.start"}, {"column": "CODE", "field": "none"}, {"column": "START", "field": "b"}]}"#;
         assert_eq!(
             p(whole).unwrap(),
-            [("START".to_string(), vec![2]), ("CODE".to_string(), vec![])]
+            [pair("START", "a.start"), pair("CODE", "none")]
         );
-        let fenced = "Here:\n```json\n{\"columns\": [{\"column\": \"A\", \"fields\": [\"3\", 0, -1, 1.5, 1]}]}\n```";
-        assert_eq!(p(fenced).unwrap(), [("A".to_string(), vec![3, 1])]);
+        let fenced = "Here:\n```json\n{\"columns\": [{\"column\": \"A\", \"field\": 3}, {\"column\": \"B\", \"field\": null}]}\n```";
+        assert_eq!(p(fenced).unwrap(), [pair("A", "3"), pair("B", "")]);
         // Cut at the token budget: the complete entries before the cut count.
-        let cut = r#"{"columns": [{"column": "A", "fields": [1]}, {"column": "B", "fie"#;
-        assert_eq!(p(cut).unwrap(), [("A".to_string(), vec![1])]);
+        let cut = r#"{"columns": [{"column": "A", "field": " x "}, {"column": "B", "fie"#;
+        assert_eq!(p(cut).unwrap(), [pair("A", "x")]);
         assert!(p("column A is the start date").is_err());
         // JSON, but not the requested object: unreadable.
         assert!(p(r#"{"fields": []}"#).is_err());
