@@ -1625,7 +1625,8 @@ impl wiremock::Respond for PickFields {
 }
 
 /// A 150-field target of which a 4-column source fills four: `email_address`,
-/// `signup_date`, `home_city`, `loyalty_points`; the rest are measurements nothing resembles.
+/// `signup_date`, `home_city`, `loyalty_points`; `secondary_email` resembles the e-mail column
+/// too, and the rest are measurements nothing resembles.
 fn column_case(llm: &str) -> Workdir {
     let w = Workdir::new();
     let mut csv = String::from("email,signup,city,points\n");
@@ -1654,6 +1655,10 @@ fn column_case(llm: &str) -> Workdir {
     props.insert(
         "loyalty_points".into(),
         json!({"type": ["integer", "null"], "description": "Points collected"}),
+    );
+    props.insert(
+        "secondary_email".into(),
+        json!({"type": ["string", "null"], "format": "email", "description": "Another e-mail address of the member"}),
     );
     let things = [
         "turbine",
@@ -1709,7 +1714,7 @@ fn column_case(llm: &str) -> Workdir {
 async fn a_wide_target_is_asked_column_by_column_and_the_models_picks_decide() {
     // The model picks the field of three columns and rejects the matcher's field for `city`:
     // the picked fields take the matcher's expressions, `home_city` stays unmapped (the
-    // model's answer), and the 146 measurement fields are never shown to it.
+    // model's answer), and the 145 measurement fields are never shown to it.
     let s = server().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
@@ -1827,14 +1832,20 @@ async fn a_wide_target_is_asked_column_by_column_and_the_models_picks_decide() {
             "email_address",
             "home_city",
             "loyalty_points",
+            "secondary_email",
             "signup_date"
         ],
         "{llm}"
     );
     assert_eq!(
         llm["not_sent_fields"].as_array().unwrap().len(),
-        146,
+        145,
         "{llm}"
+    );
+    assert!(
+        f["secondary_email"]["expr"].is_null(),
+        "{}",
+        f["secondary_email"]
     );
     // The picked fields convert every row: the matcher's expressions were used.
     let valid = w.json("out/members_valid_data.json");
@@ -1929,5 +1940,63 @@ async fn columns_go_in_requests_within_the_budget_and_a_garbled_one_is_left_to_t
             .starts_with("heuristic (llm fallback): the model at"),
         "{}",
         f["home_city"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_whose_field_is_certain_is_decided_offline_and_not_asked() {
+    // With `min_uncertainty`, the matcher's certain, unrivalled pairs stand without the model,
+    // and their columns are left out of the question; the others are asked as before.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(PickFields(vec![("points", &["loyalty_points"])], None))
+        .mount(&s)
+        .await;
+    let w = column_case(&format!(
+        r#"{{"base_url": "{}/v1", "min_uncertainty": 0.15}}"#,
+        s.uri()
+    ));
+    let r = run(&w, &["map", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc = w.json("out/mappings/members.mapping.json");
+    let f = &doc["fields"];
+    let offline: Vec<&str> = [
+        "email_address",
+        "signup_date",
+        "home_city",
+        "loyalty_points",
+    ]
+    .into_iter()
+    .filter(|n| {
+        f[*n]["rationale"]
+            .as_str()
+            .unwrap()
+            .starts_with("heuristic (decided offline: certain")
+    })
+    .collect();
+    assert!(!offline.is_empty(), "nothing was certain: {doc}");
+    let text: String = bodies(&s).await.iter().map(prompt_text).collect();
+    for field in &offline {
+        let column = f[*field]["sources"][0].as_str().unwrap();
+        assert!(
+            !text.contains(&format!("### {column:?}:")),
+            "{column} was asked about although {field} is certain: {text}"
+        );
+    }
+    // `email_address` is certain: the e-mail column is not asked about, although
+    // `secondary_email` ranks it too.
+    assert!(offline.contains(&"email_address"), "{doc}");
+    assert!(
+        !f["secondary_email"]["rationale"]
+            .as_str()
+            .unwrap()
+            .starts_with("heuristic (decided offline: certain"),
+        "{}",
+        f["secondary_email"]
+    );
+    assert!(
+        text.contains("### \"points\":"),
+        "the uncertain columns were not asked: {text}"
     );
 }

@@ -132,7 +132,20 @@ impl LlmMapper {
             })
             .map(|(f, _)| f.clone())
             .collect();
-        let columns: Vec<String> = req.profiles.iter().map(|p| p.name.clone()).collect();
+        // A column whose field was decided offline for certain is not asked about at all: the
+        // model would only be offered that column's weaker fields.
+        let certain: std::collections::HashSet<&String> = decided
+            .iter()
+            .filter_map(|f| offline.fields.get(f))
+            .filter(|m| m.sources.len() == 1)
+            .flat_map(|m| &m.sources)
+            .collect();
+        let columns: Vec<String> = req
+            .profiles
+            .iter()
+            .map(|p| p.name.clone())
+            .filter(|c| !certain.contains(c))
+            .collect();
         let offers = column_offers(&offline, &columns, self.settings.candidates, &decided);
         let size = |cols: &[String]| self.tokens(&self.column_conversation(req, &offers, cols));
         let (mut pending, alone) = pack(
