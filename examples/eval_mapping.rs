@@ -1,7 +1,7 @@
 //! Scores a mapper on schema-matching case groups (see `conform::pipeline::eval`).
 //!
 //! `cargo run --example eval_mapping -- [DIR ...] [--mapper heuristic|llm] [--summary]
-//! [--unnamed-sources]`
+//! [--unnamed-sources] [--no-source-descriptions]`
 //!
 //! Without directories it scores the five groups under `testdata/matching`: the hand-made
 //! cases, `real/` (public tables), `frozen/` (public tables set aside, never tuned on), `wide/`
@@ -15,14 +15,16 @@
 //!
 //! Each case's source is named after the public file it was taken from (`procedures` for
 //! `…/procedures.csv`), as a user names a source after its table; `--unnamed-sources` names
-//! every source `source` instead, to measure what the name adds.
+//! every source `source` instead, to measure what the name adds. A case with
+//! `source.descriptions.json` (the source's published data dictionary, column → text) gives it
+//! as the source's `descriptions`; `--no-source-descriptions` leaves them out.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use conform::MapperChoice;
 use conform::pipeline::eval::{
-    Score, at_threshold, evaluate_all, exact_score, model_alone, value_score,
+    Inputs, Score, at_threshold, evaluate_all, exact_score, in_band, model_alone, value_score,
 };
 
 #[tokio::main]
@@ -31,7 +33,7 @@ async fn main() -> std::process::ExitCode {
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut choice = MapperChoice::Heuristic;
     let mut summary = false;
-    let mut named = true;
+    let mut inputs = Inputs::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -44,7 +46,8 @@ async fn main() -> std::process::ExitCode {
                 }
             },
             "--summary" => summary = true,
-            "--unnamed-sources" => named = false,
+            "--unnamed-sources" => inputs.named = false,
+            "--no-source-descriptions" => inputs.described = false,
             _ => dirs.push(PathBuf::from(a)),
         }
     }
@@ -73,7 +76,7 @@ async fn main() -> std::process::ExitCode {
     let mut out = std::io::stdout().lock();
     let mut totals = Vec::new();
     for dir in &dirs {
-        let results = match evaluate_all(dir, choice, &llm, named).await {
+        let results = match evaluate_all(dir, choice, &llm, inputs).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("eval_mapping: {e}");
@@ -172,6 +175,34 @@ async fn main() -> std::process::ExitCode {
         for t in &thresholds {
             let (p, r, f1) = at_threshold(results, *t);
             let _ = write!(out, " {:>15}", format!("{f1:.2} ({p:.2}/{r:.2})"));
+        }
+        let _ = writeln!(out);
+    }
+    // What a confidence means: the precision of the pairs chosen in each band of confidence.
+    let bands: [(f64, f64); 5] = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.01)];
+    let _ = write!(
+        out,
+        "\nPrecision of the chosen pairs by confidence (pairs in the band)\n{:<12}",
+        "group"
+    );
+    for (lo, hi) in &bands {
+        let _ = write!(out, " {:>13}", format!("{lo:.1}–{:.1}", hi.min(1.0)));
+    }
+    let _ = writeln!(out);
+    for (group, results) in &totals {
+        let _ = write!(out, "{group:<12}");
+        for (lo, hi) in &bands {
+            let (right, wrong) = in_band(results, *lo, *hi);
+            let cell = if right + wrong == 0 {
+                "–".to_string()
+            } else {
+                format!(
+                    "{:.2} ({})",
+                    right as f64 / (right + wrong) as f64,
+                    right + wrong
+                )
+            };
+            let _ = write!(out, " {cell:>13}");
         }
         let _ = writeln!(out);
     }

@@ -225,6 +225,12 @@ pub struct SourceConfig {
     pub credentials: BTreeMap<String, Secret>,
     /// A mapping document to use for this source instead of generating one.
     pub mapping: Option<PathBuf>,
+    /// What each column holds, by column name (`{"DOD": "Date of death"}`): a data
+    /// dictionary the mapper weighs against the target's names and descriptions. Adds to, and
+    /// wins over, descriptions the source carries itself (Parquet or Arrow field metadata
+    /// `description`, `comment` or `doc`). Each is cut to 500 characters.
+    #[serde(default)]
+    pub descriptions: BTreeMap<String, String>,
     /// Largest record, from the config's `limits.max_record_bytes`.
     #[serde(skip, default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
@@ -248,6 +254,7 @@ impl SourceConfig {
             csv: Default::default(),
             credentials: Default::default(),
             mapping: None,
+            descriptions: Default::default(),
             max_record_bytes: crate::limits::DEFAULT_MAX_RECORD_BYTES,
             max_page_bytes: crate::limits::DEFAULT_MAX_PAGE_BYTES,
         }

@@ -219,6 +219,23 @@ pub fn at_threshold(results: &[CaseResult], threshold: f64) -> (f64, f64, f64) {
     prf(tp, fp, fneg)
 }
 
+/// The chosen pairs of fields whose confidence is in `[low, high)`: how many were expected and
+/// how many were not. The precision of each band shows what a confidence means on a group of
+/// cases; a calibrated matcher's bands hold the same precision on narrow and wide targets.
+pub fn in_band(results: &[CaseResult], low: f64, high: f64) -> (usize, usize) {
+    let (mut right, mut wrong) = (0, 0);
+    for r in results {
+        for (confidence, got, want, _) in &r.decisions {
+            if *confidence >= low && *confidence < high {
+                let hits = got.iter().filter(|g| want.contains(g)).count();
+                right += hits;
+                wrong += got.len() - hits;
+            }
+        }
+    }
+    (right, wrong)
+}
+
 /// The source's column names, read from its header (CSV) or first record (NDJSON/JSON).
 fn column_names(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -386,13 +403,32 @@ pub fn case_source_name(dir: &Path, named: bool) -> String {
         .unwrap_or_else(|| "source".into())
 }
 
+/// What the mapper is given of each case besides its source's rows and its target, as a user
+/// would configure it; each can be turned off to measure what it adds.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs {
+    /// The source is named after its public file ([`case_source_name`]), not `source`.
+    pub named: bool,
+    /// The source's published column descriptions (`source.descriptions.json`, column →
+    /// text, where the case has one) are the source's `descriptions`.
+    pub described: bool,
+}
+
+impl Default for Inputs {
+    fn default() -> Inputs {
+        Inputs {
+            named: true,
+            described: true,
+        }
+    }
+}
+
 /// Maps one case with `choice` and compares the columns each field reads with the expected ones.
-/// `named`: the source is named after its public file ([`case_source_name`]).
 pub async fn evaluate_case(
     dir: &Path,
     choice: MapperChoice,
     llm: &Value,
-    named: bool,
+    inputs: Inputs,
 ) -> Result<CaseResult> {
     // Source paths in the config are relative to the config's directory, so the case
     // directory itself must not be relative too.
@@ -417,10 +453,16 @@ pub async fn evaluate_case(
     let _cleanup = RemoveOnDrop(out_dir.clone());
     let source = source_file(dir)?;
     let columns = column_names(&source);
-    let source_name = case_source_name(dir, named);
+    let source_name = case_source_name(dir, inputs.named);
+    let descriptions_file = dir.join("source.descriptions.json");
+    let descriptions = if inputs.described && descriptions_file.exists() {
+        read_json(&descriptions_file)?
+    } else {
+        json!({})
+    };
     let config = json!({
         "output_directory": out_dir,
-        "data_sources": {source_name.as_str(): {"path": source}},
+        "data_sources": {source_name.as_str(): {"path": source, "descriptions": descriptions}},
         "internal_schema": schema,
         "llm": llm,
     });
@@ -548,7 +590,7 @@ pub async fn evaluate_all(
     root: &Path,
     choice: MapperChoice,
     llm: &Value,
-    named: bool,
+    inputs: Inputs,
 ) -> Result<Vec<CaseResult>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| Error::io("reading", root, e))?
@@ -559,7 +601,7 @@ pub async fn evaluate_all(
     let mut out = Vec::with_capacity(dirs.len());
     for d in dirs {
         // A case that cannot be mapped at all counts as all pairs missed, with the reason.
-        let r = match evaluate_case(&d, choice, llm, named).await {
+        let r = match evaluate_case(&d, choice, llm, inputs).await {
             Ok(r) => r,
             Err(e) => {
                 let expected = read_json(&d.join("expected.json")).unwrap_or_default();

@@ -159,7 +159,10 @@ impl Pipeline {
                     blocking(move || source.sample(n)).await?
                 };
                 let sample = head.slice(0, sample_rows.min(head.num_rows()));
-                let profiles = profile(&sample);
+                let mut profiles = profile(&sample);
+                if let Some((_, c)) = self.config.data_sources.iter().find(|(n, _)| n == name) {
+                    describe(name, &mut profiles, &c.descriptions);
+                }
                 let request = MappingRequest {
                     source: name,
                     target: &self.target,
@@ -347,4 +350,26 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(format!("a reader thread failed: {e}")))?
+}
+
+/// Puts the config's `descriptions` on the profiled columns they name; they win over what the
+/// source's own metadata says. A description of a column the source does not have is noted
+/// and left alone: the source may have dropped the column, and the run goes on.
+fn describe(
+    source: &str,
+    profiles: &mut [crate::source::ColumnProfile],
+    descriptions: &std::collections::BTreeMap<String, String>,
+) {
+    for (column, text) in descriptions {
+        match profiles.iter_mut().find(|p| &p.name == column) {
+            Some(p) => {
+                if let Some(d) = crate::source::profile::bounded_description(text) {
+                    p.description = Some(d);
+                }
+            }
+            None => {
+                tracing::warn!(source, column = %column, "`descriptions` names a column the source does not have; ignored.")
+            }
+        }
+    }
 }

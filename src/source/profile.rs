@@ -105,6 +105,11 @@ pub struct ColumnProfile {
     pub mean_words: f64,
     /// What most text values are, when recognisable: `email`, `uuid`, `ipv4` or `uri`.
     pub semantic: Option<&'static str>,
+    /// What the source says the column holds: the field's Arrow metadata (`description`,
+    /// `comment` or `doc`, as Parquet writers, Spark and pyarrow store them) or the source's
+    /// `descriptions` in the config. Evidence for the mapper like the target's descriptions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// Profiles every data column of a sample (provenance columns excluded).
@@ -115,8 +120,32 @@ pub fn profile(sample: &RecordBatch) -> Vec<ColumnProfile> {
         .iter()
         .zip(sample.columns())
         .filter(|(f, _)| !super::PROVENANCE.contains(&f.name().as_str()))
-        .map(|(f, col)| profile_column(f.name(), col.as_ref()))
+        .map(|(f, col)| ColumnProfile {
+            description: described(f.metadata()),
+            ..profile_column(f.name(), col.as_ref())
+        })
         .collect()
+}
+
+/// Field metadata keys that carry a column's description, in order of preference.
+pub const DESCRIPTION_KEYS: [&str; 3] = ["description", "comment", "doc"];
+
+/// Longest description kept, in characters: a description is evidence, not a document, and
+/// it reaches the model's prompt.
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+
+/// The description a field's metadata gives, trimmed and bounded; `None` when it gives none.
+pub fn described(metadata: &std::collections::HashMap<String, String>) -> Option<String> {
+    DESCRIPTION_KEYS
+        .iter()
+        .filter_map(|k| metadata.get(*k))
+        .find_map(|d| bounded_description(d))
+}
+
+/// `text` trimmed and cut to [`MAX_DESCRIPTION_CHARS`]; `None` when blank.
+pub fn bounded_description(text: &str) -> Option<String> {
+    let t = text.trim();
+    (!t.is_empty()).then(|| t.chars().take(MAX_DESCRIPTION_CHARS).collect())
 }
 
 fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
@@ -134,6 +163,7 @@ fn profile_column(name: &str, col: &dyn Array) -> ColumnProfile {
         top_values: vec![],
         mean_words: 0.0,
         semantic: None,
+        description: None,
     };
     if matches!(
         dt,
@@ -431,6 +461,35 @@ fn text_shape(values: &[&str]) -> ValueShape {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptions_come_from_field_metadata() {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{Field, Schema};
+        use std::sync::Arc;
+        let meta =
+            |k: &str, v: &str| std::collections::HashMap::from([(k.to_string(), v.to_string())]);
+        let schema = Schema::new(vec![
+            Field::new("a", DataType::Int64, true)
+                .with_metadata(meta("description", " Age in years ")),
+            Field::new("b", DataType::Int64, true)
+                .with_metadata(meta("comment", "Spark's column comment")),
+            Field::new("c", DataType::Int64, true).with_metadata(meta("doc", &"x".repeat(2000))),
+            Field::new("d", DataType::Int64, true).with_metadata(meta("description", "   ")),
+            Field::new("e", DataType::Int64, true),
+        ]);
+        let col = Arc::new(Int64Array::from(vec![1, 2])) as arrow::array::ArrayRef;
+        let batch = RecordBatch::try_new(Arc::new(schema), vec![col; 5]).unwrap();
+        let p = profile(&batch);
+        assert_eq!(p[0].description.as_deref(), Some("Age in years"));
+        assert_eq!(p[1].description.as_deref(), Some("Spark's column comment"));
+        assert_eq!(
+            p[2].description.as_ref().map(|d| d.chars().count()),
+            Some(MAX_DESCRIPTION_CHARS)
+        );
+        assert_eq!(p[3].description, None);
+        assert_eq!(p[4].description, None);
+    }
 
     #[test]
     fn shapes() {

@@ -2,14 +2,21 @@
 //! evaluation `scripts/eval_mapping` prints).
 
 use conform::MapperChoice;
-use conform::pipeline::eval::{Score, evaluate_all, evaluate_case, exact_score, value_score};
+use conform::pipeline::eval::{
+    Inputs, Score, evaluate_all, evaluate_case, exact_score, value_score,
+};
 
 #[tokio::test]
 async fn heuristic_mapper_scores_at_least_0_9_f1_on_the_matching_cases() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching");
-    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}), true)
-        .await
-        .unwrap();
+    let results = evaluate_all(
+        &root,
+        MapperChoice::Heuristic,
+        &serde_json::json!({}),
+        Inputs::default(),
+    )
+    .await
+    .unwrap();
     assert!(results.len() >= 15, "{} cases", results.len());
     let s = Score::of(&results);
     let mistakes: Vec<String> = results
@@ -34,9 +41,14 @@ async fn heuristic_mapper_holds_its_score_on_the_real_tables() {
     // The tuned group of real public tables (the frozen group is only reported, never
     // asserted on, so that nothing is tuned to it).
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching/real");
-    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}), true)
-        .await
-        .unwrap();
+    let results = evaluate_all(
+        &root,
+        MapperChoice::Heuristic,
+        &serde_json::json!({}),
+        Inputs::default(),
+    )
+    .await
+    .unwrap();
     assert!(results.len() >= 25, "{} cases", results.len());
     let s = Score::of(&results);
     assert!(s.f1 >= 0.85 && s.precision >= 0.95, "{s:?}");
@@ -51,9 +63,14 @@ async fn heuristic_mapper_beats_exact_names_on_the_wide_standards() {
     // must be weighed against the whole target, and the source's name (each case's source is
     // named after its public file) says which table it fills.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching/wide");
-    let results = evaluate_all(&root, MapperChoice::Heuristic, &serde_json::json!({}), true)
-        .await
-        .unwrap();
+    let results = evaluate_all(
+        &root,
+        MapperChoice::Heuristic,
+        &serde_json::json!({}),
+        Inputs::default(),
+    )
+    .await
+    .unwrap();
     assert!(results.len() >= 20, "{} cases", results.len());
     let s = Score::of(&results);
     let (_, _, exact) = exact_score(&results);
@@ -91,9 +108,14 @@ async fn value_truth_counts_what_the_expression_makes_of_each_source_value() {
         r#"{"values": {"sex": {"male": "M", "female": "X", "other": "O"}}}"#,
     )
     .unwrap();
-    let r = evaluate_case(d, MapperChoice::Heuristic, &serde_json::json!({}), true)
-        .await
-        .unwrap();
+    let r = evaluate_case(
+        d,
+        MapperChoice::Heuristic,
+        &serde_json::json!({}),
+        Inputs::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.true_positives, 2, "{:?}", r.mistakes);
     assert_eq!(r.values, (1, 2, 2));
     assert_eq!(value_score(&[r]), Some((0.5, 0.5)));
@@ -164,5 +186,88 @@ fn enum_values_are_mapped_by_a_reviewable_table_and_unknown_ones_stay_invalid() 
     assert!(
         msg.contains("No Dual Identity") && msg.contains("identity"),
         "{msg}"
+    );
+}
+
+/// `conform map` reads a source's own column descriptions: Parquet field metadata, and the
+/// config's `descriptions` (which win), and the mapping follows them where names say nothing.
+#[test]
+fn column_descriptions_from_parquet_metadata_and_the_config_reach_the_mapping() {
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    let w = crate::harness::Workdir::new();
+    let described = |name: &str, t: DataType, key: &str, text: &str| {
+        Field::new(name, t, true).with_metadata(HashMap::from([(key.into(), text.into())]))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        described(
+            "k1",
+            DataType::Int64,
+            "description",
+            "Membership number of the member",
+        ),
+        described("k2", DataType::Utf8, "comment", "Surname of the member"),
+        described(
+            "k3",
+            DataType::Utf8,
+            "description",
+            "Town where the member lives",
+        ),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![17, 18, 19, 20])) as ArrayRef,
+            Arc::new(StringArray::from(vec![
+                "Lovelace", "Turing", "Hopper", "Noether",
+            ])),
+            Arc::new(StringArray::from(vec![
+                "London",
+                "Wilmslow",
+                "Arlington",
+                "Erlangen",
+            ])),
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(w.join("members.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let target = r#"{"type": "object", "properties": {
+        "membership_number": {"type": "integer"},
+        "surname": {"type": "string"},
+        "city": {"type": "string"},
+        "country": {"type": "string"}
+    }}"#;
+    // The config's description of `k3` wins over the file's, and says it is the country.
+    w.write(
+        "config.json",
+        crate::harness::config(
+            r#"{"members": {"path": "members.parquet", "descriptions": {"k3": "Country of the member", "gone": "a column the file lacks"}}}"#,
+            target,
+            "",
+        ),
+    );
+    let r = w.run(&["map", "--mapper", "heuristic"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc = w.json("out/mappings/members.mapping.json");
+    let sources = |f: &str| doc["fields"][f]["sources"].clone();
+    assert_eq!(
+        sources("membership_number"),
+        serde_json::json!(["k1"]),
+        "{doc:#}"
+    );
+    assert_eq!(sources("surname"), serde_json::json!(["k2"]), "{doc:#}");
+    assert_eq!(sources("country"), serde_json::json!(["k3"]), "{doc:#}");
+    assert_eq!(sources("city"), serde_json::json!([]), "{doc:#}");
+    assert!(
+        doc["fields"]["surname"]["rationale"]
+            .as_str()
+            .unwrap()
+            .contains("is described as the field"),
+        "{doc:#}"
     );
 }

@@ -218,6 +218,9 @@ pub struct ColumnFacts<'a> {
     pub(super) norm_values: HashSet<String>,
     /// A column the loading pipeline adds (`_loaded_at`, `etl_batch`).
     pub metadata: bool,
+    /// Canonical tokens of the column's own description (a data dictionary, Parquet field
+    /// metadata), each once; empty when the source describes nothing.
+    pub(super) described: Vec<String>,
 }
 
 /// Unit abbreviations and the words descriptions use for them.
@@ -271,7 +274,15 @@ impl<'a> ColumnFacts<'a> {
                     "etl" | "loaded" | "ingested" | "ingest" | "batch" | "sdc" | "dw" | "audit"
                 )
             });
+        let mut described: Vec<String> = profile
+            .description
+            .as_deref()
+            .map(crate::mapping::names::tokens)
+            .unwrap_or_default();
+        described.sort_unstable();
+        described.dedup();
         ColumnFacts {
+            described,
             tokens,
             desc_keys,
             word,
@@ -352,6 +363,11 @@ impl Rarity {
 
     fn weight(&self, t: &str) -> f64 {
         self.idf.get(t).copied().unwrap_or(self.unseen)
+    }
+
+    /// Whether the target's names use `t` widely.
+    fn common(&self, t: &str) -> bool {
+        self.common_names.contains(t)
     }
 
     /// A name token's weight: the generic words' half, and a quarter of that when the
@@ -525,6 +541,73 @@ pub fn description_score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarit
     // for "sub-region name".
     let coverage = matched as f64 / f.desc_tokens.len().max(1) as f64;
     0.8 * (0.85 * found / total + 0.15 * coverage.min(1.0))
+}
+
+/// Evidence from the column's own description: how much of the field's name it says
+/// (`deathDate` in "The date the patient died": date, die/death), and how much it shares with
+/// the field's description, words weighted by how rare they are among the target's
+/// descriptions (two descriptions that both say "patient" and "date" agree on little). Zero
+/// when the source describes nothing or only generic words match.
+pub fn column_description_score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity) -> f64 {
+    if c.described.is_empty() {
+        return 0.0;
+    }
+    // Whole words only: a description is prose, where near-spellings (`state`, `status`)
+    // are other words.
+    let has = |t: &str| {
+        if c.described.iter().any(|u| u == t) {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    // The field's name in the column's description.
+    let name_total: f64 = f.tokens.iter().map(|t| rarity.name_weight(t)).sum();
+    let mut name_found = 0.0;
+    let mut specific = false;
+    for t in &f.tokens {
+        let b = has(t);
+        if b >= 0.8 {
+            name_found += b * rarity.name_weight(t);
+            specific |= !GENERIC_WORDS.contains(&t.as_str()) && !rarity.common(t);
+        }
+    }
+    let by_name = if specific && name_total > 0.0 {
+        0.85 * name_found / name_total
+    } else {
+        0.0
+    };
+    // The two descriptions: cosine of their rarity-weighted words.
+    let by_description = if f.desc_tokens.is_empty() {
+        0.0
+    } else {
+        let norm_c: f64 = c
+            .described
+            .iter()
+            .map(|t| rarity.weight(t).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm_f: f64 = f
+            .desc_tokens
+            .iter()
+            .map(|t| rarity.weight(t).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let shared: f64 = c
+            .described
+            .iter()
+            .filter(|t| f.desc_tokens.contains(*t) && !GENERIC_WORDS.contains(&t.as_str()))
+            .map(|t| rarity.weight(t).powi(2))
+            .sum();
+        if norm_c * norm_f > 0.0 {
+            // A cosine of 0.5 between a one-line description and a paragraph is close
+            // agreement; scaled so that it reaches the acceptance range.
+            (1.6 * shared / (norm_c * norm_f)).min(0.85)
+        } else {
+            0.0
+        }
+    };
+    by_name.max(by_description)
 }
 
 /// Whether every token of the column is a token of the field's name: `age` for

@@ -21,8 +21,8 @@ use indexmap::IndexMap;
 
 use self::convert::{as_text, conversion};
 use self::evidence::{
-    ColumnFacts, FieldFacts, Rarity, Role, contained, description_score, name_score, shares_token,
-    unexplained,
+    ColumnFacts, FieldFacts, Rarity, Role, column_description_score, contained, description_score,
+    name_score, shares_token, unexplained,
 };
 use self::fit::{CONSTANT, ValueEvidence, value_evidence};
 use super::names::{token_list_similarity, tokens};
@@ -94,6 +94,10 @@ struct Pair {
 fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) -> Option<Pair> {
     let mut name = name_score(f, c, rarity);
     let mut desc = description_score(f, c, rarity);
+    // What the source says about the column weighs like the target's description.
+    let described = column_description_score(f, c, rarity);
+    let by_column_description = described > desc && described > name;
+    desc = desc.max(described);
     match (span_end(&f.name_words), span_end(&c.name_words)) {
         // `STOP` for `condition_end_date`: the same end of a span, said another way.
         (Some(a), Some(b)) if a == b => name = name.max(SAME_END),
@@ -173,7 +177,9 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
         score = s,
         "Scored a pair."
     );
-    let by = if desc > name && desc >= ACCEPT {
+    let by = if by_column_description && desc > name && desc >= ACCEPT {
+        "is described as the field"
+    } else if desc > name && desc >= ACCEPT {
         "matches the field's description"
     } else if lex >= ACCEPT {
         "matches by name"
@@ -259,15 +265,25 @@ impl HeuristicMapper {
             .collect();
         // On a target made of tables, a column's pairs outside the table it belongs to are
         // lowered, and fields of tables the source does not fill take nothing by elimination.
+        let named: Vec<bool> = group_of
+            .as_ref()
+            .map(|g| wide::named_by_source(&g.keys, req.source))
+            .unwrap_or_default();
         let active: Vec<bool> = match &group_of {
             Some(g) => {
-                let named = wide::named_by_source(&g.keys, req.source);
                 let active = wide::focus(&g.of, &named, columns.len(), &mut ranked);
                 g.of.iter().map(|g| g.is_none_or(|g| active[g])).collect()
             }
             None => vec![true; fields.len()],
         };
-        let chosen = assign(&fields, &columns, &ranked, &active);
+        let mut chosen = assign(&fields, &columns, &ranked, &active);
+        // A table that ends up with one column of a source that fills another table more is a
+        // stray match: lowered, and assigned once more without it.
+        if let Some(g) = &group_of
+            && wide::strays(&g.of, &named, &chosen, &mut ranked)
+        {
+            chosen = assign(&fields, &columns, &ranked, &active);
+        }
         let mut used = vec![false; columns.len()];
         for c in chosen.iter().flatten() {
             used[c.column] = true;

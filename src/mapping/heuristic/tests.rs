@@ -707,3 +707,125 @@ fn the_name_field_of_the_table_a_source_fills_joins_the_name_parts() {
         assert!(doc.fields[other].expr.is_none(), "{other}: {doc:?}");
     }
 }
+
+/// Maps columns that carry the source's own descriptions (a data dictionary).
+fn map_described(
+    properties: Value,
+    columns: &[(&str, Vec<&str>)],
+    descriptions: &[(&str, &str)],
+) -> MappingDocument {
+    let target =
+        TargetSchema::try_new(&json!({"type": "object", "properties": properties})).unwrap();
+    let sample = batch(columns);
+    let mut profiles = profile(&sample);
+    for (column, text) in descriptions {
+        let p = profiles.iter_mut().find(|p| p.name == *column).unwrap();
+        p.description = Some(text.to_string());
+    }
+    let req = MappingRequest {
+        source: "s",
+        target: &target,
+        source_schema: sample.schema(),
+        sample: &sample,
+        profiles: &profiles,
+    };
+    HeuristicMapper.map_now(&req)
+}
+
+#[test]
+fn the_sources_descriptions_name_columns_whose_names_say_nothing() {
+    // Two date columns with opaque names, two date fields: the values cannot tell them
+    // apart; the source's data dictionary can.
+    let properties = json!({
+        "birth_date": {"type": "string", "format": "date", "description": "The day the person was born."},
+        "death_date": {"type": "string", "format": "date", "description": "The day the person's death was recorded."},
+        "weight_kg": {"type": "number", "description": "Body weight in kilograms."}
+    });
+    let columns = [
+        (
+            "F07",
+            repeat(&["1950-02-01", "1961-07-15", "1972-12-30"], 9),
+        ),
+        ("F11", repeat(&["2020-03-04", "", "2021-09-10"], 9)),
+        ("F12", repeat(&["71.5", "80.2", "65"], 9)),
+    ];
+    let bare = map(properties.clone(), &columns);
+    assert!(
+        sources(&bare, "death_date") != ["F11"] || sources(&bare, "birth_date") != ["F07"],
+        "without descriptions nothing tells the dates apart: {bare:?}"
+    );
+    let described = map_described(
+        properties,
+        &columns,
+        &[
+            ("F07", "Date of birth of the patient"),
+            ("F11", "Date of the patient's death, if the patient died"),
+            ("F12", "Weight of the patient in kilograms at the visit"),
+        ],
+    );
+    assert_eq!(sources(&described, "birth_date"), ["F07"]);
+    assert_eq!(sources(&described, "death_date"), ["F11"]);
+    assert_eq!(sources(&described, "weight_kg"), ["F12"]);
+    assert!(
+        described.fields["death_date"]
+            .rationale
+            .contains("is described as the field"),
+        "{}",
+        described.fields["death_date"].rationale
+    );
+}
+
+#[test]
+fn a_description_of_generic_words_alone_identifies_nothing() {
+    // "the date of the record" shares only generic words with every date field.
+    let properties = json!({
+        "start_date": {"type": "string", "format": "date", "description": "When the stay began."},
+        "end_date": {"type": "string", "format": "date", "description": "When the stay ended."}
+    });
+    let columns = [("X1", repeat(&["2020-03-04", "2021-09-10"], 8))];
+    let doc = map_described(properties, &columns, &[("X1", "The date of the record")]);
+    assert!(
+        doc.fields
+            .values()
+            .all(|m| !m.rationale.contains("is described as the field")),
+        "{doc:?}"
+    );
+}
+
+#[test]
+fn a_table_given_one_stray_column_takes_nothing() {
+    // A target made of tables; the source fills `visit`, which has no description. Its
+    // `DESCRIPTION` matches the image table's description by name, the only column of the
+    // source that table would get (its start date goes to the visit the source is named
+    // after): a stray, left undecided with the column as its candidate.
+    let properties = json!({
+        "visit.visit_id": {"type": "string"},
+        "visit.visit_start": {"type": "string", "format": "date"},
+        "visit.visit_stop": {"type": "string", "format": "date"},
+        "visit.patient": {"type": "string"},
+        "image.image_id": {"type": "string"},
+        "image.description": {"type": "string"},
+        "image.modality": {"type": "string"},
+        "image.started": {"type": "string", "format": "date"},
+        "note.note_text": {"type": "string"},
+        "note.note_date": {"type": "string", "format": "date"}
+    });
+    let columns = [
+        ("VISIT_ID", repeat(&["v1", "v2", "v3", "v4"], 8)),
+        ("START", repeat(&["2020-01-02", "2020-02-03"], 8)),
+        ("STOP", repeat(&["2020-01-05", "2020-02-09"], 8)),
+        ("PATIENT", repeat(&["p1", "p2", "p3"], 8)),
+        (
+            "DESCRIPTION",
+            repeat(&["Routine check-up", "Emergency visit"], 8),
+        ),
+    ];
+    let doc = map_named("visits", properties, &columns);
+    assert_eq!(sources(&doc, "visit.visit_id"), ["VISIT_ID"]);
+    assert_eq!(sources(&doc, "visit.visit_start"), ["START"]);
+    assert_eq!(sources(&doc, "visit.patient"), ["PATIENT"]);
+    let image = &doc.fields["image.description"];
+    assert!(image.sources.is_empty(), "{image:?}");
+    assert_eq!(image.candidates[0].sources, ["DESCRIPTION"], "{image:?}");
+    assert!(image.candidates[0].score < 0.5, "{image:?}");
+}

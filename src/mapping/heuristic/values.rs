@@ -412,6 +412,7 @@ mod tests {
             top_values: counts,
             mean_words: 1.0,
             semantic: None,
+            description: None,
         }
     }
 

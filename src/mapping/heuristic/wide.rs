@@ -172,6 +172,42 @@ pub(super) fn focus(
     active
 }
 
+/// Lowers the chosen pairs that are strays: the only pair chosen in their table, when the
+/// source's name does not point to that table and another table took more of its columns (a
+/// procedures table's `DESCRIPTION` is not an imaging study's description because `Procedure`
+/// has no description element). Their fields become undecided, the column a candidate.
+/// Returns whether any pair was lowered.
+pub(super) fn strays(
+    group_of: &[Option<usize>],
+    named: &[bool],
+    chosen: &[Option<Pair>],
+    ranked: &mut [Vec<Pair>],
+) -> bool {
+    let n_groups = group_of.iter().flatten().max().map_or(0, |g| g + 1);
+    let mut taken = vec![0usize; n_groups];
+    for (fi, p) in chosen.iter().enumerate() {
+        if let (Some(_), Some(g)) = (p, group_of[fi]) {
+            taken[g] += 1;
+        }
+    }
+    let most = taken.iter().copied().max().unwrap_or(0);
+    let mut lowered = false;
+    for (fi, p) in chosen.iter().enumerate() {
+        let (Some(p), Some(g)) = (p, group_of[fi]) else {
+            continue;
+        };
+        if taken[g] == 1 && most > 1 && !named.get(g).copied().unwrap_or(false) {
+            for q in ranked[fi].iter_mut().filter(|q| q.column == p.column) {
+                q.score = (q.score * AWAY * 100.0).round() / 100.0;
+                q.shareable = false;
+            }
+            best_first(&mut ranked[fi]);
+            lowered = true;
+        }
+    }
+    lowered
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,8 +146,15 @@ fn column_line(p: &ColumnProfile, redact: bool) -> String {
         .ok()
         .and_then(|v| v.get("shape").and_then(|s| s.as_str()).map(str::to_string))
         .unwrap_or_default();
+    // The source's own description of the column (a data dictionary): schema, not data, so
+    // it is sent as written even when sample values are redacted.
+    let described = p
+        .description
+        .as_deref()
+        .map(|d| format!("; described as {d:?}"))
+        .unwrap_or_default();
     format!(
-        "- {:?}: {} (values look like {shape}; {:.0}% blank; {} distinct in sample; examples {})",
+        "- {:?}: {} (values look like {shape}; {:.0}% blank; {} distinct in sample; examples {}{described})",
         p.name,
         p.data_type,
         p.null_share * 100.0,
