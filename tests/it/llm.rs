@@ -1624,6 +1624,31 @@ impl wiremock::Respond for PickFields {
     }
 }
 
+/// [`PickFields`], except that a request about more than `self.1` columns gets "none" for
+/// every column: a small model stuck in a pattern on a long list.
+struct SilentWhenLong(PickFields, usize);
+
+impl wiremock::Respond for SilentWhenLong {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let columns = body["response_format"]["json_schema"]["schema"]["properties"]["columns"]
+            ["items"]["properties"]["column"]["enum"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if columns.len() <= self.1 {
+            return self.0.respond(request);
+        }
+        let entries: Vec<Value> = columns
+            .iter()
+            .map(|c| json!({"column": c, "field": "none"}))
+            .collect();
+        let mut reply = completion(&json!({ "columns": entries }).to_string());
+        reply["usage"]["prompt_tokens"] = json!(prompt_text(&body).len().div_ceil(3));
+        ResponseTemplate::new(200).set_body_json(reply)
+    }
+}
+
 /// A 150-field target of which a 4-column source fills four: `email_address`,
 /// `signup_date`, `home_city`, `loyalty_points`; `secondary_email` resembles the e-mail column
 /// too, and the rest are measurements nothing resembles.
@@ -1941,6 +1966,57 @@ async fn columns_go_in_requests_within_the_budget_and_a_garbled_one_is_left_to_t
         "{}",
         f["home_city"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_answered_none_throughout_is_asked_again_in_halves() {
+    // Four columns in one request, the matcher sure of a field for each, and the model says
+    // "none" for every one: it is asked again about two columns at a time, and those answers
+    // stand — including a "none" that the halves give again (`city`).
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(SilentWhenLong(
+            PickFields(
+                vec![
+                    ("email", &["email_address"]),
+                    ("signup", &["signup_date"]),
+                    ("points", &["loyalty_points"]),
+                ],
+                None,
+            ),
+            2,
+        ))
+        .mount(&s)
+        .await;
+    let w = column_case(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["map", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let b = bodies(&s).await;
+    let mut asked: Vec<String> = b
+        .iter()
+        .map(|x| x["response_format"]["json_schema"]["schema"]["properties"]["columns"]["items"]["properties"]["column"]["enum"].to_string())
+        .collect();
+    asked[1..].sort();
+    assert_eq!(
+        asked,
+        [
+            r#"["email","signup","city","points"]"#,
+            r#"["city","points"]"#,
+            r#"["email","signup"]"#
+        ],
+        "{}",
+        r.stderr
+    );
+    let f = &w.json("out/mappings/members.mapping.json")["fields"];
+    for (field, column) in [
+        ("email_address", "email"),
+        ("signup_date", "signup"),
+        ("loyalty_points", "points"),
+    ] {
+        assert_eq!(f[field]["sources"], json!([column]), "{}", f[field]);
+    }
+    assert!(f["home_city"]["expr"].is_null(), "{}", f["home_city"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

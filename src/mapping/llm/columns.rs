@@ -103,6 +103,22 @@ pub(super) fn pack(
     (batches, alone)
 }
 
+/// A request of at least this many columns answered with no field at all is asked again in
+/// halves (see [`LlmMapper::propose_by_column`]).
+const SILENT_SPLIT: usize = 4;
+
+/// How many of `cols` the offline matcher chose a field for.
+fn accepted(offline: &MappingDocument, cols: &[String]) -> usize {
+    cols.iter()
+        .filter(|c| {
+            offline
+                .fields
+                .values()
+                .any(|m| m.expr.is_some() && m.sources.as_slice() == [(*c).clone()])
+        })
+        .count()
+}
+
 /// Tokens of a column-by-column reply per column (its name, a field's name, the JSON around
 /// them): the completion budget of the request.
 const REPLY_TOKENS_PER_COLUMN: u32 = 40;
@@ -162,8 +178,8 @@ impl LlmMapper {
             .map(|c| (c, OVER_BUDGET_ALONE.to_string()))
             .collect();
         let mut first_error: Option<Error> = None;
-        // A batch that times out, goes over the budget by the model's count or cannot be read
-        // goes again in halves; a column that fails alone is answered offline. Every round
+        // A batch that times out, goes over the budget by the model's count, cannot be read or
+        // is answered with no field at all goes again in halves; a column that fails alone is answered offline. Every round
         // halves a batch or drops a column, so this ends.
         for _round in 0..=usize::BITS {
             if pending.is_empty() {
@@ -177,6 +193,25 @@ impl LlmMapper {
             for (cols, (r, u)) in pending.drain(..).zip(results) {
                 absorb_usage(&mut usage, u);
                 match r {
+                    // Not one field for any of several columns, though the matcher accepted
+                    // one for most of them: a small model that answers a long list with
+                    // "none" throughout is stuck in a pattern, not judging each column. The
+                    // halves are asked again; their answers stand, whatever they are.
+                    Ok(answers)
+                        if cols.len() >= SILENT_SPLIT
+                            && answers.values().all(Vec::is_empty)
+                            && 2 * accepted(&offline, &cols) >= cols.len() =>
+                    {
+                        tracing::debug!(
+                            source = req.source,
+                            columns = cols.len(),
+                            "The model chose no field for any column of a request; asking again in halves."
+                        );
+                        let mid = cols.len().div_ceil(2);
+                        next.push(cols[..mid].to_vec());
+                        next.push(cols[mid..].to_vec());
+                        usage.batches += 1;
+                    }
                     Ok(answers) => {
                         let missing: Vec<String> = cols
                             .iter()
