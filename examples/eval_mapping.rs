@@ -83,14 +83,17 @@ async fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(1);
             }
         };
-        let group = std::path::absolute(dir)
-            .unwrap_or_else(|_| dir.clone())
-            .strip_prefix(&root)
-            .ok()
-            .and_then(|p| p.to_str())
-            .filter(|p| !p.is_empty())
-            .unwrap_or("hand-made")
-            .to_string();
+        // A group under testdata/matching is named by its path there (the root itself holds
+        // the hand-made cases); any other directory by its own name.
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        let group = match absolute.strip_prefix(&root) {
+            Ok(p) if p.as_os_str().is_empty() => "hand-made".to_string(),
+            Ok(p) => p.to_string_lossy().into_owned(),
+            Err(_) => absolute.file_name().map_or_else(
+                || dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+        };
         if !summary {
             let _ = writeln!(
                 out,

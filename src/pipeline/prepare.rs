@@ -205,7 +205,15 @@ impl Pipeline {
                 let mut proposal = proposal;
                 // The offline matcher's scores are what the threshold is calibrated on; a
                 // model's own confidence is on no common scale, so its answers are kept.
-                let held = if proposal.document.mapper == MapperKind::Heuristic {
+                // Column by column the model picks and the matcher scores: a field's
+                // confidence is the matcher's score of the pair picked, and the threshold
+                // holds as for the matcher's own document.
+                let by_column = proposal.llm.as_ref().is_some_and(|u| {
+                    u.prompt_version == crate::mapping::llm::prompt::COLUMN_PROMPT_VERSION
+                });
+                let held = if by_column {
+                    proposal.document.hold_below(self.config.min_confidence)
+                } else if proposal.document.mapper == MapperKind::Heuristic {
                     let min = self.config.min_confidence;
                     if min < crate::mapping::heuristic::ACCEPT {
                         // The threshold filters what the matcher proposes; the matcher itself

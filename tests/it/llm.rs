@@ -2020,6 +2020,74 @@ async fn a_request_answered_none_throughout_is_asked_again_in_halves() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn column_by_column_a_pick_below_min_confidence_is_held_for_review() {
+    // Column by column the model picks and the matcher scores: a field whose picked pair the
+    // matcher scores under `min_confidence` stays undecided, the pick its first candidate.
+    let s = server().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(PickFields(
+            vec![
+                ("email", &["email_address"]),
+                ("signup", &["signup_date"]),
+                ("points", &["loyalty_points"]),
+            ],
+            None,
+        ))
+        .mount(&s)
+        .await;
+    let w = column_case(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let offline = run(&w, &["map", "--mapper", "heuristic"], &[]).await;
+    assert_eq!(offline.code, 0, "{}", offline.stderr);
+    let f = w.json("out/mappings/members.mapping.json")["fields"].clone();
+    let score = |field: &str| f[field]["confidence"].as_f64().unwrap();
+    let (low, high) = ["email_address", "signup_date", "loyalty_points"]
+        .into_iter()
+        .map(|x| (score(x), x))
+        .fold(((2.0, ""), (-1.0, "")), |(lo, hi), s| {
+            (
+                if s.0 < lo.0 { s } else { lo },
+                if s.0 > hi.0 { s } else { hi },
+            )
+        });
+    assert!(low.0 < high.0, "{f}");
+    std::fs::remove_dir_all(w.path().join("out")).unwrap();
+    let min = (low.0 + high.0) / 2.0;
+    let r = run(
+        &w,
+        &[
+            "map",
+            "--mapper",
+            "llm",
+            "--min-confidence",
+            &min.to_string(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let f = &w.json("out/mappings/members.mapping.json")["fields"];
+    assert!(f[low.1]["expr"].is_null(), "{}", f[low.1]);
+    assert!(
+        f[low.1]["rationale"]
+            .as_str()
+            .unwrap()
+            .starts_with("undecided: the best candidate's confidence"),
+        "{}",
+        f[low.1]
+    );
+    assert!(
+        f[low.1]["candidates"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("(column by column)"),
+        "the model's pick is the first candidate: {}",
+        f[low.1]
+    );
+    assert!(f[high.1]["expr"].is_string(), "{}", f[high.1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_column_whose_field_is_certain_is_decided_offline_and_not_asked() {
     // With `min_uncertainty`, the matcher's certain, unrivalled pairs stand without the model,
     // and their columns are left out of the question; the others are asked as before.
