@@ -543,8 +543,8 @@ pub fn description_score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarit
     0.8 * (0.85 * found / total + 0.15 * coverage.min(1.0))
 }
 
-/// Evidence from the column's own description: how much of the field's name it says
-/// (`deathDate` in "The date the patient died": date, die/death), and how much it shares with
+/// Evidence from the column's own description: how much of the field's name it says, word
+/// for word (`deathDate` in "Date of the patient's death"), and how much it shares with
 /// the field's description, words weighted by how rare they are among the target's
 /// descriptions (two descriptions that both say "patient" and "date" agree on little). Zero
 /// when the source describes nothing or only generic words match.
