@@ -179,8 +179,8 @@ impl LlmMapper {
             .collect();
         let mut first_error: Option<Error> = None;
         // A batch that times out, goes over the budget by the model's count, cannot be read or
-        // is answered with no field at all goes again in halves; a column that fails alone is answered offline. Every round
-        // halves a batch or drops a column, so this ends.
+        // is answered with no field at all goes again in halves; a column that fails alone is
+        // answered offline. Every round halves a batch or drops a column, so this ends.
         for _round in 0..=usize::BITS {
             if pending.is_empty() {
                 break;
