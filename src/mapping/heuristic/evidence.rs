@@ -553,59 +553,36 @@ pub fn column_description_score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity:
         return 0.0;
     }
     // Whole words only: a description is prose, where near-spellings (`state`, `status`)
-    // are other words.
-    let has = |t: &str| {
-        if c.described.iter().any(|u| u == t) {
-            1.0
-        } else {
-            0.0
-        }
-    };
+    // are other words. `described` is sorted.
+    let has = |t: &String| c.described.binary_search(t).is_ok();
     // The field's name in the column's description.
     let name_total: f64 = f.tokens.iter().map(|t| rarity.name_weight(t)).sum();
-    let mut name_found = 0.0;
-    let mut specific = false;
-    for t in &f.tokens {
-        let b = has(t);
-        if b >= 0.8 {
-            name_found += b * rarity.name_weight(t);
-            specific |= !GENERIC_WORDS.contains(&t.as_str()) && !rarity.common(t);
-        }
-    }
+    let found: Vec<&String> = f.tokens.iter().filter(|t| has(t)).collect();
+    let specific = found
+        .iter()
+        .any(|t| !GENERIC_WORDS.contains(&t.as_str()) && !rarity.common(t));
     let by_name = if specific && name_total > 0.0 {
-        0.85 * name_found / name_total
+        0.85 * found.iter().map(|t| rarity.name_weight(t)).sum::<f64>() / name_total
     } else {
         0.0
     };
-    // The two descriptions: cosine of their rarity-weighted words.
-    let by_description = if f.desc_tokens.is_empty() {
-        0.0
+    // The two descriptions: cosine of their rarity-weighted words. Most pairs share no
+    // specific word, so the norms are computed only for those that do.
+    let squared = |t: &String| rarity.weight(t).powi(2);
+    let shared: f64 = c
+        .described
+        .iter()
+        .filter(|t| f.desc_tokens.contains(*t) && !GENERIC_WORDS.contains(&t.as_str()))
+        .map(squared)
+        .sum();
+    let by_description = if shared > 0.0 {
+        let norm_c = c.described.iter().map(squared).sum::<f64>().sqrt();
+        let norm_f = f.desc_tokens.iter().map(squared).sum::<f64>().sqrt();
+        // A cosine of 0.5 between a one-line description and a paragraph is close
+        // agreement; scaled so that it reaches the acceptance range.
+        (1.6 * shared / (norm_c * norm_f)).min(0.85)
     } else {
-        let norm_c: f64 = c
-            .described
-            .iter()
-            .map(|t| rarity.weight(t).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let norm_f: f64 = f
-            .desc_tokens
-            .iter()
-            .map(|t| rarity.weight(t).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let shared: f64 = c
-            .described
-            .iter()
-            .filter(|t| f.desc_tokens.contains(*t) && !GENERIC_WORDS.contains(&t.as_str()))
-            .map(|t| rarity.weight(t).powi(2))
-            .sum();
-        if norm_c * norm_f > 0.0 {
-            // A cosine of 0.5 between a one-line description and a paragraph is close
-            // agreement; scaled so that it reaches the acceptance range.
-            (1.6 * shared / (norm_c * norm_f)).min(0.85)
-        } else {
-            0.0
-        }
+        0.0
     };
     by_name.max(by_description)
 }
