@@ -1579,11 +1579,7 @@ struct PickFields(
 impl wiremock::Respond for PickFields {
     fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&request.body).unwrap();
-        let columns = body["response_format"]["json_schema"]["schema"]["properties"]["columns"]
-            ["items"]["properties"]["column"]["enum"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let columns = asked_columns(&body);
         let text = prompt_text(&body);
         let garbled = self.1.is_some_and(|g| columns.iter().any(|c| c == g));
         let entries: Vec<Value> = columns
@@ -1624,6 +1620,28 @@ impl wiremock::Respond for PickFields {
     }
 }
 
+/// The picks of the column-by-column tests: the e-mail, signup and points columns name their
+/// fields; the city column names none (`garbled`: the column whose requests get prose).
+fn three_picks(garbled: Option<&'static str>) -> PickFields {
+    PickFields(
+        vec![
+            ("email", &["email_address"]),
+            ("signup", &["signup_date"]),
+            ("points", &["loyalty_points"]),
+        ],
+        garbled,
+    )
+}
+
+/// The columns a column-by-column request asks about, as its reply's grammar lists them.
+fn asked_columns(body: &Value) -> Vec<Value> {
+    body["response_format"]["json_schema"]["schema"]["properties"]["columns"]["items"]["properties"]
+        ["column"]["enum"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// [`PickFields`], except that a request about more than `self.1` columns gets "none" for
 /// every column: a small model stuck in a pattern on a long list.
 struct SilentWhenLong(PickFields, usize);
@@ -1631,11 +1649,7 @@ struct SilentWhenLong(PickFields, usize);
 impl wiremock::Respond for SilentWhenLong {
     fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&request.body).unwrap();
-        let columns = body["response_format"]["json_schema"]["schema"]["properties"]["columns"]
-            ["items"]["properties"]["column"]["enum"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let columns = asked_columns(&body);
         if columns.len() <= self.1 {
             return self.0.respond(request);
         }
@@ -1743,14 +1757,7 @@ async fn a_wide_target_is_asked_column_by_column_and_the_models_picks_decide() {
     let s = server().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(PickFields(
-            vec![
-                ("email", &["email_address"]),
-                ("signup", &["signup_date"]),
-                ("points", &["loyalty_points"]),
-            ],
-            None,
-        ))
+        .respond_with(three_picks(None))
         .mount(&s)
         .await;
     let w = column_case(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
@@ -1888,14 +1895,7 @@ async fn columns_go_in_requests_within_the_budget_and_a_garbled_one_is_left_to_t
     let s = server().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(PickFields(
-            vec![
-                ("email", &["email_address"]),
-                ("signup", &["signup_date"]),
-                ("points", &["loyalty_points"]),
-            ],
-            Some("city"),
-        ))
+        .respond_with(three_picks(Some("city")))
         .mount(&s)
         .await;
     let w = column_case(&format!(
@@ -1907,7 +1907,7 @@ async fn columns_go_in_requests_within_the_budget_and_a_garbled_one_is_left_to_t
     let b = bodies(&s).await;
     let mut asked: Vec<String> = b
         .iter()
-        .map(|x| x["response_format"]["json_schema"]["schema"]["properties"]["columns"]["items"]["properties"]["column"]["enum"].to_string())
+        .map(|x| Value::Array(asked_columns(x)).to_string())
         .collect();
     // [email, signup] and [city, points]; the garbled batch again as [city] and [points]
     // (batches run concurrently, in either order).
@@ -1976,17 +1976,7 @@ async fn a_request_answered_none_throughout_is_asked_again_in_halves() {
     let s = server().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(SilentWhenLong(
-            PickFields(
-                vec![
-                    ("email", &["email_address"]),
-                    ("signup", &["signup_date"]),
-                    ("points", &["loyalty_points"]),
-                ],
-                None,
-            ),
-            2,
-        ))
+        .respond_with(SilentWhenLong(three_picks(None), 2))
         .mount(&s)
         .await;
     let w = column_case(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
@@ -1995,7 +1985,7 @@ async fn a_request_answered_none_throughout_is_asked_again_in_halves() {
     let b = bodies(&s).await;
     let mut asked: Vec<String> = b
         .iter()
-        .map(|x| x["response_format"]["json_schema"]["schema"]["properties"]["columns"]["items"]["properties"]["column"]["enum"].to_string())
+        .map(|x| Value::Array(asked_columns(x)).to_string())
         .collect();
     asked[1..].sort();
     assert_eq!(
@@ -2026,14 +2016,7 @@ async fn column_by_column_a_pick_below_min_confidence_is_held_for_review() {
     let s = server().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(PickFields(
-            vec![
-                ("email", &["email_address"]),
-                ("signup", &["signup_date"]),
-                ("points", &["loyalty_points"]),
-            ],
-            None,
-        ))
+        .respond_with(three_picks(None))
         .mount(&s)
         .await;
     let w = column_case(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));

@@ -6,17 +6,25 @@ use conform::pipeline::eval::{
     Inputs, Score, evaluate_all, evaluate_case, exact_score, value_score,
 };
 
-#[tokio::test]
-async fn heuristic_mapper_scores_at_least_0_9_f1_on_the_matching_cases() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching");
-    let results = evaluate_all(
+/// The heuristic mapper on every case of a group under `testdata/matching` (`""` for the
+/// hand-made cases), each source named after its file and given its descriptions.
+async fn heuristic_on(group: &str) -> Vec<conform::pipeline::eval::CaseResult> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/matching")
+        .join(group);
+    evaluate_all(
         &root,
         MapperChoice::Heuristic,
         &serde_json::json!({}),
         Inputs::default(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn heuristic_mapper_scores_at_least_0_9_f1_on_the_matching_cases() {
+    let results = heuristic_on("").await;
     assert!(results.len() >= 15, "{} cases", results.len());
     let s = Score::of(&results);
     let mistakes: Vec<String> = results
@@ -40,15 +48,7 @@ async fn heuristic_mapper_scores_at_least_0_9_f1_on_the_matching_cases() {
 async fn heuristic_mapper_holds_its_score_on_the_real_tables() {
     // The tuned group of real public tables (the frozen group is only reported, never
     // asserted on, so that nothing is tuned to it).
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching/real");
-    let results = evaluate_all(
-        &root,
-        MapperChoice::Heuristic,
-        &serde_json::json!({}),
-        Inputs::default(),
-    )
-    .await
-    .unwrap();
+    let results = heuristic_on("real").await;
     assert!(results.len() >= 25, "{} cases", results.len());
     let s = Score::of(&results);
     assert!(s.f1 >= 0.85 && s.precision >= 0.95, "{s:?}");
@@ -62,15 +62,7 @@ async fn heuristic_mapper_beats_exact_names_on_the_wide_standards() {
     // tables): every table has a start date, a patient and a code, so a column's evidence
     // must be weighed against the whole target, and the source's name (each case's source is
     // named after its public file) says which table it fills.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/matching/wide");
-    let results = evaluate_all(
-        &root,
-        MapperChoice::Heuristic,
-        &serde_json::json!({}),
-        Inputs::default(),
-    )
-    .await
-    .unwrap();
+    let results = heuristic_on("wide").await;
     assert!(results.len() >= 20, "{} cases", results.len());
     let s = Score::of(&results);
     let (_, _, exact) = exact_score(&results);
