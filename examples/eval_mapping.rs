@@ -1,7 +1,7 @@
 //! Scores a mapper on schema-matching case groups (see `conform::pipeline::eval`).
 //!
 //! `cargo run --example eval_mapping -- [DIR ...] [--mapper heuristic|llm] [--summary]
-//! [--unnamed-sources] [--no-source-descriptions]`
+//! [--unnamed-sources] [--no-source-descriptions] [--min-confidence X] [--decisions FILE]`
 //!
 //! Without directories it scores the five groups under `testdata/matching`: the hand-made
 //! cases, `real/` (public tables), `frozen/` (public tables set aside, never tuned on), `wide/`
@@ -34,6 +34,9 @@ async fn main() -> std::process::ExitCode {
     let mut choice = MapperChoice::Heuristic;
     let mut summary = false;
     let mut inputs = Inputs::default();
+    // Every field's decision as a JSON line (group, case, target width, confidence, columns
+    // chosen and expected): the data `scripts/fit_calibration` fits the confidence on.
+    let mut decisions: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -48,6 +51,20 @@ async fn main() -> std::process::ExitCode {
             "--summary" => summary = true,
             "--unnamed-sources" => inputs.named = false,
             "--no-source-descriptions" => inputs.described = false,
+            "--min-confidence" => match args.next().and_then(|v| v.parse::<f64>().ok()) {
+                Some(min) => inputs.min_confidence = Some(min),
+                None => {
+                    eprintln!("--min-confidence needs a number");
+                    return std::process::ExitCode::from(2);
+                }
+            },
+            "--decisions" => match args.next() {
+                Some(path) => decisions = Some(PathBuf::from(path)),
+                None => {
+                    eprintln!("--decisions needs a file");
+                    return std::process::ExitCode::from(2);
+                }
+            },
             _ => dirs.push(PathBuf::from(a)),
         }
     }
@@ -162,8 +179,30 @@ async fn main() -> std::process::ExitCode {
             values
         );
     }
+    if let Some(path) = &decisions {
+        let mut lines = String::new();
+        for (group, results) in &totals {
+            for r in results {
+                for ((confidence, got, want, by_model), (why, next)) in
+                    r.decisions.iter().zip(&r.decision_notes)
+                {
+                    let line = serde_json::json!({
+                        "group": group, "case": r.name, "target_fields": r.target_fields,
+                        "confidence": confidence, "got": got, "want": want, "by_model": by_model,
+                        "rationale": why, "next_score": next,
+                    });
+                    lines.push_str(&line.to_string());
+                    lines.push('\n');
+                }
+            }
+        }
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("eval_mapping: writing {}: {e}", path.display());
+            return std::process::ExitCode::from(1);
+        }
+    }
     // The precision/recall curve: what leaving fields below a confidence unmapped trades.
-    let thresholds: Vec<f64> = (10..=19).map(|i| i as f64 * 0.05).collect();
+    let thresholds: Vec<f64> = (1..=9).map(|i| i as f64 / 10.0).collect();
     let _ = write!(
         out,
         "\nF1 (P/R) when fields below a confidence stay unmapped\n{:<12}",
@@ -182,7 +221,16 @@ async fn main() -> std::process::ExitCode {
         let _ = writeln!(out);
     }
     // What a confidence means: the precision of the pairs chosen in each band of confidence.
-    let bands: [(f64, f64); 5] = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.01)];
+    let bands: [(f64, f64); 8] = [
+        (0.0, 0.3),
+        (0.3, 0.4),
+        (0.4, 0.5),
+        (0.5, 0.6),
+        (0.6, 0.7),
+        (0.7, 0.8),
+        (0.8, 0.9),
+        (0.9, 1.01),
+    ];
     let _ = write!(
         out,
         "\nPrecision of the chosen pairs by confidence (pairs in the band)\n{:<12}",

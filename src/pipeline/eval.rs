@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 pub struct CaseResult {
     /// The case's directory name.
     pub name: String,
+    /// The target's fields (nested fields counted one by one): the width the matcher's
+    /// confidence is calibrated for.
+    pub target_fields: usize,
     /// Expected pairs the mapper proposed.
     pub true_positives: usize,
     /// Proposed pairs that were not expected.
@@ -44,6 +47,9 @@ pub struct CaseResult {
     /// chosen and the columns expected (for the precision/recall curve over thresholds), and
     /// whether the field is the model's own answer (LLM mapper; false otherwise).
     pub decisions: Vec<(f64, Vec<String>, Vec<String>, bool)>,
+    /// Per decision (same order): the field's rationale and the score of its best alternative
+    /// (0 without one), for studying what a confidence leaves out.
+    pub decision_notes: Vec<(String, f64)>,
     /// LLM mapper: fields answered by the model, filled by the offline fallback, decided
     /// offline (certain enough, or no plausible column), and never answered.
     pub origins: Option<[usize; 4]>,
@@ -412,6 +418,9 @@ pub struct Inputs {
     /// The source's published column descriptions (`source.descriptions.json`, column →
     /// text, where the case has one) are the source's `descriptions`.
     pub described: bool,
+    /// `min_confidence` for the mapping (the configuration's default when `None`); 0 keeps
+    /// every pair the matcher chose, which is what the calibration is fitted on.
+    pub min_confidence: Option<f64>,
 }
 
 impl Default for Inputs {
@@ -419,6 +428,7 @@ impl Default for Inputs {
         Inputs {
             named: true,
             described: true,
+            min_confidence: None,
         }
     }
 }
@@ -460,12 +470,15 @@ pub async fn evaluate_case(
     } else {
         json!({})
     };
-    let config = json!({
+    let mut config = json!({
         "output_directory": out_dir,
         "data_sources": {source_name.as_str(): {"path": source, "descriptions": descriptions}},
         "internal_schema": schema,
         "llm": llm,
     });
+    if let Some(min) = inputs.min_confidence {
+        config["min_confidence"] = min.into();
+    }
     let config =
         crate::Config::from_str_with_env(&config.to_string(), dir, &|k| std::env::var(k).ok())?;
     let pipeline = Pipeline::try_new(config)?;
@@ -474,6 +487,7 @@ pub async fn evaluate_case(
     let seconds = started.elapsed().as_secs_f64();
     let mut result = CaseResult {
         name,
+        target_fields: pipeline.target().fields.len(),
         seconds,
         llm: prepared
             .llm
@@ -554,6 +568,11 @@ pub async fn evaluate_case(
             result
                 .decisions
                 .push((confidence, got.clone(), want.clone(), by_model));
+            result.decision_notes.push((
+                m.map(|m| m.rationale.clone()).unwrap_or_default(),
+                m.and_then(|m| m.candidates.first())
+                    .map_or(0.0, |c| c.score),
+            ));
         }
         let hits = got.iter().filter(|g| want.contains(g)).count();
         result.true_positives += hits;

@@ -215,14 +215,17 @@ impl Pipeline {
                     proposal.document.hold_below(self.config.min_confidence)
                 } else if proposal.document.mapper == MapperKind::Heuristic {
                     let min = self.config.min_confidence;
-                    if min < crate::mapping::heuristic::ACCEPT {
+                    let floor =
+                        crate::mapping::heuristic::lowest_confidence(self.target.fields.len());
+                    if min < floor && min != crate::config::default_min_confidence() {
                         // The threshold filters what the matcher proposes; the matcher itself
-                        // proposes nothing below its own acceptance score.
+                        // proposes nothing below its acceptance score, which on this target's
+                        // width is a confidence of `floor`.
                         tracing::warn!(
                             source = name,
                             min_confidence = min,
-                            accept = crate::mapping::heuristic::ACCEPT,
-                            "min_confidence below the offline matcher's acceptance score maps nothing more."
+                            lowest = floor,
+                            "min_confidence below the offline matcher's lowest confidence on this target maps nothing more."
                         );
                     }
                     proposal.document.hold_below(min)

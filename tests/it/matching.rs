@@ -9,6 +9,10 @@ use conform::pipeline::eval::{
 /// The heuristic mapper on every case of a group under `testdata/matching` (`""` for the
 /// hand-made cases), each source named after its file and given its descriptions.
 async fn heuristic_on(group: &str) -> Vec<conform::pipeline::eval::CaseResult> {
+    heuristic_with(group, Inputs::default()).await
+}
+
+async fn heuristic_with(group: &str, inputs: Inputs) -> Vec<conform::pipeline::eval::CaseResult> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/matching")
         .join(group);
@@ -16,10 +20,62 @@ async fn heuristic_on(group: &str) -> Vec<conform::pipeline::eval::CaseResult> {
         &root,
         MapperChoice::Heuristic,
         &serde_json::json!({}),
-        Inputs::default(),
+        inputs,
     )
     .await
     .unwrap()
+}
+
+/// Every pair the matcher chose (none held back): its confidence and whether it is right.
+fn chosen_pairs(results: &[conform::pipeline::eval::CaseResult]) -> Vec<(f64, bool)> {
+    results
+        .iter()
+        .flat_map(|r| &r.decisions)
+        .flat_map(|(confidence, got, want, _)| got.iter().map(|g| (*confidence, want.contains(g))))
+        .collect()
+}
+
+fn precision(pairs: &[(f64, bool)]) -> f64 {
+    pairs.iter().filter(|p| p.1).count() as f64 / pairs.len().max(1) as f64
+}
+
+#[tokio::test]
+async fn a_confidence_means_the_same_on_narrow_and_wide_targets() {
+    // The same evidence score is right far less often among hundreds of fields than among a
+    // dozen; the confidence is calibrated for the width, so that a threshold keeps pairs of the
+    // same precision on both.
+    let every_pair = Inputs {
+        min_confidence: Some(0.0),
+        ..Inputs::default()
+    };
+    let wide = chosen_pairs(&heuristic_with("wide", every_pair).await);
+    let real = chosen_pairs(&heuristic_with("real", every_pair).await);
+    let mean = |ps: &[(f64, bool)]| ps.iter().map(|p| p.0).sum::<f64>() / ps.len() as f64;
+    // On the wide standards the mean confidence is the share of pairs that are right.
+    assert!(
+        (mean(&wide) - precision(&wide)).abs() <= 0.1,
+        "mean confidence {} against precision {}",
+        mean(&wide),
+        precision(&wide)
+    );
+    // At 0.5 and above, pairs are right at least about half the time on both shapes; below
+    // it, less often.
+    let (high, low): (Vec<_>, Vec<_>) = wide.iter().partition(|p| p.0 >= 0.5);
+    assert!(precision(&high) >= 0.45, "wide ≥ 0.5: {}", precision(&high));
+    assert!(
+        precision(&low) < precision(&high),
+        "wide < 0.5: {}",
+        precision(&low)
+    );
+    let real_high: Vec<_> = real.iter().copied().filter(|p| p.0 >= 0.5).collect();
+    assert!(precision(&real_high) >= 0.9);
+    // Narrow targets keep their scores: never more confident than they are right.
+    assert!(
+        mean(&real) <= precision(&real),
+        "{} > {}",
+        mean(&real),
+        precision(&real)
+    );
 }
 
 #[tokio::test]

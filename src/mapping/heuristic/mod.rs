@@ -10,6 +10,7 @@
 //! field stays unmapped below a threshold. Each field's mapping keeps its next best columns as
 //! ranked `candidates`, and the conversion the sample calls for (`convert.rs`).
 
+mod calibrate;
 mod convert;
 mod evidence;
 mod fit;
@@ -38,6 +39,12 @@ use crate::sql::quote;
 /// A pair scoring at least this maps the field: the lowest `min_confidence` that has an
 /// effect.
 pub const ACCEPT: f64 = 0.5;
+/// The lowest confidence the matcher gives a field it maps on a target of `fields` fields:
+/// its acceptance score, calibrated for that width. A `min_confidence` below it holds nothing.
+pub fn lowest_confidence(fields: usize) -> f64 {
+    calibrate::Width::of(fields).calibrated(ACCEPT, calibrate::BY_FIELD_DESCRIPTION)
+}
+
 /// A column feeds several fields only when every pair scores at least this.
 const SHARE: f64 = 0.7;
 /// Name evidence of a column naming the same end of a span as the field (`stop` ~ `end`).
@@ -180,7 +187,7 @@ fn score(f: &FieldFacts<'_>, c: &ColumnFacts<'_>, rarity: &Rarity, ci: usize) ->
     let by = if by_column_description && desc > name && desc >= ACCEPT {
         "is described as the field"
     } else if desc > name && desc >= ACCEPT {
-        "matches the field's description"
+        calibrate::BY_FIELD_DESCRIPTION
     } else if lex >= ACCEPT {
         "matches by name"
     } else {
@@ -312,6 +319,9 @@ impl HeuristicMapper {
                 _ => None,
             }
         });
+        // Scores become confidences for the target's width: rank and assign on the evidence,
+        // report what a pair's evidence is worth among this many fields.
+        let width = calibrate::Width::of(fields.len());
         let mut out = IndexMap::new();
         for (fi, f) in fields.iter().enumerate() {
             let t = f.field;
@@ -325,7 +335,7 @@ impl HeuristicMapper {
                         Candidate {
                             expr: conversion(t, col, p.values.table.as_ref()).0,
                             sources: vec![col.name.clone()],
-                            score: p.score,
+                            score: width.calibrated(p.score, p.by),
                             why: p.why(&columns),
                         }
                     })
@@ -384,7 +394,7 @@ impl HeuristicMapper {
                     },
                 },
             };
-            let m = match address_parts(f, &m, req.profiles) {
+            let mut m = match address_parts(f, &m, req.profiles) {
                 Some((joined, parts)) => {
                     for p in &parts {
                         used[*p] = true;
@@ -393,6 +403,19 @@ impl HeuristicMapper {
                 }
                 None => m,
             };
+            if m.expr.is_some() {
+                let by = chosen[fi].as_ref().map_or("", |p| p.by);
+                let evidence = m.confidence;
+                m.confidence = width.calibrated(evidence, by);
+                if m.confidence < evidence {
+                    m.rationale = format!(
+                        "{}; evidence {evidence:.2}, confidence {:.2} among {} fields",
+                        m.rationale,
+                        m.confidence,
+                        fields.len()
+                    );
+                }
+            }
             out.insert(t.name.clone(), m);
         }
         MappingDocument {
