@@ -953,6 +953,51 @@ async fn a_field_answered_by_a_candidates_number_gets_that_candidates_expression
     assert_eq!(item["properties"]["rationale"]["maxLength"], 48);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_the_model_gives_two_fields_goes_to_the_one_the_matcher_scores_higher() {
+    let s = server().await;
+    // The model reads the name column for the e-mail address too.
+    let reply = fields(&[
+        ("customer_id", Some(r#"CAST("CustomerID" AS BIGINT)"#)),
+        ("full_name", Some(r#"clean("Full Name")"#)),
+        ("email", Some(r#"clean("Full Name")"#)),
+        (
+            "signup_date",
+            Some(r#"try_to_date("Signup Date", '%Y-%m-%d')"#),
+        ),
+        ("lifetime_value", Some(r#"parse_number("Lifetime Value")"#)),
+        ("is_active", Some(r#"parse_bool("Active")"#)),
+    ]);
+    Mock::given(method("POST"))
+        .respond_with(ok(&reply))
+        .mount(&s)
+        .await;
+    let w = workdir(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
+    let r = run(&w, &["run", "--source", "source1", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let doc = w.json("out/mappings/source1.mapping.json");
+    let f = &doc["fields"];
+    assert_eq!(f["full_name"]["sources"], json!(["Full Name"]), "{doc:#}");
+    // The e-mail field takes the matcher's own column, and says why.
+    assert_eq!(f["email"]["sources"], json!(["E-mail"]), "{doc:#}");
+    let why = f["email"]["rationale"].as_str().unwrap();
+    assert!(
+        why.starts_with(
+            "heuristic (llm fallback): the model gave column `Full Name` to `full_name` too"
+        ),
+        "{why}"
+    );
+    let summary = w.json("out/run_summary.json");
+    let llm = &summary["sources"]["source1"]["mapping"]["llm"];
+    assert_eq!(llm["fallback_fields"], json!(["email"]), "{llm:#}");
+    assert!(
+        !llm["model_fields"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("email"))
+    );
+}
+
 /// Answers every field a request's reply schema asks for: the column of the same name when
 /// there is one, null otherwise.
 struct EchoTargets(Vec<String>);

@@ -8,6 +8,13 @@
 // usage: node server.mjs MODEL.gguf PORT LOG.jsonl [CONTEXT_TOKENS]
 // Listens on 127.0.0.1 only. Each answered request appends one JSON line to LOG.jsonl with its
 // prompt and completion token counts, so a test can check every request against its budget.
+//
+// LLM_REPLAY=FILE.jsonl keeps every completion in FILE, keyed by a hash of what decides it (the
+// messages, the response format, the completion budget, the temperature), and answers a request
+// seen before from FILE without running the model. The model is deterministic here (temperature
+// 0, fixed seed), so a replayed reply is the one the model would write; an evaluation that
+// changes only what conform does with the replies then runs in seconds instead of an hour.
+import crypto from "node:crypto";
 import http from "node:http";
 import fs from "node:fs";
 import os from "node:os";
@@ -31,6 +38,26 @@ const context = await model.createContext({contextSize, sequences: 1, threads});
 const sequence = context.getSequence();
 const session = new LlamaChatSession({contextSequence: sequence, autoDisposeSequence: false});
 const jsonGrammar = await llama.getGrammarFor("json");
+
+const replayPath = process.env.LLM_REPLAY;
+const replay = new Map();
+if (replayPath && fs.existsSync(replayPath)) {
+    for (const line of fs.readFileSync(replayPath, "utf8").split("\n")) {
+        if (!line.trim()) continue;
+        const entry = JSON.parse(line);
+        replay.set(entry.key, entry);
+    }
+}
+
+function replayKey(body) {
+    const decides = {
+        messages: body.messages ?? [],
+        response_format: body.response_format ?? null,
+        max_tokens: body.max_tokens ?? body.max_completion_tokens ?? null,
+        temperature: body.temperature ?? null,
+    };
+    return crypto.createHash("sha256").update(JSON.stringify(decides)).digest("hex");
+}
 
 // The chat history node-llama-cpp wants, from OpenAI messages; the last user message is the
 // prompt and everything before it is history.
@@ -81,16 +108,29 @@ async function complete(body) {
     } else if (format?.type === "json_object") {
         grammar = jsonGrammar;
     }
-    session.setChatHistory(items);
     const started = Date.now();
-    const out = await session.promptWithMeta(last.text, {
-        grammar,
-        maxTokens,
-        temperature: Number(body.temperature ?? 0),
-        seed: 1,
-    });
-    const nCompletion = model.tokenize(out.responseText).length;
-    const finish = out.stopReason === "maxTokens" ? "length" : "stop";
+    const key = replayPath ? replayKey(body) : null;
+    let responseText, finish;
+    const seen = key && replay.get(key);
+    if (seen) {
+        ({reply: responseText, finish_reason: finish} = seen);
+    } else {
+        session.setChatHistory(items);
+        const out = await session.promptWithMeta(last.text, {
+            grammar,
+            maxTokens,
+            temperature: Number(body.temperature ?? 0),
+            seed: 1,
+        });
+        responseText = out.responseText;
+        finish = out.stopReason === "maxTokens" ? "length" : "stop";
+        if (key) {
+            const entry = {key, reply: responseText, finish_reason: finish, ms: Date.now() - started};
+            replay.set(key, entry);
+            fs.appendFileSync(replayPath, JSON.stringify(entry) + "\n");
+        }
+    }
+    const nCompletion = model.tokenize(responseText).length;
     fs.appendFileSync(logPath, JSON.stringify({
         prompt_tokens: nPrompt,
         completion_tokens: nCompletion,
@@ -98,15 +138,18 @@ async function complete(body) {
         finish_reason: finish,
         format: format?.type ?? null,
         ms: Date.now() - started,
+        // Answered from LLM_REPLAY: `ms` is then not the model's time (the original run's is
+        // in the replay file).
+        replayed: Boolean(seen),
         // What the model wrote: the evidence for why a reply runs long or goes wrong.
-        reply: out.responseText,
+        reply: responseText,
     }) + "\n");
     return [200, {
         id: `chatcmpl-${started}`,
         object: "chat.completion",
         created: Math.floor(started / 1000),
         model: body.model ?? "local",
-        choices: [{index: 0, message: {role: "assistant", content: out.responseText}, finish_reason: finish}],
+        choices: [{index: 0, message: {role: "assistant", content: responseText}, finish_reason: finish}],
         usage: {prompt_tokens: nPrompt, completion_tokens: nCompletion, total_tokens: nPrompt + nCompletion},
     }];
 }

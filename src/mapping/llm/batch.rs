@@ -13,6 +13,19 @@ impl LlmMapper {
         if req.target.fields.len() > self.settings.by_column_above {
             return self.propose_by_column(req).await;
         }
+        let (mut doc, mut usage) = self.propose_field_by_field(req).await?;
+        let offline = crate::mapping::heuristic::HeuristicMapper.map_now(req);
+        let columns: Vec<&str> = req.profiles.iter().map(|p| p.name.as_str()).collect();
+        one_column_one_field(&mut doc, &offline, &columns, &mut usage);
+        Ok((doc, usage))
+    }
+
+    /// [`Self::propose`] field by field: certain fields decided offline (`llm.min_uncertainty`),
+    /// the rest asked.
+    async fn propose_field_by_field(
+        &self,
+        req: &MappingRequest<'_>,
+    ) -> Result<(MappingDocument, LlmUsage)> {
         let floor = self.settings.min_uncertainty;
         if floor <= 0.0 {
             return self.propose_fields(req).await;
@@ -379,6 +392,149 @@ impl LlmMapper {
             cost += field_cost;
         }
         out
+    }
+}
+
+/// The matcher's score of `column` for `field`: its chosen pair's confidence when it reads
+/// the column, else the best of its candidates that do; 0 when the matcher has no such pair.
+fn matcher_score(offline: &MappingDocument, field: &str, column: &str) -> f64 {
+    let Some(m) = offline.fields.get(field) else {
+        return 0.0;
+    };
+    if m.expr.is_some() && m.sources.iter().any(|s| s == column) {
+        return m.confidence;
+    }
+    m.candidates
+        .iter()
+        .filter(|c| c.sources.iter().any(|s| s == column))
+        .map(|c| c.score)
+        .fold(0.0, f64::max)
+}
+
+/// A column feeds one field, as in the matcher's own assignment. A small model asked field by
+/// field gives one column to several fields (the price column to both the price and the win
+/// rate, the one fruit flag to the candy's name too); each such column stays with the field
+/// the matcher scores highest for it, or with the fields the matcher itself lets share it
+/// (both pairs strong). A tie between the best keeps it for none. A field that loses its
+/// column takes the matcher's own mapping when that reads no column another field keeps,
+/// and is otherwise left undecided, the model's pick its first candidate.
+pub(super) fn one_column_one_field(
+    doc: &mut MappingDocument,
+    offline: &MappingDocument,
+    columns: &[&str],
+    usage: &mut LlmUsage,
+) {
+    // An expression the model wrote itself has no sources yet (the compiler finds them
+    // later): the columns it names, quoted, are what it reads.
+    let reads = |m: &FieldMapping| -> Vec<String> {
+        if !m.sources.is_empty() {
+            return m.sources.clone();
+        }
+        let expr = m.expr.as_deref().unwrap_or_default();
+        columns
+            .iter()
+            .filter(|c| expr.contains(&crate::sql::quote(c)))
+            .map(|c| c.to_string())
+            .collect()
+    };
+    let offline_reads = |field: &str, column: &str| {
+        offline
+            .fields
+            .get(field)
+            .is_some_and(|m| m.expr.is_some() && m.sources.iter().any(|s| s == column))
+    };
+    let mut claims: IndexMap<String, Vec<&str>> = IndexMap::new();
+    for (name, m) in &doc.fields {
+        if m.expr.is_some() {
+            for c in reads(m) {
+                claims.entry(c).or_default().push(name.as_str());
+            }
+        }
+    }
+    // Field → (the column it loses, the fields that keep it).
+    let mut losers: IndexMap<String, (String, Vec<String>)> = IndexMap::new();
+    for (column, fields) in &claims {
+        if fields.len() < 2 {
+            continue;
+        }
+        let shared: Vec<&str> = fields
+            .iter()
+            .copied()
+            .filter(|f| offline_reads(f, column))
+            .collect();
+        let keep: Vec<&str> = if shared.len() >= 2 {
+            shared
+        } else {
+            let scores: Vec<f64> = fields
+                .iter()
+                .map(|f| matcher_score(offline, f, column))
+                .collect();
+            let best = scores.iter().copied().fold(f64::MIN, f64::max);
+            let top: Vec<&str> = fields
+                .iter()
+                .zip(&scores)
+                .filter(|(_, s)| (**s - best).abs() < 1e-9)
+                .map(|(f, _)| *f)
+                .collect();
+            if top.len() == 1 { top } else { Vec::new() }
+        };
+        for f in fields {
+            if !keep.contains(f) {
+                losers.entry(f.to_string()).or_insert_with(|| {
+                    (
+                        column.to_string(),
+                        keep.iter().map(|k| k.to_string()).collect(),
+                    )
+                });
+            }
+        }
+    }
+    // Columns kept by the fields that lose nothing; a loser's own mapping may not read them.
+    let mut taken: std::collections::HashSet<String> = doc
+        .fields
+        .iter()
+        .filter(|(name, m)| m.expr.is_some() && !losers.contains_key(name.as_str()))
+        .flat_map(|(_, m)| reads(m))
+        .collect();
+    for (name, (column, keepers)) in losers {
+        let Some(m) = doc.fields.get_mut(&name) else {
+            continue;
+        };
+        let why = if keepers.is_empty() {
+            format!("the model gave column `{column}` to several fields the matcher scores alike")
+        } else {
+            format!(
+                "the model gave column `{column}` to `{}` too, which the matcher scores higher for it",
+                keepers.join("`, `")
+            )
+        };
+        tracing::info!(field = %name, column = %column, "The model gave one column to several fields; the matcher decides.");
+        let own = offline
+            .fields
+            .get(&name)
+            .filter(|o| o.expr.is_some() && o.sources.iter().all(|s| !taken.contains(s)));
+        if let Some(o) = own {
+            taken.extend(o.sources.iter().cloned());
+            usage.fallback_fields.push(name.clone());
+            *m = FieldMapping {
+                rationale: format!("heuristic (llm fallback): {why}; {}", o.rationale),
+                ..o.clone()
+            };
+            continue;
+        }
+        let pick = crate::mapping::Candidate {
+            score: matcher_score(offline, &name, &column),
+            sources: reads(m),
+            expr: m.expr.take().unwrap_or_default(),
+            why: std::mem::take(&mut m.rationale),
+        };
+        let mut candidates = vec![pick];
+        candidates.append(&mut m.candidates);
+        *m = FieldMapping {
+            rationale: format!("undecided: {why}"),
+            candidates,
+            ..FieldMapping::unmapped()
+        };
     }
 }
 

@@ -452,6 +452,115 @@ mod tests {
         assert_eq!(super::batch::in_flight(&mut []), 0.0);
     }
 
+    /// A document of `(field, column read, confidence)`; `None` leaves the field unmapped.
+    fn document(fields: &[(&str, Option<&str>, f64)]) -> MappingDocument {
+        MappingDocument {
+            reviews: vec![],
+            source: "s".into(),
+            source_fingerprint: String::new(),
+            mapper: MapperKind::Llm,
+            pinned: false,
+            model: None,
+            fields: fields
+                .iter()
+                .map(|(f, c, score)| {
+                    let m = match c {
+                        Some(c) => FieldMapping {
+                            expr: Some(format!("clean(\"{c}\")")),
+                            sources: vec![c.to_string()],
+                            confidence: *score,
+                            rationale: "model".into(),
+                            ..FieldMapping::unmapped()
+                        },
+                        None => FieldMapping::unmapped(),
+                    };
+                    (f.to_string(), m)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_column_the_model_gives_two_fields_stays_with_the_matchers_choice() {
+        let columns = ["price", "win", "a", "b", "shared"];
+        // The model: `price` for both the price and the win rate; `a` for two fields the
+        // matcher scores alike; `shared` for two fields the matcher itself lets share it; `b`
+        // for the field whose own column another field keeps.
+        let mut doc = document(&[
+            ("price_pct", Some("price"), 0.9),
+            ("win_pct", Some("price"), 0.9),
+            ("x", Some("a"), 0.9),
+            ("y", Some("a"), 0.9),
+            ("age", Some("shared"), 0.9),
+            ("age_days", Some("shared"), 0.9),
+            ("z", Some("b"), 0.9),
+            ("w", Some("b"), 0.9),
+        ]);
+        let mut offline = document(&[
+            ("price_pct", Some("price"), 0.95),
+            ("win_pct", Some("win"), 0.9),
+            ("x", None, 0.0),
+            ("y", None, 0.0),
+            ("age", Some("shared"), 0.8),
+            ("age_days", Some("shared"), 0.8),
+            ("z", Some("b"), 0.7),
+            ("w", Some("price"), 0.6),
+        ]);
+        // The matcher's alternatives: the price column for the win rate, weaker; `a` alike.
+        let alt = |c: &str, score: f64| super::super::Candidate {
+            expr: format!("clean(\"{c}\")"),
+            sources: vec![c.into()],
+            score,
+            why: String::new(),
+        };
+        offline.fields["win_pct"].candidates = vec![alt("price", 0.4)];
+        offline.fields["x"].candidates = vec![alt("a", 0.3)];
+        offline.fields["y"].candidates = vec![alt("a", 0.3)];
+        let mut usage = LlmUsage::default();
+        super::batch::one_column_one_field(&mut doc, &offline, &columns, &mut usage);
+        let f = &doc.fields;
+        assert_eq!(f["price_pct"].sources, ["price"]);
+        // The loser takes the matcher's own mapping, its column free.
+        assert_eq!(f["win_pct"].sources, ["win"]);
+        assert!(
+            f["win_pct"].rationale.starts_with(
+                "heuristic (llm fallback): the model gave column `price` to `price_pct` too"
+            ),
+            "{}",
+            f["win_pct"].rationale
+        );
+        // A tie keeps the column for neither; the pick is each one's first candidate.
+        for field in ["x", "y"] {
+            assert!(f[field].expr.is_none(), "{field}");
+            assert!(
+                f[field].rationale.starts_with("undecided"),
+                "{}",
+                f[field].rationale
+            );
+            assert_eq!(f[field].candidates[0].sources, ["a"]);
+            assert_eq!(f[field].candidates[0].score, 0.3);
+        }
+        // What the matcher shares stays shared.
+        assert_eq!(f["age"].sources, ["shared"]);
+        assert_eq!(f["age_days"].sources, ["shared"]);
+        // `w` loses `b` to `z`; its own mapping reads `price`, which `price_pct` keeps.
+        assert_eq!(f["z"].sources, ["b"]);
+        assert!(f["w"].expr.is_none() && f["w"].candidates[0].sources == ["b"]);
+        assert_eq!(usage.fallback_fields, ["win_pct"]);
+    }
+
+    #[test]
+    fn an_expression_the_model_wrote_claims_the_columns_it_names() {
+        let mut doc = document(&[("name", None, 0.0), ("fruity", Some("fruity"), 0.9)]);
+        doc.fields["name"].expr = Some("parse_bool(\"fruity\")".into());
+        let offline = document(&[("name", None, 0.0), ("fruity", Some("fruity"), 0.9)]);
+        let mut usage = LlmUsage::default();
+        super::batch::one_column_one_field(&mut doc, &offline, &["fruity", "name_col"], &mut usage);
+        assert!(doc.fields["name"].expr.is_none());
+        assert_eq!(doc.fields["name"].candidates[0].sources, ["fruity"]);
+        assert_eq!(doc.fields["fruity"].sources, ["fruity"]);
+    }
+
     #[test]
     fn uncertainty_is_the_doubt_or_the_rivals_closeness() {
         let mut m = FieldMapping {
