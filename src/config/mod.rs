@@ -292,7 +292,8 @@ pub struct Config {
     /// means the same on a 5-field and a 700-field target (0.5: as likely right as wrong). A
     /// model's own confidence is on no common scale, so LLM answers are kept field by field;
     /// column by column (targets wider than `llm.by_column_above`) a model's pick carries the
-    /// matcher's confidence of that pair, and is held below this like the matcher's own. On a
+    /// matcher's confidence of that pair, and is held below this like the matcher's own (and
+    /// below the matcher's acceptance of the pair's evidence, whatever this is). On a
     /// target of up to 22 fields the matcher proposes nothing below 0.5, so a lower value
     /// holds nothing more there (a value other than the default says so in a warning).
     /// `--min-confidence` overrides it for one run. Default 0.2: the best

@@ -156,6 +156,12 @@ impl MappingDocument {
     /// first of its ranked candidates, for a reviewer to take with one edit. Returns the
     /// fields held back.
     pub fn hold_below(&mut self, min: f64) -> Vec<String> {
+        self.hold_below_named(min, "confidence", "min_confidence")
+    }
+
+    /// [`Self::hold_below`], the rationale naming what is compared (`what`) and the
+    /// threshold (`threshold`).
+    pub fn hold_below_named(&mut self, min: f64, what: &str, threshold: &str) -> Vec<String> {
         let mut held = Vec::new();
         for (name, m) in self.fields.iter_mut() {
             if m.confidence >= min {
@@ -173,7 +179,7 @@ impl MappingDocument {
             );
             *m = FieldMapping {
                 rationale: format!(
-                    "undecided: the best candidate's confidence {:.2} is below min_confidence {min:.2}",
+                    "undecided: the best candidate's {what} {:.2} is below {threshold} {min:.2}",
                     m.confidence
                 ),
                 candidates: std::mem::take(&mut m.candidates),

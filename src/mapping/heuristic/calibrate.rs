@@ -73,6 +73,38 @@ impl Width {
     }
 }
 
+/// Every field's confidence and every candidate's score, from evidence scores to confidences
+/// for a target of `fields` fields; the kind of evidence is read from the rationale (the
+/// matcher writes it there). A lowered confidence says so in the field's rationale.
+pub(super) fn calibrate_document(doc: &mut crate::mapping::MappingDocument, fields: usize) {
+    let width = Width::of(fields);
+    if width.blend == 0.0 {
+        return;
+    }
+    let kind = |why: &str| {
+        if why.contains(BY_FIELD_DESCRIPTION) {
+            BY_FIELD_DESCRIPTION
+        } else {
+            ""
+        }
+    };
+    for m in doc.fields.values_mut() {
+        if m.expr.is_some() {
+            let evidence = m.confidence;
+            m.confidence = width.calibrated(evidence, kind(&m.rationale));
+            if m.confidence < evidence {
+                m.rationale = format!(
+                    "{}; evidence {evidence:.2}, confidence {:.2} among {fields} fields",
+                    m.rationale, m.confidence
+                );
+            }
+        }
+        for c in &mut m.candidates {
+            c.score = width.calibrated(c.score, kind(&c.why));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,12 @@ pub fn lowest_confidence(fields: usize) -> f64 {
     calibrate::Width::of(fields).calibrated(ACCEPT, calibrate::BY_FIELD_DESCRIPTION)
 }
 
+/// Turns a document of evidence scores ([`HeuristicMapper::map_evidence`]) into one of
+/// confidences for a target of `fields` fields, as [`HeuristicMapper::map_now`] does.
+pub fn calibrate_document(doc: &mut MappingDocument, fields: usize) {
+    calibrate::calibrate_document(doc, fields);
+}
+
 /// A column feeds several fields only when every pair scores at least this.
 const SHARE: f64 = 0.7;
 /// Name evidence of a column naming the same end of a span as the field (`stop` ~ `end`).
@@ -239,6 +245,15 @@ impl Pair {
 impl HeuristicMapper {
     /// Maps without awaiting anything.
     pub fn map_now(&self, req: &MappingRequest<'_>) -> MappingDocument {
+        let mut doc = self.map_evidence(req);
+        calibrate::calibrate_document(&mut doc, req.target.fields.len());
+        doc
+    }
+
+    /// The mapping with the pairs' evidence scores as they are, before they become
+    /// confidences for the target's width: what the ranking and the assignment use, and what
+    /// a model choosing among the matcher's candidates is shown (column by column).
+    pub fn map_evidence(&self, req: &MappingRequest<'_>) -> MappingDocument {
         // On a target made of tables, the tables' names are the groups' evidence and each
         // field is named within its table.
         let group_of = wide::groups(req.target.fields.iter().map(|f| f.name.as_str()));
@@ -319,9 +334,6 @@ impl HeuristicMapper {
                 _ => None,
             }
         });
-        // Scores become confidences for the target's width: rank and assign on the evidence,
-        // report what a pair's evidence is worth among this many fields.
-        let width = calibrate::Width::of(fields.len());
         let mut out = IndexMap::new();
         for (fi, f) in fields.iter().enumerate() {
             let t = f.field;
@@ -335,7 +347,7 @@ impl HeuristicMapper {
                         Candidate {
                             expr: conversion(t, col, p.values.table.as_ref()).0,
                             sources: vec![col.name.clone()],
-                            score: width.calibrated(p.score, p.by),
+                            score: p.score,
                             why: p.why(&columns),
                         }
                     })
@@ -394,7 +406,7 @@ impl HeuristicMapper {
                     },
                 },
             };
-            let mut m = match address_parts(f, &m, req.profiles) {
+            let m = match address_parts(f, &m, req.profiles) {
                 Some((joined, parts)) => {
                     for p in &parts {
                         used[*p] = true;
@@ -403,19 +415,6 @@ impl HeuristicMapper {
                 }
                 None => m,
             };
-            if m.expr.is_some() {
-                let by = chosen[fi].as_ref().map_or("", |p| p.by);
-                let evidence = m.confidence;
-                m.confidence = width.calibrated(evidence, by);
-                if m.confidence < evidence {
-                    m.rationale = format!(
-                        "{}; evidence {evidence:.2}, confidence {:.2} among {} fields",
-                        m.rationale,
-                        m.confidence,
-                        fields.len()
-                    );
-                }
-            }
             out.insert(t.name.clone(), m);
         }
         MappingDocument {

@@ -129,7 +129,9 @@ impl LlmMapper {
         &self,
         req: &MappingRequest<'_>,
     ) -> Result<(MappingDocument, LlmUsage)> {
-        let offline = HeuristicMapper.map_now(req);
+        // The model chooses among the matcher's candidates as the matcher ranks them, on their
+        // evidence; the confidences for the target's width come last.
+        let offline = HeuristicMapper.map_evidence(req);
         let floor = self.settings.min_uncertainty;
         let mut usage = LlmUsage {
             model: self.settings.model.clone(),
@@ -263,8 +265,18 @@ impl LlmMapper {
             // (`llm.fallback` decides what happens next).
             return Err(e);
         }
-        let doc =
+        let mut doc =
             self.column_document(req, &offline, &offers, &decided, &chosen, &lost, &mut usage);
+        // A pick the matcher's evidence does not accept stays undecided, the pick first among
+        // its candidates, as the matcher holds back such a pair of its own (21 such picks of
+        // the 1.5B model on the wide group's subset were all wrong). Every other field the
+        // matcher decided itself, at or above acceptance.
+        doc.hold_below_named(
+            crate::mapping::heuristic::ACCEPT,
+            "evidence score",
+            "the matcher's acceptance score",
+        );
+        crate::mapping::heuristic::calibrate_document(&mut doc, req.target.fields.len());
         Ok((doc, usage))
     }
 
