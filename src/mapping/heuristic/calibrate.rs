@@ -73,10 +73,11 @@ impl Width {
     }
 }
 
-/// Every field's confidence and every candidate's score, from evidence scores to confidences
-/// for a target of `fields` fields; the kind of evidence is read from the rationale (the
-/// matcher writes it there). A lowered confidence says so in the field's rationale.
-pub(super) fn calibrate_document(doc: &mut crate::mapping::MappingDocument, fields: usize) {
+/// Every field's confidence and every candidate's score, from evidence scores
+/// ([`super::HeuristicMapper::map_evidence`]) to confidences for a target of `fields` fields,
+/// as [`super::HeuristicMapper::map_now`] does; the kind of evidence is read from the
+/// rationale (the matcher writes it there). A lowered confidence says so in the rationale.
+pub fn calibrate_document(doc: &mut crate::mapping::MappingDocument, fields: usize) {
     let width = Width::of(fields);
     if width.blend == 0.0 {
         return;

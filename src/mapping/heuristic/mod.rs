@@ -11,6 +11,7 @@
 //! ranked `candidates`, and the conversion the sample calls for (`convert.rs`).
 
 mod calibrate;
+pub use calibrate::calibrate_document;
 mod convert;
 mod evidence;
 mod fit;
@@ -43,12 +44,6 @@ pub const ACCEPT: f64 = 0.5;
 /// its acceptance score, calibrated for that width. A `min_confidence` below it holds nothing.
 pub fn lowest_confidence(fields: usize) -> f64 {
     calibrate::Width::of(fields).calibrated(ACCEPT, calibrate::BY_FIELD_DESCRIPTION)
-}
-
-/// Turns a document of evidence scores ([`HeuristicMapper::map_evidence`]) into one of
-/// confidences for a target of `fields` fields, as [`HeuristicMapper::map_now`] does.
-pub fn calibrate_document(doc: &mut MappingDocument, fields: usize) {
-    calibrate::calibrate_document(doc, fields);
 }
 
 /// A column feeds several fields only when every pair scores at least this.

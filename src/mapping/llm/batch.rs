@@ -13,8 +13,10 @@ impl LlmMapper {
         if req.target.fields.len() > self.settings.by_column_above {
             return self.propose_by_column(req).await;
         }
-        let (mut doc, mut usage) = self.propose_field_by_field(req).await?;
+        // The matcher's document serves twice: it decides the certain fields, and it settles a
+        // column the model gives to several fields.
         let offline = crate::mapping::heuristic::HeuristicMapper.map_now(req);
+        let (mut doc, mut usage) = self.propose_field_by_field(req, &offline).await?;
         let columns: Vec<&str> = req.profiles.iter().map(|p| p.name.as_str()).collect();
         one_column_one_field(&mut doc, &offline, &columns, &mut usage);
         Ok((doc, usage))
@@ -25,13 +27,13 @@ impl LlmMapper {
     async fn propose_field_by_field(
         &self,
         req: &MappingRequest<'_>,
+        offline: &MappingDocument,
     ) -> Result<(MappingDocument, LlmUsage)> {
         let floor = self.settings.min_uncertainty;
         if floor <= 0.0 {
             return self.propose_fields(req).await;
         }
         // Fields whose offline choice is certain and unrivalled are decided without the model.
-        let offline = crate::mapping::heuristic::HeuristicMapper.map_now(req);
         let (decided, asked): (Vec<&crate::schema::TargetField>, Vec<_>) =
             req.target.fields.iter().partition(|t| {
                 offline
