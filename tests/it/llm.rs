@@ -1794,29 +1794,38 @@ fn column_case(llm: &str) -> Workdir {
     w
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_wide_target_is_asked_column_by_column_and_the_models_picks_decide() {
-    // The model picks the field of three columns and rejects the matcher's field for `city`:
-    // the picked fields take the matcher's expressions, `home_city` stays unmapped (the
-    // model's answer), and the 145 measurement fields are never shown to it.
+/// [`column_case`] against a scripted server answering with `picks`, and the fields the
+/// offline matcher maps for it (`--mapper heuristic`, its output removed afterwards).
+async fn column_case_served(
+    picks: impl wiremock::Respond + 'static,
+) -> (MockServer, Workdir, Value) {
     let s = server().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(three_picks(None))
+        .respond_with(picks)
         .mount(&s)
         .await;
     let w = column_case(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
     let offline = run(&w, &["map", "--mapper", "heuristic"], &[]).await;
     assert_eq!(offline.code, 0, "{}", offline.stderr);
+    let fields = w.json("out/mappings/members.mapping.json")["fields"].clone();
+    std::fs::remove_dir_all(w.path().join("out")).unwrap();
+    (s, w, fields)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wide_target_is_asked_column_by_column_and_the_models_picks_decide() {
+    // The model picks the field of three columns and rejects the matcher's field for `city`:
+    // the picked fields take the matcher's expressions, `home_city` stays unmapped (the
+    // model's answer), and the 145 measurement fields are never shown to it.
+    let (s, w, offline) = column_case_served(three_picks(None)).await;
     // Without the model, the matcher maps the city.
-    let doc = w.json("out/mappings/members.mapping.json");
     assert_eq!(
-        doc["fields"]["home_city"]["sources"],
+        offline["home_city"]["sources"],
         json!(["city"]),
         "{}",
-        doc["fields"]["home_city"]
+        offline["home_city"]
     );
-    std::fs::remove_dir_all(w.path().join("out")).unwrap();
 
     let r = run(&w, &["run", "--mapper", "llm"], &[]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -2058,16 +2067,7 @@ async fn a_request_answered_none_throughout_is_asked_again_in_halves() {
 async fn column_by_column_a_pick_below_min_confidence_is_held_for_review() {
     // Column by column the model picks and the matcher scores: a field whose picked pair the
     // matcher scores under `min_confidence` stays undecided, the pick its first candidate.
-    let s = server().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(three_picks(None))
-        .mount(&s)
-        .await;
-    let w = column_case(&format!(r#"{{"base_url": "{}/v1"}}"#, s.uri()));
-    let offline = run(&w, &["map", "--mapper", "heuristic"], &[]).await;
-    assert_eq!(offline.code, 0, "{}", offline.stderr);
-    let f = w.json("out/mappings/members.mapping.json")["fields"].clone();
+    let (_s, w, f) = column_case_served(three_picks(None)).await;
     let score = |field: &str| f[field]["confidence"].as_f64().unwrap();
     let (low, high) = ["email_address", "signup_date", "loyalty_points"]
         .into_iter()
@@ -2079,7 +2079,6 @@ async fn column_by_column_a_pick_below_min_confidence_is_held_for_review() {
             )
         });
     assert!(low.0 < high.0, "{f}");
-    std::fs::remove_dir_all(w.path().join("out")).unwrap();
     let min = (low.0 + high.0) / 2.0;
     let r = run(
         &w,
