@@ -1815,9 +1815,10 @@ async fn column_case_served(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wide_target_is_asked_column_by_column_and_the_models_picks_decide() {
-    // The model picks the field of three columns and rejects the matcher's field for `city`:
-    // the picked fields take the matcher's expressions, `home_city` stays unmapped (the
-    // model's answer), and the 145 measurement fields are never shown to it.
+    // The model picks the field of three columns and none for `city`: the picked fields take
+    // the matcher's expressions, `home_city` keeps the matcher's choice (a "none" does not
+    // overrule a pair the matcher accepts; a pick of another field does, below), and the 145
+    // measurement fields are never shown to it.
     let (s, w, offline) = column_case_served(three_picks(None)).await;
     // Without the model, the matcher maps the city.
     assert_eq!(
@@ -1884,17 +1885,19 @@ async fn a_wide_target_is_asked_column_by_column_and_the_models_picks_decide() {
         "{}",
         f["email_address"]
     );
-    assert!(f["home_city"]["expr"].is_null(), "{}", f["home_city"]);
-    assert!(
-        f["home_city"]["rationale"]
-            .as_str()
-            .unwrap()
-            .contains("no column chose this field"),
+    assert_eq!(
+        f["home_city"]["sources"],
+        json!(["city"]),
         "{}",
         f["home_city"]
     );
-    // The matcher's choice is kept where a reviewer can take it with one edit.
-    assert_eq!(f["home_city"]["candidates"][0]["sources"], json!(["city"]));
+    assert!(
+        f["home_city"]["rationale"].as_str().unwrap().starts_with(
+            "heuristic (decided offline: the model chose no field for column \"city\""
+        ),
+        "{}",
+        f["home_city"]
+    );
     assert!(
         f["turbine_rpm"]["rationale"]
             .as_str()
@@ -1916,13 +1919,13 @@ async fn a_wide_target_is_asked_column_by_column_and_the_models_picks_decide() {
         model,
         [
             "email_address",
-            "home_city",
             "loyalty_points",
             "secondary_email",
             "signup_date"
         ],
         "{llm}"
     );
+    assert_eq!(llm["offline_fields"], json!(["home_city"]), "{llm}");
     assert_eq!(
         llm["not_sent_fields"].as_array().unwrap().len(),
         145,
@@ -2026,7 +2029,7 @@ async fn columns_go_in_requests_within_the_budget_and_a_garbled_one_is_left_to_t
 async fn a_request_answered_none_throughout_is_asked_again_in_halves() {
     // Four columns in one request, the matcher sure of a field for each, and the model says
     // "none" for every one: it is asked again about two columns at a time, and those answers
-    // stand — including a "none" that the halves give again (`city`).
+    // stand — a "none" that the halves give again (`city`) leaves the matcher's choice.
     let s = server().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
@@ -2057,10 +2060,53 @@ async fn a_request_answered_none_throughout_is_asked_again_in_halves() {
         ("email_address", "email"),
         ("signup_date", "signup"),
         ("loyalty_points", "points"),
+        ("home_city", "city"),
     ] {
         assert_eq!(f[field]["sources"], json!([column]), "{}", f[field]);
     }
-    assert!(f["home_city"]["expr"].is_null(), "{}", f["home_city"]);
+    let picked = |field: &str| {
+        f[field]["rationale"]
+            .as_str()
+            .unwrap()
+            .starts_with("chose field")
+    };
+    assert!(picked("email_address") && !picked("home_city"), "{f}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn column_by_column_a_pick_of_another_field_overrules_the_matchers_choice() {
+    // The model gives the e-mail column to `secondary_email`, not to the matcher's
+    // `email_address`: the matcher's choice is overruled (unmapped, kept first among its
+    // candidates), where a "none" for the column would have left it standing.
+    let picks = PickFields(
+        vec![
+            ("email", &["secondary_email"]),
+            ("signup", &["signup_date"]),
+            ("points", &["loyalty_points"]),
+        ],
+        None,
+    );
+    let (_s, w, offline) = column_case_served(picks).await;
+    assert_eq!(offline["email_address"]["sources"], json!(["email"]));
+    let r = run(&w, &["map", "--mapper", "llm"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let f = &w.json("out/mappings/members.mapping.json")["fields"];
+    let e = &f["email_address"];
+    assert!(e["expr"].is_null(), "{e}");
+    assert!(
+        e["rationale"]
+            .as_str()
+            .unwrap()
+            .contains("no column chose this field"),
+        "{e}"
+    );
+    assert_eq!(e["candidates"][0]["sources"], json!(["email"]), "{e}");
+    assert_eq!(
+        f["home_city"]["sources"],
+        json!(["city"]),
+        "{}",
+        f["home_city"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -373,8 +373,9 @@ impl LlmMapper {
     /// The document of a column-by-column conversation: a field picked by a column takes the
     /// matcher's expression for that column (the best-scored one when several columns picked
     /// it; the others stay as candidates); a field offered but picked by no column is
-    /// unmapped (the model's answer); the fields of columns the model could not answer, and
-    /// fields decided offline, keep the matcher's mapping.
+    /// unmapped (the model's answer), unless the matcher accepts it for a column the model
+    /// picked nothing for; the fields of columns the model could not answer, and fields
+    /// decided offline, keep the matcher's mapping.
     #[allow(clippy::too_many_arguments)]
     fn column_document(
         &self,
@@ -479,6 +480,24 @@ impl LlmMapper {
                         candidates: off.map(|m| m.candidates.clone()).unwrap_or_default(),
                         ..FieldMapping::unmapped()
                     },
+                }
+            } else if let Some(m) = off.filter(|m| {
+                m.expr.is_some()
+                    && m.confidence >= crate::mapping::heuristic::ACCEPT
+                    && m.sources.len() == 1
+                    && chosen.get(&m.sources[0]).is_some_and(Vec::is_empty)
+            }) {
+                // The model answered "none" for the column the matcher accepts this field
+                // for: a small model's "none" on a long list is a pattern as often as a
+                // judgement (see `propose_by_column`), so only a pick of another field for
+                // that column overrules the matcher; its choice stands, decided offline.
+                usage.offline_fields.push(t.name.clone());
+                FieldMapping {
+                    rationale: format!(
+                        "heuristic (decided offline: the model chose no field for column {:?}, which the matcher accepts for this field): {}",
+                        m.sources[0], m.rationale
+                    ),
+                    ..m.clone()
                 }
             } else if asked.contains(t.name.as_str()) {
                 FieldMapping {

@@ -79,8 +79,9 @@ pub struct LlmUsage {
     /// Repair replies that repeated the rejected expressions (the repair loop then stops).
     #[serde(skip_serializing_if = "is_zero")]
     pub repeated_replies: u32,
-    /// Fields the model was not asked about: the offline matcher's choice was certain enough
-    /// (uncertainty under `llm.min_uncertainty`).
+    /// Fields the offline matcher decided: its choice was certain enough (uncertainty under
+    /// `llm.min_uncertainty`) or, column by column, not among its column's best-ranked fields,
+    /// or accepted for a column the model picked no field for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub offline_fields: Vec<String>,
     /// Cost of the tokens at `llm.price_per_million_tokens`, when set.
