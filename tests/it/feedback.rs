@@ -157,7 +157,7 @@ async fn the_model_gets_the_digest_and_its_revision_is_used() {
     );
     // Only the failing fields are asked about, one entry each.
     let fields = &second["response_format"]["json_schema"]["schema"]["properties"]["fields"];
-    let asked: Vec<&str> = fields["items"]["properties"]["target"]["enum"]
+    let asked: Vec<&str> = crate::harness::reply_entry(&second)["target"]["enum"]
         .as_array()
         .unwrap()
         .iter()

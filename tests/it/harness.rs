@@ -178,6 +178,17 @@ pub fn demo() -> Workdir {
     w
 }
 
+/// The properties of one entry of a field-by-field reply, from a request's body: the
+/// schema's `items`, or its first shape where a grammar-constrained server is given two
+/// (a candidate's number, or the model's own expression); both list the same targets.
+pub fn reply_entry(body: &serde_json::Value) -> &serde_json::Value {
+    let items = &body["response_format"]["json_schema"]["schema"]["properties"]["fields"]["items"];
+    match items.get("oneOf") {
+        Some(shapes) => &shapes[0]["properties"],
+        None => &items["properties"],
+    }
+}
+
 /// An OpenAI chat-completion response whose message is `content` (1,200 prompt and 300
 /// completion tokens), as a local LLM server returns it.
 pub fn completion(content: &str) -> serde_json::Value {

@@ -166,8 +166,12 @@ async fn the_reply_drives_the_output_and_the_request_is_complete() {
     assert_eq!(rf["type"], "json_schema");
     assert_eq!(rf["json_schema"]["name"], "mapping");
     assert_eq!(rf["json_schema"]["strict"], true);
-    let item = &rf["json_schema"]["schema"]["properties"]["fields"]["items"]["properties"];
-    assert_eq!(item["expr"]["type"], json!(["string", "null"]));
+    let shapes = &rf["json_schema"]["schema"]["properties"]["fields"]["items"]["oneOf"];
+    assert_eq!(
+        shapes[1]["properties"]["expr"]["type"],
+        json!(["string", "null"]),
+        "{rf}"
+    );
     let prompt = prompt_text(&body);
     for needle in [
         "\"maxLength\": 100",       // the schema with its constraints
@@ -678,7 +682,7 @@ async fn the_reply_schema_names_the_fields_and_fixes_their_count() {
     assert_eq!(fields["minItems"], 6, "{fields}");
     assert_eq!(fields["maxItems"], 6);
     assert_eq!(
-        fields["items"]["properties"]["target"]["enum"],
+        crate::harness::reply_entry(&b[0])["target"]["enum"],
         json!([
             "customer_id",
             "full_name",
@@ -730,7 +734,7 @@ async fn fields_left_out_of_a_reply_are_asked_again_alone() {
     let schema = &b[1]["response_format"]["json_schema"]["schema"]["properties"]["fields"];
     assert_eq!(schema["minItems"], 2);
     assert_eq!(
-        schema["items"]["properties"]["target"]["enum"],
+        crate::harness::reply_entry(&b[1])["target"]["enum"],
         json!(["lifetime_value", "is_active"])
     );
     let doc = w.json("out/mappings/source1.mapping.json");
@@ -945,12 +949,17 @@ async fn a_field_answered_by_a_candidates_number_gets_that_candidates_expression
         r#"try_to_date("Signup Date", '%Y-%m-%d')"#
     );
     assert_eq!(f["lifetime_value"]["expr"], Value::Null);
-    // The reply schema asks for the number, bounded.
+    // The reply schema asks for the number, bounded: a candidate's number leaves no room for
+    // an expression of the model's own.
     let body = &bodies(&s).await[0];
-    let item = &body["response_format"]["json_schema"]["schema"]["properties"]["fields"]["items"];
-    assert_eq!(item["properties"]["choice"]["type"], "integer");
-    assert_eq!(item["properties"]["choice"]["minimum"], 0);
-    assert_eq!(item["properties"]["rationale"]["maxLength"], 48);
+    let shapes =
+        &body["response_format"]["json_schema"]["schema"]["properties"]["fields"]["items"]["oneOf"];
+    let chosen = &shapes[0]["properties"];
+    assert_eq!(chosen["choice"]["type"], "integer", "{shapes}");
+    assert_eq!(chosen["choice"]["minimum"], 1, "{shapes}");
+    assert_eq!(chosen["expr"]["type"], "null", "{shapes}");
+    assert_eq!(shapes[1]["properties"]["choice"]["const"], 0, "{shapes}");
+    assert_eq!(chosen["rationale"]["maxLength"], 48);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1005,8 +1014,7 @@ struct EchoTargets(Vec<String>);
 impl wiremock::Respond for EchoTargets {
     fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&request.body).unwrap();
-        let targets = body["response_format"]["json_schema"]["schema"]["properties"]["fields"]
-            ["items"]["properties"]["target"]["enum"]
+        let targets = crate::harness::reply_entry(&body)["target"]["enum"]
             .as_array()
             .cloned()
             .unwrap_or_default();
@@ -1213,8 +1221,7 @@ async fn fields_a_model_never_names_are_asked_again_then_answered_offline() {
     // Asked once again for the five, then the repeat ends it (a feedback revision may follow).
     assert!(requests.len() >= 2);
     assert!(!prompt_text(&requests[1]).contains("was run on the source"));
-    let asked_again: Vec<&str> = requests[1]["response_format"]["json_schema"]["schema"]
-        ["properties"]["fields"]["items"]["properties"]["target"]["enum"]
+    let asked_again: Vec<&str> = crate::harness::reply_entry(&requests[1])["target"]["enum"]
         .as_array()
         .unwrap()
         .iter()
@@ -1414,9 +1421,7 @@ async fn certain_fields_are_decided_offline_and_the_cost_is_estimated() {
         .iter()
         .flat_map(|x| {
             serde_json::from_value::<Vec<String>>(
-                x["response_format"]["json_schema"]["schema"]["properties"]["fields"]["items"]
-                    ["properties"]["target"]["enum"]
-                    .clone(),
+                crate::harness::reply_entry(x)["target"]["enum"].clone(),
             )
             .unwrap()
         })

@@ -80,8 +80,17 @@ pub fn response_schema(targets: &[&str], exact: bool, bounded: bool) -> Value {
     if bounded {
         let item = &mut fields["items"]["properties"];
         item["rationale"]["maxLength"] = json!(RATIONALE_MAX_CHARS);
-        item["choice"]["minimum"] = json!(0);
-        item["choice"]["maximum"] = json!(MAX_CHOICES);
+        // Two shapes of entry: a candidate's number with a null expression (the candidate's
+        // is used), or 0 with the model's own. Told so, a 1.5B model still wrote out the
+        // expression of every candidate it chose — a third of a reply's tokens, and of its
+        // time on a CPU — which conform then set aside; the grammar now leaves no room for it.
+        let mut chosen = fields["items"].clone();
+        chosen["properties"]["choice"] =
+            json!({"type": "integer", "minimum": 1, "maximum": MAX_CHOICES});
+        chosen["properties"]["expr"] = json!({"type": "null"});
+        let mut own = fields["items"].clone();
+        own["properties"]["choice"] = json!({"const": 0});
+        fields["items"] = json!({"oneOf": [chosen, own]});
     }
     if exact {
         fields["minItems"] = json!(targets.len());
@@ -712,10 +721,25 @@ mod tests {
         assert!(open["properties"]["fields"].get("minItems").is_none());
         assert!(item["properties"]["rationale"].get("maxLength").is_none());
         let bounded = response_schema(&["id"], true, true);
-        assert_eq!(
-            bounded["properties"]["fields"]["items"]["properties"]["rationale"]["maxLength"],
-            RATIONALE_MAX_CHARS
-        );
+        let shapes = bounded["properties"]["fields"]["items"]["oneOf"]
+            .as_array()
+            .unwrap();
+        // A candidate's number with no expression of the model's, or 0 with one.
+        let [chosen, own] = shapes.as_slice() else {
+            panic!("{bounded}")
+        };
+        assert_eq!(chosen["properties"]["choice"]["minimum"], 1);
+        assert_eq!(chosen["properties"]["expr"], json!({"type": "null"}));
+        assert_eq!(own["properties"]["choice"], json!({"const": 0}));
+        assert_eq!(own["properties"]["expr"]["type"], json!(["string", "null"]));
+        for shape in shapes {
+            assert_eq!(
+                shape["properties"]["rationale"]["maxLength"],
+                RATIONALE_MAX_CHARS
+            );
+            assert_eq!(shape["required"].as_array().unwrap().len(), 5);
+            assert_eq!(shape["additionalProperties"], false);
+        }
         assert_eq!(item["additionalProperties"], false);
         assert_eq!(s["additionalProperties"], false);
     }
